@@ -1,0 +1,208 @@
+"""The stage runner: the one place that owns delivery.
+
+One batch is: poll → decode (invalid records are dead-lettered) → ``stage.process`` →
+produce the outputs and dead letters → flush → commit. Offsets are committed only after
+everything the batch produced is acknowledged, so a crash anywhere redelivers the batch:
+at least once. Stages are idempotent by frame id, which turns that into exactly-once results.
+
+When ``process`` raises for a batch, the runner replays the batch one message at a time so one
+poisoned frame cannot take its neighbours down; only the messages that fail alone go to
+``<input topic>.dlq``, with the reason in the ``dlq_reason`` header and the original key,
+value and headers kept.
+
+Shutdown (SIGTERM/SIGINT set the stop event): the current batch finishes, is committed, then
+the consumer leaves its group and the stage is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+from pipeline.bus import Bus, commit_positions
+from pipeline.envelope import MAX_FRAME_BYTES, InvalidRecord, Message, Record, decode_message
+from pipeline.metrics import StageMetrics
+from stages.base import Stage
+
+log = logging.getLogger("vistream.runner")
+
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass
+class RunnerStats:
+    batches: int = 0
+    records_in: int = 0
+    records_out: int = 0
+    dead_lettered: int = 0
+    errors: int = 0
+
+
+class StageRunner:
+    def __init__(
+        self,
+        stage: Stage,
+        bus: Bus,
+        inputs: list[str],
+        routes: dict[str, str] | None = None,
+        group_id: str | None = None,
+        batch_size: int = 16,
+        poll_timeout: float = 0.5,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        metrics: StageMetrics | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.stage = stage
+        self.bus = bus
+        self.inputs = list(inputs)
+        self.routes = dict(routes or {})
+        missing = [k for k in stage.emits if k not in self.routes]
+        if missing:
+            raise ValueError(f"stage {stage.name!r} emits {missing} but no output topic is set")
+        self.name = name or stage.name
+        self.group_id = group_id or f"vistream-{self.name}"
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.max_frame_bytes = max_frame_bytes
+        self.metrics = metrics or StageMetrics(self.name)
+        self.stats = RunnerStats()
+        self._consumer = None
+        self._producer = None
+        self._last_lag_check = 0.0
+        self.idle_since = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def open(self) -> None:
+        if self._consumer is None:
+            self.stage.setup()
+            self._producer = self.bus.producer()
+            self._consumer = self.bus.consumer(self.inputs, self.group_id)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush()
+            self._producer.close()
+            self._producer = None
+            self.stage.close()
+
+    def lag(self) -> int:
+        return self._consumer.lag() if self._consumer is not None else 0
+
+    def run(self, stop: threading.Event, idle_timeout: float | None = None) -> RunnerStats:
+        """Process batches until ``stop`` is set (or, with ``idle_timeout``, until nothing
+        arrived for that many seconds and nothing is left to read)."""
+        self.open()
+        log.info("stage started", extra={"stage": self.name, "inputs": self.inputs,
+                                         "group": self.group_id})
+        try:
+            while not stop.is_set():
+                n = self.step()
+                if n == 0 and idle_timeout is not None:
+                    if time.monotonic() - self.idle_since >= idle_timeout and self.lag() == 0:
+                        break
+        finally:
+            self.close()
+            log.info("stage stopped", extra={"stage": self.name, **vars(self.stats)})
+        return self.stats
+
+    # -- one batch ------------------------------------------------------------------------
+    def step(self) -> int:
+        assert self._consumer is not None and self._producer is not None, "call open() first"
+        records = self._consumer.poll(self.batch_size, self.poll_timeout)
+        self._update_lag()
+        if not records:
+            return 0
+        t0 = time.perf_counter()
+        self.idle_since = time.monotonic()
+
+        accepted: list[tuple[Record, Message]] = []
+        dead: list[tuple[Record, str, str]] = []
+        for rec in records:
+            try:
+                accepted.append((rec, decode_message(rec, self.stage.accepts,
+                                                     self.max_frame_bytes)))
+            except InvalidRecord as exc:
+                dead.append((rec, str(exc), "InvalidRecord"))
+
+        outputs = self._process(accepted, dead)
+        for msg in outputs:
+            out = msg.to_record()
+            self._producer.send(self.routes[msg.kind], out.value, out.key, out.headers)
+        for rec, reason, error in dead:
+            self._dead_letter(rec, reason, error)
+        self._producer.flush()
+        self._consumer.commit(commit_positions(records))
+
+        self.stats.batches += 1
+        self.stats.records_in += len(records)
+        self.stats.records_out += len(outputs)
+        self.stats.dead_lettered += len(dead)
+        self.metrics.records_in.inc(len(records))
+        self.metrics.records_out.inc(len(outputs))
+        self.metrics.dead_lettered.inc(len(dead))
+        self.metrics.batch_latency.observe(time.perf_counter() - t0)
+        return len(records)
+
+    def _process(self, accepted: list[tuple[Record, Message]],
+                 dead: list[tuple[Record, str, str]]) -> list[Message]:
+        if not accepted:
+            return []
+        try:
+            return self._checked(self.stage.process([m for _, m in accepted]))
+        except Exception:
+            if len(accepted) == 1:
+                rec, _ = accepted[0]
+                self._record_failure(rec, dead)
+                return []
+        # Isolate the culprit(s): replay one message at a time.
+        outputs: list[Message] = []
+        for rec, msg in accepted:
+            try:
+                outputs.extend(self._checked(self.stage.process([msg])))
+            except Exception:
+                self._record_failure(rec, dead)
+        return outputs
+
+    def _checked(self, outputs: list[Message]) -> list[Message]:
+        for m in outputs:
+            if m.kind not in self.routes:
+                raise TypeError(f"stage {self.name!r} returned a {m.kind!r} message "
+                                f"but has no output topic for it")
+        return outputs
+
+    def _record_failure(self, rec: Record, dead: list[tuple[Record, str, str]]) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        self.stats.errors += 1
+        self.metrics.errors.inc()
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("processing failed; record dead-lettered",
+                    extra={"stage": self.name, "source": rec.source_id, "reason": reason,
+                           "trace": traceback.format_exc(limit=3)})
+        dead.append((rec, reason, type(exc).__name__))
+
+    def _dead_letter(self, rec: Record, reason: str, error: str) -> None:
+        headers = list(rec.headers) + [
+            ("dlq_reason", reason.encode("utf-8", "replace")[:4000]),
+            ("dlq_error", error.encode()),
+            ("dlq_stage", self.name.encode()),
+            ("dlq_source", rec.source_id.encode()),
+        ]
+        self._producer.send(rec.topic + DLQ_SUFFIX, rec.value or b"", rec.key, headers)
+
+    def _update_lag(self) -> None:
+        # Lag costs a broker round trip on Kafka: refresh it at most once a second.
+        now = time.monotonic()
+        if now - self._last_lag_check >= 1.0:
+            self._last_lag_check = now
+            try:
+                self.metrics.consumer_lag.set(self.lag())
+            except Exception as exc:  # lag is informative; never fail a batch for it
+                log.debug("lag unavailable: %s", exc)

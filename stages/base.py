@@ -1,0 +1,87 @@
+"""What a stage is, and the registry that names them.
+
+A stage is plain code: it gets a batch of messages (frames or typed results) and returns the
+messages it derives from them. It never touches the bus: :class:`pipeline.runner.StageRunner`
+polls, decodes, routes outputs, dead-letters, commits and measures.
+
+Rules a stage follows:
+
+* ``accepts`` names the message kinds it takes; anything else is dead-lettered by the runner;
+* ``emits`` names the kinds it returns; the pipeline config routes each kind to a topic;
+* it is idempotent by frame id: delivery is at least once, so a frame may come twice;
+* it may raise: the runner then retries the batch one message at a time and dead-letters
+  only the messages that still fail, with the exception as the reason.
+
+Parameters are a pydantic model (``Params``) so a YAML typo is a readable error at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.envelope import Message
+
+
+class StageParams(BaseModel):
+    """Base of every stage's parameters: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Stage:
+    name: ClassVar[str] = ""
+    accepts: ClassVar[tuple[str, ...]] = ("frame",)
+    emits: ClassVar[tuple[str, ...]] = ()
+    Params: ClassVar[type[StageParams]] = StageParams
+
+    def __init__(self, params: StageParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def setup(self) -> None:
+        """Load models or open files; called once in the process that runs the stage."""
+
+    def process(self, batch: list[Message]) -> list[Message]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and release; called once on shutdown (after the last commit)."""
+
+
+_REGISTRY: dict[str, type[Stage]] = {}
+S = TypeVar("S", bound=type[Stage])
+
+
+def register_stage(name: str) -> Callable[[S], S]:
+    def deco(cls: S) -> S:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"stage type {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_builtin_stages() -> None:
+    # Importing the modules runs their @register_stage decorators.
+    import stages.sinks  # noqa: F401
+    import stages.thumbnail  # noqa: F401
+
+
+def stage_types() -> dict[str, type[Stage]]:
+    _load_builtin_stages()
+    return dict(_REGISTRY)
+
+
+def get_stage_class(type_name: str) -> type[Stage]:
+    types = stage_types()
+    if type_name not in types:
+        raise KeyError(f"unknown stage type {type_name!r}; known: {', '.join(sorted(types))}")
+    return types[type_name]
+
+
+def create_stage(type_name: str, params: dict[str, Any] | None = None) -> Stage:
+    cls = get_stage_class(type_name)
+    return cls(cls.Params.model_validate(params or {}))

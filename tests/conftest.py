@@ -1,0 +1,64 @@
+"""Shared fixtures. Kafka tests run against the broker `make test` starts (VISTREAM_BOOTSTRAP);
+without it they are skipped, unless VISTREAM_REQUIRE_KAFKA=1 makes that a failure (CI)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+from pipeline.envelope import Frame
+
+KAFKA_BOOTSTRAP = os.environ.get("VISTREAM_BOOTSTRAP")
+REQUIRE_KAFKA = os.environ.get("VISTREAM_REQUIRE_KAFKA") == "1"
+
+
+def kafka_bootstrap() -> str:
+    if not KAFKA_BOOTSTRAP:
+        msg = "no broker: set VISTREAM_BOOTSTRAP (make test starts one)"
+        if REQUIRE_KAFKA:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return KAFKA_BOOTSTRAP
+
+
+@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
+def backend(request) -> str:
+    if request.param == "kafka":
+        kafka_bootstrap()
+    return request.param
+
+
+@pytest.fixture
+def make_bus(backend):
+    """Factory of buses of the parametrised backend; all are closed after the test."""
+    from pipeline.bus import make_bus as _make
+
+    made = []
+
+    def factory(partitions: int = 1):
+        if backend == "memory":
+            bus = _make("memory", default_partitions=partitions)
+        else:
+            bus = _make("kafka", kafka_bootstrap())
+        made.append(bus)
+        return bus
+
+    yield factory
+    for b in made:
+        b.close()
+
+
+@pytest.fixture
+def topic_name():
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def random_image(h: int = 36, w: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def make_frame(seq: int, stream: str = "cam", h: int = 36, w: int = 64) -> Frame:
+    return Frame.from_image(random_image(h, w, seq), stream, seq, timestamp_ms=1_000 + seq)
