@@ -67,6 +67,7 @@ def register_stage(name: str) -> Callable[[S], S]:
 def _load_builtin_stages() -> None:
     # Importing the modules runs their @register_stage decorators.
     import stages.sinks  # noqa: F401
+    import stages.relay  # noqa: F401
     import stages.thumbnail  # noqa: F401
 
 

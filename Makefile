@@ -1,0 +1,45 @@
+# `make test` and `make demo` each do the whole set-up on a fresh machine:
+# a virtualenv in .venv, the package and its dependencies, and (for tests) the Kafka jars.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TEST_PORT ?= 19092
+TEST_BROKER_DIR ?= $(CURDIR)/.cache/test-broker
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo broker-jars lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+broker-jars: install
+	$(BIN)/vistream broker fetch
+
+# Starts a throwaway broker for the `kafka` tests, runs everything, always stops the broker.
+test: broker-jars
+	$(BIN)/vistream broker start --port $(TEST_PORT) --data-dir $(TEST_BROKER_DIR)
+	VISTREAM_BOOTSTRAP=127.0.0.1:$(TEST_PORT) VISTREAM_REQUIRE_KAFKA=1 \
+		$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/vistream broker stop --port $(TEST_PORT) --data-dir $(TEST_BROKER_DIR); exit $$rc
+
+# Everything but the broker tests.
+test-fast: install
+	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/vistream demo
+
+bench: install
+	$(BIN)/vistream bench bus
+
+lint: install
+	$(BIN)/ruff check pipeline stages models tests
+
+clean:
+	rm -rf $(VENV) .cache out *.egg-info

@@ -1,0 +1,268 @@
+"""The ``vistream`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="vistream: a streaming vision pipeline on Kafka (or an embedded in-process bus).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+broker_app = typer.Typer(help="Run a local single-node Apache Kafka broker (jars from Maven "
+                              "Central, cached outside the repo).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: each prints JSON whose last line holds the figures.",
+                        no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(bench_app, name="bench")
+
+LOG_FORMAT = typer.Option("text", "--log-format", help="text or json (one object per line)")
+
+
+def _logging(fmt: str = "text", level: str = "INFO") -> None:
+    from pipeline.logs import setup_logging
+
+    setup_logging(fmt, level)
+
+
+# ----------------------------------------------------------------------------- broker
+PORT = typer.Option(9092, "--port", help="client port; the controller listens on port+1")
+DATA_DIR = typer.Option(None, "--data-dir", help="broker folder (default: cache/broker-PORT)")
+
+
+@broker_app.command("start")
+def broker_start(port: int = PORT, data_dir: Optional[Path] = DATA_DIR,
+                 heap: str = typer.Option("1g", help="JVM heap (-Xmx)"),
+                 timeout: float = typer.Option(90, help="seconds to wait until it answers")) -> None:
+    """Fetch the jars if needed, format KRaft storage once, start the broker in the background
+    and wait until it accepts clients. An already running broker is reused."""
+    from pipeline import broker
+
+    _logging()
+    info = broker.start(port=port, data_dir=data_dir, heap=heap, timeout=timeout)
+    verb = "reusing running" if info.reused else "started"
+    typer.echo(f"{verb} Kafka broker pid {info.pid} at {info.bootstrap} (log: {info.log_file})")
+
+
+@broker_app.command("stop")
+def broker_stop(port: int = PORT, data_dir: Optional[Path] = DATA_DIR) -> None:
+    """Stop the broker cleanly (SIGTERM, then SIGKILL after 30 s)."""
+    from pipeline import broker
+
+    _logging()
+    stopped = broker.stop(port=port, data_dir=data_dir)
+    typer.echo("broker stopped" if stopped else "no broker was running")
+
+
+@broker_app.command("status")
+def broker_status(port: int = PORT, data_dir: Optional[Path] = DATA_DIR) -> None:
+    """Say whether the broker runs; exit code 0 if it does, 1 if not."""
+    from pipeline import broker
+
+    info = broker.status(port=port, data_dir=data_dir)
+    if info.running:
+        typer.echo(f"running: pid {info.pid} at {info.bootstrap} (data: {info.data_dir})")
+    else:
+        typer.echo(f"not running (data: {info.data_dir})")
+        raise typer.Exit(1)
+
+
+@broker_app.command("fetch")
+def broker_fetch() -> None:
+    """Download the Kafka jars with Maven into the cache (done by `start` when needed)."""
+    from pipeline import broker
+
+    _logging()
+    typer.echo(f"Kafka {broker.KAFKA_VERSION} jars in {broker.ensure_jars()}")
+
+
+# ----------------------------------------------------------------------------- ingest
+@app.command()
+def ingest(
+    source: str = typer.Argument(..., help="video file, camera index (0, 1, ...) or image folder"),
+    topic: str = typer.Option("frames", help="topic to produce frame records to"),
+    fps: Optional[float] = typer.Option(None, help="pace at N frames/s (default: as fast as possible)"),
+    stream_id: Optional[str] = typer.Option(None, "--stream-id", help="stream id (default: file name)"),
+    quality: int = typer.Option(90, min=1, max=100, help="JPEG quality"),
+    limit: Optional[int] = typer.Option(None, min=1, help="stop after N frames"),
+    bootstrap: str = typer.Option("127.0.0.1:9092", help="Kafka bootstrap servers"),
+    partitions: int = typer.Option(4, min=1, help="partitions if the topic must be created"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    log_format: str = LOG_FORMAT,
+) -> None:
+    """Read frames from SOURCE, JPEG-encode them and produce them to a Kafka topic."""
+    from pipeline.bus import TopicSpec, make_bus
+    from stages.ingest import ingest as run_ingest
+
+    _logging(log_format)
+    stop = threading.Event()
+    from pipeline.app import install_stop_signals
+
+    install_stop_signals(stop)
+    with make_bus("kafka", bootstrap) as bus:
+        bus.create_topics([TopicSpec(topic, partitions)])
+        with bus.producer() as producer:
+            report = run_ingest(source, producer, topic, stream_id, fps, quality, limit,
+                                progress, stop)
+    typer.echo(f"sent {report.frames_sent} frames ({report.bytes_sent / 1e6:.1f} MB) from "
+               f"{report.source} to '{topic}' as stream '{report.stream_id}' in "
+               f"{report.seconds:.1f} s ({report.fps:.1f} frames/s)"
+               + (f"; skipped {report.skipped} unreadable files" if report.skipped else ""))
+
+
+# ----------------------------------------------------------------------------- running
+@app.command()
+def run(config: Path = typer.Argument(..., help="pipeline YAML"),
+        log_format: Optional[str] = typer.Option(None, "--log-format", help="override the config's")
+        ) -> None:
+    """Run a whole pipeline: on the memory bus as threads of this process (it ends when the
+    sources are exhausted and drained); on Kafka as one process per stage replica."""
+    from pipeline.app import install_stop_signals, run_in_process, run_processes
+    from pipeline.config import load_config
+
+    cfg = load_config(config)
+    _logging(log_format or cfg.log_format)
+    stop = threading.Event()
+    install_stop_signals(stop)
+    if cfg.bus.backend == "kafka":
+        raise typer.Exit(run_processes(cfg, config, stop))
+    report = run_in_process(cfg, stop)
+    _print_report(report)
+
+
+@app.command()
+def stage(name: str = typer.Argument(..., help="stage name from the config"),
+          config: Path = typer.Option(..., "--config", "-c", help="pipeline YAML"),
+          idle_exit: Optional[float] = typer.Option(
+              None, help="exit after N seconds without input and with no lag (batch jobs)"),
+          log_format: Optional[str] = typer.Option(None, "--log-format")) -> None:
+    """Run one stage of a Kafka pipeline in this process. Start more copies to scale out:
+    they share the stage's consumer group and split its partitions."""
+    from pipeline.app import install_stop_signals, run_stage
+    from pipeline.config import ConfigError, load_config
+
+    cfg = load_config(config)
+    _logging(log_format or cfg.log_format)
+    if cfg.bus.backend != "kafka":
+        raise ConfigError("`vistream stage` runs one stage against a shared Kafka bus; this "
+                          "config uses the in-process memory bus, so use `vistream run` instead")
+    stop = threading.Event()
+    install_stop_signals(stop)
+    stats = run_stage(cfg, name, stop, idle_timeout=idle_exit)
+    typer.echo(json.dumps({"stage": name, **vars(stats)}))
+
+
+@app.command("check")
+def check_config(config: Path = typer.Argument(..., help="pipeline YAML")) -> None:
+    """Validate a pipeline config and list its topics."""
+    from pipeline.config import load_config
+
+    cfg = load_config(config)
+    typer.echo(f"{config}: ok — pipeline '{cfg.name}' on the {cfg.bus.backend} bus, "
+               f"{len(cfg.stages)} stage(s), {len(cfg.sources)} source(s)")
+    for t, n in cfg.all_topics().items():
+        typer.echo(f"  topic {t} ({n} partitions)")
+
+
+@app.command("stages")
+def list_stages() -> None:
+    """List the stage types and their parameters."""
+    from stages.base import stage_types
+
+    for name, cls in sorted(stage_types().items()):
+        typer.echo(f"{name}: takes {list(cls.accepts)}, emits {list(cls.emits)}")
+        for field, info in cls.Params.model_fields.items():
+            default = "required" if info.is_required() else repr(info.default)
+            typer.echo(f"    {field} = {default}  {info.description or ''}")
+
+
+@app.command()
+def dlq(topic: str = typer.Argument(..., help="a dead-letter topic, e.g. frames.dlq"),
+        bootstrap: str = typer.Option("127.0.0.1:9092", help="Kafka bootstrap servers"),
+        limit: int = typer.Option(20, help="show at most N records")) -> None:
+    """Show dead-lettered records with their reasons (reads without committing)."""
+    import uuid
+
+    from pipeline.bus import make_bus
+
+    with make_bus("kafka", bootstrap) as bus, \
+            bus.consumer([topic], f"vistream-dlq-viewer-{uuid.uuid4().hex[:8]}") as c:
+        shown = 0
+        for _ in range(10):
+            for r in c.poll(limit - shown, 1.0):
+                h = dict(r.headers)
+                typer.echo(f"{h.get('dlq_source', b'?').decode()}  "
+                           f"[{h.get('dlq_stage', b'?').decode()}] "
+                           f"{h.get('dlq_reason', b'?').decode()}  ({len(r.value or b'')} bytes)")
+                shown += 1
+            if shown >= limit:
+                break
+        if not shown:
+            typer.echo(f"no records in {topic}")
+
+
+def _print_report(report) -> None:
+    for s in report.sources:
+        typer.echo(f"source {s.source}: {s.frames_sent} frames -> '{s.topic}' "
+                   f"({s.fps:.0f} frames/s)")
+    for name, st in report.stages.items():
+        typer.echo(f"stage {name}: in {st.records_in}, out {st.records_out}, "
+                   f"dead-lettered {st.dead_lettered}, errors {st.errors}")
+    for name, obj in report.stage_objects.items():
+        if hasattr(obj, "summary"):
+            typer.echo(f"{name} summary: {json.dumps(obj.summary())}")
+
+
+# ----------------------------------------------------------------------------- demo
+@app.command()
+def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
+         frames: int = typer.Option(150, min=1, help="frames in the sample video"),
+         seed: int = typer.Option(0, help="seed of the sample video")) -> None:
+    """Generate a sample video (scikit-image photos with small moving objects), ingest it and
+    run the demo pipeline on the embedded bus, then print a summary."""
+    from pipeline.demo import run_demo
+
+    _logging()
+    run_demo(out, frames, seed, echo=typer.echo)
+
+
+# ----------------------------------------------------------------------------- bench
+@bench_app.command("bus")
+def bench_bus(frames: int = typer.Option(2000, min=10, help="frames per measurement"),
+              bootstrap: Optional[str] = typer.Option(
+                  None, help="Kafka to use (default: start/reuse a local broker on --port)"),
+              port: int = typer.Option(9092, help="port of the local broker to start/reuse"),
+              kafka: bool = typer.Option(True, "--kafka/--no-kafka", help="also measure Kafka")
+              ) -> None:
+    """Frames/s of one hop (produce -> stage -> produce) of 640x360 JPEG frames, on the memory
+    bus and on a real broker, and their ratio."""
+    from pipeline.bench.bus import bench_bus as run
+
+    _logging("text", "WARNING")
+    result = run(frames=frames, bootstrap=bootstrap, port=port, kafka=kafka, echo=typer.echo)
+    typer.echo(json.dumps(result))
+
+
+def main() -> None:
+    from pipeline.broker import BrokerError
+    from pipeline.bus import BusError
+    from pipeline.config import ConfigError
+    from pipeline.sources import SourceError
+
+    try:
+        app()
+    except (ConfigError, SourceError, BrokerError, BusError, KeyError, ValueError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        typer.echo(f"error: {msg}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The stage runner: delivery, dead-lettering, isolation of failures, shutdown, metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from pipeline.bus import TopicPartition, TopicSpec
+from pipeline.envelope import Frame, Message, Tracks
+from pipeline.metrics import StageMetrics
+from pipeline.runner import StageRunner
+from stages.base import Stage
+from stages.relay import RelayStage
+from tests.conftest import make_frame
+
+pytestmark = []
+
+
+def drain(consumer, n: int, timeout: float = 30.0) -> list:
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        out += consumer.poll(100, 0.3)
+    return out
+
+
+def run_until_idle(runner: StageRunner, idle: float = 1.0) -> None:
+    runner.run(threading.Event(), idle_timeout=idle)
+
+
+def produce(bus, topic: str, records) -> None:
+    with bus.producer() as p:
+        for key, value, headers in records:
+            p.send(topic, value, key, headers)
+        p.flush()
+
+
+def frame_rec(seq: int):
+    r = make_frame(seq).to_record()
+    return r.key, r.value, r.headers
+
+
+def test_bad_records_go_to_dlq_with_reason_and_neighbours_pass(make_bus, topic_name):
+    bus = make_bus()
+    tin, tout = topic_name, topic_name + "-out"
+    bus.create_topics([TopicSpec(tin, 1), TopicSpec(tout, 1), TopicSpec(tin + ".dlq", 1)])
+    good = make_frame(1).to_record()
+    truncated = good.value[: len(good.value) // 2]
+    wrong_type = [(k, v if k != "content_type" else b"text/plain") for k, v in good.headers]
+    result = Tracks("f", "cam").to_record()
+    records = [
+        frame_rec(0),
+        (b"cam", truncated, good.headers),                  # truncated JPEG
+        frame_rec(2),
+        (b"cam", b"", good.headers),                        # empty value
+        (b"cam", good.value, wrong_type),                   # wrong content type
+        (result.key, result.value, result.headers),         # a tracks record on a frame topic
+        frame_rec(6),
+        (b"cam", make_frame(7, h=200, w=300).to_record().value, good.headers),  # oversized
+        (None, b"hello, not an image", []),                 # bare garbage, no headers
+        frame_rec(9),
+    ]
+    produce(bus, tin, records)
+    runner = StageRunner(RelayStage(), bus, [tin], {"frame": tout}, batch_size=4,
+                         max_frame_bytes=len(good.value) + 100,
+                         metrics=StageMetrics("t", CollectorRegistry()))
+    run_until_idle(runner)
+
+    with bus.consumer([tout], "check-out") as c:
+        out = drain(c, 4)
+    ids = [dict(r.headers)["frame_id"].decode() for r in out]
+    assert ids == [make_frame(i).frame_id for i in (0, 2, 6, 9)]
+
+    with bus.consumer([tin + ".dlq"], "check-dlq") as c:
+        dead = drain(c, 6)
+    reasons = [dict(r.headers)["dlq_reason"].decode() for r in dead]
+    assert len(dead) == 6
+    assert "truncated JPEG" in reasons[0]
+    assert "empty value" in reasons[1]
+    assert "text/plain" in reasons[2]
+    assert "unexpected record kind 'tracks'" in reasons[3]
+    assert "oversized" in reasons[4]
+    assert "neither JPEG nor PNG" in reasons[5] or "unknown" in reasons[5]
+    # The original bytes survive, so a fixed consumer can replay them.
+    assert dead[0].value == truncated
+    assert dict(dead[0].headers)["dlq_source"].decode() == f"{tin}/0/1"
+    assert runner.stats.dead_lettered == 6 and runner.stats.records_in == 10
+    # Everything, good and bad, is committed: nothing is stuck.
+    with bus.consumer([tin], runner.group_id) as c:
+        assert drain(c, 1, timeout=2) == []
+
+
+class ExplodesOnSeq(Stage):
+    name = "explodes"
+    accepts = ("frame",)
+    emits = ("frame",)
+
+    def __init__(self, bad: set[int]):
+        super().__init__()
+        self.bad = bad
+        self.calls = 0
+
+    def process(self, batch: list[Message]) -> list[Message]:
+        self.calls += 1
+        for m in batch:
+            assert isinstance(m, Frame)
+            if m.seq in self.bad:
+                raise RuntimeError(f"cannot handle seq {m.seq}")
+        return list(batch)
+
+
+def test_a_raising_stage_dead_letters_only_the_culprit(make_bus, topic_name):
+    bus = make_bus()
+    tin, tout = topic_name, topic_name + "-out"
+    bus.create_topics([TopicSpec(tin, 1), TopicSpec(tout, 1)])
+    produce(bus, tin, [frame_rec(i) for i in range(12)])
+    stage = ExplodesOnSeq({3, 8})
+    runner = StageRunner(stage, bus, [tin], {"frame": tout}, batch_size=6,
+                         metrics=StageMetrics("t", CollectorRegistry()))
+    run_until_idle(runner)
+    with bus.consumer([tout], "check") as c:
+        out = drain(c, 10)
+    assert sorted(int(dict(r.headers)["seq"]) for r in out) == [0, 1, 2, 4, 5, 6, 7, 9, 10, 11]
+    with bus.consumer([tin + ".dlq"], "check-dlq") as c:
+        dead = drain(c, 2)
+    assert [dict(r.headers)["dlq_reason"].decode() for r in dead] == [
+        "RuntimeError: cannot handle seq 3", "RuntimeError: cannot handle seq 8"]
+    assert runner.stats.errors == 2
+
+
+def test_stop_finishes_the_batch_and_commits(topic_name):
+    from pipeline.bus.memory import MemoryBus
+
+    bus = MemoryBus()
+    produce(bus, topic_name, [frame_rec(i) for i in range(50)])
+
+    class Slow(RelayStage):
+        def process(self, batch):
+            time.sleep(0.05)
+            return super().process(batch)
+
+    runner = StageRunner(Slow(), bus, [topic_name], {"frame": "out"}, batch_size=5,
+                         metrics=StageMetrics("t", CollectorRegistry()))
+    stop = threading.Event()
+    t = threading.Thread(target=runner.run, args=(stop,))
+    t.start()
+    time.sleep(0.2)
+    stop.set()
+    t.join(10)
+    assert not t.is_alive()
+    done = runner.stats.records_in
+    assert 0 < done < 50, "stopped mid-stream, after whole batches"
+    assert bus.committed(runner.group_id) == {TopicPartition(topic_name, 0): done}
+    assert sum(bus.end_offsets("out").values()) == done
+
+
+def test_metrics_count_in_out_dead(topic_name):
+    from pipeline.bus.memory import MemoryBus
+
+    bus = MemoryBus()
+    produce(bus, topic_name, [frame_rec(0), (None, b"junk", []), frame_rec(2)])
+    reg = CollectorRegistry()
+    runner = StageRunner(RelayStage(), bus, [topic_name], {"frame": "out"},
+                         metrics=StageMetrics("relay-m", reg))
+    run_until_idle(runner, idle=0.3)
+    value = lambda name: reg.get_sample_value(name, {"stage": "relay-m"})  # noqa: E731
+    assert value("vistream_records_in_total") == 3
+    assert value("vistream_records_out_total") == 2
+    assert value("vistream_dead_lettered_total") == 1
+    assert value("vistream_batch_latency_seconds_count") >= 1
+    assert value("vistream_consumer_lag") == 0
+
+
+def test_runner_refuses_a_stage_without_routes():
+    from pipeline.bus.memory import MemoryBus
+
+    with pytest.raises(ValueError, match="emits"):
+        StageRunner(RelayStage(), MemoryBus(), ["in"], {})
