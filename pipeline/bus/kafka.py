@@ -14,6 +14,7 @@ Settings chosen for frames:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Iterable
 
@@ -45,6 +46,8 @@ class KafkaBus(Bus):
         self.client_id = client_id
         self.max_message_bytes = max_message_bytes
         self._admin = None
+        self._offsets = None
+        self._lock = threading.Lock()
 
     def _admin_client(self):
         if self._admin is None:
@@ -80,13 +83,14 @@ class KafkaBus(Bus):
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         k = _kafka()
-        c = k.KafkaConsumer(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-offsets")
-        try:
+        with self._lock:
+            if self._offsets is None:  # one group-less client, reused: connecting is slow
+                self._offsets = k.KafkaConsumer(bootstrap_servers=self.bootstrap,
+                                                client_id=f"{self.client_id}-offsets")
+            c = self._offsets
             parts = c.partitions_for_topic(topic) or set()
             tps = [k.TopicPartition(topic, p) for p in sorted(parts)]
             return {tp.partition: off for tp, off in c.end_offsets(tps).items()} if tps else {}
-        finally:
-            c.close()
 
     def producer(self) -> Producer:
         return KafkaProducerAdapter(self)
@@ -96,6 +100,9 @@ class KafkaBus(Bus):
         return KafkaConsumerAdapter(self, topics, group_id, auto_offset_reset)
 
     def close(self) -> None:
+        if self._offsets is not None:
+            self._offsets.close()
+            self._offsets = None
         if self._admin is not None:
             self._admin.close()
             self._admin = None
