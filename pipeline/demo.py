@@ -20,7 +20,7 @@ def run_demo(out: Path, frames: int = 150, seed: int = 0,
     from pipeline.synthetic import SceneSpec, generate, write_ground_truth, write_video
 
     out.mkdir(parents=True, exist_ok=True)
-    video = generate(SceneSpec(n_frames=frames, seed=seed, shake_frames=[frames // 2]))
+    video = generate(SceneSpec(n_frames=frames, seed=seed, shake_frames=(frames // 2,) if frames > 1 else ()))
     video_path = write_video(video, out / "sample.mp4")
     write_ground_truth(video, out / "ground_truth.json")
     echo(f"sample video: {video_path} ({frames} frames, {video.spec.width}x{video.spec.height}, "
@@ -37,6 +37,6 @@ def run_demo(out: Path, frames: int = 150, seed: int = 0,
              f"dead-lettered {st.dead_lettered}  errors {st.errors}")
     summary = report.stage_objects["summary"].summary()
     echo("summary: " + json.dumps(summary, indent=2))
-    echo(f"contact sheet: {out / 'summary' / 'contact_sheet.jpg'}; "
+    echo(f"contact sheet: {out / 'summary' / 'contact_sheet.png'}; "
          f"pipeline took {report.seconds:.1f} s")
     return summary

@@ -104,7 +104,10 @@ class StageRunner:
             while not stop.is_set():
                 n = self.step()
                 if n == 0 and idle_timeout is not None:
-                    if time.monotonic() - self.idle_since >= idle_timeout and self.lag() == 0:
+                    # Group lag, not this member's: right after a restart the group may still
+                    # be rebalancing and this member owns nothing yet.
+                    if (time.monotonic() - self.idle_since >= idle_timeout
+                            and self.bus.group_lag(self.group_id, self.inputs) == 0):
                         break
         finally:
             self.close()

@@ -4,7 +4,7 @@ Idempotent by frame id, so at-least-once delivery gives exactly-once results: a 
 frame overwrites its own entry. With ``out_dir`` set, each entry is a small JSON file written
 atomically (write to a temp name, then rename), so a sink killed mid-batch and restarted never
 leaves a half entry and never counts a frame twice. On close it writes ``summary.json`` and a
-contact sheet of thumbnails (``contact_sheet.jpg``).
+contact sheet of thumbnails (``contact_sheet.png``).
 """
 
 from __future__ import annotations
@@ -114,4 +114,4 @@ class SummarySink(Stage):
         (self.out_dir / "summary.json").write_text(json.dumps(self.summary(), indent=2))
         sheet = self.contact_sheet()
         if sheet is not None:
-            cv2.imwrite(str(self.out_dir / "contact_sheet.jpg"), sheet)
+            cv2.imwrite(str(self.out_dir / "contact_sheet.png"), sheet)

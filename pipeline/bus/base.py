@@ -103,6 +103,11 @@ class Bus(abc.ABC):
     def end_offsets(self, topic: str) -> dict[int, int]:
         """Next offset to be written, per partition."""
 
+    @abc.abstractmethod
+    def group_lag(self, group_id: str, topics: list[str]) -> int:
+        """Records of ``topics`` that ``group_id`` has not committed yet, over all partitions
+        (owned by a member or not): zero means the whole group has nothing left to do."""
+
     def close(self) -> None:
         pass
 

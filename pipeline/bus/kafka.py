@@ -81,16 +81,41 @@ class KafkaBus(Bus):
             time.sleep(0.1)
         raise BusError(f"topics {sorted(names)} were not visible after creation")
 
+    def _offsets_client(self):
+        if self._offsets is None:  # one group-less client, reused: connecting is slow
+            self._offsets = _kafka().KafkaConsumer(bootstrap_servers=self.bootstrap,
+                                                   client_id=f"{self.client_id}-offsets")
+        return self._offsets
+
+    def _partitions(self, topic: str) -> list:
+        parts = self._offsets_client().partitions_for_topic(topic) or set()
+        return [_kafka().TopicPartition(topic, p) for p in sorted(parts)]
+
     def end_offsets(self, topic: str) -> dict[int, int]:
-        k = _kafka()
         with self._lock:
-            if self._offsets is None:  # one group-less client, reused: connecting is slow
-                self._offsets = k.KafkaConsumer(bootstrap_servers=self.bootstrap,
-                                                client_id=f"{self.client_id}-offsets")
-            c = self._offsets
-            parts = c.partitions_for_topic(topic) or set()
-            tps = [k.TopicPartition(topic, p) for p in sorted(parts)]
-            return {tp.partition: off for tp, off in c.end_offsets(tps).items()} if tps else {}
+            tps = self._partitions(topic)
+            ends = self._offsets_client().end_offsets(tps) if tps else {}
+            return {tp.partition: off for tp, off in ends.items()}
+
+    def group_lag(self, group_id: str, topics: list[str]) -> int:
+        with self._lock:
+            tps = [tp for t in topics for tp in self._partitions(t)]
+            if not tps:
+                return 0
+            c = self._offsets_client()
+            ends = c.end_offsets(tps)
+            starts = c.beginning_offsets(tps)
+            admin = self._admin_client()
+            if hasattr(admin, "list_group_offsets"):  # kafka-python 3.x
+                committed = admin.list_group_offsets({group_id: tps}).get(group_id, {})
+            else:  # kafka-python 2.x
+                committed = admin.list_consumer_group_offsets(group_id, partitions=tps)
+            lag = 0
+            for tp in tps:
+                done = committed.get(tp)
+                pos = done.offset if done is not None and done.offset >= 0 else starts[tp]
+                lag += max(ends[tp] - max(pos, starts[tp]), 0)
+            return lag
 
     def producer(self) -> Producer:
         return KafkaProducerAdapter(self)

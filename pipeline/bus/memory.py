@@ -154,6 +154,17 @@ class MemoryBus(Bus):
                 group.members.remove(consumer)
                 self._rebalance(group)
 
+    def group_lag(self, group_id: str, topics: list[str]) -> int:
+        with self._cond:
+            g = self._groups.get(group_id)
+            committed = g.committed if g else {}
+            lag = 0
+            for t in topics:
+                for i, part in enumerate(self._topics.get(t, [])):
+                    start = max(committed.get(TopicPartition(t, i), 0), part.base_offset)
+                    lag += part.end_offset - start
+            return lag
+
     def committed(self, group_id: str) -> dict[TopicPartition, int]:
         with self._cond:
             g = self._groups.get(group_id)
