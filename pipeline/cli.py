@@ -98,18 +98,19 @@ def ingest(
     log_format: str = LOG_FORMAT,
 ) -> None:
     """Read frames from SOURCE, JPEG-encode them and produce them to a Kafka topic."""
+    from pipeline.app import install_stop_signals
     from pipeline.bus import TopicSpec, make_bus
+    from pipeline.sources import open_source
     from stages.ingest import ingest as run_ingest
 
     _logging(log_format)
     stop = threading.Event()
-    from pipeline.app import install_stop_signals
-
     install_stop_signals(stop)
+    frames = open_source(source)  # a bad source is reported before any broker is contacted
     with make_bus("kafka", bootstrap) as bus:
         bus.create_topics([TopicSpec(topic, partitions)])
         with bus.producer() as producer:
-            report = run_ingest(source, producer, topic, stream_id, fps, quality, limit,
+            report = run_ingest(frames, producer, topic, stream_id, fps, quality, limit,
                                 progress, stop)
     typer.echo(f"sent {report.frames_sent} frames ({report.bytes_sent / 1e6:.1f} MB) from "
                f"{report.source} to '{topic}' as stream '{report.stream_id}' in "

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pipeline.bus import Producer
 from pipeline.envelope import Frame, now_ms
-from pipeline.sources import open_source
+from pipeline.sources import FrameSource, open_source
 
 log = logging.getLogger("vistream.ingest")
 
@@ -43,13 +43,13 @@ class IngestReport:
 
 def default_stream_id(source: str | int) -> str:
     text = str(source)
-    if text.isdigit():
-        return f"camera{text}"
+    if text.isdigit() or text.startswith("camera:"):
+        return "camera" + text.removeprefix("camera:")
     return Path(text).stem or "stream"
 
 
 def ingest(
-    source: str | int | Path,
+    source: str | int | Path | FrameSource,
     producer: Producer,
     topic: str = "frames",
     stream_id: str | None = None,
@@ -59,7 +59,7 @@ def ingest(
     progress: bool = True,
     stop: threading.Event | None = None,
 ) -> IngestReport:
-    """Send the frames of ``source`` to ``topic``; returns what was sent.
+    """Send the frames of ``source`` (a path, a camera index or an opened source) to ``topic``.
 
     Raises :class:`pipeline.sources.SourceError` when the source cannot be read.
     """
@@ -67,11 +67,12 @@ def ingest(
         raise ValueError("JPEG quality must be between 1 and 100")
     if fps is not None and fps <= 0:
         raise ValueError("fps must be positive")
-    stream = stream_id or default_stream_id(source)
+    src = source if isinstance(source, FrameSource) else open_source(source)
+    stream = stream_id or default_stream_id(src.name)
     sent = nbytes = 0
     t0 = time.monotonic()
     start_ms = now_ms()
-    with open_source(source) as src:
+    with src:
         total = src.length if limit is None else min(limit, src.length or limit)
         bar = tqdm(total=total, unit="frame", desc=f"ingest {stream}", disable=not progress,
                    leave=False)
