@@ -32,9 +32,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.bus.kafka import MAX_MESSAGE_BYTES  # one cap for broker and clients
+
 KAFKA_VERSION = "4.3.1"
 SCALA_VERSION = "2.13"
-MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 
 _EXTRA_DEPS = [  # (groupId, artifactId, version) next to kafka itself
     ("org.apache.logging.log4j", "log4j-slf4j2-impl", "2.24.3"),

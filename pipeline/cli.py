@@ -6,7 +6,6 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -38,7 +37,7 @@ DATA_DIR = typer.Option(None, "--data-dir", help="broker folder (default: cache/
 
 
 @broker_app.command("start")
-def broker_start(port: int = PORT, data_dir: Optional[Path] = DATA_DIR,
+def broker_start(port: int = PORT, data_dir: Path | None = DATA_DIR,
                  heap: str = typer.Option("1g", help="JVM heap (-Xmx)"),
                  timeout: float = typer.Option(90, help="seconds to wait until it answers")) -> None:
     """Fetch the jars if needed, format KRaft storage once, start the broker in the background
@@ -52,7 +51,7 @@ def broker_start(port: int = PORT, data_dir: Optional[Path] = DATA_DIR,
 
 
 @broker_app.command("stop")
-def broker_stop(port: int = PORT, data_dir: Optional[Path] = DATA_DIR) -> None:
+def broker_stop(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
     """Stop the broker cleanly (SIGTERM, then SIGKILL after 30 s)."""
     from pipeline import broker
 
@@ -62,7 +61,7 @@ def broker_stop(port: int = PORT, data_dir: Optional[Path] = DATA_DIR) -> None:
 
 
 @broker_app.command("status")
-def broker_status(port: int = PORT, data_dir: Optional[Path] = DATA_DIR) -> None:
+def broker_status(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
     """Say whether the broker runs; exit code 0 if it does, 1 if not."""
     from pipeline import broker
 
@@ -88,10 +87,10 @@ def broker_fetch() -> None:
 def ingest(
     source: str = typer.Argument(..., help="video file, camera index (0, 1, ...) or image folder"),
     topic: str = typer.Option("frames", help="topic to produce frame records to"),
-    fps: Optional[float] = typer.Option(None, help="pace at N frames/s (default: as fast as possible)"),
-    stream_id: Optional[str] = typer.Option(None, "--stream-id", help="stream id (default: file name)"),
+    fps: float | None = typer.Option(None, help="pace at N frames/s (default: as fast as possible)"),
+    stream_id: str | None = typer.Option(None, "--stream-id", help="stream id (default: file name)"),
     quality: int = typer.Option(90, min=1, max=100, help="JPEG quality"),
-    limit: Optional[int] = typer.Option(None, min=1, help="stop after N frames"),
+    limit: int | None = typer.Option(None, min=1, help="stop after N frames"),
     bootstrap: str = typer.Option("127.0.0.1:9092", help="Kafka bootstrap servers"),
     partitions: int = typer.Option(4, min=1, help="partitions if the topic must be created"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -121,7 +120,7 @@ def ingest(
 # ----------------------------------------------------------------------------- running
 @app.command()
 def run(config: Path = typer.Argument(..., help="pipeline YAML"),
-        log_format: Optional[str] = typer.Option(None, "--log-format", help="override the config's")
+        log_format: str | None = typer.Option(None, "--log-format", help="override the config's")
         ) -> None:
     """Run a whole pipeline: on the memory bus as threads of this process (it ends when the
     sources are exhausted and drained); on Kafka as one process per stage replica."""
@@ -141,9 +140,9 @@ def run(config: Path = typer.Argument(..., help="pipeline YAML"),
 @app.command()
 def stage(name: str = typer.Argument(..., help="stage name from the config"),
           config: Path = typer.Option(..., "--config", "-c", help="pipeline YAML"),
-          idle_exit: Optional[float] = typer.Option(
+          idle_exit: float | None = typer.Option(
               None, help="exit after N seconds without input and with no lag (batch jobs)"),
-          log_format: Optional[str] = typer.Option(None, "--log-format")) -> None:
+          log_format: str | None = typer.Option(None, "--log-format")) -> None:
     """Run one stage of a Kafka pipeline in this process. Start more copies to scale out:
     they share the stage's consumer group and split its partitions."""
     from pipeline.app import install_stop_signals, run_stage
@@ -237,7 +236,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
 # ----------------------------------------------------------------------------- bench
 @bench_app.command("bus")
 def bench_bus(frames: int = typer.Option(2000, min=10, help="frames per measurement"),
-              bootstrap: Optional[str] = typer.Option(
+              bootstrap: str | None = typer.Option(
                   None, help="Kafka to use (default: start/reuse a local broker on --port)"),
               port: int = typer.Option(9092, help="port of the local broker to start/reuse"),
               kafka: bool = typer.Option(True, "--kafka/--no-kafka", help="also measure Kafka")

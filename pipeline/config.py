@@ -48,7 +48,8 @@ class SourceSettings(_Strict):
     source: str = Field(description="video file, camera index or image folder")
     topic: str = "frames"
     stream_id: str | None = None
-    fps: float | None = Field(None, gt=0, description="pace frames at this rate (default: as fast as possible)")
+    fps: float | None = Field(None, gt=0,
+                              description="pace frames at this rate (default: as fast as possible)")
     quality: int = Field(90, ge=1, le=100)
     limit: int | None = Field(None, ge=1, description="stop after this many frames")
 
@@ -80,7 +81,8 @@ class MetricsSettings(_Strict):
 class PipelineConfig(_Strict):
     name: str = "pipeline"
     bus: BusSettings = Field(default_factory=BusSettings)
-    topics: dict[str, int] = Field(default_factory=dict, description="partitions per topic, overrides bus.partitions")
+    topics: dict[str, int] = Field(default_factory=dict,
+                                   description="partitions per topic, overrides bus.partitions")
     sources: list[SourceSettings] = Field(default_factory=list)
     stages: list[StageSettings] = Field(default_factory=list)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

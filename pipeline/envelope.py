@@ -227,7 +227,10 @@ class Frame:
         if not record.headers:
             # A bare image record (kcat, a plain client): derive everything from the record.
             content_type = sniff_content_type(data) if data else None
-            check_image_bytes(data, content_type or "unknown (no headers)", max_bytes)
+            if data and content_type is None:
+                raise InvalidRecord(f"record has no headers and its value ({len(data)} bytes) "
+                                    "is neither JPEG nor PNG")
+            check_image_bytes(data, content_type or "", max_bytes)
             stream = record.key.decode("utf-8", "replace") if record.key else record.topic
             return cls(
                 frame_id=record.source_id,

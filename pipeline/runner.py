@@ -103,12 +103,12 @@ class StageRunner:
         try:
             while not stop.is_set():
                 n = self.step()
-                if n == 0 and idle_timeout is not None:
-                    # Group lag, not this member's: right after a restart the group may still
-                    # be rebalancing and this member owns nothing yet.
-                    if (time.monotonic() - self.idle_since >= idle_timeout
-                            and self.bus.group_lag(self.group_id, self.inputs) == 0):
-                        break
+                # Group lag, not this member's: right after a restart the group may still be
+                # rebalancing and this member owns nothing yet.
+                if (n == 0 and idle_timeout is not None
+                        and time.monotonic() - self.idle_since >= idle_timeout
+                        and self.bus.group_lag(self.group_id, self.inputs) == 0):
+                    break
         finally:
             self.close()
             log.info("stage stopped", extra={"stage": self.name, **vars(self.stats)})

@@ -17,7 +17,8 @@ Parameters are a pydantic model (``Params``) so a YAML typo is a readable error 
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -66,8 +67,8 @@ def register_stage(name: str) -> Callable[[S], S]:
 
 def _load_builtin_stages() -> None:
     # Importing the modules runs their @register_stage decorators.
-    import stages.sinks  # noqa: F401
-    import stages.relay  # noqa: F401
+    import stages.relay
+    import stages.sinks
     import stages.thumbnail  # noqa: F401
 
 

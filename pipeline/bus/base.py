@@ -15,8 +15,9 @@ behaves the same on a real broker:
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from pipeline.envelope import Headers, Record
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from pipeline.bus.base import Bus, BusError, Consumer, Producer, TopicPartition, TopicSpec
 from pipeline.envelope import Headers, Record

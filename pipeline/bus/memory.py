@@ -24,8 +24,8 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from pipeline.bus.base import Bus, BusError, Consumer, Producer, TopicPartition, TopicSpec
 from pipeline.envelope import Headers, Record, now_ms

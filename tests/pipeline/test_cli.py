@@ -126,3 +126,27 @@ stages:
     assert proc.returncode == 0, log[-3000:]
     assert log.count("stage stopped") == 3, "two thumbs replicas and one sink, stopped cleanly"
     assert json.loads((out / "summary.json").read_text())["frames"] == 20
+
+
+@pytest.mark.kafka
+def test_dlq_command_shows_reasons(topic_name):
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.metrics import StageMetrics
+    from pipeline.runner import StageRunner
+    from stages.relay import RelayStage
+
+    bootstrap = kafka_bootstrap()
+    with make_bus("kafka", bootstrap) as bus:
+        with bus.producer() as p:
+            p.send(topic_name, b"definitely not a jpeg", b"cam")
+            p.flush()
+        StageRunner(RelayStage(), bus, [topic_name], {"frame": topic_name + "-out"},
+                    group_id=f"g-{topic_name}",
+                    metrics=StageMetrics("dlq-cli", CollectorRegistry())).run(
+            threading.Event(), idle_timeout=1)
+    res = vistream("dlq", topic_name + ".dlq", "--bootstrap", bootstrap)
+    assert res.returncode == 0, res.stderr
+    assert f"{topic_name}/0/0" in res.stdout and "neither JPEG nor PNG" in res.stdout

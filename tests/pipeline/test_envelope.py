@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 
 from pipeline.envelope import (
-    PNG, Caption, Codes, Features, Frame, InvalidRecord, Label, Record, Result, Tracks,
+    PNG,
+    Caption,
+    Codes,
+    Features,
+    Frame,
+    InvalidRecord,
+    Label,
+    Record,
+    Result,
+    Tracks,
     decode_message,
 )
 from tests.conftest import make_frame, random_image
