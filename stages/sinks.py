@@ -45,9 +45,13 @@ class SummarySink(Stage):
         self.out_dir = Path(self.params.out_dir) if self.params.out_dir else None
         if self.out_dir:
             (self.out_dir / "frames").mkdir(parents=True, exist_ok=True)
+            # A restarted sink picks up what it already holds, thumbnails included.
             for p in (self.out_dir / "frames").glob("*.json"):
                 entry = json.loads(p.read_text())
                 self.entries[entry["frame_id"]] = entry
+                thumb = p.with_name(p.name.removesuffix(".json") + ".jpg")
+                if thumb.exists():
+                    self.thumbnails[entry["frame_id"]] = thumb.read_bytes()
 
     def process(self, batch: list[Message]) -> list[Message]:
         for msg in batch:
@@ -63,15 +67,16 @@ class SummarySink(Stage):
                 self.entries[s.frame_id] = entry
                 self.thumbnails[s.frame_id] = s.thumbnail.tobytes()
             if self.out_dir:
-                self._write_entry(entry)
+                self._write_entry(entry, s.thumbnail.tobytes())
         return []
 
-    def _write_entry(self, entry: dict[str, Any]) -> None:
-        name = urllib.parse.quote(entry["frame_id"], safe="")
-        final = self.out_dir / "frames" / f"{name}.json"
-        tmp = final.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, final)
+    def _write_entry(self, entry: dict[str, Any], thumbnail: bytes) -> None:
+        # Frame ids may hold dots, so build names rather than swap suffixes.
+        stem = urllib.parse.quote(entry["frame_id"], safe="")
+        folder = self.out_dir / "frames"
+        # Thumbnail first: an entry that exists always has its thumbnail.
+        _atomic_write(folder / f"{stem}.jpg", thumbnail)
+        _atomic_write(folder / f"{stem}.json", json.dumps(entry).encode())
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
@@ -115,3 +120,9 @@ class SummarySink(Stage):
         sheet = self.contact_sheet()
         if sheet is not None:
             cv2.imwrite(str(self.out_dir / "contact_sheet.png"), sheet)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
