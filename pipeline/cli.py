@@ -14,13 +14,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # joins wrapped docstring lines into paragraphs
 )
 broker_app = typer.Typer(help="Run a local single-node Apache Kafka broker (jars from Maven "
                               "Central, cached outside the repo).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: each prints JSON whose last line holds the figures.",
                         no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluations on real and seeded synthetic data; each prints a table "
+                            "and writes its figures.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(bench_app, name="bench")
+app.add_typer(eval_app, name="eval")
 
 LOG_FORMAT = typer.Option("text", "--log-format", help="text or json (one object per line)")
 
@@ -248,6 +252,21 @@ def bench_bus(frames: int = typer.Option(2000, min=10, help="frames per measurem
     _logging("text", "WARNING")
     result = run(frames=frames, bootstrap=bootstrap, port=port, kafka=kafka, echo=typer.echo)
     typer.echo(json.dumps(result))
+
+
+def _load_command_modules() -> None:
+    """Each module of ``pipeline/commands/`` adds its commands to ``app``, ``bench_app`` or
+    ``eval_app`` (import this module's apps and decorate), so feature areas stay apart."""
+    import importlib
+    import pkgutil
+
+    import pipeline.commands
+
+    for info in pkgutil.iter_modules(pipeline.commands.__path__):
+        importlib.import_module(f"pipeline.commands.{info.name}")
+
+
+_load_command_modules()
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ Rules a stage follows:
   only the messages that still fail, with the exception as the reason.
 
 Parameters are a pydantic model (``Params``) so a YAML typo is a readable error at start-up.
+A new stage is a module in ``stages/`` with a ``@register_stage("name")`` class; it is found
+automatically.
 """
 
 from __future__ import annotations
