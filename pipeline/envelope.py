@@ -174,6 +174,8 @@ class Frame:
     """One encoded video frame. ``image`` decodes lazily (and once)."""
 
     kind: ClassVar[str] = "frame"
+    #: (topic, partition, offset) of the record it was decoded from; set by decode_message.
+    origin: ClassVar[tuple[str, int, int] | None] = None
 
     frame_id: str
     stream_id: str
@@ -276,6 +278,8 @@ class Result:
     """Base of derived records. Subclasses are dataclasses; ndarray fields travel as raw bytes."""
 
     kind: ClassVar[str] = "result"
+    #: (topic, partition, offset) of the record it was decoded from; set by decode_message.
+    origin: ClassVar[tuple[str, int, int] | None] = None
 
     frame_id: str
     stream_id: str
@@ -430,4 +434,5 @@ def decode_message(record: Record, accept: tuple[str, ...] = ("frame",),
         msg = Frame.from_record(record, max_frame_bytes)
     if "*" not in accept and msg.kind not in accept:
         raise InvalidRecord(f"unexpected record kind {msg.kind!r}: this stage takes {list(accept)}")
+    msg.origin = (record.topic, record.partition, record.offset)  # instance value, not a field
     return msg

@@ -79,7 +79,8 @@ class StageRunner:
         if self._consumer is None:
             self.stage.setup()
             self._producer = self.bus.producer()
-            self._consumer = self.bus.consumer(self.inputs, self.group_id)
+            self._consumer = self.bus.consumer(self.inputs, self.group_id,
+                                               on_assign=self.stage.start_offsets)
 
     def close(self) -> None:
         if self._consumer is not None:

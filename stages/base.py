@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.bus.base import TopicPartition
 from pipeline.envelope import Message
 
 
@@ -50,6 +51,15 @@ class Stage:
 
     def close(self) -> None:
         """Flush and release; called once on shutdown (after the last commit)."""
+
+    def start_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where to start reading newly assigned input partitions.
+
+        The default (empty) resumes at the group's committed offsets. A stage that keeps its
+        own snapshots returns the offsets its snapshot covers, so a restart replays from there;
+        each message carries ``origin`` = (topic, partition, offset) to track them.
+        """
+        return {}
 
 
 _REGISTRY: dict[str, type[Stage]] = {}

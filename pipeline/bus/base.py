@@ -15,7 +15,7 @@ behaves the same on a real broker:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,6 +31,13 @@ class TopicPartition(NamedTuple):
 class TopicSpec:
     name: str
     partitions: int = 1
+
+
+#: Called with the partitions a consumer has just been given (on Kafka's eager protocol: all
+#: of its partitions after every rebalance); returns where to start reading some of them
+#: (the others start at the group's committed offset). Stages that keep their own
+#: snapshots use it to replay from the snapshot instead of from the last commit.
+OnAssign = Callable[[set[TopicPartition]], dict[TopicPartition, int]]
 
 
 class BusError(RuntimeError):
@@ -97,8 +104,8 @@ class Bus(abc.ABC):
     def producer(self) -> Producer: ...
 
     @abc.abstractmethod
-    def consumer(self, topics: list[str], group_id: str,
-                 auto_offset_reset: str = "earliest") -> Consumer: ...
+    def consumer(self, topics: list[str], group_id: str, auto_offset_reset: str = "earliest",
+                 on_assign: OnAssign | None = None) -> Consumer: ...
 
     @abc.abstractmethod
     def end_offsets(self, topic: str) -> dict[int, int]:

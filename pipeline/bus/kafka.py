@@ -18,7 +18,15 @@ import threading
 import time
 from collections.abc import Iterable
 
-from pipeline.bus.base import Bus, BusError, Consumer, Producer, TopicPartition, TopicSpec
+from pipeline.bus.base import (
+    Bus,
+    BusError,
+    Consumer,
+    OnAssign,
+    Producer,
+    TopicPartition,
+    TopicSpec,
+)
 from pipeline.envelope import Headers, Record
 
 log = logging.getLogger("vistream.bus.kafka")
@@ -120,9 +128,9 @@ class KafkaBus(Bus):
     def producer(self) -> Producer:
         return KafkaProducerAdapter(self)
 
-    def consumer(self, topics: list[str], group_id: str,
-                 auto_offset_reset: str = "earliest") -> Consumer:
-        return KafkaConsumerAdapter(self, topics, group_id, auto_offset_reset)
+    def consumer(self, topics: list[str], group_id: str, auto_offset_reset: str = "earliest",
+                 on_assign: OnAssign | None = None) -> Consumer:
+        return KafkaConsumerAdapter(self, topics, group_id, auto_offset_reset, on_assign)
 
     def close(self) -> None:
         if self._offsets is not None:
@@ -164,14 +172,31 @@ class KafkaProducerAdapter(Producer):
         self._p.close()
 
 
+def _seek_on_assign(consumer, on_assign: OnAssign):
+    """A kafka-python rebalance listener that moves newly assigned partitions where asked."""
+    k = _kafka()
+
+    class SeekOnAssign(k.ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked) -> None:
+            pass
+
+        def on_partitions_assigned(self, assigned) -> None:
+            if not assigned:  # kafka-python also reports empty assignments
+                return
+            chosen = on_assign({TopicPartition(tp.topic, tp.partition) for tp in assigned})
+            for tp, offset in chosen.items():
+                consumer.seek(k.TopicPartition(tp.topic, tp.partition), offset)
+
+    return SeekOnAssign()
+
+
 class KafkaConsumerAdapter(Consumer):
     def __init__(self, bus: KafkaBus, topics: list[str], group_id: str,
-                 auto_offset_reset: str) -> None:
+                 auto_offset_reset: str, on_assign: OnAssign | None = None) -> None:
         k = _kafka()
         self._k = k
         try:
             self._c = k.KafkaConsumer(
-                *topics,
                 bootstrap_servers=bus.bootstrap,
                 client_id=f"{bus.client_id}-{group_id}",
                 group_id=group_id,
@@ -185,6 +210,7 @@ class KafkaConsumerAdapter(Consumer):
             )
         except k.errors.KafkaError as exc:
             raise BusError(f"no Kafka broker answers at {bus.bootstrap}: {exc}") from exc
+        self._c.subscribe(topics, listener=_seek_on_assign(self._c, on_assign) if on_assign else None)
 
     def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
         batches = self._c.poll(timeout_ms=int(timeout * 1000), max_records=max_records)

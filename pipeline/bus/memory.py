@@ -27,7 +27,15 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.bus.base import Bus, BusError, Consumer, Producer, TopicPartition, TopicSpec
+from pipeline.bus.base import (
+    Bus,
+    BusError,
+    Consumer,
+    OnAssign,
+    Producer,
+    TopicPartition,
+    TopicSpec,
+)
 from pipeline.envelope import Headers, Record, now_ms
 
 log = logging.getLogger("vistream.bus.memory")
@@ -115,15 +123,15 @@ class MemoryBus(Bus):
         return MemoryProducer(self)
 
     # -- groups ---------------------------------------------------------------------------
-    def consumer(self, topics: list[str], group_id: str,
-                 auto_offset_reset: str = "earliest") -> Consumer:
+    def consumer(self, topics: list[str], group_id: str, auto_offset_reset: str = "earliest",
+                 on_assign: OnAssign | None = None) -> Consumer:
         if auto_offset_reset not in ("earliest", "latest"):
             raise ValueError("auto_offset_reset must be 'earliest' or 'latest'")
         with self._cond:
             for t in topics:
                 self._ensure_topic(t)
             c = MemoryConsumer(self, next(self._member_ids), list(topics), group_id,
-                               auto_offset_reset)
+                               auto_offset_reset, on_assign)
             group = self._groups.setdefault(group_id, _Group())
             group.members.append(c)
             self._rebalance(group)
@@ -192,12 +200,13 @@ class MemoryProducer(Producer):
 
 class MemoryConsumer(Consumer):
     def __init__(self, bus: MemoryBus, member_id: int, topics: list[str], group_id: str,
-                 auto_offset_reset: str) -> None:
+                 auto_offset_reset: str, on_assign: OnAssign | None = None) -> None:
         self._bus = bus
         self.member_id = member_id
         self.topics = topics
         self.group_id = group_id
         self._reset = auto_offset_reset
+        self._on_assign = on_assign
         self._generation = -1
         self._positions: dict[TopicPartition, int] = {}
         self._rr = 0
@@ -212,8 +221,13 @@ class MemoryConsumer(Consumer):
         if group.generation == self._generation:
             return
         owned = group.assignment.get(self.member_id, set())
+        new = owned - set(self._positions)
+        chosen = self._on_assign(set(new)) if (self._on_assign and new) else {}
         positions = {}
         for tp in owned:
+            if tp in new and tp in chosen:
+                positions[tp] = chosen[tp]
+                continue
             if tp in self._positions:
                 positions[tp] = self._positions[tp]
                 continue

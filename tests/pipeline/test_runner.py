@@ -182,3 +182,26 @@ def test_runner_refuses_a_stage_without_routes():
 
     with pytest.raises(ValueError, match="emits"):
         StageRunner(RelayStage(), MemoryBus(), ["in"], {})
+
+
+def test_stage_start_offsets_replay_and_messages_carry_origin(topic_name):
+    from pipeline.bus.memory import MemoryBus
+
+    bus = MemoryBus()
+    produce(bus, topic_name, [frame_rec(i) for i in range(10)])
+
+    class FromSeven(RelayStage):
+        origins: list = []
+
+        def start_offsets(self, partitions):
+            return {tp: 7 for tp in partitions}
+
+        def process(self, batch):
+            self.origins += [m.origin for m in batch]
+            return super().process(batch)
+
+    stage = FromSeven()
+    runner = StageRunner(stage, bus, [topic_name], {"frame": "out"},
+                         metrics=StageMetrics("t", CollectorRegistry()))
+    run_until_idle(runner, idle=0.3)
+    assert stage.origins == [(topic_name, 0, 7), (topic_name, 0, 8), (topic_name, 0, 9)]

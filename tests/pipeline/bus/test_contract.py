@@ -131,3 +131,22 @@ def test_rebalance_across_two_consumers(make_bus, topic_name):
         c1.poll(10, 0.2)
     assert c1.assignment() == everything
     c1.close()
+
+
+def test_on_assign_chooses_where_new_partitions_start(make_bus, topic_name):
+    bus = make_bus()
+    bus.create_topics([TopicSpec(topic_name, 1)])
+    with bus.producer() as p:
+        for i in range(20):
+            p.send(topic_name, str(i).encode(), key=b"k")
+        p.flush()
+    seen: list[set] = []
+
+    def on_assign(partitions):
+        seen.append(partitions)
+        return {tp: 15 for tp in partitions}
+
+    with bus.consumer([topic_name], "g-seek", on_assign=on_assign) as c:
+        got = drain(c, 5)
+    assert [int(r.value) for r in got] == [15, 16, 17, 18, 19]
+    assert seen == [{TopicPartition(topic_name, 0)}]
