@@ -77,11 +77,21 @@ def register_stage(name: str) -> Callable[[S], S]:
     return deco
 
 
+_NOT_STAGES = {"base", "ingest"}
+
+
 def _load_builtin_stages() -> None:
-    # Importing the modules runs their @register_stage decorators.
-    import stages.relay
-    import stages.sinks
-    import stages.thumbnail  # noqa: F401
+    """Import every module of the ``stages`` package: their ``@register_stage`` decorators
+    fill the registry. Stage modules therefore keep heavy imports (torch, faiss) inside
+    ``setup()`` or functions, so that listing stages and validating configs stays fast."""
+    import importlib
+    import pkgutil
+
+    import stages
+
+    for info in pkgutil.iter_modules(stages.__path__):
+        if info.name not in _NOT_STAGES and not info.name.startswith("_"):
+            importlib.import_module(f"stages.{info.name}")
 
 
 def stage_types() -> dict[str, type[Stage]]:

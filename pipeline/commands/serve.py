@@ -1,0 +1,157 @@
+"""`vistream serve`, `vistream query` and `vistream bench index`: live retrieval."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+# Registers the "hashing" stage type for `vistream run/stage/check/stages` (the stage registry in
+# stages/base.py imports only its built-in modules).
+import stages.hashing  # noqa: F401
+from pipeline.cli import _logging, app, bench_app
+
+
+@app.command()
+def serve(
+    config: Path | None = typer.Option(None, "--config", "-c", help="pipeline YAML with an index "
+                                       "(type: hashing) stage"),
+    stage: str | None = typer.Option(None, "--stage", help="name of the index stage in the config"),
+    snapshot: Path | None = typer.Option(None, "--snapshot",
+                                         help="serve this snapshot folder read-only instead (a "
+                                         "--config then only names the features stage)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8080, min=0, max=65535),
+    group: str | None = typer.Option(None, help="consumer group for the index stage (default: "
+                                     "the config's); give each server its own to hold the whole "
+                                     "index"),
+    backbone: str | None = typer.Option("resnet18", help="backbone for image search when the "
+                                        "config has no features stage; 'none' turns it off"),
+    input_size: int = typer.Option(224, min=8, help="backbone input size (pixels)"),
+    seed: int = typer.Option(0, help="seed of the backbone's random init (no trained weights "
+                                     "exist yet)"),
+    max_upload_bytes: int = typer.Option(8 * 1024 * 1024, min=1),
+    max_pixels: int = typer.Option(4096 * 4096, min=1),
+    max_k: int = typer.Option(1000, min=1),
+    threads: int = typer.Option(1, min=1, help="FAISS (OpenMP) threads per search; requests "
+                                "already run in parallel threads"),
+    log_format: str = typer.Option("text", "--log-format"),
+) -> None:
+    """Run the query API: next to a live index stage (`--config` and `--stage`: the stage runs
+    through its StageRunner in a background thread and the API shares its index), or over a
+    snapshot folder, read-only (`--snapshot`)."""
+    import uvicorn
+
+    from pipeline.index import LiveIndex
+    from pipeline.service import LivePipeline, ServiceLimits, StageExtractor, create_app
+
+    _logging(log_format)
+    if snapshot is None and config is None:
+        raise typer.BadParameter("give --config (with --stage) or --snapshot")
+    cfg = None
+    if config is not None:
+        from pipeline.config import load_config
+
+        cfg = load_config(config)
+        if stage is None and snapshot is None:
+            names = [s.name for s in cfg.stages if s.type == "hashing"]
+            if len(names) != 1:
+                raise typer.BadParameter(f"--stage is needed: index stages in the config: {names}")
+            stage = names[0]
+    # Image queries must be embedded like the indexed frames: the config's own features stage
+    # when it has one, else the --backbone (seeded random init: no trained weights exist yet).
+    extractor = None
+    if cfg is not None:
+        extractor = StageExtractor.from_config(cfg, stage)
+    if extractor is None and backbone and backbone.lower() != "none":
+        from models.backbones.extractor import BackboneExtractor
+
+        extractor = BackboneExtractor(backbone, input_size=input_size, seed=seed)
+    limits = ServiceLimits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_k=max_k)
+    live = None
+    if snapshot is not None:
+        index = LiveIndex.load(snapshot, read_only=True, search_threads=threads)
+    else:
+        live = LivePipeline(cfg, stage, group=group).start()
+        index = live.index
+        index.search_threads = threads
+    api = create_app(index, extractor, limits)
+    typer.echo(f"serving {len(index)} frames on http://{host}:{port} (docs: /docs)", err=True)
+    try:
+        uvicorn.run(api, host=host, port=port, log_level="warning")
+    finally:
+        if live is not None:
+            live.close()
+
+
+@app.command()
+def query(
+    image: Path | None = typer.Argument(None, help="a JPEG or PNG image to search with"),
+    frame: str | None = typer.Option(None, "--frame", help="search by an indexed frame id"),
+    k: int = typer.Option(10, help="how many neighbours"),
+    url: str = typer.Option("http://127.0.0.1:8080", help="the query service"),
+    timeout: float = typer.Option(30.0, help="seconds"),
+) -> None:
+    """Ask a running `vistream serve` for the neighbours of an image or of a frame id; prints
+    the JSON answer."""
+    import httpx
+
+    if (image is None) == (frame is None):
+        raise typer.BadParameter("give either IMAGE or --frame ID")
+    try:
+        with httpx.Client(base_url=url, timeout=timeout) as client:
+            if frame is not None:
+                r = client.get("/search/frame", params={"frame_id": frame, "k": k})
+            else:
+                if not image.is_file():
+                    raise typer.BadParameter(f"{image} is not a file")
+                with open(image, "rb") as f:
+                    r = client.post("/search/image", params={"k": k},
+                                    files={"image": (image.name, f, "application/octet-stream")})
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text
+        typer.echo(f"error {r.status_code}: {detail}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(r.json(), indent=1))
+
+
+@bench_app.command("index")
+def bench_index(
+    n: int = typer.Option(1_000_000, min=1000, help="codes in the search benchmark"),
+    n_bits: int = typer.Option(64, min=8, help="code length"),
+    queries: int = typer.Option(1000, min=10, help="timed queries per measurement"),
+    k: int = typer.Option(10, min=1),
+    ingest_rate: float = typer.Option(10_000, min=0, help="codes/s added during the ingest run"),
+    ingest_seconds: float = typer.Option(5.0, min=0.5),
+    reencode_n: int = typer.Option(1_000_000, min=0, help="features in the re-encode run (0: skip)"),
+    reencode_dim: int = typer.Option(512, min=8),
+    exact_sample: int = typer.Option(50, min=1, help="queries checked against brute force"),
+    threads: int = typer.Option(1, min=1, help="FAISS (OpenMP) threads for searches"),
+    reencode_threads: int = typer.Option(1, min=1, help="BLAS threads while re-encoding"),
+    reencode_qps: float = typer.Option(100.0, min=0, help="query load during the paced re-encode "
+                                       "run (a second run always searches back to back); 0 skips "
+                                       "the paced run"),
+    http: bool = typer.Option(True, "--http/--no-http", help="also time searches over HTTP"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Top-k latency of the live index's search path vs a bare FAISS IndexBinaryFlat (same
+    codes, same queries), exactness vs brute force, latency while ingesting, and the re-encode
+    and swap after a model update. Prints JSON; the last line holds the figures."""
+    from pipeline.bench.index import bench_index as run
+
+    _logging("text", "WARNING")
+    result = run(n=n, n_bits=n_bits, queries=queries, k=k, ingest_rate=ingest_rate,
+                 ingest_seconds=ingest_seconds, reencode_n=reencode_n, reencode_dim=reencode_dim,
+                 exact_sample=exact_sample, threads=threads, reencode_threads=reencode_threads,
+                 reencode_qps=reencode_qps,
+                 http=http, seed=seed, echo=lambda s: typer.echo(s, err=True))
+    typer.echo(json.dumps(result))
+    sys.stdout.flush()

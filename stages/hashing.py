@@ -1,0 +1,206 @@
+"""The index stage: online hashing of feature records into a live FAISS binary index.
+
+It consumes ``features`` records (frame id, vector, optional label) and ``label`` records
+(joined by frame id) and feeds them to a :class:`pipeline.index.LiveIndex`, which learns the
+hash model (SDOH by default) in chunks of labelled features, re-encodes in the background and
+swaps atomically. ``caption``, ``tracks`` and ``frame_summary`` records become metadata joined
+to the frame id (caption text, tracked boxes; a frame summary gives the capture timestamp).
+Any record kind that carries a ``timestamp_ms`` attribute sets the frame's timestamp.
+
+It emits nothing: it is a sink whose output is the index (served by ``vistream serve``).
+
+Delivery and restarts
+    Everything is idempotent by frame id, so a redelivered record changes nothing. Messages of a
+    batch are applied in their order (runs of feature records as one ``add``), so the learning
+    queue does not depend on how the runner cut batches. The stage remembers, per input
+    partition, one past the last offset it applied; that is what :meth:`start_offsets` returns,
+    and what every snapshot stores. A partition it has no record of starts at offset 0 (the
+    oldest retained record), because the index state lives only in memory and snapshots, not in
+    the group's committed offsets: a restart without a snapshot rebuilds from the topic.
+
+    With ``snapshot_dir`` set, it loads the last snapshot at start-up, snapshots every
+    ``snapshot_every_records`` applied records or ``snapshot_every_seconds`` (checked after each
+    batch) and on close. One index per consumer group member: run one replica per group (give
+    each query server its own group so that each holds the whole index).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.bus.base import TopicPartition
+from pipeline.envelope import Caption, Features, FrameSummary, Label, Message, Tracks
+from pipeline.index import LiveIndex, resolve_snapshot
+from stages.base import Stage, StageParams, register_stage
+
+log = logging.getLogger("vistream.stages.hashing")
+
+
+class HashingParams(StageParams):
+    model: str = Field("sdoh", description="hash model from HashModel.registry: sdoh, lsh, ...")
+    n_bits: int = Field(64, ge=8, le=1024, multiple_of=8, description="code length in bits")
+    seed: int = Field(0, description="seed of the hash model's initialisation")
+    model_params: dict[str, Any] = Field(default_factory=dict,
+                                         description="extra hyper-parameters of the model, "
+                                                     "e.g. {lr: 0.05, sigma: 0.5, max_iter: 1000}")
+    train_chunk: int = Field(2000, ge=2, description="labelled features per model update")
+    background: bool = Field(True, description="fit and re-encode in a background thread")
+    warm_start: Literal["lsh"] = Field("lsh", description="codes before the first model fit")
+    snapshot_dir: str | None = Field(None, description="folder for snapshots (none: memory only)")
+    snapshot_every_records: int = Field(50_000, ge=1)
+    snapshot_every_seconds: float = Field(300.0, gt=0)
+    snapshot_keep: int = Field(2, ge=1, description="snapshots kept on disk")
+
+
+def _tracks_meta(t: Tracks) -> list[dict[str, Any]]:
+    boxes = np.asarray(t.boxes, np.float64).reshape(-1, 4)
+    n = len(boxes)
+    ids = np.asarray(t.track_ids).reshape(-1)
+    scores = np.asarray(t.scores, np.float64).reshape(-1)
+    out = []
+    for i in range(n):
+        out.append({"track_id": int(ids[i]) if i < len(ids) else None,
+                    "box": [round(float(v), 3) for v in boxes[i]],
+                    "score": round(float(scores[i]), 5) if i < len(scores) else None})
+    return out
+
+
+@register_stage("hashing")
+class HashingStage(Stage):
+    accepts = ("features", "label", "caption", "tracks", "frame_summary")
+    emits = ()
+    Params = HashingParams
+
+    def __init__(self, params: StageParams | None = None) -> None:
+        super().__init__(params)
+        self.index: LiveIndex | None = None
+        self._applied: dict[TopicPartition, int] = {}
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self) -> None:
+        if self.index is not None:
+            return
+        p: HashingParams = self.params  # type: ignore[assignment]
+        snap_dir = Path(p.snapshot_dir) if p.snapshot_dir else None
+        if snap_dir is not None and resolve_snapshot(snap_dir) is not None:
+            self.index = LiveIndex.load(snap_dir, background=p.background,
+                                        train_chunk=p.train_chunk)
+            self._applied = {TopicPartition(t, pt): o for (t, pt), o in
+                             self.index.loaded_offsets.items()}
+            if self.index.configured_model != p.model:
+                log.warning("the snapshot's hash model is %s, the config says %s: keeping the "
+                            "snapshot's", self.index.configured_model, p.model)
+            log.info("index restored from snapshot", extra={"frames": len(self.index),
+                                                           "offsets": str(self._applied)})
+        else:
+            self.index = LiveIndex(p.model, n_bits=p.n_bits, seed=p.seed,
+                                   model_params=p.model_params, train_chunk=p.train_chunk,
+                                   background=p.background)
+        self._last_snapshot = time.monotonic()
+
+    def close(self) -> None:
+        if self.index is None:
+            return
+        if self.params.snapshot_dir and self._since_snapshot:
+            self.snapshot()
+        self.index.close()
+
+    def start_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._applied.get(tp, 0) for tp in partitions}
+
+    @property
+    def applied_offsets(self) -> dict[TopicPartition, int]:
+        return dict(self._applied)
+
+    def snapshot(self) -> Path | None:
+        p: HashingParams = self.params  # type: ignore[assignment]
+        if not p.snapshot_dir or self.index is None:
+            return None
+        path = self.index.snapshot(p.snapshot_dir, dict(self._applied), keep=p.snapshot_keep)
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        return path
+
+    # ------------------------------------------------------------------ records
+    def process(self, batch: list[Message]) -> list[Message]:
+        assert self.index is not None, "setup() was not called"
+        index = self.index
+        # Validate everything first, so a bad record fails before anything is applied (the
+        # runner then replays the batch one record at a time and dead-letters only the bad one).
+        for msg in batch:
+            if isinstance(msg, Features):
+                index.validate_vectors(np.asarray(msg.vector).reshape(1, -1))
+                if msg.label is not None and int(msg.label) < 0:
+                    raise ValueError(f"label must be >= 0, got {msg.label}")
+            elif isinstance(msg, Label) and int(msg.label) < 0:
+                raise ValueError(f"label must be >= 0, got {msg.label}")
+        run: list[Features] = []
+        for msg in batch:
+            if isinstance(msg, Features):
+                if run and (msg.model_id or "") != (run[0].model_id or ""):
+                    self._add_features(run)
+                    run = []
+                run.append(msg)
+                continue
+            if run:
+                self._add_features(run)
+                run = []
+            self._apply_other(msg)
+            self._mark(msg)
+        if run:
+            self._add_features(run)
+        self._since_snapshot += len(batch)
+        self._maybe_snapshot()
+        return []
+
+    def _add_features(self, run: list[Features]) -> None:
+        X = np.stack([np.asarray(m.vector, np.float32).reshape(-1) for m in run])
+        self.index.add([m.frame_id for m in run], X,
+                       labels=[None if m.label is None else int(m.label) for m in run],
+                       stream_ids=[m.stream_id for m in run],
+                       timestamps=[getattr(m, "timestamp_ms", None) or None for m in run],
+                       model_id=run[0].model_id or "")
+        for m in run:
+            self._mark(m)
+
+    def _apply_other(self, msg: Message) -> None:
+        index = self.index
+        ts = getattr(msg, "timestamp_ms", None)
+        ts = int(ts) if ts else None  # 0 means "unknown" in records that default it
+        if isinstance(msg, Label):
+            index.set_labels([msg.frame_id], [int(msg.label)])
+            index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts)
+        elif isinstance(msg, Caption):
+            index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts,
+                           caption=msg.text)
+        elif isinstance(msg, Tracks):
+            index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts,
+                           tracks=_tracks_meta(msg))
+        elif isinstance(msg, FrameSummary):
+            index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts)
+        else:  # pragma: no cover - the runner only passes accepted kinds
+            raise TypeError(f"the index stage does not take {msg.kind!r} records")
+
+    def _mark(self, msg: Message) -> None:
+        origin = msg.origin
+        if origin is None:
+            return
+        tp = TopicPartition(origin[0], origin[1])
+        if origin[2] + 1 > self._applied.get(tp, 0):
+            self._applied[tp] = origin[2] + 1
+
+    def _maybe_snapshot(self) -> None:
+        p: HashingParams = self.params  # type: ignore[assignment]
+        if not p.snapshot_dir or not self._since_snapshot:
+            return
+        if (self._since_snapshot >= p.snapshot_every_records
+                or time.monotonic() - self._last_snapshot >= p.snapshot_every_seconds):
+            self.snapshot()

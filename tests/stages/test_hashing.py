@@ -1,0 +1,279 @@
+"""The index stage through the real StageRunner: joins, idempotence, DLQ, snapshot + replay."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.bus import TopicPartition, TopicSpec, make_bus
+from pipeline.config import load_config
+from pipeline.envelope import Caption, Features, FrameSummary, Label, Tracks
+from pipeline.runner import StageRunner
+from stages.base import create_stage, get_stage_class
+from stages.hashing import HashingStage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def feature_records(n: int, d: int = 8, labelled_every: int = 2, label_records: bool = True,
+                    seed: int = 0, start: int = 0):
+    """Feature records (every ``labelled_every``-th carries its label) interleaved with
+    separate label records for some of the others; returns (records, labels)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((3, d)).astype(np.float32) * 2
+    y = rng.integers(0, 3, n + start)[start:]
+    X = centres[y] + rng.standard_normal((n, d)).astype(np.float32)
+    recs = []
+    for j in range(n):
+        i = start + j
+        fid = f"cam{i % 2}:{i:08d}"
+        lab = int(y[j]) if i % labelled_every == 0 else None
+        recs.append(Features(fid, f"cam{i % 2}", vector=X[j], model_id="m1", label=lab))
+        if label_records and lab is None and i % 3 == 0:
+            recs.append(Label(fid, f"cam{i % 2}", label=int(y[j])))
+    return recs, y
+
+
+def meta_records(n: int):
+    recs = []
+    for i in range(0, n, 2):
+        fid = f"cam{i % 2}:{i:08d}"
+        recs.append(Caption(fid, f"cam{i % 2}", text=f"frame {i}"))
+        recs.append(Tracks(fid, f"cam{i % 2}", boxes=np.array([[i, 1, 2, 3]], np.float32),
+                           track_ids=np.array([7], np.int64), scores=np.array([0.5], np.float32)))
+        recs.append(FrameSummary(fid, f"cam{i % 2}", width=64, height=36, timestamp_ms=1000 + i))
+    return recs
+
+
+def produce(bus, topic: str, msgs) -> None:
+    with bus.producer() as p:
+        for m in msgs:
+            r = m.to_record()
+            p.send(topic, r.value, r.key, r.headers)
+        p.flush()
+
+
+def runner_for(bus, stage, group: str = "idx", batch_size: int = 16) -> StageRunner:
+    return StageRunner(stage, bus, inputs=["feats", "meta"], group_id=group, batch_size=batch_size,
+                       poll_timeout=0.05)
+
+
+def run_idle(runner: StageRunner) -> None:
+    runner.run(threading.Event(), idle_timeout=0.3)
+
+
+def stage(**params) -> HashingStage:
+    base = {"model": "sdoh", "n_bits": 16, "train_chunk": 20, "background": False,
+            "model_params": {"max_iter": 10}}
+    return create_stage("hashing", {**base, **params})  # type: ignore[return-value]
+
+
+def new_bus():
+    bus = make_bus("memory")
+    bus.create_topics([TopicSpec("feats", 1), TopicSpec("meta", 1), TopicSpec("feats.dlq", 1),
+                       TopicSpec("meta.dlq", 1)])
+    return bus
+
+
+def state(index):
+    return {
+        "ids": index.frame_ids(), "codes": index.codes(), "W": index.model.W.copy(),
+        "version": (index.model_name, index.model_version), "pending": index.pending_labels,
+        "meta": {f: index.meta(f) for f in index.frame_ids()},
+        "labels": [index.label(f) for f in index.frame_ids()],
+    }
+
+
+def assert_same(a, b) -> None:
+    assert a["ids"] == b["ids"]
+    np.testing.assert_array_equal(a["codes"], b["codes"])
+    np.testing.assert_array_equal(a["W"], b["W"])
+    for k in ("version", "pending", "meta", "labels"):
+        assert a[k] == b[k], k
+
+
+def test_registered_and_config_validates():
+    assert get_stage_class("hashing") is HashingStage
+    cfg = load_config(REPO / "configs" / "index.yaml")
+    s = [s for s in cfg.stages if s.type == "hashing"]
+    assert s and set(s[0].inputs) >= {"features", "labels"}
+
+
+def test_stage_indexes_joins_metadata_and_learns():
+    bus = new_bus()
+    feats, y = feature_records(60)
+    produce(bus, "feats", feats)
+    produce(bus, "meta", meta_records(60))
+    st = stage()
+    run_idle(runner_for(bus, st))
+    index = st.index
+    assert len(index) == 60
+    assert index.model_name == "sdoh" and index.model_version >= 1 and not index.warm_start
+    hit = index.search_frame("cam0:00000004", 60).hits
+    assert hit[0].frame_id == "cam0:00000004" and hit[0].distance == 0
+    h = hit[0]
+    assert (h.stream_id, h.timestamp_ms, h.caption) == ("cam0", 1004, "frame 4")
+    assert h.tracks == ({"track_id": 7, "box": [4.0, 1.0, 2.0, 3.0], "score": 0.5},)
+    assert h.label == y[4]
+    assert index.label("cam1:00000003") == y[3]  # from a separate label record
+    assert index.feature_model_id == "m1"
+    assert st.applied_offsets == {TopicPartition("feats", 0): len(feats),
+                                  TopicPartition("meta", 0): 90}
+
+
+def test_redelivery_never_duplicates_results():
+    bus = new_bus()
+    feats, _ = feature_records(40, label_records=False)
+    produce(bus, "feats", feats)
+    produce(bus, "feats", feats[:25])  # a producer retry re-sends records
+    st = stage(train_chunk=1000)
+    runner = runner_for(bus, st)
+    runner.open()
+    while runner.step():
+        pass
+    assert st.start_offsets({TopicPartition("feats", 0)}) == {TopicPartition("feats", 0): 65}
+    # Everything is delivered once more (as after a crash before a commit): still one entry each.
+    st._applied.clear()
+    run_idle(runner_for(bus, st, group="other-group"))
+    index = st.index
+    assert len(index) == 40
+    assert index.stats.duplicates == 25 + 65
+    for fid in index.frame_ids()[:5]:
+        hits = index.search_frame(fid, 100).hits
+        assert len(hits) == 40 and len({h.frame_id for h in hits}) == 40
+
+
+def test_bad_records_are_dead_lettered_and_neighbours_pass():
+    bus = new_bus()
+    good, _ = feature_records(10, label_records=False)
+    bad = [
+        Features("bad:nan", "cam", vector=np.full(8, np.nan, np.float32)),
+        Features("bad:dim", "cam", vector=np.ones(5, np.float32)),
+        Features("bad:model", "cam", vector=np.ones(8, np.float32), model_id="other"),
+        Label("bad:label", "cam", label=-3),
+    ]
+    produce(bus, "feats", good[:5] + bad + good[5:])
+    st = stage()
+    runner = runner_for(bus, st)
+    run_idle(runner)
+    assert len(st.index) == 10
+    assert runner.stats.dead_lettered == 4
+    with bus.consumer(["feats.dlq"], "dlq-reader") as c:
+        recs = c.poll(100, 1.0)
+    reasons = sorted(dict(r.headers)["dlq_reason"].decode() for r in recs)
+    assert len(reasons) == 4
+    assert any("NaN" in r for r in reasons) and any("dims" in r for r in reasons)
+    assert any("model" in r for r in reasons) and any(">= 0" in r for r in reasons)
+
+
+def test_unknown_partitions_start_at_zero():
+    st = stage()
+    st.setup()
+    tps = {TopicPartition("feats", 0), TopicPartition("meta", 2)}
+    assert st.start_offsets(tps) == {tp: 0 for tp in tps}
+
+
+@pytest.mark.parametrize("crash_after_steps", [3, 9])
+def test_restart_from_snapshot_and_replay_equals_a_twin(tmp_path, crash_after_steps):
+    feats, _ = feature_records(150)
+    metas = meta_records(150)
+
+    # The twin never restarts.
+    bus = new_bus()
+    produce(bus, "feats", feats)
+    produce(bus, "meta", metas)
+    twin = stage()
+    run_idle(runner_for(bus, twin, batch_size=7))
+
+    # The other one snapshots every ~20 records, crashes mid-way (after committing batches its
+    # last snapshot does not cover), then restarts from the snapshot and replays.
+    bus = new_bus()
+    produce(bus, "feats", feats)
+    produce(bus, "meta", metas)
+    params = {"snapshot_dir": str(tmp_path), "snapshot_every_records": 20}
+    first = stage(**params)
+    runner = runner_for(bus, first, batch_size=5)
+    runner.open()
+    for _ in range(crash_after_steps):
+        runner.step()
+    committed = bus.committed("idx")
+    snap_offsets = dict(first.index.loaded_offsets)  # empty: it started fresh
+    assert not snap_offsets
+    first.close = lambda: None  # a crash: no final snapshot
+    runner.close()
+    assert sum(committed.values()) > 0
+
+    second = stage(**params)
+    runner2 = runner_for(bus, second, batch_size=11)
+    run_idle(runner2)
+    restored = second.index.loaded_offsets
+    # It really resumed from the snapshot, behind the committed offsets.
+    assert sum(restored.values()) < sum(committed.values()) or crash_after_steps < 4
+    assert_same(state(second.index), state(twin.index))
+    for fid in twin.index.frame_ids()[::17]:
+        assert second.index.search_frame(fid, 10) == twin.index.search_frame(fid, 10)
+
+
+def test_close_snapshots_and_a_restart_resumes_without_rereading(tmp_path):
+    bus = new_bus()
+    feats, _ = feature_records(50)
+    produce(bus, "feats", feats)
+    st = stage(snapshot_dir=str(tmp_path))
+    run_idle(runner_for(bus, st))  # closes the stage: final snapshot
+    again = stage(snapshot_dir=str(tmp_path))
+    again.setup()
+    assert len(again.index) == 50
+    assert again.start_offsets({TopicPartition("feats", 0)}) == {TopicPartition("feats", 0):
+                                                                 len(feats)}
+    assert_same(state(again.index), state(st.index))
+
+
+def test_restart_replays_from_the_snapshot_on_either_bus(backend, tmp_path):
+    """The same crash-and-restart on the memory bus and on a real broker (``kafka`` marker):
+    the snapshot offsets reach the consumer through ``on_assign``."""
+    import time
+    import uuid
+
+    from tests.conftest import kafka_bootstrap
+
+    uid = uuid.uuid4().hex[:8]
+    tf, tm = f"feats-{uid}", f"meta-{uid}"
+    bus = make_bus("memory") if backend == "memory" else make_bus("kafka", kafka_bootstrap())
+    try:
+        bus.create_topics([TopicSpec(tf, 1), TopicSpec(tm, 1), TopicSpec(tf + ".dlq", 1),
+                           TopicSpec(tm + ".dlq", 1)])
+        feats, _ = feature_records(120)
+        produce(bus, tf, feats)
+        produce(bus, tm, meta_records(120))
+
+        def runner(st, group, batch):
+            return StageRunner(st, bus, inputs=[tf, tm], group_id=f"{group}-{uid}",
+                               batch_size=batch, poll_timeout=0.2)
+
+        twin = stage()
+        runner(twin, "twin", 13).run(threading.Event(), idle_timeout=1.0)
+
+        params = {"snapshot_dir": str(tmp_path), "snapshot_every_records": 25}
+        first = stage(**params)
+        r1 = runner(first, "idx", 10)
+        r1.open()
+        deadline = time.monotonic() + 60
+        while sum(first.applied_offsets.values()) < 70 and time.monotonic() < deadline:
+            r1.step()
+        first.close = lambda: None  # crash: no final snapshot
+        r1.close()
+        applied_at_crash = sum(first.applied_offsets.values())
+
+        second = stage(**params)
+        r2 = runner(second, "idx", 7)
+        r2.open()
+        restored = sum(second.index.loaded_offsets.values())
+        assert 0 < restored < applied_at_crash  # it must replay what the snapshot missed
+        r2.run(threading.Event(), idle_timeout=1.0)
+        assert_same(state(second.index), state(twin.index))
+        assert second.index.stats.duplicates == 0  # replayed records were new to the snapshot
+    finally:
+        bus.close()
