@@ -1,0 +1,439 @@
+"""Track stage: small-object tracking per stream with the aggregation-signature tracker.
+
+Records
+-------
+* :class:`TrackInit` (kind ``track_init``, in): start, restart or stop targets of one stream:
+  ``boxes[i]`` (x, y, w, h pixels) becomes target ``target_ids[i]`` *in the frame*
+  ``frame_id`` (sequence number ``seq`` when known, -1 otherwise); ``drop_ids`` stops
+  targets; ``replace=True`` stops every target not listed. A detector, an operator or a
+  test produces these. The existing :class:`~pipeline.envelope.Tracks` record is accepted
+  too and read as a detection record (``track_ids`` -> target ids, no drops).
+* :class:`TrackState` (kind ``track_state``, out): one record per frame of a stream with
+  targets, keyed like every result by stream id and carrying the frame id; one row per
+  target: ``target_ids``, ``boxes`` (x, y, w, h, float32; NaN when no position is known),
+  ``scores`` in [0, 1] and ``lost``. One record per frame rather than one per target: it
+  joins back to its frame by frame id exactly like ``Tracks`` does, and a consumer that is
+  idempotent by frame id stays idempotent.
+* For the features stage, two wirings (each a stage type of its own, because the config
+  checks every type's outputs against its routes; plain ``track`` emits ``track_state``
+  only):
+
+  - ``track_boxes`` also emits the standard :class:`~pipeline.envelope.Tracks` record per
+    frame (the tracked, not lost, targets: ``track_ids`` = target ids). The features stage
+    with ``crops: true`` reads it next to the frame topic and cuts the crops itself from the
+    frames it already decodes: no second JPEG per target. This is the recommended wiring.
+  - ``track_crops`` also emits a crop :class:`~pipeline.envelope.Frame` per tracked target
+    and frame, ``frame_id = f"{frame_id}#t{target_id}"``, same stream id, sequence number
+    and timestamp as the source frame (box plus ``crop_margin`` context, optionally resized
+    to ``crop_size``): any stage that takes frames can consume them; the crop's box is the
+    TrackState row of that frame id and target id.
+
+State, restarts and redelivery
+------------------------------
+Each stream has its own trackers (one per target), one camera-motion estimate per frame
+shared by them, a ring of the last ``buffer_frames`` decoded frames, and the outputs of the
+last ``remember_frames`` frames. All of it lives in the stage object and is lost on a
+restart (or when a rebalance moves the stream to another replica). Then:
+
+* the stage never invents a box. A target started by a :class:`TrackInit` is unknown after
+  a restart and gets no rows until a new init record arrives; a target configured in the
+  params (``targets``) has a box *for one frame* (``seq``, default 0): it starts when that
+  frame is processed; if the stage first sees the stream after that frame, the target is
+  reported every frame as ``lost`` with a NaN box and score 0 until an init record for it
+  arrives;
+* a redelivered frame (at-least-once delivery: same frame id again) is not tracked twice:
+  its remembered outputs are emitted again, identical; a frame older than the last one
+  processed and no longer remembered is skipped (counted in ``redeliveries``).
+
+Init records and frames come from different topics, so either may arrive first:
+
+1. the init's frame is in the buffer: the targets start on that frame and are brought up to
+   date through the newer buffered frames (no rows are emitted for those again);
+2. its frame has not arrived yet (``seq`` beyond the last processed one, or an unknown
+   ``frame_id`` with ``seq = -1``): it waits for that frame; if a later frame arrives first
+   (or ``buffer_frames`` frames pass for a ``seq = -1`` init), it is applied to that frame,
+   with a warning;
+3. its frame is older than the buffer: it is applied to the newest buffered frame, with a
+   warning (the box may be a little stale: that is the caller's choice, made explicit).
+
+For that the init topic must be keyed by stream id and have as many partitions as the
+frame topic (co-partitioned), so one replica sees both halves of a stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.envelope import JPEG, PNG, Frame, Message, Result, Tracks
+from stages.base import Stage, StageParams, register_stage
+
+log = logging.getLogger("vistream.stages.track")
+
+__all__ = ["TrackBoxesStage", "TrackCropStage", "TrackInit", "TrackParams", "TrackStage", "TrackState",
+           "TrackTarget"]
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(eq=False)
+class TrackInit(Result):
+    """Start (or restart) ``target_ids[i]`` at ``boxes[i]`` in frame ``frame_id``."""
+
+    kind: ClassVar[str] = "track_init"
+    seq: int = -1
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    target_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    drop_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    replace: bool = False
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        self.target_ids = np.asarray(self.target_ids, np.int64).reshape(-1)
+        self.drop_ids = np.asarray(self.drop_ids, np.int64).reshape(-1)
+        if len(self.boxes) != len(self.target_ids):
+            raise ValueError(f"track_init has {len(self.boxes)} boxes but "
+                             f"{len(self.target_ids)} target ids")
+
+
+@dataclass(eq=False)
+class TrackState(Result):
+    """Targets of one stream in one frame; row i is target ``target_ids[i]``."""
+
+    kind: ClassVar[str] = "track_state"
+    seq: int = 0
+    target_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    lost: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+# --------------------------------------------------------------------------- params
+
+
+class TrackTarget(BaseModel):
+    """A configured target: ``box`` (x, y, w, h) in the frame ``seq`` of ``stream``."""
+
+    model_config = ConfigDict(extra="forbid")
+    stream: str
+    box: list[float] = Field(min_length=4, max_length=4)
+    target_id: int = 0
+    seq: int = Field(0, ge=0, description="sequence number of the frame the box belongs to")
+
+    @field_validator("box")
+    @classmethod
+    def _positive(cls, box: list[float]) -> list[float]:
+        if not (box[2] > 0 and box[3] > 0) or not all(math.isfinite(v) for v in box):
+            raise ValueError(f"box must be finite with positive width and height, got {box}")
+        return box
+
+
+class TrackParams(StageParams):
+    targets: list[TrackTarget] = Field(default_factory=list,
+                                       description="boxes to start from, per stream and frame")
+    buffer_frames: int = Field(8, ge=1, le=256,
+                               description="recent frames kept per stream for late init records")
+    remember_frames: int = Field(64, ge=1, le=100_000,
+                                 description="outputs kept per stream to answer redeliveries")
+    max_targets: int = Field(32, ge=1, le=1024, description="targets per stream")
+    tracker: dict[str, Any] = Field(default_factory=dict,
+                                    description="AggregationParams overrides")
+    crop_margin: float = Field(0.5, ge=0, le=10,
+                               description="track_crops: context around the box, per side, "
+                                           "as a share of the box size")
+    crop_size: int | None = Field(None, ge=8, le=4096,
+                                  description="track_crops: resize crops to NxN (default: as cut)")
+    crop_format: str = Field("jpeg", pattern="^(jpeg|png)$")
+
+    @field_validator("tracker")
+    @classmethod
+    def _known(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from models.tracking.aggregation import AggregationParams
+
+        known = set(AggregationParams.__dataclass_fields__)
+        bad = sorted(set(value) - known)
+        if bad:
+            raise ValueError(f"unknown tracker settings {bad}; known: {sorted(known)}")
+        return value
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class _Pending:
+    init: TrackInit
+    frames_waited: int = 0
+
+
+@dataclass
+class StreamState:
+    """Everything the stage keeps for one stream (lost on restart)."""
+
+    motion: Any
+    trackers: dict[int, Any] = field(default_factory=dict)
+    last_seq: int = -1
+    buffer: deque = field(default_factory=deque)  # (seq, frame_id, image)
+    pending: list[_Pending] = field(default_factory=list)
+    remembered: OrderedDict = field(default_factory=OrderedDict)  # frame_id -> outputs
+    configured: dict[int, TrackTarget] = field(default_factory=dict)  # not started yet
+    frames: int = 0
+
+
+# --------------------------------------------------------------------------- stage
+
+
+@register_stage("track")
+class TrackStage(Stage):
+    """Per-stream small-object tracking; see the module docstring for records and state."""
+
+    accepts = ("frame", "track_init", "tracks")
+    emits: ClassVar[tuple[str, ...]] = ("track_state",)
+    Params = TrackParams
+    crops: ClassVar[bool] = False
+    boxes_record: ClassVar[bool] = False
+
+    def __init__(self, params: TrackParams | None = None) -> None:
+        super().__init__(params)
+        self.streams: dict[str, StreamState] = {}
+        self.redeliveries = 0
+        self.late_inits = 0
+
+    # -- helpers ------------------------------------------------------------------------
+    def _tracker_params(self):
+        from models.tracking.aggregation import AggregationParams
+
+        return AggregationParams(**self.params.tracker)
+
+    def _new_tracker(self):
+        from models.tracking.aggregation import AggregationTracker
+
+        return AggregationTracker(self._tracker_params(), motion=False)
+
+    def _stream(self, stream_id: str) -> StreamState:
+        st = self.streams.get(stream_id)
+        if st is None:
+            from models.tracking.aggregation import GlobalMotion
+
+            p = self._tracker_params()
+            st = StreamState(motion=GlobalMotion(p.motion_downsample, p.motion_min_response),
+                             buffer=deque(maxlen=self.params.buffer_frames))
+            st.configured = {t.target_id: t for t in self.params.targets if t.stream == stream_id}
+            self.streams[stream_id] = st
+        return st
+
+    def summary(self) -> dict[str, Any]:
+        return {"streams": {s: {"frames": st.frames, "targets": sorted(st.trackers),
+                                "waiting": sorted(st.configured)}
+                            for s, st in self.streams.items()},
+                "redeliveries": self.redeliveries, "late_inits": self.late_inits}
+
+    # -- processing -----------------------------------------------------------------------
+    def process(self, batch: list[Message]) -> list[Message]:
+        out: list[Message] = []
+        for msg in batch:
+            if isinstance(msg, Frame):
+                out.extend(self._on_frame(msg))
+            elif isinstance(msg, TrackInit):
+                self._on_init(msg)
+            elif isinstance(msg, Tracks):
+                self._on_init(TrackInit(frame_id=msg.frame_id, stream_id=msg.stream_id, seq=-1,
+                                        boxes=msg.boxes, target_ids=msg.track_ids))
+            else:
+                raise TypeError(f"track stage cannot handle a {msg.kind!r} message")
+        return out
+
+    def _start(self, st: StreamState, init: TrackInit, image: np.ndarray) -> list[Any]:
+        """Apply an init record on ``image``; returns the trackers started."""
+        if init.replace:
+            keep = set(init.target_ids.tolist())
+            for tid in [t for t in st.trackers if t not in keep]:
+                del st.trackers[tid]
+        for tid in init.drop_ids.tolist():
+            st.trackers.pop(int(tid), None)
+            st.configured.pop(int(tid), None)
+        started = []
+        for box, tid in zip(init.boxes, init.target_ids.tolist()):
+            tid = int(tid)
+            if tid not in st.trackers and len(st.trackers) >= self.params.max_targets:
+                raise ValueError(f"stream {init.stream_id!r} already tracks "
+                                 f"{self.params.max_targets} targets (max_targets)")
+            tr = self._new_tracker()
+            tr.init(image, tuple(float(v) for v in box))
+            st.trackers[tid] = tr
+            st.configured.pop(tid, None)
+            started.append(tr)
+        return started
+
+    def _on_init(self, init: TrackInit) -> None:
+        st = self._stream(init.stream_id)
+        buffered = [i for i, (seq, fid, _) in enumerate(st.buffer)
+                    if fid == init.frame_id or (init.seq >= 0 and seq == init.seq)]
+        if buffered:
+            i = buffered[0]
+            started = self._start(st, init, st.buffer[i][2])
+            self._catch_up(st, started, i)
+            return
+        unseen = st.last_seq < 0 or (init.seq > st.last_seq if init.seq >= 0 else True)
+        if unseen:
+            st.pending.append(_Pending(init))
+            return
+        # The frame is older than the buffer: apply on the newest frame we have.
+        self.late_inits += 1
+        log.warning("track_init for %s frame %s is older than the %d buffered frames: "
+                    "applied to the newest frame %s", init.stream_id, init.frame_id,
+                    len(st.buffer), st.buffer[-1][1] if st.buffer else "(none)")
+        if st.buffer:
+            self._start(st, init, st.buffer[-1][2])
+        else:
+            st.pending.append(_Pending(init))
+
+    def _catch_up(self, st: StreamState, trackers: list[Any], start: int) -> None:
+        """Bring freshly started trackers through the buffered frames after ``start``."""
+        frames = list(st.buffer)[start:]
+        if len(frames) < 2 or not trackers:
+            return
+        from models.tracking.aggregation import GlobalMotion
+
+        p = self._tracker_params()
+        motion = GlobalMotion(p.motion_downsample, p.motion_min_response)
+        motion.estimate(frames[0][2])
+        for _, _, image in frames[1:]:
+            m = motion.estimate(image)
+            for tr in trackers:
+                tr.update(image, motion=m)
+
+    def _on_frame(self, frame: Frame) -> list[Message]:
+        st = self._stream(frame.stream_id)
+        if frame.frame_id in st.remembered:
+            self.redeliveries += 1
+            return list(st.remembered[frame.frame_id])
+        if frame.seq <= st.last_seq:
+            self.redeliveries += 1
+            log.info("skipping %s: already past seq %d of stream %s", frame.frame_id,
+                     st.last_seq, frame.stream_id)
+            return []
+        image = frame.image
+        st.frames += 1
+        motion = st.motion.estimate(image)
+
+        # Inits for this frame (or overdue), then configured boxes for this frame.
+        fresh: set[int] = set()
+        still: list[_Pending] = []
+        for pend in st.pending:
+            init = pend.init
+            mine = init.frame_id == frame.frame_id or (init.seq >= 0 and init.seq == frame.seq)
+            overdue = (init.seq >= 0 and init.seq < frame.seq) or (
+                init.seq < 0 and pend.frames_waited >= self.params.buffer_frames)
+            if mine or overdue:
+                if overdue:
+                    self.late_inits += 1
+                    log.warning("track_init for %s frame %s never matched a frame: applied to "
+                                "frame %s", init.stream_id, init.frame_id, frame.frame_id)
+                fresh.update(int(t) for t in init.target_ids.tolist())
+                self._start(st, init, image)
+            else:
+                pend.frames_waited += 1
+                still.append(pend)
+        st.pending = still
+        for tid, tgt in list(st.configured.items()):
+            if tgt.seq == frame.seq:
+                self._start(st, TrackInit(frame_id=frame.frame_id, stream_id=frame.stream_id,
+                                          seq=frame.seq, boxes=np.asarray([tgt.box]),
+                                          target_ids=np.asarray([tid])), image)
+                fresh.add(tid)
+
+        ids, boxes, scores, lost = [], [], [], []
+        for tid in sorted(st.trackers):
+            tr = st.trackers[tid]
+            if tid in fresh:
+                box, score, is_lost = tr.box, 1.0, False
+            else:
+                o = tr.update(image, motion=motion)
+                box, score, is_lost = o.box, o.score, o.lost
+            ids.append(tid)
+            boxes.append(box)
+            scores.append(score)
+            lost.append(is_lost)
+        for tid, tgt in sorted(st.configured.items()):
+            if tgt.seq < frame.seq:  # its frame is gone: waiting for an explicit init
+                ids.append(tid)
+                boxes.append((math.nan,) * 4)
+                scores.append(0.0)
+                lost.append(True)
+
+        out: list[Message] = []
+        if ids:
+            order = np.argsort(ids, kind="stable")
+            state = TrackState(
+                frame_id=frame.frame_id, stream_id=frame.stream_id, seq=frame.seq,
+                target_ids=np.asarray(ids, np.int64)[order],
+                boxes=np.asarray(boxes, np.float32).reshape(-1, 4)[order],
+                scores=np.asarray(scores, np.float32)[order],
+                lost=np.asarray(lost, bool)[order])
+            out.append(state)
+            if self.boxes_record:
+                ok = ~state.lost
+                out.append(Tracks(frame_id=frame.frame_id, stream_id=frame.stream_id,
+                                  boxes=state.boxes[ok], track_ids=state.target_ids[ok],
+                                  scores=state.scores[ok]))
+            if self.crops:
+                out.extend(self._crops(frame, image, state))
+
+        st.buffer.append((frame.seq, frame.frame_id, image))
+        st.last_seq = frame.seq
+        st.remembered[frame.frame_id] = tuple(out)
+        while len(st.remembered) > self.params.remember_frames:
+            st.remembered.popitem(last=False)
+        return out
+
+    def _crops(self, frame: Frame, image: np.ndarray, state: TrackState) -> list[Message]:
+        import cv2
+
+        H, W = image.shape[:2]
+        out: list[Message] = []
+        mg = self.params.crop_margin
+        ctype = PNG if self.params.crop_format == "png" else JPEG
+        for tid, box, is_lost in zip(state.target_ids, state.boxes, state.lost):
+            if is_lost or not np.isfinite(box).all():
+                continue
+            x, y, w, h = (float(v) for v in box)
+            x0 = max(0, int(math.floor(x - mg * w)))
+            y0 = max(0, int(math.floor(y - mg * h)))
+            x1 = min(W, int(math.ceil(x + w + mg * w)))
+            y1 = min(H, int(math.ceil(y + h + mg * h)))
+            if x1 - x0 < 1 or y1 - y0 < 1:
+                continue
+            crop = image[y0:y1, x0:x1]
+            if self.params.crop_size:
+                n = self.params.crop_size
+                crop = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA
+                                  if min(crop.shape[:2]) > n else cv2.INTER_LINEAR)
+            out.append(Frame.from_image(crop, frame.stream_id, frame.seq,
+                                        timestamp_ms=frame.timestamp_ms, content_type=ctype,
+                                        frame_id=f"{frame.frame_id}#t{int(tid)}"))
+        return out
+
+
+@register_stage("track_crops")
+class TrackCropStage(TrackStage):
+    """The track stage that also emits a crop :class:`Frame` per tracked target."""
+
+    emits: ClassVar[tuple[str, ...]] = ("track_state", "frame")
+    crops: ClassVar[bool] = True
+
+
+@register_stage("track_boxes")
+class TrackBoxesStage(TrackStage):
+    """The track stage that also emits the standard ``tracks`` record (tracked, not lost,
+    targets) that the features stage crops from (``crops: true``)."""
+
+    emits: ClassVar[tuple[str, ...]] = ("track_state", "tracks")
+    boxes_record: ClassVar[bool] = True
