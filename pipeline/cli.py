@@ -183,7 +183,12 @@ def list_stages() -> None:
     for name, cls in sorted(stage_types().items()):
         typer.echo(f"{name}: takes {list(cls.accepts)}, emits {list(cls.emits)}")
         for field, info in cls.Params.model_fields.items():
-            default = "required" if info.is_required() else repr(info.default)
+            if info.is_required():
+                default = "required"
+            elif info.default_factory is not None:
+                default = repr(info.default_factory())
+            else:
+                default = repr(info.default)
             typer.echo(f"    {field} = {default}  {info.description or ''}")
 
 
