@@ -289,4 +289,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable copy: command modules register on `pipeline.cli`'s apps, not __main__'s.
+    from pipeline.cli import main as _main
+
+    _main()

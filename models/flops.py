@@ -1,0 +1,138 @@
+"""FLOPs and parameter counts.
+
+Convention (explicit, and the same as ``torch.utils.flop_counter.FlopCounterMode``):
+**FLOPs = 2 x multiply-accumulates** of convolutions and linear layers, for one input image.
+Like torch's counter, batch-norm, activations, pooling, additions and biases are not counted
+(on these networks they are well under 1% of the total). ``macs = flops / 2``.
+
+Counted by forward hooks on a single forward pass, so it follows the real, physically pruned
+shapes (no masks are involved anywhere in this project).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: int   # 2 x MACs, per image
+    params: int  # all parameters (conv, BN affine, linear); buffers are not counted
+
+    @property
+    def macs(self) -> int:
+        return self.flops // 2
+
+
+def count_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_flops(model, input_size: tuple[int, int] = (32, 32), in_chans: int | None = None) -> int:
+    """FLOPs (2 x MACs) of one forward pass of one image of ``input_size``."""
+    import torch
+    from torch import nn
+
+    if in_chans is None:
+        in_chans = int(getattr(model, "config", {}).get("in_chans", 3))
+    total = [0]
+
+    def conv_hook(m: nn.Conv2d, inp, out) -> None:
+        k = m.kernel_size[0] * m.kernel_size[1]
+        total[0] += 2 * out[0].numel() * (m.in_channels // m.groups) * k
+
+    def linear_hook(m: nn.Linear, inp, out) -> None:
+        total[0] += 2 * m.in_features * m.out_features * (out.numel() // out.shape[-1] // out.shape[0])
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, *input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return int(total[0])
+
+
+def model_cost(model, input_size: tuple[int, int] = (32, 32)) -> Cost:
+    return Cost(count_flops(model, input_size), count_params(model))
+
+
+def torch_flops(model, input_size: tuple[int, int] = (32, 32), in_chans: int = 3) -> int:
+    """The same figure from ``torch.utils.flop_counter`` (used by the tests as a reference)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.zeros(1, in_chans, *input_size))
+    return int(fc.get_total_flops())
+
+
+def measure_latency(model, batch: int = 32, input_size: tuple[int, int] = (32, 32),
+                    reps: int = 20, warmup: int = 3, threads: int | None = 1) -> float:
+    """Median wall-clock milliseconds of one forward pass of ``batch`` images on the CPU
+    (eval mode, no grad, ``threads`` torch threads)."""
+    import time
+
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model = model.cpu().eval()
+        x = torch.randn(batch, int(getattr(model, "config", {}).get("in_chans", 3)), *input_size)
+        times = []
+        with torch.inference_mode():
+            for i in range(warmup + reps):
+                t0 = time.perf_counter()
+                model(x)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+        times.sort()
+        return 1000 * times[len(times) // 2]
+    finally:
+        torch.set_num_threads(old)
+
+
+def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] = (32, 32),
+                    rounds: int = 7, reps: int = 3, threads: int | None = 1) -> list[float]:
+    """Milliseconds per forward pass of ``batch`` images for several models, measured
+    *interleaved* (round-robin, ``rounds`` x ``reps`` timings each) and reduced with the
+    minimum (the ``timeit`` convention). On shared CPUs a model measured alone in a busy
+    moment can look 50% slower; interleaving and min make the ratios comparable."""
+    import time
+
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        xs = []
+        for m in models:
+            m.cpu().eval()
+            xs.append(torch.randn(batch, int(getattr(m, "config", {}).get("in_chans", 3)),
+                                  *input_size))
+        best = [float("inf")] * len(models)
+        with torch.inference_mode():
+            for m, x in zip(models, xs):  # warm-up
+                m(x)
+            for _ in range(rounds):
+                for i, (m, x) in enumerate(zip(models, xs)):
+                    for _ in range(reps):
+                        t0 = time.perf_counter()
+                        m(x)
+                        best[i] = min(best[i], time.perf_counter() - t0)
+        return [1000 * b for b in best]
+    finally:
+        torch.set_num_threads(old)

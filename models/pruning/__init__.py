@@ -1,0 +1,161 @@
+"""Channel pruning: ABCPruner (:mod:`models.pruning.abc`), baselines at the same FLOPs
+(:mod:`models.pruning.baselines`) and the shared channel surgery (:mod:`models.pruning.surgery`).
+
+:func:`run_method` produces one pruned, fine-tuned model by any method; :func:`evaluate_pruning`
+runs every method (and seeds) at one FLOPs budget and returns the table rows that
+``vistream eval pruning`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+ALL_METHODS = ("abc", "uniform", "l1", "random")
+
+
+def load_base(path: str | Path):
+    """A trained backbone from an artifact (.vsa) or a training checkpoint (.pt)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"base model {path} does not exist (train one with "
+                                "`vistream train backbone`)")
+    if path.suffix == ".pt":
+        from models.train import load_checkpoint_model
+
+        return load_checkpoint_model(path).eval()
+    from models.artifacts import load_artifact
+
+    return load_artifact(path)
+
+
+def run_method(method: str, base, data, flops_target: float, seed: int, finetune_epochs: int,
+               finetune_lr: float = 0.01, abc_cfg=None, workdir: str | Path | None = None,
+               progress: bool = True, resume: bool = True) -> tuple[object, dict]:
+    """Structure by ``method`` -> inherit top-L1 weights -> fine-tune. Returns (model, record)."""
+    from models.flops import count_params
+    from models.pruning.abc import ABCConfig, ABCPruner, finetune
+    from models.pruning.baselines import baseline_widths
+    from models.pruning.surgery import FlopsTable, prune
+    from models.train import evaluate
+
+    table = FlopsTable(base, tuple(data.input_size))
+    rec: dict = {"method": method, "seed": seed, "flops_target": flops_target}
+    work = Path(workdir) if workdir else None
+    if method == "abc":
+        cfg = abc_cfg or ABCConfig()
+        cfg.flops_target, cfg.seed = flops_target, seed
+        pruner = ABCPruner(base, data, cfg, log_dir=work / f"abc-s{seed}" if work else None,
+                           progress=progress, input_size=tuple(data.input_size))
+        res = pruner.search(resume=resume)
+        widths = res.best_widths
+        rec["search"] = res.summary()
+        rec["search_epochs"] = res.search_epochs
+    else:
+        widths = baseline_widths(method, base, flops_target, seed, table)
+        rec["search_epochs"] = 0.0
+    from models.train import recalibrate_bn
+
+    model = prune(base, widths, "l1", seed)
+    recalibrate_bn(model, data, 20, 64, seed)
+    rec["val_before_finetune"] = evaluate(model, data.val, data.mean, data.std)
+    ck = work / f"ft-{method}-s{seed}" if work else None
+    model, tr = finetune(model, data, finetune_epochs, finetune_lr, seed, ckpt_dir=ck,
+                         resume=resume and ck is not None, progress=progress)
+    rec.update({"widths": widths, "flops": table(widths), "flops_ratio": table.ratio(widths),
+                "params": count_params(model), "finetune_epochs": finetune_epochs,
+                "val_acc": evaluate(model, data.val, data.mean, data.std),
+                "test_acc": evaluate(model, data.test, data.mean, data.std)})
+    rec["total_epochs"] = rec["search_epochs"] + finetune_epochs
+    return model, rec
+
+
+def _mean_sd(vals: list[float]) -> tuple[float, float]:
+    return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds=(0,),
+                     finetune_epochs: int = 5, finetune_lr: float = 0.01, abc_cfg=None,
+                     out: str | Path = "out/pruning/eval", progress: bool = True,
+                     latency_batch: int = 32, base_metrics: dict | None = None,
+                     export: bool = True, echo=print) -> dict:
+    """Every method x seed at one budget; results are cached per run under ``out`` so an
+    interrupted evaluation continues where it stopped. Returns {"rows": [...], ...}."""
+    import copy
+
+    from models.flops import compare_latency, count_flops, count_params
+    from models.pruning.surgery import prune
+    from models.train import evaluate
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = tuple(data.input_size)
+    base_flops, base_params = count_flops(base, size), count_params(base)
+    rows = [{"method": "unpruned", "n": 1,
+             "test_acc": (base_metrics or {}).get("test_acc",
+                                                  evaluate(base, data.test, data.mean, data.std)),
+             "test_sd": 0.0, "flops": base_flops, "flops_ratio": 1.0, "params": base_params,
+             "latency_ms": 0.0, "speedup": 1.0, "search_epochs": 0.0,
+             "finetune_epochs": 0}]
+    runs: dict[str, list[dict]] = {}
+    for method in methods:
+        for seed in seeds:
+            f = out / "runs" / f"{method}-s{seed}.json"
+            if f.exists():
+                rec = json.loads(f.read_text())
+            else:
+                model, rec = run_method(method, base, data, flops_target, seed, finetune_epochs,
+                                        finetune_lr, copy.deepcopy(abc_cfg), out / "work",
+                                        progress=progress)
+                if export and seed == seeds[0]:
+                    from models.artifacts import export_artifact
+
+                    export_artifact(model, out / f"{method}.vsa", method=method, data=data,
+                                    metrics={k: rec[k] for k in ("val_acc", "test_acc",
+                                                                 "search_epochs",
+                                                                 "finetune_epochs")},
+                                    onnx=False)
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_text(json.dumps(rec, indent=1))
+            echo(f"{method} seed {seed}: test {rec['test_acc']:.4f} val {rec['val_acc']:.4f} "
+                 f"FLOPs x{rec['flops_ratio']:.3f} search {rec['search_epochs']:.2f} ep")
+            runs.setdefault(method, []).append(rec)
+    pruned = {method: prune(base, recs[0]["widths"]) for method, recs in runs.items()}
+    times = compare_latency([base, *pruned.values()], latency_batch, size)
+    base_lat = times[0]
+    rows[0]["latency_ms"] = base_lat
+    lat_of = dict(zip(pruned, times[1:]))
+    for method, recs in runs.items():
+        lat = lat_of[method]
+        m, sd = _mean_sd([r["test_acc"] for r in recs])
+        rows.append({"method": method, "n": len(recs), "test_acc": m, "test_sd": sd,
+                     "val_acc": statistics.fmean(r["val_acc"] for r in recs),
+                     "flops": recs[0]["flops"], "flops_ratio": recs[0]["flops_ratio"],
+                     "params": recs[0]["params"], "latency_ms": lat,
+                     "speedup": base_lat / lat,
+                     "speedup_over_flops_ratio": (base_lat / lat) * recs[0]["flops_ratio"],
+                     "search_epochs": statistics.fmean(r["search_epochs"] for r in recs),
+                     "finetune_epochs": recs[0]["finetune_epochs"],
+                     "per_seed_test": [r["test_acc"] for r in recs]})
+    result = {"dataset": data.name, "arch": base.config["arch"], "flops_target": flops_target,
+              "seeds": list(seeds), "latency_batch": latency_batch, "rows": rows}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "table.md").write_text(format_table(result))
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['arch']} on {result['dataset']}, FLOPs target {result['flops_target']:.2f} "
+             f"of the original, seeds {result['seeds']}, latency batch {result['latency_batch']}",
+             "",
+             "| method | test acc (mean ± sd) | FLOPs (M) | FLOPs ratio | params (K) | CPU latency "
+             "(ms) | speedup | speedup / (1/FLOPs ratio) | search epochs | fine-tune epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        acc = f"{100 * r['test_acc']:.2f}" + (f" ± {100 * r['test_sd']:.2f}" if r["n"] > 1 else "")
+        eff = r.get("speedup_over_flops_ratio", 1.0)
+        lines.append(f"| {r['method']} | {acc} | {r['flops'] / 1e6:.2f} | {r['flops_ratio']:.3f} | "
+                     f"{r['params'] / 1e3:.1f} | {r['latency_ms']:.2f} | {r['speedup']:.2f} | "
+                     f"{eff:.2f} | {r['search_epochs']:.2f} | {r['finetune_epochs']} |")
+    return "\n".join(lines) + "\n"

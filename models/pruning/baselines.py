@@ -1,0 +1,77 @@
+"""Pruning baselines at the same FLOPs budget as ABCPruner.
+
+All methods differ only in the *structure* (how many channels each prunable layer keeps);
+every pruned model inherits the top-L1 filters of the same trained model and gets the same
+fine-tuning, so a comparison isolates what ABCPruner claims to improve: the structure.
+
+* ``uniform``: every prunable layer keeps the same fraction r, the largest r whose FLOPs fit
+  the budget (widths ``max(1, round(C * r))``).
+* ``l1``: L1-norm filter pruning (Li et al., ICLR 2017, "Pruning Filters for Efficient
+  ConvNets") with a global criterion: each filter's L1 norm is divided by the mean norm of
+  its layer, and the globally weakest filters are removed one by one until the FLOPs fit.
+  (The paper set per-layer ratios by hand from a sensitivity analysis; a global normalised
+  ranking is the common automatic variant and needs no hand tuning.)
+* ``random``: a seeded random ABCPruner gene vector (1..9 per layer), repaired to the budget
+  exactly as ABCPruner's candidates are — i.e. ABCPruner's search space without the search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.pruning.surgery import FlopsTable, base_widths, filter_scores, genes_to_widths
+
+METHODS = ("uniform", "l1", "random")
+
+
+def uniform_widths(model, target: float, table: FlopsTable | None = None) -> list[int]:
+    table = table or FlopsTable(model)
+    base = base_widths(model)
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        w = [max(1, round(c * mid)) for c in base]
+        if table.ratio(w) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return [max(1, round(c * lo)) for c in base]
+
+
+def l1_widths(model, target: float, table: FlopsTable | None = None) -> list[int]:
+    table = table or FlopsTable(model)
+    widths = list(base_widths(model))
+    scores = filter_scores(model)
+    entries = []
+    for g, s in enumerate(scores):
+        norm = s / max(float(s.mean()), 1e-12)
+        entries += [(float(v), g) for v in norm]
+    entries.sort()
+    for _, g in entries:
+        if table.ratio(widths) <= target:
+            break
+        if widths[g] > 1:
+            widths[g] -= 1
+    return widths
+
+
+def random_widths(model, target: float, seed: int = 0, max_gene: int = 9,
+                  table: FlopsTable | None = None) -> list[int]:
+    from models.pruning.abc import fit_budget
+
+    table = table or FlopsTable(model)
+    rng = np.random.default_rng(seed)
+    base = base_widths(model)
+    genes = fit_budget(rng.integers(1, max_gene + 1, len(base)), table, target, max_gene, rng)
+    return genes_to_widths(genes, base, max_gene)
+
+
+def baseline_widths(method: str, model, target: float, seed: int = 0,
+                    table: FlopsTable | None = None) -> list[int]:
+    if method == "uniform":
+        return uniform_widths(model, target, table)
+    if method == "l1":
+        return l1_widths(model, target, table)
+    if method == "random":
+        return random_widths(model, target, seed, table=table)
+    raise ValueError(f"unknown baseline {method!r}; choose from {METHODS}")

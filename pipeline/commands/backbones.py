@@ -1,0 +1,252 @@
+"""Backbone commands: ``vistream train backbone``, ``vistream export``, ``vistream compress abc``,
+``vistream eval pruning`` and ``vistream bench backbone``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pipeline.cli import app, bench_app, eval_app
+
+# The features stage lives in stages/features.py; importing it here registers it for every
+# CLI run (stage modules are light: torch is imported inside its functions).
+import stages.features  # noqa: E402,F401
+
+train_app = typer.Typer(help="Train models.", no_args_is_help=True)
+compress_app = typer.Typer(help="Compress trained backbones (channel pruning).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(compress_app, name="compress")
+
+DATASET = typer.Option("digits", "--dataset", help="digits, digits-composite, imagefolder:PATH "
+                                                   "or cifar10:PATH")
+
+
+@train_app.command("backbone")
+def train_backbone(
+    arch: str = typer.Option("resnet20", "--arch", help="registered backbone name"),
+    dataset: str = DATASET,
+    epochs: int = typer.Option(30, min=1),
+    lr: float = typer.Option(0.1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    schedule: str = typer.Option("cosine", help="cosine | step | constant"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("out/backbones/run"), "--out", help="checkpoint folder"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    threads: int = typer.Option(1, help="torch CPU threads"),
+    device: str = typer.Option("cpu"),
+    export: Path | None = typer.Option(None, "--export", help="also write an artifact here"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a backbone (SGD momentum, cosine/step LR, checkpoint every epoch, --resume);
+    prints val/test accuracy and, with --export, writes an artifact of the best epoch."""
+    from models.backbones import create_model
+    from models.data import load_dataset
+    from models.train import TrainConfig, evaluate, load_checkpoint_model, train
+
+    data = load_dataset(dataset)
+    model = create_model(arch, num_classes=data.num_classes)
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule, seed=seed,
+                      threads=threads, device=device)
+    res = train(model, data, cfg, ckpt_dir=out, resume=resume, progress=progress)
+    best = load_checkpoint_model(out / "best.pt")
+    test = evaluate(best, data.test, data.mean, data.std)
+    summary = {"arch": arch, "dataset": data.name, "epochs": epochs, "best_val": res.best_val,
+               "best_epoch": res.best_epoch, "test_acc": test, "seconds": round(res.seconds, 1),
+               "checkpoint": str(out / "best.pt")}
+    if export:
+        from models.artifacts import export_artifact
+
+        export_artifact(best, export, method="baseline", data=data,
+                        metrics={"val_acc": res.best_val, "test_acc": test,
+                                 "train_epochs": epochs})
+        summary["artifact"] = str(export)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    typer.echo(json.dumps(summary))
+
+
+# ----------------------------------------------------------------------------- export
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="training checkpoint (.pt) or artifact (.vsa)"),
+    out: Path = typer.Option(..., "--out", "-o", help="artifact file to write"),
+    dataset: str = DATASET,
+    method: str = typer.Option("baseline", help="method recorded in the manifest"),
+    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="also embed an ONNX graph"),
+    evaluate_test: bool = typer.Option(True, "--eval/--no-eval",
+                                       help="measure val/test accuracy into the manifest"),
+) -> None:
+    """Write one artifact file: JSON manifest (arch, channel config, method, input spec,
+    normalisation, FLOPs, params, metrics, sha256) + safetensors weights (+ ONNX)."""
+    from models.artifacts import export_artifact, read_artifact
+    from models.data import load_dataset
+    from models.pruning import load_base
+    from models.train import evaluate
+
+    model = load_base(checkpoint)
+    data = load_dataset(dataset)
+    metrics = {}
+    if checkpoint.suffix == ".vsa":
+        man, _, _ = read_artifact(checkpoint)
+        metrics = dict(man.get("metrics", {}))
+        method = man.get("method", method) if method == "baseline" else method
+    if evaluate_test:
+        metrics.update(val_acc=evaluate(model, data.val, data.mean, data.std),
+                       test_acc=evaluate(model, data.test, data.mean, data.std))
+    man = export_artifact(model, out, method=method, data=data, metrics=metrics, onnx=onnx)
+    typer.echo(json.dumps({"artifact": str(out), "model_id": man["model_id"], "arch": man["arch"],
+                           "flops": man["flops"], "params": man["params"], "metrics": metrics,
+                           "onnx_bytes": man["onnx"]["bytes"], "sha256": man["sha256"]}))
+
+
+# ----------------------------------------------------------------------------- compress
+def _abc_config(food: int, cycles: int, limit: int, fitness_epochs: int, fitness_subset: int | None,
+                fitness_lr: float, seed: int, target: float | None):
+    from models.pruning.abc import ABCConfig
+
+    return ABCConfig(food_number=food, max_cycle=cycles, limit=limit, fitness_epochs=fitness_epochs,
+                     fitness_subset=fitness_subset, fitness_lr=fitness_lr, seed=seed,
+                     flops_target=target)
+
+
+FOOD = typer.Option(6, "--food", min=2, help="food sources (paper: 10)")
+CYCLES = typer.Option(3, "--cycles", min=1, help="ABC cycles (paper: 10)")
+LIMIT = typer.Option(3, "--limit", min=1, help="failed trials before a scout (paper: 5)")
+FIT_EPOCHS = typer.Option(1, "--fitness-epochs", min=1, help="fitness training epochs (paper: 2)")
+FIT_SUBSET = typer.Option(None, "--fitness-subset", help="train fitness on N images (default all)")
+FIT_LR = typer.Option(0.01, "--fitness-lr")
+
+
+@compress_app.command("abc")
+def compress_abc(
+    arch: str = typer.Option("resnet56", "--arch", help="backbone (must match --base)"),
+    base: Path = typer.Option(None, "--base", help="trained checkpoint/artifact "
+                              "(default out/backbones/ARCH-DATASET/best.pt)"),
+    dataset: str = DATASET,
+    flops_target: float = typer.Option(0.5, "--flops-target", min=0.01, max=1.0,
+                                       help="fraction of the original FLOPs to keep"),
+    food: int = FOOD, cycles: int = CYCLES, limit: int = LIMIT, fitness_epochs: int = FIT_EPOCHS,
+    fitness_subset: int | None = FIT_SUBSET, fitness_lr: float = FIT_LR,
+    finetune_epochs: int = typer.Option(10, "--finetune-epochs", min=0),
+    finetune_lr: float = typer.Option(0.01, "--finetune-lr"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(None, "--out", help="work folder (default out/pruning/abc-ARCH)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted search/fine-tune"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """ABCPruner: bee-colony search of per-layer widths at a FLOPs budget (weights inherited,
+    fitness = val accuracy after a short training), then fine-tune the best structure and
+    export it. Logs every structure (evaluations.jsonl) and draws convergence.png."""
+    import torch
+
+    from models.artifacts import export_artifact
+    from models.data import load_dataset
+    from models.pruning import load_base, run_method
+
+    torch.set_num_threads(1)
+    data = load_dataset(dataset)
+    base = base or Path(f"out/backbones/{arch}-{dataset}/best.pt")
+    out = out or Path(f"out/pruning/abc-{arch}-{dataset}")
+    model = load_base(base)
+    if model.config["arch"] != arch:
+        raise ValueError(f"--base is a {model.config['arch']}, not {arch}")
+    cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, seed,
+                      flops_target)
+    pruned, rec = run_method("abc", model, data, flops_target, seed, finetune_epochs, finetune_lr,
+                             cfg, out, progress=progress, resume=resume)
+    art = out / f"abc-{arch}.vsa"
+    man = export_artifact(pruned, art, method="abc", data=data,
+                          metrics={k: rec[k] for k in ("val_acc", "test_acc", "search_epochs",
+                                                       "finetune_epochs", "total_epochs")},
+                          extra={"search": rec["search"], "base_flops_target": flops_target})
+    (out / "result.json").write_text(json.dumps(rec, indent=1))
+    typer.echo(f"search log {out}/abc-s{seed}/evaluations.jsonl, plot {out}/abc-s{seed}/convergence.png")
+    typer.echo(json.dumps({"artifact": str(art), "model_id": man["model_id"],
+                           **{k: rec[k] for k in ("widths", "flops", "flops_ratio", "params",
+                                                  "val_acc", "test_acc", "search_epochs",
+                                                  "finetune_epochs", "total_epochs")}}))
+
+
+# ----------------------------------------------------------------------------- eval
+@eval_app.command("pruning")
+def eval_pruning(
+    arch: str = typer.Option("resnet20", "--arch"),
+    base: Path = typer.Option(None, "--base", help="trained checkpoint/artifact "
+                              "(default out/backbones/ARCH-DATASET/best.pt)"),
+    dataset: str = DATASET,
+    flops_target: float = typer.Option(0.5, "--flops-target", min=0.01, max=1.0),
+    methods: str = typer.Option("abc,uniform,l1,random", help="comma-separated"),
+    seeds: str = typer.Option("0", help="comma-separated seeds, e.g. 0,1,2"),
+    finetune_epochs: int = typer.Option(5, "--finetune-epochs", min=0),
+    finetune_lr: float = typer.Option(0.01, "--finetune-lr"),
+    food: int = FOOD, cycles: int = CYCLES, limit: int = LIMIT, fitness_epochs: int = FIT_EPOCHS,
+    fitness_subset: int | None = FIT_SUBSET, fitness_lr: float = FIT_LR,
+    latency_batch: int = typer.Option(32, "--latency-batch"),
+    out: Path = typer.Option(None, "--out", help="default out/pruning/eval-ARCH-DATASET"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """ABCPruner vs uniform / L1-norm / random structures at the same FLOPs: one table of
+    test accuracy (mean ± sd over seeds), FLOPs, params, measured CPU latency, speedup and
+    search cost in epochs, for each method and the unpruned model. Last line: JSON."""
+    import torch
+
+    from models.data import load_dataset
+    from models.pruning import evaluate_pruning, format_table, load_base
+
+    torch.set_num_threads(1)
+    data = load_dataset(dataset)
+    base = base or Path(f"out/backbones/{arch}-{dataset}/best.pt")
+    out = out or Path(f"out/pruning/eval-{arch}-{dataset}")
+    model = load_base(base)
+    cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, 0,
+                      flops_target)
+    result = evaluate_pruning(model, data, flops_target, [m.strip() for m in methods.split(",")],
+                              tuple(int(s) for s in seeds.split(",")), finetune_epochs,
+                              finetune_lr, cfg, out, progress=progress,
+                              latency_batch=latency_batch, echo=typer.echo)
+    typer.echo(format_table(result))
+    typer.echo(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------- bench
+@bench_app.command("backbone")
+def bench_backbone(
+    artifacts: list[Path] = typer.Argument(..., help="pruned artifacts (.vsa) to measure"),
+    reference: str | None = typer.Option(None, "--reference", help="unpruned artifact/checkpoint "
+                                         "(default: the registered arch at full width)"),
+    batch: int = typer.Option(32, "--batch"),
+    threads: int = typer.Option(1, "--threads"),
+    reps: int = typer.Option(7, "--reps", help="interleaved rounds (min of 3 x rounds timings)"),
+) -> None:
+    """CPU latency of each artifact vs the unpruned model, measured in the same run; the last
+    line carries speedup and speedup / (1 / FLOPs ratio) (target: >= 0.8)."""
+    from models.artifacts import load_artifact
+    from models.backbones import create_model
+    from models.flops import compare_latency, count_flops
+    from models.pruning import load_base
+
+    models = [load_artifact(a) for a in artifacts]
+    size = tuple(models[0].input_spec["size"])
+    if reference:
+        ref = load_base(reference)
+    else:
+        cfg = {k: v for k, v in models[0].config.items() if k not in ("arch", "widths")}
+        ref = create_model(models[0].config["arch"], **cfg)
+    ref_flops = count_flops(ref, size)
+    times = compare_latency([ref, *models], batch, size, rounds=reps, threads=threads)
+    ref_ms = times[0]
+    rows = []
+    for a, m, ms in zip(artifacts, models, times[1:]):
+        fr = count_flops(m, size) / ref_flops
+        row = {"artifact": str(a), "method": m.manifest.get("method"), "latency_ms": round(ms, 3),
+               "flops_ratio": round(fr, 4), "speedup": round(ref_ms / ms, 3),
+               "speedup_over_flops_ratio": round(ref_ms / ms * fr, 3)}
+        rows.append(row)
+        typer.echo(json.dumps(row))
+    worst = min(r["speedup_over_flops_ratio"] for r in rows)
+    typer.echo(json.dumps({"bench": "backbone", "batch": batch, "threads": threads,
+                           "reference_ms": round(ref_ms, 3), "timing": "min over interleaved runs",
+                           "models": rows,
+                           "min_speedup_over_flops_ratio": worst, "target": 0.8,
+                           "target_met": worst >= 0.8}))

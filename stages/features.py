@@ -1,0 +1,135 @@
+"""Features stage: frames (or crops named by track records) -> :class:`Features` records.
+
+It runs any model artifact (:func:`models.artifacts.load_artifact`: a trained, pruned or
+otherwise compressed backbone) in batches of ``batch_size`` on ``device`` and emits one
+feature vector (``forward_features``, float32) per frame, or per tracked box, with the
+artifact's ``model_id``.
+
+Without ``artifact`` it builds the registered backbone ``arch`` with a seeded random
+initialisation (model id ``<arch>-random-seed<N>``): the vectors are then only a smoke test
+of the plumbing, which is what ``make demo`` uses unless ``DEMO_ARTIFACT`` names a trained
+artifact (training one takes minutes on a CPU; the demo must finish in seconds).
+
+Crops: with ``crops: true`` the stage also takes ``tracks`` records. Frames are kept in a
+bounded cache; each tracks record yields one Features record per box (x, y, w, h), cropped
+from its frame, in box order, with ``label`` = the track id. A tracks record whose frame has
+not arrived yet waits (bounded) for it. Without crops, tracks records are ignored.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.envelope import Features, Frame, Message, Tracks
+from stages.base import Stage, StageParams, register_stage
+
+
+class FeaturesParams(StageParams):
+    artifact: str | None = Field(None, description="model artifact file (vistream export); "
+                                                   "empty = random-init `arch`")
+    arch: str = Field("resnet20", description="registered backbone used when no artifact is given")
+    seed: int = Field(0, description="seed of the random initialisation (no artifact)")
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch_size: int = Field(64, ge=1, le=4096, description="images per forward pass")
+    input_size: int | None = Field(None, ge=8, le=4096,
+                                   description="override the artifact's square input size")
+    crops: bool = Field(False, description="also take tracks records and embed each box")
+    min_crop: int = Field(4, ge=1, description="boxes smaller than this (px) are padded up")
+    cache_frames: int = Field(256, ge=1, description="frames kept for crops of later tracks")
+    threads: int | None = Field(1, ge=1, description="torch CPU threads (None: torch default)")
+
+
+@register_stage("features")
+class FeaturesStage(Stage):
+    accepts = ("frame", "tracks")
+    emits = ("features",)
+    Params = FeaturesParams
+
+    def setup(self) -> None:
+        import torch
+
+        p: FeaturesParams = self.params  # type: ignore[assignment]
+        if p.threads:
+            torch.set_num_threads(p.threads)
+        if p.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("features stage: device 'cuda' requested but CUDA is not available")
+        if p.artifact:
+            from models.artifacts import load_artifact
+
+            self.model = load_artifact(p.artifact, device=p.device)
+            self.spec = dict(self.model.input_spec)
+            self.norm = dict(self.model.normalization)
+            self.model_id = self.model.model_id
+        else:
+            from models.backbones import create_model
+
+            torch.manual_seed(p.seed)
+            self.model = create_model(p.arch, num_classes=10).eval().to(p.device)
+            self.spec = {"size": [32, 32], "color": "RGB"}
+            self.norm = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+            self.model_id = f"{p.arch}-random-seed{p.seed}"
+        if p.input_size:
+            self.spec["size"] = [p.input_size, p.input_size]
+        self._frames: OrderedDict[str, Frame] = OrderedDict()
+        self._pending: OrderedDict[str, Tracks] = OrderedDict()
+
+    def _embed(self, images: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from models.artifacts import preprocess
+
+        p: FeaturesParams = self.params  # type: ignore[assignment]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), p.batch_size):
+                x = preprocess(images[i:i + p.batch_size], self.spec, self.norm).to(p.device)
+                out.append(self.model.forward_features(x).float().cpu().numpy())
+        dim = int(getattr(self.model, "num_features", 0))
+        return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+    def _crop(self, img: np.ndarray, box) -> np.ndarray:
+        h, w = img.shape[:2]
+        m = self.params.min_crop  # type: ignore[attr-defined]
+        x, y, bw, bh = (float(v) for v in box)
+        cx, cy = x + bw / 2, y + bh / 2
+        bw, bh = max(bw, m), max(bh, m)
+        x0, y0 = int(max(0, round(cx - bw / 2))), int(max(0, round(cy - bh / 2)))
+        x1, y1 = int(min(w, round(cx + bw / 2))), int(min(h, round(cy + bh / 2)))
+        if x1 <= x0 or y1 <= y0:
+            x0, y0, x1, y1 = 0, 0, min(w, m), min(h, m)
+        return img[y0:y1, x0:x1]
+
+    def process(self, batch: list[Message]) -> list[Message]:
+        p: FeaturesParams = self.params  # type: ignore[assignment]
+        frames = [m for m in batch if isinstance(m, Frame)]
+        out: list[Message] = []
+        if not p.crops:
+            vecs = self._embed([f.image for f in frames])
+            return [Features(frame_id=f.frame_id, stream_id=f.stream_id, vector=v.astype(np.float32),
+                             model_id=self.model_id) for f, v in zip(frames, vecs)]
+        for f in frames:
+            self._frames[f.frame_id] = f
+            self._frames.move_to_end(f.frame_id)
+            while len(self._frames) > p.cache_frames:
+                self._frames.popitem(last=False)
+        for m in batch:
+            if isinstance(m, Tracks):
+                self._pending[m.frame_id] = m
+        while len(self._pending) > p.cache_frames:
+            self._pending.popitem(last=False)
+        jobs: list[tuple[Tracks, int, np.ndarray]] = []
+        for fid in [k for k in self._pending if k in self._frames]:
+            tr = self._pending.pop(fid)
+            img = self._frames[fid].image
+            for i, box in enumerate(np.asarray(tr.boxes).reshape(-1, 4)):
+                jobs.append((tr, i, self._crop(img, box)))
+        vecs = self._embed([j[2] for j in jobs])
+        for (tr, i, _), v in zip(jobs, vecs):
+            tid = int(tr.track_ids[i]) if i < len(tr.track_ids) else i
+            out.append(Features(frame_id=tr.frame_id, stream_id=tr.stream_id,
+                                vector=v.astype(np.float32), model_id=self.model_id, label=tid))
+        return out

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.backbones import create_model
+from models.flops import count_flops, count_params
+from models.pruning.abc import ABCConfig, ABCPruner, fit_budget
+from models.pruning.baselines import METHODS, baseline_widths
+from models.pruning.surgery import FlopsTable, base_widths, genes_to_widths, prune
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return create_model("resnet20", num_classes=10, widths=[8, 8, 8, 16, 16, 16, 32, 32, 32],
+                        base=8).eval()
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "vgg16", "resnet18"])
+def test_surgery_is_physical_and_inherits(arch):
+    torch.manual_seed(0)
+    kw = {"widths": [16] * 13} if arch == "vgg16" else {"base": 8}
+    m = create_model(arch, num_classes=10, **kw).eval()
+    full = prune(m, base_widths(m))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(m(x), full(x), atol=1e-5)
+    w = [max(1, c // 2) for c in base_widths(m)]
+    p = prune(m, w)
+    assert p.config["widths"] == w and count_params(p) < count_params(m)
+    assert FlopsTable(m)(w) == count_flops(p)
+    assert p(x).shape == (2, 10)
+
+
+def test_pruned_artifact_matches_manifest(net, tmp_path):
+    from models.artifacts import export_artifact, load_artifact
+
+    w = [3, 5, 2, 7, 9, 4, 11, 20, 5]
+    p = prune(net, w)
+    man = export_artifact(p, tmp_path / "p.vsa", method="abc", onnx=False)
+    back = load_artifact(tmp_path / "p.vsa")
+    assert man["config"]["widths"] == w and man["params"] == count_params(back)
+    assert man["flops"] == count_flops(back)
+    for k, v in back.state_dict().items():
+        assert list(v.shape) == man["param_shapes"][k]
+    assert back.blocks[0].conv1.out_channels == 3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_baselines_meet_the_budget(net, method):
+    t = FlopsTable(net)
+    w = baseline_widths(method, net, 0.5, seed=1, table=t)
+    assert 0.4 <= t.ratio(w) <= 0.5
+
+
+def test_fit_budget_and_genes():
+    m = create_model("resnet20", num_classes=10)
+    t = FlopsTable(m)
+    g = fit_budget(np.full(9, 9), t, 0.5, 9, np.random.default_rng(0))
+    assert t.ratio(genes_to_widths(g, t.base)) <= 0.5
+    assert genes_to_widths([1, 9], [16, 64]) == [1, 57]
+
+
+def test_abc_search_logs_resumes_and_plots(net, tmp_path):
+    calls = []
+
+    def fitness(widths):  # cheap, deterministic stand-in for "train 1 epoch + val accuracy"
+        calls.append(widths)
+        return float(np.dot(widths, np.arange(len(widths)))) / 1000, 0.5
+
+    cfg = ABCConfig(food_number=3, max_cycle=2, limit=1, flops_target=0.5, seed=3)
+    r = ABCPruner(net, None, cfg, tmp_path, progress=False, fitness_fn=fitness).search()
+    lines = (tmp_path / "evaluations.jsonl").read_text().splitlines()
+    assert len(lines) == len(r.evaluations) >= 3 * 5
+    assert (tmp_path / "convergence.png").exists()
+    assert json.loads((tmp_path / "search.json").read_text())["best_fitness"] == r.best_fitness
+    assert r.best_fitness == max(e.fitness for e in r.evaluations)
+    assert r.best_flops_ratio <= 0.5 and r.search_epochs == 0.5 * len(calls)
+    # interrupted after 7 evaluations: the resumed search replays them and finishes the same
+    (tmp_path / "evaluations.jsonl").write_text("\n".join(lines[:7]) + "\n{broken")
+    n_before = len(calls)
+    r2 = ABCPruner(net, None, cfg, tmp_path, progress=False, fitness_fn=fitness).search(resume=True)
+    assert r2.best_genes == r.best_genes and len(r2.evaluations) == len(r.evaluations)
+    assert len(calls) - n_before < len(calls[:n_before])
+
+
+def test_abc_with_real_training_fitness():
+    from models.data import DataBundle, Split
+
+    torch.manual_seed(0)
+    tiny = create_model("resnet20", num_classes=10, widths=[4] * 9, base=4).eval()
+    rng = np.random.default_rng(0)
+    s = Split(rng.random((16, 3, 16, 16)).astype(np.float32), np.arange(16) % 10)
+    data = DataBundle("tiny", s, s, s, 10)
+    cfg = ABCConfig(food_number=2, max_cycle=1, limit=1, fitness_subset=8, batch_size=8,
+                    bn_batches=1)
+    r = ABCPruner(tiny, data, cfg, progress=False, input_size=(16, 16)).search()
+    assert 0 <= r.best_fitness <= 1 and r.search_epochs > 0

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import numpy as np
+
+from models.backbones import create_model
+from models.data import DataBundle, Split
+from models.train import TrainConfig, evaluate, load_checkpoint_model, train
+
+
+def tiny_data(n=24):
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 3
+    x = rng.random((n, 3, 16, 16)).astype(np.float32) * 0.2
+    x[:, 0] += y[:, None, None] * 0.4
+    s = Split(x, y.astype(np.int64))
+    return DataBundle("tiny", s, s, s, 3, ["a", "b", "c"])
+
+
+def test_train_checkpoint_resume(tmp_path):
+    data = tiny_data()
+    m = create_model("resnet20", num_classes=3, widths=[4] * 9, base=4)
+    r = train(m, data, TrainConfig(epochs=1, lr=0.05, batch_size=8), ckpt_dir=tmp_path, progress=False)
+    assert r.epochs_run == 1 and (tmp_path / "last.pt").exists() and (tmp_path / "best.pt").exists()
+    r2 = train(m, data, TrainConfig(epochs=2, lr=0.05, batch_size=8, schedule="step"),
+               ckpt_dir=tmp_path, resume=True, progress=False)
+    assert r2.epochs_run == 1 and [h["epoch"] for h in r2.history] == [0, 1]
+    back = load_checkpoint_model(tmp_path / "last.pt")
+    acc = evaluate(back, data.test, data.mean, data.std)
+    assert acc == evaluate(m, data.test, data.mean, data.std)
+    assert 0.0 <= acc <= 1.0

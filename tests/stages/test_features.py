@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.envelope import Features, Tracks
+from stages.base import create_stage, stage_types
+from tests.conftest import make_frame
+
+
+def test_features_from_random_backbone_and_artifact(tmp_path):
+    import stages.features  # noqa: F401  (registers the stage when discovery is not automatic)
+
+    assert "features" in stage_types()
+    st = create_stage("features", {"arch": "resnet20", "batch_size": 2})
+    st.setup()
+    frames = [make_frame(i) for i in range(3)]
+    out = st.process(frames)
+    assert [o.frame_id for o in out] == [f.frame_id for f in frames]
+    assert all(isinstance(o, Features) and o.vector.shape == (64,) for o in out)
+    assert out[0].model_id == "resnet20-random-seed0"
+
+    from models.artifacts import export_artifact
+    from models.backbones import create_model
+
+    torch.manual_seed(1)
+    m = create_model("resnet20", num_classes=10, widths=[4] * 9, base=8)
+    man = export_artifact(m, tmp_path / "m.vsa", onnx=False)
+    st2 = create_stage("features", {"artifact": str(tmp_path / "m.vsa"), "input_size": 24})
+    st2.setup()
+    out2 = st2.process(frames)
+    assert out2[0].model_id == man["model_id"] and out2[0].vector.shape == (32,)
+    # round trip through the wire format
+    assert np.array_equal(Features.from_bytes(out2[0].to_bytes()).vector, out2[0].vector)
+
+
+def test_crops_from_tracks():
+    st = create_stage("features", {"crops": True, "batch_size": 4})
+    st.setup()
+    f = make_frame(0)
+    tr = Tracks(frame_id=f.frame_id, stream_id=f.stream_id,
+                boxes=np.array([[1, 2, 10, 8], [30, 20, 3, 3]], np.float32),
+                track_ids=np.array([7, 9]), scores=np.ones(2, np.float32))
+    assert st.process([tr]) == []          # waits for its frame
+    out = st.process([f])
+    assert [o.label for o in out] == [7, 9] and all(o.frame_id == f.frame_id for o in out)
