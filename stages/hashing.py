@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.bus.base import TopicPartition
 from pipeline.envelope import Caption, Features, FrameSummary, Label, Message, Tracks
@@ -56,6 +56,16 @@ class HashingParams(StageParams):
     snapshot_every_records: int = Field(50_000, ge=1)
     snapshot_every_seconds: float = Field(300.0, gt=0)
     snapshot_keep: int = Field(2, ge=1, description="snapshots kept on disk")
+
+    @model_validator(mode="after")
+    def _tuned_sdoh_defaults(self) -> HashingParams:
+        # SDOH's paper defaults (lr 0.05) barely move W on unit-norm features; use the learning
+        # rate picked on the digits validation split (docs/hashing.md) unless one is given.
+        if self.model == "sdoh" and "lr" not in self.model_params:
+            from models.hashing.evaluate import sdoh_eval_lr
+
+            self.model_params = {**self.model_params, "lr": sdoh_eval_lr(self.n_bits)}
+        return self
 
 
 def _tracks_meta(t: Tracks) -> list[dict[str, Any]]:

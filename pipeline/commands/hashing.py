@@ -1,0 +1,64 @@
+"""``vistream eval hashing``: the online-hashing protocol (SDOH and its baselines)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipeline.cli import eval_app
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@eval_app.command("hashing")
+def eval_hashing(
+    data: str = typer.Option("digits-pixels,digits-cnn", "--data",
+                             help="comma list of digits-pixels, digits-cnn or PATH.npz "
+                                  "(arrays X (n, d) and y (n,) or (n, c))"),
+    bits: str = typer.Option("16,32,64", "--bits", help="comma list of code lengths (multiples of 8)"),
+    methods: str = typer.Option("sdoh,lsh,itq,okh,adapthash,hcoh", "--methods",
+                                help="comma list of hashing methods"),
+    chunk: int = typer.Option(2000, "--chunk", min=2, help="stream points per online update"),
+    seed: int = typer.Option(0, "--seed", help="seed of the split, augmentation, CNN and models"),
+    out: Path = typer.Option(Path("out/hashing"), "--out", help="folder for results.json, "
+                             "table.md and the mAP curves (PNG)"),
+    quick: bool = typer.Option(False, "--quick", help="tiny sizes (for tests and smoke runs)"),
+    split: str = typer.Option("test", "--split", help="test, or val: queries from the database "
+                              "originals, for tuning without touching the test queries"),
+    queries_per_class: int = typer.Option(100, "--queries-per-class", min=1),
+    stream_size: int = typer.Option(20000, "--stream-size", min=10,
+                                    help="digits: stream length after augmentation"),
+    cnn_epochs: int = typer.Option(4, "--cnn-epochs", min=1, help="digits-cnn training epochs"),
+    sdoh_lr: float | None = typer.Option(None, "--sdoh-lr", help="override SDOH's learning rate"),
+    sdoh_sigma: float | None = typer.Option(None, "--sdoh-sigma", help="override SDOH's sigma"),
+    sdoh_threshold: float | None = typer.Option(None, "--sdoh-threshold",
+                                                help="override SDOH's stopping threshold"),
+    sdoh_max_iter: int | None = typer.Option(None, "--sdoh-max-iter", min=0,
+                                             help="override SDOH's iterations per chunk"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Online hashing on a labelled stream: after each chunk every method updates, the whole
+    database is re-encoded and 100-per-class queries are searched by Hamming ranking. Prints a
+    table of mAP, mAP@1000 and precision within radius 2; writes JSON, a Markdown table and
+    mAP-per-chunk curves (PNG)."""
+    from models.hashing.evaluate import run_evaluation
+
+    sdoh = {k: v for k, v in {"lr": sdoh_lr, "sigma": sdoh_sigma, "threshold": sdoh_threshold,
+                              "max_iter": sdoh_max_iter}.items() if v is not None}
+    try:
+        bit_list = [int(b) for b in _csv(bits)]
+    except ValueError:
+        raise ValueError(f"--bits must be a comma list of integers, got {bits!r}") from None
+    if not bit_list or not _csv(methods) or not _csv(data):
+        raise ValueError("--data, --bits and --methods each need at least one entry")
+    doc = run_evaluation(_csv(data), bit_list, _csv(methods), chunk=chunk, seed=seed, out=out,
+                         quick=quick, split=split, queries_per_class=queries_per_class,
+                         stream_size=stream_size, sdoh_params=sdoh, cnn_epochs=cnn_epochs,
+                         progress=progress, echo=typer.echo)
+    typer.echo("")
+    typer.echo((out / "table.md").read_text())
+    typer.echo(f"wrote {out / 'results.json'}, {out / 'table.md'} and "
+               + ", ".join(str(out / r["curve_png"]) for r in doc["results"].values()))
