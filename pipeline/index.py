@@ -110,12 +110,9 @@ def hash_model_names() -> list[str]:
 
 
 def _import_hash_models() -> None:
+    # Importing the modules registers their models in HashModel.registry.
     import models.hashing.baselines  # noqa: F401
-
-    try:
-        import models.hashing.sdoh  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - only while sdoh.py is being written
-        log.debug("SDOH unavailable: %s", exc)
+    import models.hashing.sdoh  # noqa: F401
 
 
 def make_hash_model(name: str, n_bits: int = 64, seed: int = 0, **params: Any) -> HashModel:

@@ -45,6 +45,9 @@ class SummarySink(Stage):
         self.out_dir = Path(self.params.out_dir) if self.params.out_dir else None
         if self.out_dir:
             (self.out_dir / "frames").mkdir(parents=True, exist_ok=True)
+            # Temp files are what a killed writer leaves behind; the entry itself never is.
+            for stale in (self.out_dir / "frames").glob("*.tmp*"):
+                stale.unlink(missing_ok=True)
             # A restarted sink picks up what it already holds, thumbnails included.
             for p in (self.out_dir / "frames").glob("*.json"):
                 entry = json.loads(p.read_text())
