@@ -65,7 +65,7 @@ def unit_columns(W: np.ndarray) -> np.ndarray:
     return W / np.maximum(np.linalg.norm(W, axis=0, keepdims=True), 1e-12)
 
 
-class _CenteredLinear(HashModel):
+class CenteredLinear(HashModel):
     """A linear hash model trained on :func:`center_l2` rows; ``bias = -mean W`` for encoding."""
 
     def __init__(self, n_bits: int = 64, seed: int = 0) -> None:
@@ -321,7 +321,7 @@ class OKH(HashModel):
 
 
 # --------------------------------------------------------------------------- AdaptHash
-class AdaptHash(_CenteredLinear):
+class AdaptHash(CenteredLinear):
     """Adaptive Hashing (Cakir & Sclaroff, "Adaptive Hashing for Fast Similarity Search",
     ICCV 2015).
 
@@ -409,7 +409,7 @@ def hadamard(order: int) -> np.ndarray:
     return Hm
 
 
-class HCOH(_CenteredLinear):
+class HCOH(CenteredLinear):
     """Hadamard Codebook based Online Hashing (Lin, Ji, Liu & Wu, "Supervised Online Hashing
     via Hadamard Codebook Learning", ACM MM 2018).
 

@@ -55,8 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from models.hashing.base import HashModel
-from models.hashing.baselines import center_l2, update_running_mean
+from models.hashing.baselines import CenteredLinear, center_l2, update_running_mean
 
 
 def label_similarity(y: np.ndarray) -> np.ndarray:
@@ -71,7 +70,7 @@ def label_similarity(y: np.ndarray) -> np.ndarray:
     return Y @ Y.T
 
 
-class SDOH(HashModel):
+class SDOH(CenteredLinear):
     """Similarity Distribution based Online Hashing (see the module docstring)."""
 
     name = "sdoh"
@@ -92,10 +91,7 @@ class SDOH(HashModel):
         self.pos = float(pos)
         self.neg = float(neg)
         self.normalize = bool(normalize)
-        self.mean: np.ndarray | None = None
-        self.n_seen = 0
         self.last_costs: list[float] = []
-        self._rng = np.random.default_rng(seed)
 
     # -- persistence ---------------------------------------------------------------------
     def hparams(self) -> dict[str, Any]:
@@ -104,20 +100,8 @@ class SDOH(HashModel):
                 "chunk_size": self.chunk_size, "pos": self.pos, "neg": self.neg,
                 "normalize": self.normalize}
 
-    def extra_state(self) -> dict[str, np.ndarray]:
-        if self.mean is None:
-            return {}
-        return {"mean": self.mean, "n_seen": np.array([self.n_seen], np.int64)}
-
-    def load_extra_state(self, arrays: dict[str, np.ndarray]) -> None:
-        if "mean" in arrays:
-            self.mean = arrays["mean"].astype(np.float64)
-            self.n_seen = int(arrays["n_seen"][0])
-
     # -- learning ------------------------------------------------------------------------
-    def _init_W(self, d: int) -> None:
-        W = self._rng.standard_normal((d, self.n_bits))
-        self.W = (W / np.linalg.norm(W, axis=0, keepdims=True)).astype(np.float32)
+    # The running mean (saved with the model) and W's init come from CenteredLinear.
 
     def target_distribution(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """P (n, n) and the per-pair distance scale (None when pos = neg = 1)."""
