@@ -378,7 +378,8 @@ class Caption(Result):
 
 @dataclass(eq=False)
 class Features(Result):
-    """A feature vector of a frame (or of a crop named by ``crop``: x, y, w, h)."""
+    """A feature vector of a frame. In crop mode the features stage emits one per tracked box,
+    in box order, with ``label`` set to the track id."""
 
     kind: ClassVar[str] = "features"
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
