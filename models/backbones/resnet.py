@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.backbones.registry import register_model
-from models.backbones.resnet_cifar import BasicBlock, _init
+from models.backbones.resnet_cifar import _init, make_stages
 
 
 class ResNet18(nn.Module):
@@ -24,15 +24,10 @@ class ResNet18(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(in_chans, base, 7, 2, 3, bias=False),
                                   nn.BatchNorm2d(base), nn.ReLU(inplace=True),
                                   nn.MaxPool2d(3, 2, 1))
-        blocks, in_ch, k = [], base, 0
-        for s, out_ch in enumerate(stage_widths):
-            for b in range(2):
-                blocks.append(BasicBlock(in_ch, widths[k], out_ch, 2 if (s > 0 and b == 0) else 1))
-                in_ch, k = out_ch, k + 1
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = make_stages(base, stage_widths, 2, widths)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = in_ch
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.num_features = stage_widths[-1]
+        self.fc = nn.Linear(self.num_features, num_classes)
         _init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

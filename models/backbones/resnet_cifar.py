@@ -34,6 +34,19 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+def make_stages(in_ch: int, stage_widths: list[int], blocks_per_stage: int,
+                inner_widths: list[int]) -> nn.Sequential:
+    """Residual stages of basic blocks; the first block of every stage but the first halves
+    the resolution. ``inner_widths`` gives each block's inner width, in order."""
+    blocks, k = [], 0
+    for s, out_ch in enumerate(stage_widths):
+        for b in range(blocks_per_stage):
+            stride = 2 if (s > 0 and b == 0) else 1
+            blocks.append(BasicBlock(in_ch, inner_widths[k], out_ch, stride))
+            in_ch, k = out_ch, k + 1
+    return nn.Sequential(*blocks)
+
+
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3,
                  widths: list[int] | None = None, base: int = 16) -> None:
@@ -50,16 +63,10 @@ class CifarResNet(nn.Module):
                        "base": base}
         self.stem = nn.Sequential(nn.Conv2d(in_chans, base, 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(base), nn.ReLU(inplace=True))
-        blocks, in_ch, k = [], base, 0
-        for s, out_ch in enumerate(stage_widths):
-            for b in range(n):
-                stride = 2 if (s > 0 and b == 0) else 1
-                blocks.append(BasicBlock(in_ch, widths[k], out_ch, stride))
-                in_ch, k = out_ch, k + 1
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = make_stages(base, stage_widths, n, widths)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = in_ch
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.num_features = stage_widths[-1]
+        self.fc = nn.Linear(self.num_features, num_classes)
         _init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

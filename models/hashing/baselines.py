@@ -61,6 +61,17 @@ def pair_similarity(y1: Any, y2: Any) -> int:
     return 1 if float(np.dot(y1.astype(np.float64), y2.astype(np.float64))) > 0 else -1
 
 
+def take_pairs(pending: tuple | None, rows: np.ndarray, y: np.ndarray
+               ) -> tuple[list[tuple[tuple, tuple]], tuple | None]:
+    """Consecutive (row, label) pairs of a chunk for pairwise online methods; an odd row is
+    carried over (returned as the new ``pending``) to pair with the next chunk's first row."""
+    items = [(rows[i], y[i]) for i in range(len(rows))]
+    if pending is not None:
+        items.insert(0, pending)
+    pending = items.pop() if len(items) % 2 else None
+    return [(items[t], items[t + 1]) for t in range(0, len(items), 2)], pending
+
+
 def unit_columns(W: np.ndarray) -> np.ndarray:
     return W / np.maximum(np.linalg.norm(W, axis=0, keepdims=True), 1e-12)
 
@@ -304,15 +315,8 @@ class OKH(HashModel):
         y = np.asarray(y)
         if self.W is None:
             self._init(X)
-        Z = self.kernel_features(X)
-        items = [(Z[i], y[i]) for i in range(X.shape[0])]
-        if self._pending is not None:
-            items.insert(0, self._pending)
-            self._pending = None
-        if len(items) % 2:
-            self._pending = items.pop()
-        for t in range(0, len(items), 2):
-            (zi, yi), (zj, yj) = items[t], items[t + 1]
+        pairs, self._pending = take_pairs(self._pending, self.kernel_features(X), y)
+        for (zi, yi), (zj, yj) in pairs:
             self._update_pair(zi, zj, pair_similarity(yi, yj))
         self.version += 1
         return self
@@ -381,15 +385,8 @@ class AdaptHash(CenteredLinear):
     def partial_fit(self, X: np.ndarray, y: np.ndarray) -> AdaptHash:
         X = self._check_X(X)
         y = np.asarray(y)
-        Xn = self._normalised(X)
-        items = [(Xn[i], y[i]) for i in range(X.shape[0])]
-        if self._pending is not None:
-            items.insert(0, self._pending)
-            self._pending = None
-        if len(items) % 2:
-            self._pending = items.pop()
-        for t in range(0, len(items), 2):
-            (xi, yi), (xj, yj) = items[t], items[t + 1]
+        pairs, self._pending = take_pairs(self._pending, self._normalised(X), y)
+        for (xi, yi), (xj, yj) in pairs:
             self._update_pair(xi, xj, pair_similarity(yi, yj))
         self._sync_bias()
         self.version += 1
