@@ -10,10 +10,6 @@ import typer
 
 from pipeline.cli import app, bench_app, eval_app
 
-# The features stage lives in stages/features.py; importing it here registers it for every
-# CLI run (stage modules are light: torch is imported inside its functions).
-import stages.features  # noqa: E402,F401
-
 train_app = typer.Typer(help="Train models.", no_args_is_help=True)
 compress_app = typer.Typer(help="Compress trained backbones (channel pruning).", no_args_is_help=True)
 app.add_typer(train_app, name="train")

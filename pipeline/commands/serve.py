@@ -8,9 +8,6 @@ from pathlib import Path
 
 import typer
 
-# Registers the "hashing" stage type for `vistream run/stage/check/stages` (the stage registry in
-# stages/base.py imports only its built-in modules).
-import stages.hashing  # noqa: F401
 from pipeline.cli import _logging, app, bench_app
 
 
