@@ -385,6 +385,8 @@ class Features(Result):
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     model_id: str = ""
     label: int | None = None
+    #: capture time of the frame (ms since the epoch), so the index can show it without a join
+    timestamp_ms: int | None = None
 
 
 @dataclass(eq=False)

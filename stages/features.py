@@ -110,7 +110,8 @@ class FeaturesStage(Stage):
         if not p.crops:
             vecs = self._embed([f.image for f in frames])
             return [Features(frame_id=f.frame_id, stream_id=f.stream_id, vector=v.astype(np.float32),
-                             model_id=self.model_id) for f, v in zip(frames, vecs)]
+                             model_id=self.model_id, timestamp_ms=f.timestamp_ms)
+                    for f, v in zip(frames, vecs)]
         for f in frames:
             self._frames[f.frame_id] = f
             self._frames.move_to_end(f.frame_id)
@@ -121,15 +122,17 @@ class FeaturesStage(Stage):
                 self._pending[m.frame_id] = m
         while len(self._pending) > p.cache_frames:
             self._pending.popitem(last=False)
-        jobs: list[tuple[Tracks, int, np.ndarray]] = []
+        jobs: list[tuple[Tracks, int, np.ndarray, int]] = []
         for fid in [k for k in self._pending if k in self._frames]:
             tr = self._pending.pop(fid)
             img = self._frames[fid].image
+            ts = self._frames[fid].timestamp_ms
             for i, box in enumerate(np.asarray(tr.boxes).reshape(-1, 4)):
-                jobs.append((tr, i, self._crop(img, box)))
+                jobs.append((tr, i, self._crop(img, box), ts))
         vecs = self._embed([j[2] for j in jobs])
-        for (tr, i, _), v in zip(jobs, vecs):
+        for (tr, i, _, ts), v in zip(jobs, vecs):
             tid = int(tr.track_ids[i]) if i < len(tr.track_ids) else i
             out.append(Features(frame_id=tr.frame_id, stream_id=tr.stream_id,
-                                vector=v.astype(np.float32), model_id=self.model_id, label=tid))
+                                vector=v.astype(np.float32), model_id=self.model_id, label=tid,
+                                timestamp_ms=ts))
         return out

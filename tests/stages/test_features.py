@@ -19,6 +19,9 @@ def test_features_from_random_backbone_and_artifact(tmp_path):
     assert [o.frame_id for o in out] == [f.frame_id for f in frames]
     assert all(isinstance(o, Features) and o.vector.shape == (64,) for o in out)
     assert out[0].model_id == "resnet20-random-seed0"
+    # the capture time travels with the vector, so the index can show it without a join
+    assert [o.timestamp_ms for o in out] == [f.timestamp_ms for f in frames]
+    assert Features.from_bytes(out[0].to_bytes()).timestamp_ms == frames[0].timestamp_ms
 
     from models.artifacts import export_artifact
     from models.backbones import create_model
@@ -44,3 +47,4 @@ def test_crops_from_tracks():
     assert st.process([tr]) == []          # waits for its frame
     out = st.process([f])
     assert [o.label for o in out] == [7, 9] and all(o.frame_id == f.frame_id for o in out)
+    assert all(o.timestamp_ms == f.timestamp_ms for o in out)

@@ -31,7 +31,8 @@ def feature_records(n: int, d: int = 8, labelled_every: int = 2, label_records: 
         i = start + j
         fid = f"cam{i % 2}:{i:08d}"
         lab = int(y[j]) if i % labelled_every == 0 else None
-        recs.append(Features(fid, f"cam{i % 2}", vector=X[j], model_id="m1", label=lab))
+        recs.append(Features(fid, f"cam{i % 2}", vector=X[j], model_id="m1", label=lab,
+                             timestamp_ms=1000 + i if i % 2 else None))
         if label_records and lab is None and i % 3 == 0:
             recs.append(Label(fid, f"cam{i % 2}", label=int(y[j])))
     return recs, y
@@ -118,6 +119,9 @@ def test_stage_indexes_joins_metadata_and_learns():
     assert (h.stream_id, h.timestamp_ms, h.caption) == ("cam0", 1004, "frame 4")
     assert h.tracks == ({"track_id": 7, "box": [4.0, 1.0, 2.0, 3.0], "score": 0.5},)
     assert h.label == y[4]
+    # odd frames have no summary record: their capture time came with the feature record
+    odd = index.search_frame("cam1:00000005", 1).hits[0]
+    assert (odd.frame_id, odd.timestamp_ms) == ("cam1:00000005", 1005)
     assert index.label("cam1:00000003") == y[3]  # from a separate label record
     assert index.feature_model_id == "m1"
     assert st.applied_offsets == {TopicPartition("feats", 0): len(feats),
