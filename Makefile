@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install test test-fast demo broker-jars lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py models/binary/csrc/bitconv.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
 	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'

@@ -15,6 +15,10 @@ its ``sha256`` field, followed by the weight bytes and the ONNX bytes. Any flipp
 any part, a truncated file or an edited manifest makes :func:`load_artifact` raise
 :class:`ArtifactError` with the reason; nothing in the file is ever unpickled.
 
+A 1-bit network (:func:`models.binary.packed.export_binary_artifact`) uses the same layout with
+``runtime: "packed"`` in the manifest and its binary weights stored at one bit each; for it
+``load_artifact`` returns the bit-packed CPU runtime model.
+
 ``load_artifact(path)`` returns the rebuilt model in eval mode with ``.manifest``,
 ``.input_spec``, ``.normalization`` and ``.model_id`` attributes; :func:`preprocess` turns
 BGR uint8 images into the normalised batch the model expects.
@@ -133,6 +137,12 @@ def export_artifact(model, path: str | Path, method: str = "baseline", data=None
         **(extra or {}),
     }
     manifest["model_id"] = f"{arch}-{method}-{manifest['weights']['sha256'][:12]}"
+    return write_artifact(path, manifest, weights, onnx_bytes)
+
+
+def write_artifact(path: str | Path, manifest: dict, weights: bytes, onnx_bytes: bytes = b"") -> dict:
+    """Seal ``manifest`` with the checksum of all three parts and write the file atomically
+    (shared by :func:`export_artifact` and the 1-bit export of :mod:`models.binary.packed`)."""
     manifest["sha256"] = _digest(manifest, weights, onnx_bytes)
     mbytes = json.dumps(manifest, sort_keys=True, indent=1).encode()
     path = Path(path)
@@ -200,6 +210,12 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     from models.flops import count_params
 
     manifest, weights, _ = read_artifact(path)
+    if manifest.get("runtime") == "packed":  # a 1-bit network: the bit-packed CPU runtime
+        from models.binary.packed import load_packed
+
+        if str(device) != "cpu":
+            raise ArtifactError(f"{path}: the packed 1-bit runtime runs on the CPU only, not {device}")
+        return _attach(load_packed(manifest, weights, path), manifest)
     try:
         model = create_model(manifest["arch"], **manifest["config"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -217,7 +233,10 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     if count_params(model) != manifest.get("params"):
         raise ArtifactError(f"{path}: parameter count {count_params(model)} differs from the "
                             f"manifest's {manifest.get('params')}")
-    model.eval().to(device)
+    return _attach(model.eval().to(device), manifest)
+
+
+def _attach(model, manifest: dict):
     model.manifest = manifest
     model.input_spec = manifest["input_spec"]
     model.normalization = manifest["normalization"]

@@ -16,5 +16,7 @@ from models.backbones.registry import create_model, list_models, model_entrypoin
 
 # Importing the families registers their models.
 from models.backbones import resnet_cifar, vgg, resnet  # noqa: E402,F401,I001
+# The 1-bit twins (binary_resnet20/56/18) share the registry so binary artifacts rebuild too.
+from models.binary import zoo  # noqa: E402,F401,I001
 
 __all__ = ["create_model", "list_models", "model_entrypoint", "register_model"]

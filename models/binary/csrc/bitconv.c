@@ -1,0 +1,632 @@
+/* Bit-packed 1-bit convolution for the vistream binary runtime (models/binary/packed.py).
+ *
+ * out[n, o, y, x] = alpha[o] * sum_{c, ky, kx valid} sign(in[n, c, y*s - p + ky, x*s - p + kx])
+ *                                                      * sign(w[o, c, ky, kx])
+ * with sign(v) = +1 for v >= 0 and -1 otherwise (NaN -> -1, -0.0 -> +1, as torch.where(v >= 0)),
+ * and *zero* padding: taps outside the image add nothing. That is exactly
+ * conv2d(hard_sign(x), W_b, stride, padding) * alpha of models/binary/layers.py.
+ *
+ * How: the activation signs are packed once per call into 64-bit words along the channels,
+ * layout [n][h][w][Cw] (bit c%64 of word c/64 set when the value is negative; bits past C stay
+ * 0). No float im2col exists: the GEMM reads the packed words of each tap straight from that
+ * array. Weights arrive pre-packed the same way, blocked by OB=16 output channels:
+ * [O/16][k*k][Cw][16]. For one output position and 16 output channels, every activation word
+ * is XORed with 16 weight words; the popcount of the XOR counts disagreeing signs, so for the
+ * valid taps dot = n_valid - 2 * popcount. Padded channel bits are 0 in both operands and
+ * therefore never counted; padded (out-of-image) taps are skipped and not counted in n_valid,
+ * which is what zero padding means. The integer is exact, converted to float and multiplied
+ * by alpha[o] once, which is the same single float32 rounding torch performs.
+ *
+ * AVX2 path: the 16 output channels sit in four 256-bit registers, one 64-bit lane each; the
+ * activation word is broadcast, XORed, and counted with the nibble-lookup (vpshufb) popcount
+ * into byte counters, which vpsadbw folds into per-lane 64-bit sums at most every 31 words
+ * (8 * 31 < 256, so bytes never overflow). Positions whose window lies inside the image take a
+ * fast path (offset table, one contiguous weight run, vector epilogue); border positions loop
+ * over their valid taps only. Without AVX2 a scalar popcount loop does the same.
+ * (Tried and dropped, no faster here: a Harley-Seal carry-save tree for long windows, and a
+ * position-major row buffer for the NCHW stores.)
+ *
+ * Also here: an exact max-pooling kernel (see below), because torch's NCHW max_pool2d is one
+ * of the slowest ops of a ResNet-18 at batch 1.
+ *
+ * Threads: a small persistent pthread pool (or, in a -fopenmp build, torch's own OpenMP
+ * threads; see pool_run for why that is not the default), dynamic scheduling from atomic
+ * counters: packing tasks are (image, chunk of positions, channel word), GEMM tasks (image,
+ * output block, output row); the GEMM starts when every packing task is complete. The GIL is
+ * released meanwhile.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#define OB 16 /* output channels per weight block (four AVX2 registers of 4 x uint64) */
+#define MAX_THREADS 64
+
+typedef struct {
+    const float *x;       /* (N, C, H, W) float32 */
+    const uint64_t *wpk;  /* [nob][k*k][Cw][OB] */
+    const float *alpha;   /* (O,) */
+    float *out;           /* (N, O, Ho, Wo) float32 */
+    uint64_t *act;        /* [N][H][W][Cw] packed signs */
+    int N, C, H, W, O, k, stride, pad, Ho, Wo, Cw, nob;
+    int nthreads;
+    long pack_tasks;
+    const int *off; /* word offsets of a full window, k*k*Cw entries */
+    pthread_t caller;
+    _Atomic long next_pack, packed, next_task, computed; /* work counters */
+} conv_t;
+
+static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int imax(int a, int b) { return a > b ? a : b; }
+
+#define PACK_CHUNK 256 /* positions packed per task (the scratch row fits on the stack) */
+
+/* Pack task t of the flattened (n, chunk of PACK_CHUNK positions, word cw) index. For each
+ * channel the inner loop runs over contiguous positions of one plane, which gcc vectorises. */
+static void pack_task(const conv_t *P, long t) {
+    const int C = P->C, Cw = P->Cw;
+    const long HW = (long)P->H * P->W, nchunk = (HW + PACK_CHUNK - 1) / PACK_CHUNK;
+    uint64_t tmp[PACK_CHUNK];
+    const int cw = (int)(t % Cw);
+    const long n = t / Cw / nchunk, p0 = (t / Cw % nchunk) * PACK_CHUNK;
+    const int np = (int)(HW - p0 < PACK_CHUNK ? HW - p0 : PACK_CHUNK);
+    uint64_t *dst = P->act + ((size_t)n * HW + p0) * Cw;
+    const int cend = imin(64, C - cw * 64);
+    memset(tmp, 0, sizeof(uint64_t) * (size_t)np);
+    for (int j = 0; j < cend; j++) {
+        const float *xr = P->x + ((size_t)n * C + (size_t)cw * 64 + j) * HW + p0;
+        /* !(v >= 0) is 1 for negatives and NaN, 0 for +-0: hard_sign's convention. */
+        for (int i = 0; i < np; i++) tmp[i] |= (uint64_t)(!(xr[i] >= 0.0f)) << j;
+    }
+    for (int i = 0; i < np; i++) dst[(size_t)i * Cw + cw] = tmp[i];
+}
+
+#ifdef __AVX2__
+static inline __m256i popcnt_bytes(__m256i v, __m256i lut, __m256i low) {
+    const __m256i lo = _mm256_and_si256(v, low);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+#endif
+
+/* popcount(a ^ w) summed over the valid taps of one output position, for OB channels. */
+static inline void dot_block(const conv_t *P, const uint64_t *A, const uint64_t *Wb, int iy0, int ix0,
+                             int ky0, int ky1, int kx0, int kx1, uint64_t acc[OB]) {
+    const int Cw = P->Cw, k = P->k, W = P->W;
+    const int nw = (kx1 - kx0) * Cw;
+#ifdef __AVX2__
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+    __m256i b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+    int cnt = 0;
+    for (int ky = ky0; ky < ky1; ky++) {
+        const uint64_t *a = A + ((size_t)(iy0 + ky) * W + (ix0 + kx0)) * Cw;
+        const uint64_t *w = Wb + ((size_t)(ky * k + kx0) * Cw) * OB;
+        for (int i = 0; i < nw; i++) {
+            const __m256i av = _mm256_set1_epi64x((long long)a[i]);
+            const __m256i *wv = (const __m256i *)(w + (size_t)i * OB);
+            b0 = _mm256_add_epi8(b0, popcnt_bytes(_mm256_xor_si256(av, _mm256_loadu_si256(wv + 0)), lut, low));
+            b1 = _mm256_add_epi8(b1, popcnt_bytes(_mm256_xor_si256(av, _mm256_loadu_si256(wv + 1)), lut, low));
+            b2 = _mm256_add_epi8(b2, popcnt_bytes(_mm256_xor_si256(av, _mm256_loadu_si256(wv + 2)), lut, low));
+            b3 = _mm256_add_epi8(b3, popcnt_bytes(_mm256_xor_si256(av, _mm256_loadu_si256(wv + 3)), lut, low));
+            if (++cnt == 31) { /* byte counters hold at most 8 * 31 = 248 */
+                s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
+                s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
+                s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
+                s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
+                b0 = b1 = b2 = b3 = zero;
+                cnt = 0;
+            }
+        }
+    }
+    s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
+    s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
+    s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
+    s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
+    _mm256_storeu_si256((__m256i *)(acc + 0), s0);
+    _mm256_storeu_si256((__m256i *)(acc + 4), s1);
+    _mm256_storeu_si256((__m256i *)(acc + 8), s2);
+    _mm256_storeu_si256((__m256i *)(acc + 12), s3);
+#else
+    for (int j = 0; j < OB; j++) acc[j] = 0;
+    for (int ky = ky0; ky < ky1; ky++) {
+        const uint64_t *a = A + ((size_t)(iy0 + ky) * W + (ix0 + kx0)) * Cw;
+        const uint64_t *w = Wb + ((size_t)(ky * k + kx0) * Cw) * OB;
+        for (int i = 0; i < nw; i++) {
+            const uint64_t av = a[i];
+            const uint64_t *wi = w + (size_t)i * OB;
+            for (int j = 0; j < OB; j++) acc[j] += (uint64_t)__builtin_popcountll(av ^ wi[j]);
+        }
+    }
+#endif
+}
+
+#ifdef __AVX2__
+/* Interior positions (the whole window inside the image): the K = k*k*Cw words of the window
+ * are read through a precomputed offset table, the weights are then one contiguous run, and
+ * the byte counters are folded every 31 words by chunking (no test inside the loop). The
+ * epilogue converts the 16 counts and multiplies by alpha in vector registers; the float
+ * multiply is the same IEEE single multiply as the scalar path. */
+static inline void dot_full_store(const uint64_t *a0, const uint64_t *Wb, const int *off, int K,
+                                  int valid, const float *alpha16, float res[OB]) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+    for (int i0 = 0; i0 < K; i0 += 31) {
+        const int i1 = K - i0 < 31 ? K : i0 + 31;
+        __m256i b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+        for (int i = i0; i < i1; i++) {
+            const __m256i av = _mm256_set1_epi64x((long long)a0[off[i]]);
+            const __m256i *wv = (const __m256i *)(Wb + (size_t)i * OB);
+            b0 = _mm256_add_epi8(b0, popcnt_bytes(_mm256_xor_si256(av, _mm256_loadu_si256(wv + 0)), lut, low));
+            b1 = _mm256_add_epi8(b1, popcnt_bytes(_mm256_xor_si256(av, _mm256_loadu_si256(wv + 1)), lut, low));
+            b2 = _mm256_add_epi8(b2, popcnt_bytes(_mm256_xor_si256(av, _mm256_loadu_si256(wv + 2)), lut, low));
+            b3 = _mm256_add_epi8(b3, popcnt_bytes(_mm256_xor_si256(av, _mm256_loadu_si256(wv + 3)), lut, low));
+        }
+        s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
+        s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
+        s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
+        s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
+    }
+    /* 64-bit lane counts (< 2^31) -> 8 int32 per register, in output-channel order */
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256i c01 = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s0, even),
+                                                  _mm256_permutevar8x32_epi32(s1, even), 0x20);
+    const __m256i c23 = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s2, even),
+                                                  _mm256_permutevar8x32_epi32(s3, even), 0x20);
+    const __m256i v = _mm256_set1_epi32(valid);
+    const __m256i d01 = _mm256_sub_epi32(v, _mm256_slli_epi32(c01, 1));
+    const __m256i d23 = _mm256_sub_epi32(v, _mm256_slli_epi32(c23, 1));
+    _mm256_storeu_ps(res, _mm256_mul_ps(_mm256_cvtepi32_ps(d01), _mm256_loadu_ps(alpha16)));
+    _mm256_storeu_ps(res + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(d23), _mm256_loadu_ps(alpha16 + 8)));
+}
+#endif
+
+/* Output tasks [t0, t1) of the flattened (n, output block, output row) index. */
+static void compute_tasks(const conv_t *P, long t0, long t1) {
+    const int H = P->H, W = P->W, k = P->k, s = P->stride, pad = P->pad, Cw = P->Cw;
+    const int Ho = P->Ho, Wo = P->Wo, O = P->O, C = P->C;
+    const size_t plane = (size_t)Ho * Wo;
+    uint64_t acc[OB] __attribute__((aligned(32)));
+    float alpha16[OB];
+#ifdef __AVX2__
+    float res[OB];
+    const int K = k * k * Cw, full = C * k * k;
+#endif
+    for (long t = t0; t < t1; t++) {
+        const int oy = (int)(t % Ho);
+        const long rest = t / Ho;
+        const int ob = (int)(rest % P->nob);
+        const long n = rest / P->nob;
+        const int o0 = ob * OB, on = imin(OB, O - o0);
+        const uint64_t *A = P->act + (size_t)n * H * W * Cw;
+        const uint64_t *Wb = P->wpk + (size_t)ob * k * k * Cw * OB;
+        float *out = P->out + ((size_t)n * O + o0) * plane + (size_t)oy * Wo;
+        const int iy0 = oy * s - pad;
+        const int ky0 = imax(0, -iy0), ky1 = imin(k, H - iy0);
+        for (int j = 0; j < OB; j++) alpha16[j] = j < on ? P->alpha[o0 + j] : 0.0f;
+        for (int ox = 0; ox < Wo; ox++) {
+            const int ix0 = ox * s - pad;
+#ifdef __AVX2__
+            if (ky0 == 0 && ky1 == k && ix0 >= 0 && ix0 + k <= W) {
+                dot_full_store(A + ((size_t)iy0 * W + ix0) * Cw, Wb, P->off, K, full, alpha16, res);
+                for (int j = 0; j < on; j++) out[(size_t)j * plane + ox] = res[j];
+                continue;
+            }
+#endif
+            const int kx0 = imax(0, -ix0), kx1 = imin(k, W - ix0);
+            const int valid = (ky1 > ky0 && kx1 > kx0) ? C * (ky1 - ky0) * (kx1 - kx0) : 0;
+            if (valid) {
+                dot_block(P, A, Wb, iy0, ix0, ky0, ky1, kx0, kx1, acc);
+            } else {
+                memset(acc, 0, sizeof(acc));
+            }
+            for (int j = 0; j < on; j++) {
+                /* exact integer, then one float32 multiply: the same rounding as torch's
+                 * conv2d(...) * alpha */
+                const float dot = (float)(valid - 2 * (long)acc[j]);
+                out[(size_t)j * plane + ox] = dot * alpha16[j];
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ threads
+ * Work is handed out dynamically: every participant claims small tasks from atomic counters,
+ * and the caller itself always participates, so a thread that the OS has not scheduled (the
+ * machine may be shared) costs nothing but its absence — the caller then does the work.
+ * The threads: OpenMP's (torch's own, see below) or, without OpenMP, a persistent pthread
+ * pool: after a job a worker polls ~100 us for the next one (the convs of a network come back
+ * to back), yielding the CPU between polls, then sleeps on a condition variable; one job at
+ * a time, a caller that finds the pool busy (another Python thread) runs alone. */
+typedef void (*job_fn)(void *arg);
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Wait for a condition that another participant makes true soon (it is running a task). */
+#define SPIN_UNTIL(cond)                                              \
+    do {                                                              \
+        unsigned spins_ = 0;                                          \
+        while (!(cond)) {                                             \
+            if (++spins_ < 256) cpu_relax(); else sched_yield();      \
+        }                                                             \
+    } while (0)
+
+#ifdef _OPENMP
+/* Optional (build with -fopenmp): the workers are then the OpenMP runtime's threads. torch
+ * ships its own libgomp with the soname libgomp.so.1 and the dynamic loader reuses an already
+ * loaded soname, so after `import torch` these are torch's own intra-op threads and no second
+ * pool competes with torch's spinning workers. Not the default: the parallel region ends with
+ * a barrier that waits for every thread, and on a shared, oversubscribed machine (2 cores,
+ * load 5-6) a descheduled thread made a 0.36 ms conv take 5-11 ms — exactly what happens to
+ * torch's own 2-thread convs there — whereas the pthread pool below never waits for a worker
+ * that has not started, so it is never slower than one thread. */
+static void pool_run(job_fn fn, void *arg, int T) {
+    if (T <= 1) {
+        fn(arg);
+        return;
+    }
+#pragma omp parallel num_threads(T)
+    fn(arg);
+}
+#else
+#define POLL_NS 100000L
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static struct {
+    pthread_mutex_t mu;  /* guards sleeping and job publication */
+    pthread_cond_t cv;
+    pthread_mutex_t busy; /* held by the caller that owns the pool for one job */
+    int nworkers;
+    pthread_t th[MAX_THREADS];
+    unsigned long start_gen[MAX_THREADS + 1];
+    _Atomic unsigned long gen;
+    _Atomic int open;     /* 1 while the published job may still be joined */
+    _Atomic int active;   /* workers inside the job */
+    job_fn fn;
+    void *arg;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0};
+
+static void *pool_worker(void *p) {
+    const int tid = (int)(intptr_t)p;
+    /* the generation current when the creator started us (it publishes the next job only
+     * after creating us, but we may first run after that) */
+    unsigned long seen = pool.start_gen[tid];
+    for (;;) {
+        unsigned long g = atomic_load_explicit(&pool.gen, memory_order_acquire);
+        if (g == seen) {
+            /* poll: a few pause loops, then sched_yield so that runnable threads (torch's own
+             * OpenMP workers between our convs, other processes) get this CPU while we wait */
+            const long t0 = now_ns();
+            unsigned spins = 0;
+            while ((g = atomic_load_explicit(&pool.gen, memory_order_acquire)) == seen) {
+                if (++spins < 256) {
+                    cpu_relax();
+                } else {
+                    sched_yield();
+                    if (now_ns() - t0 > POLL_NS) break;
+                }
+            }
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&pool.mu);
+            while ((g = atomic_load(&pool.gen)) == seen) pthread_cond_wait(&pool.cv, &pool.mu);
+            pthread_mutex_unlock(&pool.mu);
+        }
+        seen = g;
+        atomic_fetch_add(&pool.active, 1);
+        if (atomic_load(&pool.open)) pool.fn(pool.arg);
+        atomic_fetch_sub(&pool.active, 1);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) { /* the child has no workers; start afresh */
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pthread_mutex_init(&pool.busy, NULL);
+    pool.nworkers = 0;
+    atomic_store(&pool.active, 0);
+    atomic_store(&pool.open, 0);
+}
+
+/* Run fn(arg) on the calling thread and on up to T-1 workers; fn must claim work from shared
+ * counters and return only when the job is complete (see conv_job). */
+static void pool_run(job_fn fn, void *arg, int T) {
+    if (T <= 1 || pthread_mutex_trylock(&pool.busy) != 0) {
+        fn(arg);
+        return;
+    }
+    while (pool.nworkers < T - 1) {
+        pool.start_gen[pool.nworkers + 1] = atomic_load(&pool.gen);
+        if (pthread_create(&pool.th[pool.nworkers + 1], NULL, pool_worker,
+                           (void *)(intptr_t)(pool.nworkers + 1)) != 0)
+            break;
+        pthread_detach(pool.th[pool.nworkers + 1]);
+        pool.nworkers++;
+    }
+    /* (with more workers than T, the extra ones join too; the counters keep that correct) */
+    pthread_mutex_lock(&pool.mu);
+    pool.fn = fn;
+    pool.arg = arg;
+    atomic_store(&pool.open, 1);
+    atomic_fetch_add_explicit(&pool.gen, 1, memory_order_release);
+    pthread_cond_broadcast(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+    fn(arg);
+    /* close the job, then wait for workers still inside it (they only touch *arg until they
+     * see that no work is left) */
+    atomic_store(&pool.open, 0);
+    SPIN_UNTIL(atomic_load(&pool.active) == 0);
+    pthread_mutex_unlock(&pool.busy);
+}
+#endif
+
+static _Atomic long worker_tasks; /* GEMM rows done by pool workers (reported by info()) */
+
+/* One participant: claim packing tasks, wait until packing is complete, claim GEMM rows. */
+static void conv_job(void *arg) {
+    conv_t *P = (conv_t *)arg;
+    const int is_worker = P->caller != pthread_self();
+    const long ptasks = P->pack_tasks, tasks = (long)P->N * P->nob * P->Ho;
+    long t;
+    while ((t = atomic_fetch_add(&P->next_pack, 1)) < ptasks) {
+        pack_task(P, t);
+        atomic_fetch_add(&P->packed, 1);
+    }
+    SPIN_UNTIL(atomic_load(&P->packed) >= ptasks);
+    while ((t = atomic_fetch_add(&P->next_task, 1)) < tasks) {
+        compute_tasks(P, t, t + 1);
+        if (is_worker) atomic_fetch_add(&worker_tasks, 1);
+        atomic_fetch_add(&P->computed, 1);
+    }
+    SPIN_UNTIL(atomic_load(&P->computed) >= tasks);
+}
+
+/* ------------------------------------------------------------------ max pooling
+ * Max pooling is exact whatever the implementation, so the runtime runs the network's float
+ * MaxPool2d here too (torch's NCHW max_pool2d is slow for one image). Per output the window
+ * is visited in torch's order (row by row) with torch's rule `v > m || isnan(v)`, padded
+ * positions acting as -inf; so even NaN and the sign of a zero come out as in torch. For each
+ * output row, every input row is split into `stride` phases so that tap (ky, kx) of all outputs
+ * of the row is one contiguous vector (gcc vectorises the compare/blend loop). */
+typedef struct {
+    const float *x;
+    float *y;
+    int planes, H, W, k, s, p, Ho, Wo;
+    _Atomic long next, finished;
+} pool_t;
+
+/* m[i] = torch's running max after seeing ph[i] (the `|` keeps it branch-free, vectorisable) */
+static inline void max_step(float *restrict m, const float *restrict ph, int n) {
+    for (int i = 0; i < n; i++) {
+        const float v = ph[i], c = m[i];
+        m[i] = ((v > c) | (v != v)) ? v : c;
+    }
+}
+
+static void maxpool_plane(const pool_t *Q, long plane, float *restrict buf, float *restrict m) {
+    const int H = Q->H, W = Q->W, k = Q->k, s = Q->s, p = Q->p, Ho = Q->Ho, Wo = Q->Wo;
+    const int L = Wo + k;
+    const float *x = Q->x + (size_t)plane * H * W;
+    float *y = Q->y + (size_t)plane * Ho * Wo;
+    for (int oy = 0; oy < Ho; oy++) {
+        for (int ox = 0; ox < Wo; ox++) m[ox] = -INFINITY;
+        for (int ky = 0; ky < k; ky++) {
+            const int iy = oy * s - p + ky;
+            if (iy < 0 || iy >= H) continue;
+            const float *row = x + (size_t)iy * W;
+            for (int r = 0; r < s; r++) {
+                float *dst = buf + (size_t)r * L;
+                /* phase r holds padded columns j * s + r, i.e. input column j * s + r - p */
+                const int j0 = (p - r + s - 1) / s > 0 ? (p - r + s - 1) / s : 0;
+                int j1 = (W - 1 - r + p) / s + 1;
+                if (j1 > L) j1 = L;
+                for (int j = 0; j < j0 && j < L; j++) dst[j] = -INFINITY;
+                for (int j = j0; j < j1; j++) dst[j] = row[j * s + r - p];
+                for (int j = j1 > j0 ? j1 : j0; j < L; j++) dst[j] = -INFINITY;
+            }
+            for (int kx = 0; kx < k; kx++) max_step(m, buf + (kx % s) * L + kx / s, Wo);
+        }
+        memcpy(y + (size_t)oy * Wo, m, sizeof(float) * (size_t)Wo);
+    }
+}
+
+static void maxpool_job(void *arg) {
+    pool_t *Q = (pool_t *)arg;
+    const int L = Q->Wo + Q->k;
+    float *buf = (float *)malloc(sizeof(float) * ((size_t)Q->s * L + (size_t)Q->Wo));
+    if (!buf) abort(); /* a few KiB */
+    long t;
+    while ((t = atomic_fetch_add(&Q->next, 1)) < Q->planes) {
+        maxpool_plane(Q, t, buf, buf + (size_t)Q->s * L);
+        atomic_fetch_add(&Q->finished, 1);
+    }
+    free(buf);
+    SPIN_UNTIL(atomic_load(&Q->finished) >= Q->planes);
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *name, Py_ssize_t need,
+                      Py_ssize_t itemsize) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (view->len < need * itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: buffer has %zd bytes, need %zd", name, view->len,
+                     need * itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_conv(PyObject *self, PyObject *args) {
+    PyObject *xo, *wo, *ao, *oo;
+    int N, C, H, W, O, k, stride, pad, nthreads;
+    if (!PyArg_ParseTuple(args, "OOOOiiiiiiiii", &xo, &wo, &ao, &oo, &N, &C, &H, &W, &O, &k, &stride, &pad,
+                          &nthreads))
+        return NULL;
+    if (N < 0 || C < 1 || H < 0 || W < 0 || O < 1 || k < 1 || stride < 1 || pad < 0) {
+        PyErr_SetString(PyExc_ValueError, "bitconv.conv: invalid shape arguments");
+        return NULL;
+    }
+    conv_t P;
+    memset(&P, 0, sizeof(P));
+    P.N = N; P.C = C; P.H = H; P.W = W; P.O = O; P.k = k; P.stride = stride; P.pad = pad;
+    P.Cw = (C + 63) / 64;
+    P.nob = (O + OB - 1) / OB;
+    P.Ho = (H + 2 * pad - k) / stride + 1;
+    P.Wo = (W + 2 * pad - k) / stride + 1;
+    if (H + 2 * pad < k || W + 2 * pad < k) {
+        PyErr_SetString(PyExc_ValueError, "bitconv.conv: kernel larger than the padded input");
+        return NULL;
+    }
+    Py_buffer xb, wb, ab, ob;
+    if (get_buffer(xo, &xb, 0, "x", (Py_ssize_t)N * C * H * W, 4) < 0) return NULL;
+    if (get_buffer(wo, &wb, 0, "packed weights", (Py_ssize_t)P.nob * k * k * P.Cw * OB, 8) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    if (get_buffer(ao, &ab, 0, "alpha", O, 4) < 0) {
+        PyBuffer_Release(&xb); PyBuffer_Release(&wb);
+        return NULL;
+    }
+    if (get_buffer(oo, &ob, 1, "out", (Py_ssize_t)N * O * P.Ho * P.Wo, 4) < 0) {
+        PyBuffer_Release(&xb); PyBuffer_Release(&wb); PyBuffer_Release(&ab);
+        return NULL;
+    }
+    P.x = (const float *)xb.buf;
+    P.wpk = (const uint64_t *)wb.buf;
+    P.alpha = (const float *)ab.buf;
+    P.out = (float *)ob.buf;
+    size_t act_words = (size_t)N * H * W * P.Cw;
+    P.act = (uint64_t *)aligned_alloc(64, ((act_words * 8 + 63) / 64) * 64 + 64);
+    PyObject *ret = NULL;
+    if (!P.act) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Threads only pay off with enough work: ~ word pairs of XOR/popcount per thread. */
+    double work = (double)N * P.Ho * P.Wo * (double)k * k * P.Cw * (P.nob * OB);
+    int T = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
+    while (T > 1 && work / T < 20000.0) T--;
+    P.nthreads = T;
+    int *off = (int *)malloc(sizeof(int) * (size_t)k * k * P.Cw);
+    if (!off) {
+        free(P.act);
+        PyBuffer_Release(&xb); PyBuffer_Release(&wb); PyBuffer_Release(&ab); PyBuffer_Release(&ob);
+        return PyErr_NoMemory();
+    }
+    for (int ky = 0, i = 0; ky < k; ky++)
+        for (int kx = 0; kx < k; kx++)
+            for (int cw = 0; cw < P.Cw; cw++) off[i++] = (ky * W + kx) * P.Cw + cw;
+    P.off = off;
+    Py_BEGIN_ALLOW_THREADS
+    P.caller = pthread_self();
+    P.pack_tasks = (long)N * (((long)H * W + PACK_CHUNK - 1) / PACK_CHUNK) * P.Cw;
+    atomic_store(&P.next_pack, 0);
+    atomic_store(&P.packed, 0);
+    atomic_store(&P.next_task, 0);
+    atomic_store(&P.computed, 0);
+    pool_run(conv_job, &P, T);
+    Py_END_ALLOW_THREADS
+    free(off);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    free(P.act);
+    PyBuffer_Release(&xb); PyBuffer_Release(&wb); PyBuffer_Release(&ab); PyBuffer_Release(&ob);
+    return ret;
+}
+
+static PyObject *py_maxpool(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    int N, C, H, W, k, stride, pad, nthreads;
+    if (!PyArg_ParseTuple(args, "OOiiiiiiii", &xo, &oo, &N, &C, &H, &W, &k, &stride, &pad, &nthreads))
+        return NULL;
+    if (N < 0 || C < 1 || H < 1 || W < 1 || k < 1 || stride < 1 || pad < 0 || 2 * pad > k ||
+        H + 2 * pad < k || W + 2 * pad < k) {
+        PyErr_SetString(PyExc_ValueError, "bitconv.maxpool: invalid shape arguments");
+        return NULL;
+    }
+    pool_t Q;
+    memset(&Q, 0, sizeof(Q));
+    Q.planes = N * C; Q.H = H; Q.W = W; Q.k = k; Q.s = stride; Q.p = pad;
+    Q.Ho = (H + 2 * pad - k) / stride + 1;
+    Q.Wo = (W + 2 * pad - k) / stride + 1;
+    Py_buffer xb, ob;
+    if (get_buffer(xo, &xb, 0, "x", (Py_ssize_t)N * C * H * W, 4) < 0) return NULL;
+    if (get_buffer(oo, &ob, 1, "out", (Py_ssize_t)N * C * Q.Ho * Q.Wo, 4) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    Q.x = (const float *)xb.buf;
+    Q.y = (float *)ob.buf;
+    double work = (double)N * C * Q.Ho * Q.Wo * k * k;
+    int T = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
+    while (T > 1 && work / T < 50000.0) T--;
+    Py_BEGIN_ALLOW_THREADS
+    pool_run(maxpool_job, &Q, T);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&ob);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_info(PyObject *self, PyObject *noargs) {
+#ifdef __AVX2__
+    const char *kernel = "avx2-vpshufb";
+#else
+    const char *kernel = "scalar-popcount";
+#endif
+#ifdef _OPENMP
+    const char *threads = "openmp";
+#else
+    const char *threads = "pthreads";
+#endif
+    return Py_BuildValue("{s:i,s:s,s:s,s:l}", "block", OB, "kernel", kernel, "threads", threads,
+                         "worker_rows", (long)atomic_load(&worker_tasks));
+}
+
+static PyMethodDef methods[] = {
+    {"conv", py_conv, METH_VARARGS,
+     "conv(x, packed_w, alpha, out, N, C, H, W, O, k, stride, pad, threads): 1-bit conv of "
+     "sign(x) with packed weights, zero padding, times alpha; writes float32 `out`."},
+    {"maxpool", py_maxpool, METH_VARARGS,
+     "maxpool(x, out, N, C, H, W, k, stride, pad, threads): exact max pooling (torch semantics)."},
+    {"info", py_info, METH_NOARGS, "{'block': output channels per weight block, 'kernel': name}"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_bitconv",
+                                    "Bit-packed XNOR/popcount convolution (see bitconv.c).", -1, methods};
+
+PyMODINIT_FUNC PyInit__bitconv(void) {
+#ifndef _OPENMP
+    pthread_atfork(NULL, NULL, pool_after_fork);
+#endif
+    return PyModule_Create(&moddef);
+}

@@ -1,0 +1,446 @@
+"""Bit-packed CPU runtime for 1-bit networks, and their one-file artifacts.
+
+:class:`PackedBinaryConv2d` runs ``conv2d(sign(x), W_b, stride, zero padding) * alpha`` — the
+contract of :mod:`models.binary.layers` — with XNOR/popcount on 64-bit words in the C
+extension ``models.binary._bitconv`` (``models/binary/csrc/bitconv.c``, built by
+``make install`` / ``pip install -e .``): the activation signs are packed along the channels
+in one pass per call, the weights once at load time; no float im2col exists. The integer dot
+products are exact and get the same single float32 multiply by alpha as torch, so the output
+is bit-identical to the training-time conv.
+
+:func:`to_packed` copies a trained network (a :class:`~models.binary.layers.BinaryResNet` of any
+method: every :class:`~models.binary.layers.BinaryConv2d` is read through its ``export()``) and
+swaps each binary conv for its packed twin; the float parts (stem, BN, shortcuts, average
+pooling, fc) stay the very same torch modules, so ``to_packed(model)(x)`` equals
+``model.eval()(x)`` bit for bit. Max pooling, being exact, runs in the extension as well
+(:class:`PackedMaxPool2d`, same order and NaN rule as torch).
+
+Artifacts (:func:`export_binary_artifact`, same file format as the float backbones, see
+:mod:`models.artifacts`): each binary conv is stored as ``<name>.weight_bits`` — ``np.packbits``
+of ``W_b < 0`` over the flattened ``(out, in, k, k)`` weight, little bit order, i.e. exactly
+one bit per weight — plus ``<name>.alpha`` (float32); everything else is the float state dict.
+The manifest says ``runtime: "packed"``, the method, the registered ``arch``
+(:mod:`models.binary.zoo`) and ``binary.size`` (artifact weight bytes vs the fp32 state dict).
+:func:`models.artifacts.load_artifact` returns the packed runtime model for such a file.
+
+Alpha sign: the contract makes alpha non-negative; should a method export a negative one, the
+export flips that filter's weights and stores ``|alpha|`` — ``(-d) * |a| == d * a`` exactly in
+IEEE arithmetic, so nothing changes numerically.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.binary import zoo  # noqa: F401 - registers binary_resnet18/20/56 for create_model
+from models.binary.layers import BinaryConv2d, binary_convs
+
+
+try:
+    from models.binary import _bitconv
+except ImportError:  # pragma: no cover - only without a build; _ext() says what to do
+    _bitconv = None
+
+
+def _ext():
+    if _bitconv is None:
+        raise RuntimeError("the bit-packed kernel models.binary._bitconv is not built; run `make install` "
+                           "(or `pip install -e .`) to compile models/binary/csrc/bitconv.c")
+    return _bitconv
+
+
+def kernel_info() -> dict:
+    """{'block': output channels per weight block, 'kernel': 'avx2-vpshufb' or 'scalar-popcount'}."""
+    return dict(_ext().info())
+
+
+# ----------------------------------------------------------------------------- bit storage
+def pack_bits(wb: torch.Tensor) -> torch.Tensor:
+    """±1 weights -> uint8 tensor of ``ceil(numel / 8)`` bytes (bit set = -1, little bit order)."""
+    neg = (wb.detach().cpu().reshape(-1) < 0).numpy()
+    return torch.from_numpy(np.packbits(neg, bitorder="little"))
+
+
+def unpack_bits(bits: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: float32 ±1 weights of ``shape``."""
+    n = int(np.prod(shape))
+    neg = np.unpackbits(bits.cpu().numpy().astype(np.uint8, copy=False), count=n, bitorder="little")
+    return torch.from_numpy(1.0 - 2.0 * neg.astype(np.float32)).reshape(shape)
+
+
+def kernel_weights(wb: torch.Tensor, block: int) -> np.ndarray:
+    """±1 weights (O, C, k, k) -> the kernel's layout ``[ceil(O/block)][k*k][Cw][block]`` of
+    uint64 words, channel ``c`` at bit ``c % 64`` of word ``c // 64``, zero padding bits."""
+    o, c, kh, kw = wb.shape
+    cw, ob = -(-c // 64), -(-o // block)
+    neg = np.zeros((ob * block, kh, kw, cw * 64), dtype=bool)
+    neg[:o, :, :, :c] = (wb.detach().cpu() < 0).numpy().transpose(0, 2, 3, 1)
+    words = np.packbits(neg, axis=-1, bitorder="little").view("<u8").reshape(ob, block, kh * kw, cw)
+    return np.ascontiguousarray(words.transpose(0, 2, 3, 1)).astype(np.uint64, copy=False)
+
+
+def _exported(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``conv.export()`` with any negative alpha folded into the filter's signs (exact)."""
+    wb, alpha = conv.export()
+    neg = alpha < 0
+    if bool(neg.any()):
+        wb = torch.where(neg.view(-1, 1, 1, 1), -wb, wb)
+        alpha = alpha.abs()
+    return wb.contiguous(), alpha.contiguous()
+
+
+# ----------------------------------------------------------------------------- runtime modules
+class PackedBinaryConv2d(nn.Module):
+    """Inference-only binary conv on packed bits: ``conv2d(sign(x), W_b) * alpha``, zero padding.
+
+    State: ``weight_bits`` (uint8, one bit per weight, see :func:`pack_bits`) and ``alpha``.
+    ``threads`` = None uses ``torch.get_num_threads()``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 0, threads: int | None = None) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
+        self.threads = threads
+        n = self.out_channels * self.in_channels * self.kernel_size ** 2
+        self.register_buffer("weight_bits", torch.zeros((n + 7) // 8, dtype=torch.uint8))
+        self.register_buffer("alpha", torch.ones(self.out_channels))
+        self._kernel: np.ndarray | None = None  # weights in the kernel's layout, built lazily
+        self._alpha_np: np.ndarray | None = None
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+
+    @classmethod
+    def from_binary(cls, conv: BinaryConv2d, threads: int | None = None) -> PackedBinaryConv2d:
+        if conv.groups != 1 or conv.dilation != (1, 1) or conv.kernel_size[0] != conv.kernel_size[1] \
+                or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]:
+            raise ValueError("the packed runtime supports square kernels, equal strides/paddings, "
+                             "groups=1 and dilation=1")
+        m = cls(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0],
+                conv.padding[0], threads)
+        m.set_weights(*_exported(conv))
+        return m
+
+    def set_weights(self, wb: torch.Tensor, alpha: torch.Tensor) -> None:
+        if tuple(wb.shape) != self.weight_shape or tuple(alpha.shape) != (self.out_channels,):
+            raise ValueError(f"weights {tuple(wb.shape)} / alpha {tuple(alpha.shape)} do not fit "
+                             f"{self.weight_shape}")
+        self.weight_bits = pack_bits(wb)
+        self.alpha = alpha.detach().float().cpu().contiguous().clone()
+        self._kernel = None
+
+    def binary_weight(self) -> torch.Tensor:
+        """The ±1 float32 weights these bits encode."""
+        return unpack_bits(self.weight_bits, self.weight_shape)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # new bits -> rebuild the kernel layout
+        super()._load_from_state_dict(*args, **kwargs)
+        self._kernel = None
+
+    def _prepare(self) -> None:
+        self._kernel = kernel_weights(self.binary_weight(), int(_ext().info()["block"]))
+        self._alpha_np = self.alpha.detach().float().cpu().contiguous().numpy().copy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (kept lean: at batch 1 the Python around the C call costs as much as a small conv)
+        if self._kernel is None:
+            self._prepare()
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
+        if x.device.type != "cpu":
+            raise RuntimeError("the packed runtime runs on the CPU only")
+        if x.requires_grad:
+            x = x.detach()
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.float().contiguous()
+        n, c, h, w = x.shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        out = torch.empty((n, self.out_channels, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1))
+        _bitconv.conv(x.numpy(), self._kernel, self._alpha_np, out.numpy(), n, c, h, w,
+                      self.out_channels, k, s, p, self.threads or torch.get_num_threads())
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bits={self.weight_bits.numel() * 8}")
+
+
+def _square(v) -> int | None:
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    return int(v[0]) if v[0] == v[1] else None
+
+
+class PackedMaxPool2d(nn.Module):
+    """``nn.MaxPool2d`` computed by the extension: a max is exact, and the kernel visits each
+    window in torch's order with torch's NaN rule, so the output equals torch's bit for bit
+    (torch's NCHW max-pool is one of the slowest ops of a ResNet-18 at batch 1)."""
+
+    def __init__(self, kernel_size: int, stride: int, padding: int, threads: int | None = None) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.threads = kernel_size, stride, padding, threads
+
+    @classmethod
+    def maybe_from(cls, m: nn.MaxPool2d, threads: int | None = None) -> PackedMaxPool2d | None:
+        k, s, p = _square(m.kernel_size), _square(m.stride), _square(m.padding)
+        if None in (k, s, p) or _square(m.dilation) != 1 or m.ceil_mode or m.return_indices:
+            return None
+        return cls(k, s, p, threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
+            return torch.nn.functional.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        x = x.detach().contiguous()
+        n, c, h, w = x.shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        out = torch.empty((n, c, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1))
+        _ext().maxpool(x.numpy(), out.numpy(), n, c, h, w, k, s, p, self.threads or torch.get_num_threads())
+        return out
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class PackedBinaryNet(nn.Module):
+    """A trained 1-bit network whose binary convs run packed; inference only (CPU).
+
+    ``net`` is a copy of the original network (same class, same float modules) with every
+    :class:`BinaryConv2d` replaced by a :class:`PackedBinaryConv2d`; ``forward``,
+    ``forward_features`` and ``stage_features`` are the original network's.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.config = dict(getattr(net, "config", {}))
+        self.num_features = int(getattr(net, "num_features", 0))
+        self.eval()
+
+    def train(self, mode: bool = True) -> PackedBinaryNet:
+        if mode:
+            raise RuntimeError("a PackedBinaryNet is inference-only; train the float BinaryResNet")
+        return super().train(False)
+
+    @property
+    def fc(self) -> nn.Module:
+        return self.net.fc
+
+    def packed_convs(self) -> list[tuple[str, PackedBinaryConv2d]]:
+        return [(n, m) for n, m in self.net.named_modules() if isinstance(m, PackedBinaryConv2d)]
+
+    @torch.no_grad()
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.stage_features(x)
+
+    @torch.no_grad()
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def to_packed(model: nn.Module, threads: int | None = None) -> PackedBinaryNet:
+    """A packed copy of ``model`` (left untouched) that computes ``model.eval()(x)`` exactly."""
+    net = copy.deepcopy(model).cpu().eval()
+    convs = list(binary_convs(net))
+    if not convs:
+        raise ValueError("the model has no BinaryConv2d layers to pack")
+    for name, conv in convs:
+        _set_submodule(net, name, PackedBinaryConv2d.from_binary(conv, threads))
+    for name, m in list(net.named_modules()):
+        if isinstance(m, nn.MaxPool2d) and (fast := PackedMaxPool2d.maybe_from(m, threads)) is not None:
+            _set_submodule(net, name, fast)
+    return PackedBinaryNet(net)
+
+
+# ----------------------------------------------------------------------------- artifacts
+def _twin(model: nn.Module) -> tuple[str, dict, nn.Module]:
+    """The registered learned-scale BinaryResNet holding ``model``'s exported binary weights and
+    its float state: what the artifact stores and what loading rebuilds."""
+    from models.artifacts import ArtifactError
+    from models.backbones import create_model
+
+    config = {k: v for k, v in dict(getattr(model, "config", {})).items() if k != "arch"}
+    if "layout" not in config or "depth" not in config:
+        raise ArtifactError("only BinaryResNet-style models (config with depth/layout) can be exported")
+    arch = zoo.arch_for(config)
+    twin = create_model(arch, **config).eval()
+    src = model.state_dict()
+    state = twin.state_dict()
+    packed = dict(binary_convs(model))
+    twin_convs = dict(binary_convs(twin))
+    if set(packed) != set(twin_convs):
+        raise ArtifactError(f"binary convs of the model {sorted(packed)[:4]}... do not match "
+                            f"{arch}'s {sorted(twin_convs)[:4]}...")
+    for key in state:
+        owner = key.rpartition(".")[0]
+        if owner in twin_convs:
+            continue
+        if key not in src or src[key].shape != state[key].shape:
+            raise ArtifactError(f"the model has no tensor {key!r} of shape {tuple(state[key].shape)} "
+                                f"that {arch} needs")
+        state[key] = src[key].detach().cpu().clone()
+    for name, conv in packed.items():
+        wb, alpha = _exported(conv)
+        state[f"{name}.weight"] = wb
+        state[f"{name}.alpha"] = alpha
+    twin.load_state_dict(state, strict=True)
+    return arch, config, twin
+
+
+def _size_report(twin: nn.Module, weights_bytes: int) -> dict:
+    from models.artifacts import _state_bytes
+
+    fp32 = len(_state_bytes(twin))
+    n_bin = sum(m.weight.numel() for _, m in binary_convs(twin))
+    return {"artifact_weight_bytes": weights_bytes, "fp32_weight_bytes": fp32,
+            "ratio_fp32_over_packed": round(fp32 / max(weights_bytes, 1), 3),
+            "binary_weights": int(n_bin), "binary_weight_bytes": int(sum(
+                (m.weight.numel() + 7) // 8 for _, m in binary_convs(twin)))}
+
+
+def _binary_macs(twin: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
+    """(binary MACs, float FLOPs) of one image: the manifest's ``binary_ops`` and ``float_flops``."""
+    macs = [0]
+
+    def hook(m, inp, out):
+        macs[0] += out[0].numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+
+    from models.flops import count_flops
+
+    hooks = [m.register_forward_hook(hook) for _, m in binary_convs(twin)]
+    try:
+        with torch.no_grad():
+            twin(torch.zeros(1, int(twin.config.get("in_chans", 3)), *size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs[0], count_flops(twin, size) - 2 * macs[0]
+
+
+def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data=None,
+                           metrics: dict | None = None, input_spec: dict | None = None,
+                           normalization: dict | None = None, extra: dict | None = None,
+                           strict: bool = True) -> dict:
+    """Write a trained 1-bit network (any method's BinaryResNet) as a packed-runtime artifact.
+
+    Binary conv weights are stored at one bit each; ``data`` (a :class:`models.data.DataBundle`)
+    supplies input spec and normalisation unless they are given. The exported network is checked
+    to reproduce ``model.eval()`` logits exactly on a seeded random probe before anything is
+    written; a mismatch (a method whose eval forward leaves the shared layout) raises
+    :class:`~models.artifacts.ArtifactError` unless ``strict=False``, which records it in the
+    manifest (``binary.exact_vs_source``). Returns the manifest (``binary.size``: artifact vs
+    fp32 weight bytes)."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    from models.artifacts import FORMAT_VERSION, ArtifactError, write_artifact
+    from models.flops import count_params
+
+    was_training = model.training
+    model.eval()
+    try:
+        arch, config, twin = _twin(model)
+        if input_spec is None:
+            input_spec = data.input_spec if data is not None else {
+                "size": [32, 32], "channels": int(config.get("in_chans", 3)), "color": "RGB",
+                "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0]}
+        if normalization is None:
+            normalization = data.normalization if data is not None else {
+                "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+        size = tuple(int(v) for v in input_spec["size"])
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.randn(2, int(config.get("in_chans", 3)), *size, generator=gen)
+        with torch.no_grad():
+            ref, got = model(probe), twin(probe)
+        same = torch.equal(ref, got)
+        max_diff = float((ref - got).abs().max())
+    finally:
+        model.train(was_training)
+    if not same and strict:
+        raise ArtifactError(f"the registered binary twin does not reproduce the model's eval logits "
+                            f"(max |difference| {max_diff:.3g}): the method's eval forward differs "
+                            "from the shared BinaryResNet layout")
+    convs = dict(binary_convs(twin))
+    state = {}
+    for key, v in twin.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner in convs and leaf == "weight":
+            state[f"{owner}.weight_bits"] = pack_bits(v)
+        else:
+            state[key] = v.detach().cpu().contiguous().clone()
+    weights = save(state)
+    bin_macs, float_flops = _binary_macs(twin, size)
+    manifest: dict[str, Any] = {
+        "format": "vistream-artifact", "format_version": FORMAT_VERSION, "runtime": "packed",
+        "arch": arch, "config": config, "method": method,
+        "input_spec": input_spec, "normalization": normalization,
+        "num_features": int(twin.num_features),
+        "binary_ops": int(bin_macs), "float_flops": int(float_flops),
+        "flops": int(2 * bin_macs + float_flops),
+        "flops_convention": "2 x MACs per image (conv+linear); binary_ops = binary MACs (XNOR+popcount "
+                            "bit operations), float_flops = the float part",
+        "params": count_params(twin),
+        "param_shapes": {k: list(v.shape) for k, v in state.items()},
+        "binary": {"storage": "np.packbits(W_b < 0, bitorder='little') over (out, in, k, k); "
+                              "bit set = -1", "sign": "sign(x) = +1 for x >= 0, -1 otherwise",
+                   "convs": sorted(convs), "size": _size_report(twin, len(weights)),
+                   "exact_vs_source": same, "max_logit_diff_vs_source": max_diff},
+        "metrics": metrics or {},
+        "weights": {"format": "safetensors", "bytes": len(weights),
+                    "sha256": hashlib.sha256(weights).hexdigest()},
+        "onnx": {"bytes": 0, "reason": "packed runtime: XNOR/popcount kernels have no ONNX form"},
+        **(extra or {}),
+    }
+    manifest["model_id"] = f"{arch}-{method}-{manifest['weights']['sha256'][:12]}"
+    return write_artifact(path, manifest, weights, b"")
+
+
+def load_packed(manifest: dict, weights: bytes, path: str | Path) -> PackedBinaryNet:
+    """Rebuild the packed runtime model of a verified ``runtime: packed`` artifact."""
+    from safetensors.torch import load as st_load
+
+    from models.artifacts import ArtifactError
+    from models.backbones import create_model
+    from models.flops import count_params
+
+    try:
+        twin = create_model(manifest["arch"], **manifest["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot rebuild {manifest.get('arch')!r} from its manifest: "
+                            f"{exc}") from None
+    try:
+        state = st_load(weights)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad artifact
+        raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
+    for name, conv in binary_convs(twin):
+        bits = state.pop(f"{name}.weight_bits", None)
+        shape = tuple(conv.weight.shape)
+        if bits is None or bits.dtype != torch.uint8 or bits.numel() != (int(np.prod(shape)) + 7) // 8:
+            raise ArtifactError(f"{path}: binary conv {name!r} has no 1-bit weights of shape {shape}")
+        state[f"{name}.weight"] = unpack_bits(bits, shape)
+    try:
+        twin.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: weights do not fit the manifest's architecture: "
+                            f"{str(exc)[:500]}") from None
+    if count_params(twin) != manifest.get("params"):
+        raise ArtifactError(f"{path}: parameter count {count_params(twin)} differs from the "
+                            f"manifest's {manifest.get('params')}")
+    return to_packed(twin.eval())

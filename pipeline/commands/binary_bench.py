@@ -1,0 +1,25 @@
+"""``vistream bench binary``: the bit-packed 1-bit runtime vs torch float32 (see
+:mod:`pipeline.bench.binary`)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from pipeline.cli import bench_app
+
+
+@bench_app.command("binary")
+def bench_binary(
+    threads: int = typer.Option(2, "--threads", min=1, help="torch threads = packed-kernel threads"),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="interleaved rounds (at least 2)"),
+    quick: bool = typer.Option(False, "--quick", help="fewer calls per round (at most 3 rounds)"),
+) -> None:
+    """One 3x3 256->256 binary conv at 14x14 and a whole 1-bit ResNet-18 at 224x224, packed vs
+    torch float32, measured interleaved in the same run; exactness; artifact bytes 1-bit vs fp32.
+    The last line holds the figures (targets: conv >= 8x, ResNet-18 >= 4x)."""
+    from pipeline.bench.binary import bench_binary as run
+
+    result = run(threads=threads, repeats=repeats, quick=quick, echo=typer.echo)
+    typer.echo(json.dumps(result))
