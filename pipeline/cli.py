@@ -22,7 +22,10 @@ bench_app = typer.Typer(help="Benchmarks: each prints JSON whose last line holds
                         no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluations on real and seeded synthetic data; each prints a table "
                             "and writes its figures.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models (backbones, 1-bit networks, the deblurring GAN).",
+                        no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
+app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.add_typer(eval_app, name="eval")
 
@@ -260,8 +263,8 @@ def bench_bus(frames: int = typer.Option(2000, min=10, help="frames per measurem
 
 
 def _load_command_modules() -> None:
-    """Each module of ``pipeline/commands/`` adds its commands to ``app``, ``bench_app`` or
-    ``eval_app`` (import this module's apps and decorate), so feature areas stay apart."""
+    """Each module of ``pipeline/commands/`` adds its commands to ``app``, ``train_app``,
+    ``bench_app`` or ``eval_app`` (import this module's apps and decorate), so feature areas stay apart."""
     import importlib
     import pkgutil
 

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli import app, bench_app, eval_app
+from pipeline.cli import app, bench_app, eval_app, train_app
 
-train_app = typer.Typer(help="Train models.", no_args_is_help=True)
 compress_app = typer.Typer(help="Compress trained backbones (channel pruning).", no_args_is_help=True)
-app.add_typer(train_app, name="train")
 app.add_typer(compress_app, name="compress")
 
 DATASET = typer.Option("digits", "--dataset", help="digits, digits-composite, imagefolder:PATH "

@@ -1,0 +1,235 @@
+"""Training loop for the 1-bit networks (every method of :data:`METHODS`).
+
+* **Optimiser: Adam** (lr 1e-2, batch 32, no weight decay) by default, SGD with momentum on
+  request. The papers train 70-200 epochs with SGD; for the few epochs this 2-core machine
+  allows, Adam (common for binary nets since Bi-Real Net: the latent weights get
+  straight-through gradients of very uneven size) was used — SGD was not compared here. The
+  rate is high because a small split gives few steps per epoch and the latent weights must
+  cross zero (on digits, 3 epochs: lr 2e-3 / batch 64 -> 44% best validation, lr 1e-2 /
+  batch 32 -> 87%). No weight decay: it only pulls latent weights onto the sign boundary.
+  Cosine learning rate per epoch (:func:`models.train._lr_at`).
+* Each step is the method's own (:meth:`models.binary.xnor.XnorMethod.step`: extra losses,
+  RBCN's C and discriminator updates, GBCN's BGA rounds); the method's ``after_epoch`` runs
+  before validation (RBCN's BN statistics update).
+* tqdm progress, a checkpoint every epoch (``last.pt``: model, every optimiser, the method's
+  state, history; ``best.pt``: best validation epoch), ``resume=True`` continues from
+  ``last.pt``. Checkpoints hold tensors and plain values only (``weights_only=True`` loads).
+* Initialisation: from scratch by default; ``init="float"`` copies the trained float twin into
+  the binary net first (:func:`init_from_float`, the Bi-Real/RBCN practice).
+* :func:`float_twin` trains (once, cached) the float ResNet of the zoo at the same width with
+  :func:`models.train.train`: the FP row of the evaluation and the RBCN/GBCN teacher.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.data import DataBundle, batches
+from models.train import TrainConfig, TrainResult, _lr_at, _save_atomic, evaluate
+
+METHODS = ("xnor", "cbcn", "bonn", "rbcn", "gbcn")
+ABLATION_FLAGS = {"xnor": "", "cbcn": "circulant", "bonn": "bayes", "rbcn": "gan", "gbcn": "bga"}
+
+
+@dataclass
+class BinaryTrainConfig(TrainConfig):
+    epochs: int = 4
+    lr: float = 1e-2
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    optimizer: str = "adam"        # adam | sgd
+    base: int = 8                  # stage widths base, 2*base, 4*base
+    depth: int = 20
+    float_epochs: int = 30         # float twin / teacher epochs (SGD, models/train.py)
+    float_lr: float = 0.05         # SGD, batch 64, as models/train.py trains the zoo
+    out_root: str = "out/binary"   # cache of float twins (teachers)
+    init: str = "scratch"          # scratch | float: start from the trained float twin (seed 0)
+
+
+def create_method(name: str, ablate: bool = False, **options: Any):
+    """A method object by name (``xnor``, ``cbcn``, ``bonn``, ``rbcn``, ``gbcn``)."""
+    if name == "xnor":
+        from models.binary.xnor import XnorMethod as cls
+    elif name == "cbcn":
+        from models.binary.cbcn import CbcnMethod as cls
+    elif name == "bonn":
+        from models.binary.bonn import BonnMethod as cls
+    elif name == "rbcn":
+        from models.binary.rbcn import RbcnMethod as cls
+    elif name == "gbcn":
+        from models.binary.gbcn import GbcnMethod as cls
+    else:
+        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
+    if ablate and not cls.ablation:
+        raise ValueError(f"{name} has no ingredient to ablate")
+    return cls(ablate=ablate, **options)
+
+
+def build_model(method, data: DataBundle, cfg: BinaryTrainConfig):
+    return method.build(data.num_classes, int(data.train.x.shape[1]), cfg.base, cfg.depth)
+
+
+@torch.no_grad()
+def init_from_float(model, teacher) -> None:
+    """Copy a trained zoo CIFAR ResNet into its binary twin (Bi-Real Net's and RBCN's practice of
+    starting a 1-bit network from a real-valued one): stem, every 3x3 conv and BN, the
+    down-sampling 1x1 conv + BN, the classifier. Circulant layers take every K-th filter (the
+    unrotated copy); learned scales and BONN's prior are re-initialised from the new weights."""
+    from models.binary.layers import binary_convs
+
+    blocks = [b for stage in model.stages for b in stage]
+    if len(blocks) != len(teacher.blocks):
+        raise ValueError("teacher and student have different depths")
+
+    def copy(dst, src) -> None:
+        if dst.shape == src.shape:
+            dst.copy_(src)
+        elif dst.shape[1:] == src.shape[1:] and src.shape[0] % dst.shape[0] == 0:
+            dst.copy_(src[:: src.shape[0] // dst.shape[0]])
+        else:
+            raise ValueError(f"cannot copy {tuple(src.shape)} into {tuple(dst.shape)}")
+
+    def copy_bn(dst, src) -> None:
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            getattr(dst, k).copy_(getattr(src, k))
+
+    copy(model.stem[0].weight, teacher.stem[0].weight)
+    copy_bn(model.stem[1], teacher.stem[1])
+    for sb, tb in zip(blocks, teacher.blocks):
+        copy(sb.unit1.conv.weight, tb.conv1.weight)
+        copy_bn(sb.unit1.bn, tb.bn1)
+        copy(sb.unit2.conv.weight, tb.conv2.weight)
+        copy_bn(sb.unit2.bn, tb.bn2)
+        if not isinstance(sb.unit1.shortcut, nn.Identity) and len(tb.shortcut):
+            copy(sb.unit1.shortcut[1].weight, tb.shortcut[0].weight)
+            copy_bn(sb.unit1.shortcut[2], tb.shortcut[1])
+    model.fc.weight.copy_(teacher.fc.weight)
+    model.fc.bias.copy_(teacher.fc.bias)
+    for _, m in binary_convs(model):
+        if getattr(m, "scale_mode", "") == "learned":
+            m.alpha.copy_(m.weight.abs().mean(dim=(1, 2, 3)))
+        if hasattr(m, "reset_prior"):
+            m.reset_prior()
+
+
+def float_twin(data: DataBundle, cfg: BinaryTrainConfig, seed: int = 0, progress: bool = True,
+               arch: str | None = None):
+    """The float ResNet of the zoo at the same width, trained with models/train.py; cached
+    under ``cfg.out_root/float/`` (a finished run is loaded, an interrupted one resumed)."""
+    from models.backbones import create_model
+    from models.train import load_checkpoint_model, train
+
+    arch = arch or f"resnet{cfg.depth}"
+    epochs = cfg.float_epochs
+    folder = Path(cfg.out_root) / "float" / f"{arch}-{data.name}-b{cfg.base}-e{epochs}-s{seed}"
+    done = folder / "done"
+    if not done.exists():
+        torch.manual_seed(seed)
+        model = create_model(arch, num_classes=data.num_classes, base=cfg.base)
+        fcfg = TrainConfig(epochs=epochs, lr=cfg.float_lr, batch_size=64, seed=seed,
+                           threads=cfg.threads, train_subset=cfg.train_subset)
+        train(model, data, fcfg, ckpt_dir=folder, resume=True, progress=progress)
+        done.write_text("ok\n")
+    return load_checkpoint_model(folder / "best.pt").eval()
+
+
+def train_binary(method, data: DataBundle, cfg: BinaryTrainConfig, ckpt_dir: str | Path | None = None,
+                 resume: bool = False, progress: bool = True):
+    """Train a fresh network of ``method`` on ``data``; returns ``(model, TrainResult)`` with
+    the model at its best validation epoch."""
+    from tqdm import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = build_model(method, data, cfg)
+    if cfg.init == "float":
+        init_from_float(model, float_twin(data, cfg, seed=0, progress=progress))
+    elif cfg.init != "scratch":
+        raise ValueError(f"init must be float or scratch, got {cfg.init!r}")
+    method.epochs = cfg.epochs
+    method.setup(model, data, cfg)
+    opts = method.optimizers(model, cfg)
+    result, start_epoch = TrainResult(), 0
+    ckpt = Path(ckpt_dir) if ckpt_dir else None
+    if ckpt:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        if resume and (ckpt / "last.pt").exists():
+            state = torch.load(ckpt / "last.pt", map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            for k, o in opts.items():
+                o.load_state_dict(state["optimizers"][k])
+            method.load_state_dict(state["method"])
+            start_epoch = int(state["epoch"]) + 1
+            result.history = list(state["history"])
+            result.best_val, result.best_epoch = float(state["best_val"]), int(state["best_epoch"])
+            torch.set_rng_state(state["torch_rng"])
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    if ckpt and (ckpt / "best.pt").exists() and start_epoch > 0:
+        best_state = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)["model"]
+    train_split = data.train.subset(cfg.train_subset, cfg.seed)
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        method.epoch = epoch
+        factor = _lr_at(cfg, epoch) / cfg.lr
+        for o in opts.values():
+            for g in o.param_groups:
+                g["lr"] = g["base_lr"] * factor
+        model.train()
+        n_batches = math.ceil(len(train_split) / cfg.batch_size)
+        if cfg.max_batches:
+            n_batches = min(n_batches, cfg.max_batches)
+        it = batches(train_split, cfg.batch_size, data.mean, data.std, shuffle=True,
+                     augment=cfg.augment, seed=cfg.seed * 1000 + epoch, max_batches=cfg.max_batches)
+        bar = tqdm(it, total=n_batches, desc=f"{method.label()} {epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=not progress)
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        for x, y in bar:
+            fwd, parts = method.step(model, opts, x, y)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(y)
+            correct += int((fwd.logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            shown = {k: f"{v / seen:.3f}" for k, v in sums.items()}
+            bar.set_postfix(shown | {"acc": f"{correct / seen:.3f}"})
+        method.after_epoch(model, data, cfg)
+        val = evaluate(model, data.val, data.mean, data.std)
+        rec = {"epoch": epoch, "lr": cfg.lr * factor, "train_acc": correct / max(seen, 1),
+               "val_acc": val, **{f"loss_{k}": v / max(seen, 1) for k, v in sums.items()}}
+        result.history.append(rec)
+        result.epochs_run += 1
+        if progress:
+            tqdm.write(f"{method.label()} epoch {epoch + 1}/{cfg.epochs} "
+                       + " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"))
+        if val >= result.best_val:
+            result.best_val, result.best_epoch = val, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if ckpt:
+                _save_atomic({"model": best_state, "epoch": epoch, "val_acc": val}, ckpt / "best.pt")
+        if ckpt:
+            _save_atomic({"model": model.state_dict(),
+                          "optimizers": {k: o.state_dict() for k, o in opts.items()},
+                          "method": method.state_dict(), "epoch": epoch, "history": result.history,
+                          "best_val": result.best_val, "best_epoch": result.best_epoch,
+                          "config": asdict(cfg), "method_name": method.name, "ablate": method.ablate,
+                          "torch_rng": torch.get_rng_state()}, ckpt / "last.pt")
+    result.seconds = time.perf_counter() - t0
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, result
+
+
+def load_binary(path: str | Path, data: DataBundle, cfg: BinaryTrainConfig, method):
+    """Rebuild a trained binary network from ``best.pt`` / ``last.pt`` (same method and config)."""
+
+    model = build_model(method, data, cfg)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return model.eval()

@@ -1,0 +1,182 @@
+"""1-bit network commands: ``vistream train binary`` and ``vistream eval binary``."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import datetime, UTC
+from pathlib import Path
+
+import typer
+
+from pipeline.cli import eval_app, train_app
+
+METHOD_NAMES = ("xnor", "cbcn", "bonn", "rbcn", "gbcn")
+DOCS_START, DOCS_END = "<!-- binary-table:start -->", "<!-- binary-table:end -->"
+
+
+def _depth(arch: str) -> int:
+    m = re.fullmatch(r"resnet(\d+)", arch)
+    if not m or (int(m.group(1)) - 2) % 6:
+        raise typer.BadParameter(f"--arch must be a CIFAR ResNet resnetN with N = 6n+2 (resnet20, "
+                                 f"resnet32, resnet56), got {arch!r}")
+    return int(m.group(1))
+
+
+def _exporter():
+    """The packed runtime's exporter (models/binary/packed.py), imported only when asked for."""
+    try:
+        from models.binary.packed import export_binary_artifact
+    except (ImportError, AttributeError) as e:
+        typer.echo(f"error: --export needs models.binary.packed.export_binary_artifact (the bit-packed "
+                   f"runtime), which is not available: {e}", err=True)
+        raise typer.Exit(2) from e
+    return export_binary_artifact
+
+
+@train_app.command("binary")
+def train_binary_cmd(
+    method: str = typer.Option(..., "--method", help="xnor, cbcn, bonn, rbcn or gbcn"),
+    arch: str = typer.Option("resnet20", "--arch", help="CIFAR ResNet layout (resnet20, resnet56)"),
+    dataset: str = typer.Option("digits", "--dataset", help="digits or digits-composite"),
+    epochs: int = typer.Option(4, "--epochs", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    base: int = typer.Option(8, "--base", min=4, help="stage widths base, 2*base, 4*base"),
+    lr: float = typer.Option(1e-2, "--lr"),
+    optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    init: str = typer.Option("scratch", "--init", help="scratch, or float: start from the float twin"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads"),
+    out: Path = typer.Option(None, "--out", help="checkpoint folder (default out/binary/runs/...)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    no_circulant: bool = typer.Option(False, "--no-circulant", help="cbcn: plain filters, no centre loss"),
+    no_bayes: bool = typer.Option(False, "--no-bayes", help="bonn: no Bayesian kernel/feature losses"),
+    no_gan: bool = typer.Option(False, "--no-gan", help="rbcn: no discriminators / adversarial loss"),
+    no_bga: bool = typer.Option(False, "--no-bga", help="gbcn: no balanced genetic algorithm"),
+    export: Path | None = typer.Option(None, "--export", help="write a bit-packed runtime artifact"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train one 1-bit network (progress bars, checkpoint every epoch, --resume); prints the
+    validation/test top-1 as JSON. The RBCN/GBCN teacher (float twin) is trained once and cached."""
+    if method not in METHOD_NAMES:
+        raise typer.BadParameter(f"unknown method {method!r}: choose one of {', '.join(METHOD_NAMES)}",
+                                 param_hint="--method")
+    if optimizer not in ("adam", "sgd"):
+        raise typer.BadParameter("--optimizer must be adam or sgd", param_hint="--optimizer")
+    depth = _depth(arch)
+    flags = {"circulant": no_circulant, "bayes": no_bayes, "gan": no_gan, "bga": no_bga}
+    from models.binary.train import ABLATION_FLAGS
+
+    for flag, on in flags.items():
+        if on and ABLATION_FLAGS[method] != flag:
+            raise typer.BadParameter(f"--no-{flag} does not apply to {method}"
+                                     + (f" (its ablation flag is --no-{ABLATION_FLAGS[method]})"
+                                        if ABLATION_FLAGS[method] else ""))
+    exporter = _exporter() if export else None
+    from models.binary.train import BinaryTrainConfig, create_method, train_binary
+    from models.data import load_dataset
+    from models.train import evaluate
+
+    data = load_dataset(dataset)
+    ablate = any(flags.values())
+    m = create_method(method, ablate=ablate)
+    cfg = BinaryTrainConfig(epochs=epochs, seed=seed, base=base, depth=depth, lr=lr,
+                            optimizer=optimizer, batch_size=batch_size, threads=threads, init=init)
+    tag = f"{method}{'-abl' if ablate else ''}-{arch}-b{base}-{data.name}-s{seed}"
+    out = out or Path("out/binary/runs") / tag
+    model, res = train_binary(m, data, cfg, ckpt_dir=out, resume=resume, progress=progress)
+    test = evaluate(model, data.test, data.mean, data.std)
+    summary = {"method": m.label(), "arch": arch, "base": base, "dataset": data.name,
+               "epochs": epochs, "seed": seed, "best_val": res.best_val, "best_epoch": res.best_epoch,
+               "test_acc": test, "seconds": round(res.seconds, 1), "checkpoint": str(out / "best.pt")}
+    if exporter is not None:
+        exporter(model, export, method=m.label(), data=data,
+                 metrics={"val_acc": res.best_val, "test_acc": test, "train_epochs": epochs})
+        summary["artifact"] = str(export)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    typer.echo(json.dumps(summary))
+
+
+def _seeds(text: str, names: list[str]) -> dict[str, int]:
+    try:
+        if "=" not in text:
+            n = int(text)
+            out = {d: n for d in names}
+        else:
+            pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+            out = {d.strip(): int(v) for d, v in pairs}
+            if set(out) != set(names):
+                raise ValueError
+    except ValueError as e:
+        raise typer.BadParameter(f"--seeds must be N or DATASET=N for each dataset, got {text!r}",
+                                 param_hint="--seeds") from e
+    if min(out.values()) < 1:
+        raise typer.BadParameter("--seeds must be >= 1", param_hint="--seeds")
+    return out
+
+
+def _write_docs(path: Path, table: str, command: str, result: dict) -> None:
+    block = (f"{DOCS_START}\nMeasured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in "
+             f"{result['seconds'] / 60:.1f} min with\n\n```bash\n{command}\n```\n\n{table}\n{DOCS_END}")
+    text = path.read_text() if path.exists() else "# 1-bit networks\n\n"
+    if DOCS_START in text and DOCS_END in text:
+        pre, rest = text.split(DOCS_START, 1)
+        text = pre + block + rest.split(DOCS_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@eval_app.command("binary")
+def eval_binary(
+    dataset: str = typer.Option("digits,digits-composite", "--dataset", help="comma list"),
+    seeds: str = typer.Option("3", "--seeds", help="seeds for rows within a point of another: N, or "
+                              "per dataset, e.g. digits=3,digits-composite=1"),
+    epochs: int = typer.Option(4, "--epochs", min=1, help="training epochs of every binary row"),
+    base: int = typer.Option(8, "--base", min=4),
+    arch: str = typer.Option("resnet20", "--arch"),
+    quick: bool = typer.Option(False, "--quick", help="smoke run: 1 epoch on 256 images, 1 seed"),
+    out: Path = typer.Option(Path("out/binary/eval"), "--out", help="run cache (resumable)"),
+    json_path: Path | None = typer.Option(None, "--json", help="also write the figures here"),
+    docs: Path | None = typer.Option(None, "--docs", help="table file (default docs/binary.md; "
+                                     "not written by --quick unless given)"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="datasets trained in parallel processes"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """FP and XNOR rows, CBCN / BONN / RBCN / GBCN and one ablation row each: top-1 on the test
+    split (mean ± sd over seeds where two rows are within a point), binary ops, float FLOPs,
+    weight memory. Prints one table, then the JSON figures as the last line."""
+    from models.binary.evaluate import evaluate_binary, format_table
+    from models.binary.train import BinaryTrainConfig
+    depth = _depth(arch)
+    names = [d.strip() for d in dataset.split(",") if d.strip()]
+    known = ("digits", "digits-composite")
+    if not names or any(n not in known for n in names):
+        raise typer.BadParameter(f"datasets must be among {', '.join(known)}, got {dataset!r}",
+                                 param_hint="--dataset")
+    per = _seeds(seeds, names)
+    cfg = BinaryTrainConfig(epochs=epochs, base=base, depth=depth, out_root=str(out))
+    if quick:
+        cfg.epochs, cfg.float_epochs, cfg.train_subset = 1, 3, 256
+        per = {n: 1 for n in names}
+        out = out / "quick"
+        cfg.out_root = str(out)
+    result = evaluate_binary(names, cfg, per, out, jobs=jobs, progress=progress, echo=typer.echo)
+    table = format_table(result)
+    command = "vistream eval binary " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["eval", "binary"] \
+        else "vistream eval binary"
+    result["command"] = command
+    typer.echo(table)
+    for name, checks in result["ordering"].items():
+        held = [m for m, ok in checks.items() if ok]
+        typer.echo(f"{name}: FP > method > XNOR holds for {', '.join(held) or 'none'}; "
+                   f"not for {', '.join(m for m in checks if m not in held) or 'none'}")
+    docs = docs or (None if quick else Path("docs/binary.md"))
+    if docs:
+        _write_docs(docs, table, command, result)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=1))
+    typer.echo(json.dumps(result))
