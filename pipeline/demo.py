@@ -50,6 +50,11 @@ def run_demo(out: Path, frames: int = 150, seed: int = 0,
     if feats is not None:
         echo(f"features: model {feats.model_id} (set DEMO_ARTIFACT to an artifact from "
              "`vistream export` to use a trained backbone)")
+    deblur = report.stage_objects.get("deblur")
+    if deblur is not None and hasattr(deblur, "stats"):
+        st = deblur.stats()
+        echo(f"deblur: {st['passed']} frames passed the blur gate untouched, {st['deblurred']} "
+             f"deblurred and captioned (model {st['model']}, gate threshold {st['threshold']})")
     if "track" in report.stage_objects:
         echo(_tracking_report(bus, video))
     if "index" in report.stage_objects:

@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+import torch
+
+from models.deblur.data import MAX_LEN, WORD2ID, encode_caption, make_sample, training_batch
+from models.deblur.evaluate import bleu4
+from models.deblur.s3e import (
+    Critic,
+    LossWeights,
+    S3EConfig,
+    S3EDeblur,
+    critic_loss,
+    export_weights,
+    feature_consistency_loss,
+    generator_losses,
+    load_weights,
+    parse_tree,
+    tree_masks,
+)
+
+torch.set_num_threads(1)  # the machine is shared: oversubscribed threads only slow tests down
+SMALL = dict(c1=8, c2=12, blocks=2, enc=16, hidden=32, emb=8, node=16)
+
+
+def test_parse_tree_structure():
+    words = ["small", "red", "circle", "top", "left", "left_of", "big", "blue", "square", "bottom", "right"]
+    root = parse_tree(encode_caption(words))
+    objs = [c for c in root.children if c.kind == "object"]
+    rels = [c for c in root.children if c.kind == "relation"]
+    assert [o.words for o in objs] == [words[:5], words[6:]]
+    assert [c.kind for c in objs[0].children] == ["attribute", "position"]
+    assert objs[1].children[0].words == ["big", "blue", "square"]
+    assert objs[1].children[1].words == ["bottom", "right"]
+    assert len(rels) == 1 and rels[0].words == ["left_of"] and rels[0].children == objs
+    # malformed predictions still parse (no crash, bounded objects)
+    junk = [WORD2ID["left_of"], WORD2ID["red"], WORD2ID["above"], WORD2ID["above"]] + \
+        [WORD2ID["big"]] * 12 + [WORD2ID["below"], WORD2ID["blue"]]
+    t = parse_tree(junk)
+    assert len([c for c in t.children if c.kind == "object"]) <= 3
+    m = tree_masks(torch.tensor([junk[:MAX_LEN]]))
+    assert torch.allclose(m["obj"].sum(-1), m["present"])
+
+
+def _batch(n=2, seed=0):
+    b = training_batch(np.random.default_rng(seed), n, 48)
+    return (torch.from_numpy(b["blurred"]), torch.from_numpy(b["sharp"]), torch.from_numpy(b["tokens"]))
+
+
+def test_every_loss_term_is_finite_and_falls_on_a_tiny_overfit_run():
+    torch.manual_seed(0)
+    model, critic = S3EDeblur(S3EConfig(**SMALL)), Critic()
+    blurred, sharp, tokens = _batch()
+    w = LossWeights(content=1, feature=0.3, adversarial=0.3, caption=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = last = None
+    for _ in range(30):
+        total, terms, out = generator_losses(model, critic, blurred, sharp, tokens, w)
+        assert all(torch.isfinite(v) for v in terms.values())
+        if first is None:
+            first, out_first = {k: v.item() for k, v in terms.items()}, out.detach()
+        last = {k: v.item() for k, v in terms.items()}
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    # The feature term is measured by the captioner's encoder, which is itself learning (its
+    # feature scale grows as it learns to caption), so compare both outputs under the final one.
+    with torch.no_grad():
+        first["feature"] = feature_consistency_loss(model.captioner, out_first, sharp).item()
+        last["feature"] = feature_consistency_loss(model.captioner, out.detach(), sharp).item()
+    for k in first:
+        assert last[k] < first[k], (k, first[k], last[k])
+    # the critic's own loss (Wasserstein estimate + gradient penalty) falls too
+    fake = out.detach()
+    copt = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.5, 0.9))
+    closses = []
+    for _ in range(20):
+        loss, cterms = critic_loss(critic, sharp, fake, w)
+        assert all(torch.isfinite(v) for v in cterms.values())
+        closses.append(loss.item())
+        copt.zero_grad()
+        loss.backward()
+        copt.step()
+    assert np.mean(closses[-5:]) < np.mean(closses[:5])
+
+
+def _perturbed(semantic):
+    torch.manual_seed(1)
+    m = S3EDeblur(S3EConfig(**SMALL, semantic=semantic)).eval()
+    for p in m.generator.parameters():  # the tail starts at zero (identity); wake it up
+        p.data.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def test_tree_embedding_reaches_the_generator_and_ablation_ignores_it():
+    blurred, _, tokens = _batch()
+    other = torch.from_numpy(np.stack([encode_caption(["big", "black", "triangle", "bottom", "right"])] * 2))
+    with torch.no_grad():
+        sem = _perturbed(True)
+        assert not torch.allclose(sem(blurred, tokens)[0], sem(blurred, other)[0])
+        abl = _perturbed(False)
+        assert torch.allclose(abl(blurred, tokens)[0], abl(blurred, other)[0])
+        assert sum(p.numel() for p in sem.parameters()) == sum(p.numel() for p in abl.parameters())
+
+
+def test_deblur_any_size_and_export_round_trip(tmp_path):
+    m = _perturbed(True)
+    x = torch.rand(2, 3, 37, 50)
+    y, toks = m.deblur(x)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert toks.shape[0] == 2
+    path = export_weights(m, tmp_path / "w.safetensors", extra={"model_id": "t"})
+    assert b"pickle" not in path.read_bytes()[:200] and (tmp_path / "w.safetensors.json").exists()
+    m2, manifest = load_weights(path)
+    assert manifest["model_id"] == "t" and manifest["config"]["c1"] == 8
+    y2, toks2 = m2.deblur(x)
+    assert torch.allclose(y, y2) and torch.equal(toks, toks2)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="safetensors"):
+        load_weights(tmp_path / "bad.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="manifest"):
+        load_weights(tmp_path / "plain.safetensors")
+
+
+def test_bleu4():
+    ref = make_sample(3).caption
+    assert bleu4([ref], [ref]) == pytest.approx(1.0)
+    assert bleu4([ref], [[]]) == 0.0
+    worse = ref[:2] + ["black"] + ref[3:]
+    assert 0 < bleu4([ref], [worse]) < 1
+    assert bleu4([ref], [ref[:3]]) < bleu4([ref], [worse])  # brevity penalty
