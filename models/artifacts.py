@@ -95,6 +95,20 @@ def _onnx_bytes(model, input_size: tuple[int, int], in_chans: int) -> tuple[byte
     return buf.getvalue(), None
 
 
+def input_specs(config: dict, data=None, input_spec: dict | None = None,
+                normalization: dict | None = None) -> tuple[dict, dict]:
+    """The manifest's input spec and normalisation: as given, else the dataset's, else 32x32
+    RGB in [0, 1] normalised around 0.5."""
+    if input_spec is None:
+        input_spec = data.input_spec if data is not None else {
+            "size": [32, 32], "channels": int(config.get("in_chans", 3)), "color": "RGB",
+            "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0]}
+    if normalization is None:
+        normalization = data.normalization if data is not None else {
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    return input_spec, normalization
+
+
 def export_artifact(model, path: str | Path, method: str = "baseline", data=None,
                     input_spec: dict | None = None, normalization: dict | None = None,
                     metrics: dict | None = None, extra: dict | None = None,
@@ -108,13 +122,7 @@ def export_artifact(model, path: str | Path, method: str = "baseline", data=None
     config = dict(getattr(model, "config", {}))
     if "arch" not in config:
         raise ArtifactError("model has no config['arch']: only registered backbones can be exported")
-    if input_spec is None:
-        input_spec = data.input_spec if data is not None else {
-            "size": [32, 32], "channels": int(config.get("in_chans", 3)), "color": "RGB",
-            "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0]}
-    if normalization is None:
-        normalization = data.normalization if data is not None else {
-            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    input_spec, normalization = input_specs(config, data, input_spec, normalization)
     size = tuple(int(v) for v in input_spec["size"])
     model = model.cpu().eval()
     weights = _state_bytes(model)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.backbones.registry import register_model
-from models.backbones.resnet_cifar import _init, make_stages
+from models.backbones.resnet_cifar import init_weights, make_stages
 
 
 class ResNet18(nn.Module):
@@ -28,7 +28,7 @@ class ResNet18(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = stage_widths[-1]
         self.fc = nn.Linear(self.num_features, num_classes)
-        _init(self)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.blocks(self.stem(x))).flatten(1)

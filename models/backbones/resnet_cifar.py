@@ -67,7 +67,7 @@ class CifarResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = stage_widths[-1]
         self.fc = nn.Linear(self.num_features, num_classes)
-        _init(self)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.blocks(self.stem(x))).flatten(1)
@@ -76,7 +76,8 @@ class CifarResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def _init(model: nn.Module) -> None:
+def init_weights(model: nn.Module) -> None:
+    """He-normal convs (fan-out), BatchNorm at identity: the init every zoo family uses."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.backbones.registry import register_model
-from models.backbones.resnet_cifar import _init
+from models.backbones.resnet_cifar import init_weights
 
 VGG16_WIDTHS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
 _POOL_AFTER = {1, 3, 6, 9, 12}
@@ -34,7 +34,7 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_ch
         self.fc = nn.Linear(in_ch, num_classes)
-        _init(self)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)

@@ -192,12 +192,10 @@ class BinaryResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = stage_widths[-1]
         self.fc = nn.Linear(self.num_features, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # imported here: models.backbones registers the binary zoo, which imports this module
+        from models.backbones.resnet_cifar import init_weights
+
+        init_weights(self)
         for m in self.modules():  # learned scales start at XNOR's analytic value
             if isinstance(m, BinaryConv2d) and m.scale_mode == "learned":
                 m.alpha.data.copy_(m.weight.detach().abs().mean(dim=(1, 2, 3)))

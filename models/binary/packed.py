@@ -350,20 +350,14 @@ def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data
 
     from safetensors.torch import save
 
-    from models.artifacts import FORMAT_VERSION, ArtifactError, write_artifact
+    from models.artifacts import FORMAT_VERSION, ArtifactError, input_specs, write_artifact
     from models.flops import count_params
 
     was_training = model.training
     model.eval()
     try:
         arch, config, twin = _twin(model)
-        if input_spec is None:
-            input_spec = data.input_spec if data is not None else {
-                "size": [32, 32], "channels": int(config.get("in_chans", 3)), "color": "RGB",
-                "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0]}
-        if normalization is None:
-            normalization = data.normalization if data is not None else {
-                "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+        input_spec, normalization = input_specs(config, data, input_spec, normalization)
         size = tuple(int(v) for v in input_spec["size"])
         gen = torch.Generator().manual_seed(0)
         probe = torch.randn(2, int(config.get("in_chans", 3)), *size, generator=gen)

@@ -168,7 +168,12 @@ def test_swap_is_atomic_and_adds_during_reencode_are_kept():
     for s in range(n0, n0 + 500, 50):  # adds while the re-encode runs
         index.add(ids(s, s + 50), X[s:s + 50])
     worker.join(30)
-    time.sleep(0.05)
+    # Let the searcher answer a few queries after the swap (on a loaded machine it may not have
+    # been scheduled at all since).
+    after = len(results)
+    deadline = time.monotonic() + 10
+    while len(results) < after + 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
     stop.set()
     th.join()
     assert not worker.is_alive()
