@@ -2,8 +2,8 @@
 
 Rows: FP (float twin, same width), XNOR, then each method and its ablation row. GBCN without
 BGA *is* RBCN (same code path, same seed), so that row repeats RBCN's runs instead of training
-them twice. Every run is cached (``OUT/<dataset>/<row>-s<seed>/result.json``, checkpoints next to
-it), so an interrupted evaluation resumes where it stopped.
+them twice. Every run is cached (``OUT/<dataset>/e<epochs>/<row>-s<seed>/result.json``,
+checkpoints next to it), so an interrupted evaluation resumes where it stopped.
 
 Seeds: every row is trained with seed 0; rows whose seed-0 test accuracy is within one point
 of another row's get seeds ``1..N-1`` too and report mean ± sample standard deviation.
@@ -85,7 +85,8 @@ def _run(data: DataBundle, key: str, method: str | None, ablate: bool, seed: int
 
     from models.train import evaluate
 
-    folder = out / data.name / f"{key}-s{seed}"
+    # the epoch budget is part of the cache key: runs of another schedule are not reused
+    folder = out / data.name / f"e{cfg.epochs}" / f"{key}-s{seed}"
     done = folder / "result.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -128,9 +129,26 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+# longest runs first, so that a pool of workers finishes together
+_COST_ORDER = ("gbcn", "cbcn", "rbcn", "rbcn-abl", "bonn", "bonn-abl", "cbcn-abl", "xnor", "fp")
+
+
+def _run_task(name: str, key: str, seed: int, cfg: BinaryTrainConfig, out: Path,
+              progress: bool) -> dict[str, Any]:
+    """One (dataset, row, seed) run in a worker process (one torch thread)."""
+    import torch
+
+    from models.data import load_dataset
+
+    torch.set_num_threads(cfg.threads or 1)
+    _, _, method, ablate = next(r for r in ROWS if r[0] == key)
+    return _run(load_dataset(name), key, method, ablate, seed, cfg, out, progress)
+
+
 def evaluate_dataset(name: str, cfg: BinaryTrainConfig, seeds: int, out: Path, progress: bool = True,
-                     echo: Callable[[str], None] = _print) -> dict[str, Any]:
-    """Every row on one dataset (seed 0 for all, more seeds for rows within a point)."""
+                     echo: Callable[[str], None] = _print, pool: Any = None) -> dict[str, Any]:
+    """Every row on one dataset (seed 0 for all, more seeds for rows within a point); with a
+    ``pool`` (``concurrent.futures`` executor) the runs of each phase go to its workers."""
     import torch
 
     from models.data import fingerprint, load_dataset
@@ -138,21 +156,30 @@ def evaluate_dataset(name: str, cfg: BinaryTrainConfig, seeds: int, out: Path, p
     torch.set_num_threads(cfg.threads or 1)
     data = load_dataset(name)
 
-    def run_row(key: str, seed: int) -> dict[str, Any]:
-        src = ALIASES.get(key, key)
-        _, _, method, ablate = next(r for r in ROWS if r[0] == src)
-        rec = _run(data, src, method, ablate, seed, cfg, out, progress)
-        echo(f"{data.name} {key} seed {seed}: test {rec['test_acc']:.4f} ({rec['seconds']} s)")
-        return rec
+    def run_all(tasks: list[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+        srcs = sorted({(ALIASES.get(k, k), s) for k, s in tasks},
+                      key=lambda t: (_COST_ORDER.index(t[0]) if t[0] in _COST_ORDER else 0, t[1]))
+        if pool is None:
+            done = {t: _run_task(name, t[0], t[1], cfg, out, progress) for t in srcs}
+        else:
+            futs = {t: pool.submit(_run_task, name, t[0], t[1], cfg, out, False) for t in srcs}
+            done = {t: f.result() for t, f in futs.items()}
+        recs = {}
+        for k, s in tasks:
+            rec = recs[(k, s)] = done[(ALIASES.get(k, k), s)]
+            echo(f"{data.name} {k} seed {s}: test {rec['test_acc']:.4f} ({rec['seconds']} s)")
+        return recs
 
-    runs: dict[str, list[dict]] = {k: [run_row(k, 0)] for k, _, _, _ in ROWS}
+    first = run_all([(k, 0) for k, _, _, _ in ROWS])
+    runs: dict[str, list[dict]] = {k: [first[(k, 0)]] for k, _, _, _ in ROWS}
     acc0 = {k: v[0]["test_acc"] for k, v in runs.items()}
     close = sorted({a for a in acc0 for b in acc0
                     if a != b and ALIASES.get(a) != b and ALIASES.get(b) != a
                     and abs(acc0[a] - acc0[b]) < 0.01})
-    for seed in range(1, seeds):
+    more = run_all([(k, s) for s in range(1, seeds) for k in close])
+    for s in range(1, seeds):
         for k in close:
-            runs[k].append(run_row(k, seed))
+            runs[k].append(more[(k, s)])
     costs = row_costs(data, cfg)
     rows = {}
     for k, _, _, _ in ROWS:
@@ -167,21 +194,26 @@ def evaluate_dataset(name: str, cfg: BinaryTrainConfig, seeds: int, out: Path, p
 def evaluate_binary(names: list[str], cfg: BinaryTrainConfig, seeds: int | dict[str, int], out: Path,
                     jobs: int = 1,
                     progress: bool = True, echo: Callable[[str], None] = _print) -> dict[str, Any]:
-    """Train / load every row on every dataset (``jobs`` datasets in parallel processes, one
-    torch thread each); returns the figures (see :func:`format_table`)."""
+    """Train / load every row on every dataset (with ``jobs > 1`` the single runs go to
+    ``jobs`` worker processes, one torch thread each); returns the figures (see
+    :func:`format_table`)."""
     from dataclasses import asdict
 
     t0 = time.perf_counter()
     result: dict[str, Any] = {"config": asdict(cfg), "seeds": seeds, "datasets": {},
                               "rows": [(k, lab) for k, lab, _, _ in ROWS]}
     per = seeds if isinstance(seeds, dict) else {n: seeds for n in names}
-    if jobs > 1 and len(names) > 1:
+    if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=min(jobs, len(names))) as pool:
-            futs = {n: pool.submit(evaluate_dataset, n, cfg, per[n], out, False) for n in names}
+        # the float twins first, in the main process: workers must not train them concurrently
+        for n in names:
+            from models.data import load_dataset
+
+            float_twin(load_dataset(n), cfg, seed=0, progress=progress)
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
             for n in names:
-                result["datasets"][n] = futs[n].result()
+                result["datasets"][n] = evaluate_dataset(n, cfg, per[n], out, progress, echo, pool)
     else:
         for n in names:
             result["datasets"][n] = evaluate_dataset(n, cfg, per[n], out, progress, echo)

@@ -21,13 +21,22 @@ Choices the paper leaves open
 * **Teacher**: the float ResNet of the backbone zoo at the same width (``create_model('resnet20',
   base=...)``), trained once per dataset with :func:`models.train.train` and cached
   (:func:`models.binary.train.float_twin`).
-* **Discriminators**: per stage, ``AdaptiveAvgPool(4) -> Linear(C*16, 64) -> LeakyReLU(0.2) ->
-  Linear(64, 32) -> LeakyReLU(0.2) -> Linear(32, 1)``, Adam (betas 0.5, 0.999, lr 0.2 x the
-  main rate). Pooling to 4x4 keeps the spatial layout coarsely and makes D cheap next to the convs.
-* The teacher's stage outputs are post-ReLU (>= 0) while the binary student's are not (its next
-  ``sign`` needs both signs): D sees ``ReLU(T)``, otherwise it would separate the two by the
-  sign alone and the adversarial gradient would push the student's activations positive.
-* Weights: ``lambda1 = 1e-3``, adversarial weight 0.1, ``C``'s learning rate = the main one.
+* **Discriminators**: per stage, ``Linear(C, 64) -> LeakyReLU(0.2) -> Linear(64, 1)`` on the
+  stage output after ReLU, global average pooling and unit L2 norm per image
+  (:func:`disc_input`); Adam (betas 0.5, 0.999, lr 0.2 x the main rate). The teacher's stage
+  outputs are post-ReLU (>= 0) while the binary student's are not (its next ``sign`` needs both
+  signs), hence the ReLU; the normalisation removes the scale difference, which D would
+  otherwise separate trivially and whose gradient only rescales the student's BatchNorm. The
+  paper's GAN acts as a mild feature regulariser; the first version here (D on 4x4-pooled,
+  un-normalised maps, weight 0.1, from the first step) dominated the cross-entropy (digits,
+  4 epochs: 54% with the GAN vs 85% without).
+* Weights: ``lambda1 = 1e-3``, adversarial weight ``adv_weight = 0.01``, and the game starts
+  after a warm-up (``gan_warmup = 0.25`` of the epochs) so the student first learns the task.
+* ``C``'s learning rate is 0.1 x the main one: ``C`` is of the order of ``mean |W|`` (~0.1) and
+  Adam moves every parameter by about the learning rate per step, so at the main rate (1e-2)
+  ``C`` jumped by ~10% a step.
+* BN update: 40 batches of 64 (the whole digits training split), cumulative average, train mode
+  without gradient (:func:`models.train.recalibrate_bn`).
 * Ablation (``--no-gan``): no discriminators and no ``L_adv`` (kernel approximation and BN update
   kept).
 """
@@ -61,9 +70,16 @@ class RbcnConv2d(BinaryConv2d):
 
 
 def discriminator(channels: int, hidden: int = 64) -> nn.Module:
-    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(channels * 16, hidden),
-                         nn.LeakyReLU(0.2), nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.2),
-                         nn.Linear(hidden // 2, 1))
+    """D on a pooled, normalised stage output (see :func:`disc_input`)."""
+    return nn.Sequential(nn.Linear(channels, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+
+def disc_input(t: torch.Tensor) -> torch.Tensor:
+    """What D sees of a stage output: ReLU (the teacher's are post-ReLU), global average pool,
+    unit L2 norm per image. Normalising removes the scale difference between teacher and
+    student (which D would otherwise separate trivially, and whose gradient only rescales the
+    student's BatchNorm), so the game acts on the *pattern* of channel activations."""
+    return F.normalize(F.adaptive_avg_pool2d(F.relu(t), 1).flatten(1), dim=1)
 
 
 def teacher_stages(teacher: nn.Module, x: torch.Tensor, n_stages: int) -> list[torch.Tensor]:
@@ -82,13 +98,14 @@ class RbcnMethod(XnorMethod):
     ablation = "GAN"
     ablation_flag = "gan"
 
-    def __init__(self, ablate: bool = False, lambda1: float = 1e-3, adv_weight: float = 0.1,
-                 c_lr_mult: float = 1.0, d_lr_mult: float = 0.2, bn_batches: int = 10,
-                 **options: Any) -> None:
+    def __init__(self, ablate: bool = False, lambda1: float = 1e-3, adv_weight: float = 0.01,
+                 c_lr_mult: float = 0.1, d_lr_mult: float = 0.2, bn_batches: int = 40,
+                 gan_warmup: float = 0.25, **options: Any) -> None:
         super().__init__(ablate, **options)
         self.lambda1, self.adv_weight, self.c_lr_mult = lambda1, adv_weight, c_lr_mult
         self.d_lr_mult = d_lr_mult
         self.bn_batches = bn_batches
+        self.gan_warmup = gan_warmup
         self.teacher: nn.Module | None = None
         self.discs: nn.ModuleList | None = None
 
@@ -126,15 +143,20 @@ class RbcnMethod(XnorMethod):
                 g["base_lr"] = d_lr
         return opts
 
+    def gan_active(self) -> bool:
+        """The adversarial game starts after a warm-up (the first ``gan_warmup`` of the epochs)."""
+        return (self.use_gan and self.discs is not None
+                and self.epoch >= int(round(self.gan_warmup * self.epochs)))
+
     def kernel_loss(self, model: BinaryResNet, **kw: bool) -> torch.Tensor:
         return self.lambda1 / 2 * sum(m.kernel_loss(**kw) for _, m in binary_convs(model))
 
     def losses(self, model: BinaryResNet, fwd: Forward, y: torch.Tensor) -> dict[str, torch.Tensor]:
         # C's share of the kernel loss is applied after W has moved (after_update)
         out = {"kernel": self.kernel_loss(model, detach_c=True)}
-        if self.use_gan and self.discs is not None:
+        if self.gan_active():
             out["adv"] = self.adv_weight * sum(
-                F.binary_cross_entropy_with_logits(d(F.relu(t)), torch.ones(len(t), 1))
+                F.binary_cross_entropy_with_logits(d(disc_input(t)), torch.ones(len(t), 1))
                 for d, t in zip(self.discs, fwd.stages))
         return out
 
@@ -143,11 +165,11 @@ class RbcnMethod(XnorMethod):
         # C: CE/adversarial gradient from the step's backward + kernel loss at the new W
         self.kernel_loss(model, detach_w=True).backward()
         opts["c"].step()
-        if self.use_gan and self.discs is not None:
+        if self.gan_active():
             with torch.no_grad():
                 real = teacher_stages(self.teacher, x, len(self.discs))
-            loss = sum(F.binary_cross_entropy_with_logits(d(r), torch.ones(len(r), 1))
-                       + F.binary_cross_entropy_with_logits(d(F.relu(t.detach())),
+            loss = sum(F.binary_cross_entropy_with_logits(d(disc_input(r)), torch.ones(len(r), 1))
+                       + F.binary_cross_entropy_with_logits(d(disc_input(t.detach())),
                                                             torch.zeros(len(t), 1))
                        for d, r, t in zip(self.discs, real, fwd.stages))
             opts["d"].zero_grad(set_to_none=True)
@@ -158,7 +180,7 @@ class RbcnMethod(XnorMethod):
         from models.train import recalibrate_bn
 
         if self.bn_batches > 0:  # W and C fixed: only running statistics change
-            recalibrate_bn(model, data, n_batches=self.bn_batches, batch_size=cfg.batch_size,
+            recalibrate_bn(model, data, n_batches=self.bn_batches, batch_size=64,
                            seed=cfg.seed * 1000 + self.epoch)
 
     def state_dict(self) -> dict[str, Any]:

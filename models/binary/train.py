@@ -40,7 +40,7 @@ ABLATION_FLAGS = {"xnor": "", "cbcn": "circulant", "bonn": "bayes", "rbcn": "gan
 
 @dataclass
 class BinaryTrainConfig(TrainConfig):
-    epochs: int = 4
+    epochs: int = 8
     lr: float = 1e-2
     batch_size: int = 32
     weight_decay: float = 0.0

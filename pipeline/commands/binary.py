@@ -40,7 +40,7 @@ def train_binary_cmd(
     method: str = typer.Option(..., "--method", help="xnor, cbcn, bonn, rbcn or gbcn"),
     arch: str = typer.Option("resnet20", "--arch", help="CIFAR ResNet layout (resnet20, resnet56)"),
     dataset: str = typer.Option("digits", "--dataset", help="digits or digits-composite"),
-    epochs: int = typer.Option(4, "--epochs", min=1),
+    epochs: int = typer.Option(8, "--epochs", min=1),
     seed: int = typer.Option(0, "--seed"),
     base: int = typer.Option(8, "--base", min=4, help="stage widths base, 2*base, 4*base"),
     lr: float = typer.Option(1e-2, "--lr"),
@@ -73,6 +73,11 @@ def train_binary_cmd(
             raise typer.BadParameter(f"--no-{flag} does not apply to {method}"
                                      + (f" (its ablation flag is --no-{ABLATION_FLAGS[method]})"
                                         if ABLATION_FLAGS[method] else ""))
+    if init not in ("scratch", "float"):
+        raise typer.BadParameter("--init must be scratch or float", param_hint="--init")
+    if init == "float" and method == "cbcn" and not no_circulant:
+        raise typer.BadParameter("cbcn's K-channel feature maps have no float twin: --init float "
+                                 "applies to its ablation (--no-circulant) only", param_hint="--init")
     exporter = _exporter() if export else None
     from models.binary.train import BinaryTrainConfig, create_method, train_binary
     from models.data import load_dataset
@@ -131,10 +136,11 @@ def _write_docs(path: Path, table: str, command: str, result: dict) -> None:
 
 @eval_app.command("binary")
 def eval_binary(
-    dataset: str = typer.Option("digits,digits-composite", "--dataset", help="comma list"),
+    dataset: str = typer.Option("digits", "--dataset",
+                                 help="comma list: digits, digits-composite"),
     seeds: str = typer.Option("3", "--seeds", help="seeds for rows within a point of another: N, or "
                               "per dataset, e.g. digits=3,digits-composite=1"),
-    epochs: int = typer.Option(4, "--epochs", min=1, help="training epochs of every binary row"),
+    epochs: int = typer.Option(8, "--epochs", min=1, help="training epochs of every binary row"),
     base: int = typer.Option(8, "--base", min=4),
     arch: str = typer.Option("resnet20", "--arch"),
     quick: bool = typer.Option(False, "--quick", help="smoke run: 1 epoch on 256 images, 1 seed"),
@@ -142,7 +148,8 @@ def eval_binary(
     json_path: Path | None = typer.Option(None, "--json", help="also write the figures here"),
     docs: Path | None = typer.Option(None, "--docs", help="table file (default docs/binary.md; "
                                      "not written by --quick unless given)"),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="datasets trained in parallel processes"),
+    jobs: int = typer.Option(1, "--jobs", min=1,
+                             help="worker processes (single runs in parallel, 1 thread each)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """FP and XNOR rows, CBCN / BONN / RBCN / GBCN and one ablation row each: top-1 on the test

@@ -102,6 +102,36 @@ def test_circulant_conv_learns_out_over_k_filters():
     assert plain.weight.shape == (8, 6, 3, 3)
 
 
+def test_paper_cbcn_shares_each_filter_over_the_k_channels_of_a_feature_map():
+    torch.manual_seed(0)
+    conv = CirculantConv2d(8, 12, k=4, share_in=True)     # 2 -> 3 feature maps of K=4 channels
+    assert conv.weight.shape == (3, 2, 3, 3)               # one 2D filter per (out map, in map)
+    g = conv.expanded_weight()
+    assert g.shape == (12, 8, 3, 3)
+    perms = circulant_perms(4)
+    for h in range(3):
+        for j in range(4):
+            for gi in range(2):
+                ref = conv.weight.detach()[h, gi].flatten()[perms[j]].view(3, 3)
+                for c in range(4):
+                    assert torch.equal(g.detach()[h * 4 + j, gi * 4 + c], ref)
+    g.sum().backward()                                     # each replica/copy adds 1 to every weight
+    assert torch.allclose(conv.weight.grad, torch.full_like(conv.weight, 16.0))
+
+
+def test_paper_cbcn_learns_as_many_filters_as_xnor_on_k_times_wider_maps():
+    def learned(name, **kw):
+        model = create_method(name, **kw).build(3, 3, base=4)
+        return sum(c.weight.numel() for _, c in binary_convs(model)), model
+
+    n_xnor, xnor = learned("xnor")
+    n_cbcn, cbcn = learned("cbcn", k=4)
+    assert n_cbcn == n_xnor
+    assert cbcn.num_features == 4 * xnor.num_features
+    n_abl, abl = learned("cbcn", ablate=True)
+    assert n_abl == n_xnor and abl.num_features == xnor.num_features
+
+
 # ------------------------------------------------------------------ contract
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_obeys_the_runtime_contract(name):
@@ -161,6 +191,17 @@ def test_extra_loss_is_finite_and_falls(name, term, kw):
     assert np.isfinite(first[term]) and np.isfinite(last[term])
     assert last[term] < first[term]
     assert sum(last.values()) < sum(first.values())   # the whole objective falls too
+
+
+def test_adversarial_game_waits_for_its_warm_up():
+    m = tiny_method("rbcn", gan_warmup=0.5)
+    model = m.build(3, 3, base=4)
+    m.setup(model, tiny_data(), BinaryTrainConfig())
+    m.epochs = 4
+    m.epoch = 1
+    assert not m.gan_active()
+    m.epoch = 2
+    assert m.gan_active()
 
 
 def test_adversarial_loss_is_finite_and_ablation_removes_it():
