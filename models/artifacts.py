@@ -215,7 +215,6 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     from safetensors.torch import load as st_load
 
     from models.backbones import create_model
-    from models.flops import count_params
 
     manifest, weights, _ = read_artifact(path)
     if manifest.get("runtime") == "packed":  # a 1-bit network: the bit-packed CPU runtime
@@ -233,6 +232,15 @@ def load_artifact(path: str | Path, device: str = "cpu"):
         state = st_load(weights)
     except (SafetensorError, Exception) as exc:  # noqa: BLE001
         raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
+    load_checked(model, state, manifest, path)
+    return _attach(model.eval().to(device), manifest)
+
+
+def load_checked(model, state: dict, manifest: dict, path: str | Path) -> None:
+    """Load ``state`` strictly into the model rebuilt from ``manifest`` and check its parameter
+    count; any mismatch is an :class:`ArtifactError` naming the file."""
+    from models.flops import count_params
+
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -241,7 +249,6 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     if count_params(model) != manifest.get("params"):
         raise ArtifactError(f"{path}: parameter count {count_params(model)} differs from the "
                             f"manifest's {manifest.get('params')}")
-    return _attach(model.eval().to(device), manifest)
 
 
 def _attach(model, manifest: dict):

@@ -78,6 +78,17 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def epoch_batches(train_split: Split, data: DataBundle, cfg: TrainConfig, epoch: int):
+    """(shuffled, augmented batch iterator of one epoch, its length), seeded by seed and epoch;
+    shared by every training loop so all methods see the same batches."""
+    n_batches = math.ceil(len(train_split) / cfg.batch_size)
+    if cfg.max_batches:
+        n_batches = min(n_batches, cfg.max_batches)
+    it = batches(train_split, cfg.batch_size, data.mean, data.std, shuffle=True,
+                 augment=cfg.augment, seed=cfg.seed * 1000 + epoch, max_batches=cfg.max_batches)
+    return it, n_batches
+
+
 def train(model, data: DataBundle, cfg: TrainConfig, ckpt_dir: str | Path | None = None,
           resume: bool = False, progress: bool = True, eval_val: bool = True) -> TrainResult:
     """Train ``model`` in place on ``data.train``; validation accuracy after every epoch."""
@@ -112,11 +123,7 @@ def train(model, data: DataBundle, cfg: TrainConfig, ckpt_dir: str | Path | None
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
-        n_batches = math.ceil(len(train_split) / cfg.batch_size)
-        if cfg.max_batches:
-            n_batches = min(n_batches, cfg.max_batches)
-        it = batches(train_split, cfg.batch_size, data.mean, data.std, shuffle=True,
-                     augment=cfg.augment, seed=cfg.seed * 1000 + epoch, max_batches=cfg.max_batches)
+        it, n_batches = epoch_batches(train_split, data, cfg, epoch)
         bar = tqdm(it, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not progress)
         tot_loss = correct = seen = 0.0

@@ -410,9 +410,8 @@ def load_packed(manifest: dict, weights: bytes, path: str | Path) -> PackedBinar
     """Rebuild the packed runtime model of a verified ``runtime: packed`` artifact."""
     from safetensors.torch import load as st_load
 
-    from models.artifacts import ArtifactError
+    from models.artifacts import ArtifactError, load_checked
     from models.backbones import create_model
-    from models.flops import count_params
 
     try:
         twin = create_model(manifest["arch"], **manifest["config"])
@@ -429,12 +428,5 @@ def load_packed(manifest: dict, weights: bytes, path: str | Path) -> PackedBinar
         if bits is None or bits.dtype != torch.uint8 or bits.numel() != (int(np.prod(shape)) + 7) // 8:
             raise ArtifactError(f"{path}: binary conv {name!r} has no 1-bit weights of shape {shape}")
         state[f"{name}.weight"] = unpack_bits(bits, shape)
-    try:
-        twin.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{path}: weights do not fit the manifest's architecture: "
-                            f"{str(exc)[:500]}") from None
-    if count_params(twin) != manifest.get("params"):
-        raise ArtifactError(f"{path}: parameter count {count_params(twin)} differs from the "
-                            f"manifest's {manifest.get('params')}")
+    load_checked(twin, state, manifest, path)
     return to_packed(twin.eval())

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.data import DataBundle, batches
-from models.train import TrainConfig, TrainResult, _lr_at, _save_atomic, evaluate
+from models.data import DataBundle
+from models.train import TrainConfig, TrainResult, _lr_at, _save_atomic, epoch_batches, evaluate
 
 METHODS = ("xnor", "cbcn", "bonn", "rbcn", "gbcn")
 ABLATION_FLAGS = {"xnor": "", "cbcn": "circulant", "bonn": "bayes", "rbcn": "gan", "gbcn": "bga"}
@@ -183,11 +182,7 @@ def train_binary(method, data: DataBundle, cfg: BinaryTrainConfig, ckpt_dir: str
             for g in o.param_groups:
                 g["lr"] = g["base_lr"] * factor
         model.train()
-        n_batches = math.ceil(len(train_split) / cfg.batch_size)
-        if cfg.max_batches:
-            n_batches = min(n_batches, cfg.max_batches)
-        it = batches(train_split, cfg.batch_size, data.mean, data.std, shuffle=True,
-                     augment=cfg.augment, seed=cfg.seed * 1000 + epoch, max_batches=cfg.max_batches)
+        it, n_batches = epoch_batches(train_split, data, cfg, epoch)
         bar = tqdm(it, total=n_batches, desc=f"{method.label()} {epoch + 1}/{cfg.epochs}",
                    leave=False, disable=not progress)
         sums: dict[str, float] = {}
