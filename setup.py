@@ -1,11 +1,14 @@
 """Builds the C extension of the bit-packed 1-bit runtime; everything else is in pyproject.toml.
 
 ``-march=native``: the extension is compiled on the machine that runs it (``make install``), so
-it may use that CPU's AVX2/POPCNT. Threads come from the extension's own pthread pool, which
-never waits for a thread the OS has not scheduled. ``VISTREAM_BITCONV_CFLAGS`` replaces the
-default flags: ``-O3`` alone gives a portable scalar build; adding ``-fopenmp`` runs the work
-on torch's own OpenMP threads instead (no second pool; perhaps faster on an idle machine, not
-measured; much slower on a shared one, see bitconv.c). ``-ffp-contract=off`` keeps the one
+it may use that CPU's AVX2/POPCNT. ``-fopenmp``: the kernel runs on torch's own OpenMP threads
+(torch's bundled libgomp is the one loaded, so there is one thread team, not two competing
+ones); on an idle 2-core machine this made the 2-thread 1-bit ResNet-18 ~30% faster than the
+extension's own pthread pool, which remains available with
+``VISTREAM_BITCONV_CFLAGS="-O3 -march=native"``: that pool never waits for a thread the OS has
+not scheduled, so it degrades far less on a CPU shared with other busy processes, where an
+OpenMP barrier can wait for a descheduled thread (docs/binary-runtime.md). ``-O3`` alone gives
+a portable scalar build. ``-ffp-contract=off`` keeps the one
 float multiply per output a plain IEEE multiply, as in torch (no fused multiply-add may change
 a rounding).
 """
@@ -14,7 +17,7 @@ import os
 
 from setuptools import Extension, setup
 
-_FLAGS = os.environ.get("VISTREAM_BITCONV_CFLAGS", "-O3 -march=native").split()
+_FLAGS = os.environ.get("VISTREAM_BITCONV_CFLAGS", "-O3 -march=native -fopenmp").split()
 
 setup(ext_modules=[Extension(
     "models.binary._bitconv",
