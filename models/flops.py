@@ -28,21 +28,23 @@ def count_params(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def count_flops(model, input_size: tuple[int, int] = (32, 32), in_chans: int | None = None) -> int:
-    """FLOPs (2 x MACs) of one forward pass of one image of ``input_size``."""
+def layer_macs(model, input_size: tuple[int, int] = (32, 32),
+               in_chans: int | None = None) -> list[tuple[object, int]]:
+    """(module, multiply-accumulates) of every conv and linear layer, in call order, for one
+    forward pass of one image of ``input_size`` (eval mode; the training mode is restored)."""
     import torch
     from torch import nn
 
     if in_chans is None:
         in_chans = int(getattr(model, "config", {}).get("in_chans", 3))
-    total = [0]
+    found: list[tuple[object, int]] = []
 
     def conv_hook(m: nn.Conv2d, inp, out) -> None:
         k = m.kernel_size[0] * m.kernel_size[1]
-        total[0] += 2 * out[0].numel() * (m.in_channels // m.groups) * k
+        found.append((m, out[0].numel() * (m.in_channels // m.groups) * k))
 
     def linear_hook(m: nn.Linear, inp, out) -> None:
-        total[0] += 2 * m.in_features * m.out_features * (out.numel() // out.shape[-1] // out.shape[0])
+        found.append((m, m.in_features * m.out_features * (out.numel() // out.shape[-1] // out.shape[0])))
 
     hooks = []
     for m in model.modules():
@@ -59,7 +61,25 @@ def count_flops(model, input_size: tuple[int, int] = (32, 32), in_chans: int | N
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return int(total[0])
+    return found
+
+
+def count_flops(model, input_size: tuple[int, int] = (32, 32), in_chans: int | None = None) -> int:
+    """FLOPs (2 x MACs) of one forward pass of one image of ``input_size``."""
+    return int(2 * sum(macs for _, macs in layer_macs(model, input_size, in_chans)))
+
+
+def binary_split(model, input_size: tuple[int, int] = (32, 32),
+                 in_chans: int | None = None) -> tuple[int, int]:
+    """(binary MACs, float FLOPs) of a 1-bit network: the MACs of its binary convs (XNOR/popcount
+    work in the packed runtime) and 2 x the MACs of everything else."""
+    from models.binary.layers import BinaryConv2d
+
+    binary = total = 0
+    for m, macs in layer_macs(model, input_size, in_chans):
+        total += macs
+        binary += macs if isinstance(m, BinaryConv2d) else 0
+    return binary, 2 * (total - binary)
 
 
 def model_cost(model, input_size: tuple[int, int] = (32, 32)) -> Cost:

@@ -46,26 +46,10 @@ ALIASES = {"gbcn-abl": "rbcn"}
 
 def model_cost(model, input_size: tuple[int, int], in_chans: int = 3) -> dict[str, float]:
     """Binary MACs, float FLOPs and weight memory of one image's forward pass."""
-    import torch
-
     from models.binary.layers import BinaryConv2d
-    from models.flops import count_flops
+    from models.flops import binary_split
 
-    binary = [0]
-
-    def hook(m, inp, out) -> None:
-        binary[0] += out[0].numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, BinaryConv2d)]
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, in_chans, *input_size))
-    finally:
-        for h in hooks:
-            h.remove()
-    # count_flops counts every conv; the binary ones are not float work
-    float_flops = count_flops(model, input_size, in_chans) - 2 * binary[0]
+    binary_ops, float_flops = binary_split(model, input_size, in_chans)
     binary_ids, bits, float_params = set(), 0, 0
     for m in model.modules():
         if isinstance(m, BinaryConv2d):
@@ -74,7 +58,7 @@ def model_cost(model, input_size: tuple[int, int], in_chans: int = 3) -> dict[st
             float_params += alpha.numel()
             binary_ids |= {id(p) for p in m.parameters(recurse=False)}
     float_params += sum(p.numel() for p in model.parameters() if id(p) not in binary_ids)
-    return {"binary_ops": binary[0], "float_flops": float_flops,
+    return {"binary_ops": binary_ops, "float_flops": float_flops,
             "binary_weight_bits": bits, "float_params": float_params,
             "weight_bytes": bits / 8 + 4 * float_params}
 

@@ -314,25 +314,6 @@ def _size_report(twin: nn.Module, weights_bytes: int) -> dict:
                 (m.weight.numel() + 7) // 8 for _, m in binary_convs(twin)))}
 
 
-def _binary_macs(twin: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
-    """(binary MACs, float FLOPs) of one image: the manifest's ``binary_ops`` and ``float_flops``."""
-    macs = [0]
-
-    def hook(m, inp, out):
-        macs[0] += out[0].numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-
-    from models.flops import count_flops
-
-    hooks = [m.register_forward_hook(hook) for _, m in binary_convs(twin)]
-    try:
-        with torch.no_grad():
-            twin(torch.zeros(1, int(twin.config.get("in_chans", 3)), *size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return macs[0], count_flops(twin, size) - 2 * macs[0]
-
-
 def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data=None,
                            metrics: dict | None = None, input_spec: dict | None = None,
                            normalization: dict | None = None, extra: dict | None = None,
@@ -351,7 +332,7 @@ def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data
     from safetensors.torch import save
 
     from models.artifacts import FORMAT_VERSION, ArtifactError, input_specs, write_artifact
-    from models.flops import count_params
+    from models.flops import binary_split, count_params
 
     was_training = model.training
     model.eval()
@@ -380,7 +361,7 @@ def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data
         else:
             state[key] = v.detach().cpu().contiguous().clone()
     weights = save(state)
-    bin_macs, float_flops = _binary_macs(twin, size)
+    bin_macs, float_flops = binary_split(twin, size)
     manifest: dict[str, Any] = {
         "format": "vistream-artifact", "format_version": FORMAT_VERSION, "runtime": "packed",
         "arch": arch, "config": config, "method": method,
