@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
+from models.deblur import SHIPPED_WEIGHTS
 from pipeline.envelope import Caption, Frame, Message, encode_image
 from stages.base import Stage, StageParams, register_stage
 
-DEFAULT_WEIGHTS = (Path(__file__).resolve().parent.parent / "models" / "deblur" / "weights"
-                   / "s3e-small.safetensors")
+DEFAULT_WEIGHTS = SHIPPED_WEIGHTS["s3e"]
 DEFAULT_THRESHOLD = 1.7
 
 

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import typer
 
+from models.deblur import SHIPPED_WEIGHTS
 from pipeline.cli import bench_app, eval_app, train_app
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "models" / "deblur" / "weights"
-SHIPPED = {"s3e": WEIGHTS_DIR / "s3e-small.safetensors",
-           "ablation": WEIGHTS_DIR / "ablation-small.safetensors"}
 
 
 def train_deblur(
@@ -63,7 +61,7 @@ train_app.command("deblur")(train_deblur)
 def _load(path: Path | None, which: str, semantic: bool):
     from models.deblur.s3e import load_weights, model_from_checkpoint
 
-    p = path or SHIPPED[which]
+    p = path or SHIPPED_WEIGHTS[which]
     if not p.exists():
         raise typer.BadParameter(f"weights file {p} not found (train with `vistream train deblur "
                                  f"--export`)", param_hint=f"--{which}")
