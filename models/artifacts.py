@@ -217,12 +217,9 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     from models.backbones import create_model
 
     manifest, weights, _ = read_artifact(path)
-    if manifest.get("runtime") == "packed":  # a 1-bit network: the bit-packed CPU runtime
-        from models.binary.packed import load_packed
-
-        if str(device) != "cpu":
-            raise ArtifactError(f"{path}: the packed 1-bit runtime runs on the CPU only, not {device}")
-        return _attach(load_packed(manifest, weights, path), manifest)
+    packed = manifest.get("runtime") == "packed"  # a 1-bit network: the bit-packed CPU runtime
+    if packed and str(device) != "cpu":
+        raise ArtifactError(f"{path}: the packed 1-bit runtime runs on the CPU only, not {device}")
     try:
         model = create_model(manifest["arch"], **manifest["config"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -232,6 +229,10 @@ def load_artifact(path: str | Path, device: str = "cpu"):
         state = st_load(weights)
     except (SafetensorError, Exception) as exc:  # noqa: BLE001
         raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
+    if packed:
+        from models.binary.packed import load_packed
+
+        return _attach(load_packed(model, state, manifest, path), manifest)
     load_checked(model, state, manifest, path)
     return _attach(model.eval().to(device), manifest)
 

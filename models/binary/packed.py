@@ -387,22 +387,12 @@ def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data
     return write_artifact(path, manifest, weights, b"")
 
 
-def load_packed(manifest: dict, weights: bytes, path: str | Path) -> PackedBinaryNet:
-    """Rebuild the packed runtime model of a verified ``runtime: packed`` artifact."""
-    from safetensors.torch import load as st_load
-
+def load_packed(twin: nn.Module, state: dict, manifest: dict, path: str | Path) -> PackedBinaryNet:
+    """The packed runtime model of a verified ``runtime: packed`` artifact: ``twin`` is the
+    registered architecture rebuilt from its manifest, ``state`` its safetensors payload with
+    1-bit weights (see :func:`models.artifacts.load_artifact`)."""
     from models.artifacts import ArtifactError, load_checked
-    from models.backbones import create_model
 
-    try:
-        twin = create_model(manifest["arch"], **manifest["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{path}: cannot rebuild {manifest.get('arch')!r} from its manifest: "
-                            f"{exc}") from None
-    try:
-        state = st_load(weights)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad artifact
-        raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
     for name, conv in binary_convs(twin):
         bits = state.pop(f"{name}.weight_bits", None)
         shape = tuple(conv.weight.shape)
