@@ -344,32 +344,34 @@ class S3EDeblur(nn.Module):
         self.tree = TreeEmbed(self.cfg, self.captioner.state_dim)
         self.generator = Generator(self.cfg)
 
-    def _embed(self, states, alphas, tokens):
-        obj, att, root = self.tree(states, alphas, tree_masks(tokens))
+    def _embed(self, states, alphas, tokens, masks=None):
+        obj, att, root = self.tree(states, alphas, tree_masks(tokens) if masks is None else masks)
         if not self.cfg.semantic:
             # the ablation: same network, the tree embedding is all zeros
             obj, att, root = torch.zeros_like(obj), torch.zeros_like(att), torch.zeros_like(root)
         return obj, att, root
 
-    def forward(self, blurred: torch.Tensor, tokens: torch.Tensor):
-        """Training pass (teacher forcing): deblurred image and caption logits."""
+    def forward(self, blurred: torch.Tensor, tokens: torch.Tensor, masks=None):
+        """Training pass (teacher forcing): deblurred image and caption logits. ``masks`` are
+        ``tree_masks(tokens)`` when the caller has them already (the data loader builds them
+        on the CPU, so a GPU step needs no host round trip to parse captions)."""
         logits, states, alphas = self.captioner(blurred, tokens)
-        out = self.generator(blurred, *self._embed(states, alphas, tokens))
+        out = self.generator(blurred, *self._embed(states, alphas, tokens, masks))
         return out, logits
 
     @torch.no_grad()
     def deblur(self, blurred: torch.Tensor, caption: bool = True):
         """Inference: (deblurred in [0,1], caption token ids or None)."""
         if not self.cfg.semantic and not caption:
-            return self.generator(blurred, *self._zero(blurred.shape[0])).clamp(0, 1), None
+            return self.generator(blurred, *self._zero(blurred)).clamp(0, 1), None
         toks, states, alphas = self.captioner.greedy(blurred)
         out = self.generator(blurred, *self._embed(states, alphas, toks))
         return out.clamp(0, 1), toks
 
-    def _zero(self, b: int):
-        n = (CAPTION_SIZE // 8) ** 2
-        return (torch.zeros(b, MAX_OBJECTS, self.cfg.node), torch.zeros(b, MAX_OBJECTS, n),
-                torch.zeros(b, self.cfg.node))
+    def _zero(self, like: torch.Tensor):
+        b, n, d = like.shape[0], (CAPTION_SIZE // 8) ** 2, like.device
+        return (torch.zeros(b, MAX_OBJECTS, self.cfg.node, device=d),
+                torch.zeros(b, MAX_OBJECTS, n, device=d), torch.zeros(b, self.cfg.node, device=d))
 
 
 # --------------------------------------------------------------------------- losses
@@ -394,7 +396,7 @@ def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    eps = torch.rand(real.shape[0], 1, 1, 1)
+    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
     mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
     (g,) = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
     return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
@@ -410,9 +412,9 @@ class LossWeights:
 
 
 def generator_losses(model: S3EDeblur, critic: Critic, blurred, sharp, tokens,
-                     w: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+                     w: LossWeights, masks=None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """(total, terms, deblurred) for the generator/captioner step."""
-    out, logits = model(blurred, tokens)
+    out, logits = model(blurred, tokens, masks)
     sharp_logits, _, _ = model.captioner(sharp, tokens)
     terms = {
         "content": content_loss(out, sharp),
@@ -451,84 +453,191 @@ class TrainConfig:
     checkpoint_every: int = 200
     threads: int = 1
     severe_fraction: float = 0.7
+    device: str = "cpu"
+    workers: int = 0          # data-loader processes (0: batches are made in the training loop)
+
+
+class TrainingBatches(torch.utils.data.Dataset):
+    """Batch ``k`` of a run is a pure function of (seed, k): resuming, or training the
+    ablation beside S3E, sees exactly the same scenes. Items are whole batches (tensors plus
+    the S3-tree masks of the true captions, parsed here on the CPU)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        from models.deblur.data import training_batch
+
+        c = self.cfg
+        b = training_batch(np.random.default_rng([c.seed, step]), c.batch, c.size, c.severe_fraction)
+        tokens = torch.from_numpy(b["tokens"])
+        return {"blurred": torch.from_numpy(b["blurred"]), "sharp": torch.from_numpy(b["sharp"]),
+                "tokens": tokens, "masks": tree_masks(tokens)}
+
+
+def _quiet_worker(_: int) -> None:
+    # each loader process makes whole batches; nested thread pools would only fight
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+class _Run:
+    """One network being trained (model, critic, optimisers, history) and its checkpoint."""
+
+    TERMS = ("content", "feature", "adversarial", "caption_blurred", "wasserstein")
+
+    def __init__(self, cfg: TrainConfig, semantic: bool, out_dir: Path, resume: bool, log) -> None:
+        torch.manual_seed(cfg.seed)  # both runs of a pair start from the same weights
+        self.semantic, self.out_dir, self.cfg = semantic, out_dir, cfg
+        self.model = S3EDeblur(S3EConfig(semantic=semantic)).to(cfg.device)
+        self.critic = Critic().to(cfg.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.copt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.9))
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.run = {k: 0.0 for k in self.TERMS}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt = out_dir / "checkpoint.pt"
+        if resume and self.ckpt.exists():
+            state = torch.load(self.ckpt, map_location=cfg.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.critic.load_state_dict(state["critic"])
+            self.opt.load_state_dict(state["opt"])
+            self.copt.load_state_dict(state["copt"])
+            self.step = int(state["step"])
+            self.history = json.loads(state["history"])
+            if self.history:  # the smoothed losses go on from where they were
+                self.run = {k: float(self.history[-1].get(k, 0.0)) for k in self.TERMS}
+            log(f"resumed from {self.ckpt} at step {self.step}")
+        self.write_config()
+
+    def write_config(self) -> None:
+        (self.out_dir / "config.json").write_text(json.dumps(asdict(self.cfg) | {"semantic": self.semantic},
+                                                             indent=2))
+
+    def train_step(self, batch: dict[str, Any], lr: float, w: "LossWeights") -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.model.train()
+        total, terms, out = generator_losses(self.model, self.critic, batch["blurred"], batch["sharp"],
+                                             batch["tokens"], w, batch["masks"])
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        closs, cterms = critic_loss(self.critic, batch["sharp"], out.detach(), w)
+        self.copt.zero_grad(set_to_none=True)
+        closs.backward()
+        self.copt.step()
+        self.step += 1
+        # smoothed losses are read back every 20 steps only: a read is a device sync
+        if self.step == 1 or self.step % 20 == 0:
+            for k in self.run:
+                v = float((terms | cterms)[k].detach())
+                self.run[k] = v if self.step == 1 else 0.7 * self.run[k] + 0.3 * v
+
+    def record(self, seconds: float) -> None:
+        self.history.append({"step": self.step, **{k: round(v, 5) for k, v in self.run.items()},
+                             "seconds": round(seconds, 1)})
+
+    def save(self) -> None:
+        tmp = self.out_dir / "checkpoint.tmp"
+        torch.save({"model": self.model.state_dict(), "critic": self.critic.state_dict(),
+                    "opt": self.opt.state_dict(), "copt": self.copt.state_dict(), "step": self.step,
+                    "steps": self.cfg.steps, "history": json.dumps(self.history)}, tmp)
+        tmp.replace(self.ckpt)
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: bool = True, progress: bool = True,
-          max_seconds: float | None = None, log=print) -> dict[str, Any]:
+          max_seconds: float | None = None, log=print, ablation_dir: Path | None = None,
+          fit_schedule: bool = False) -> dict[str, Any]:
     """Co-train captioner, tree and generator (and the critic); checkpoints in ``out_dir``.
 
-    Resumes from ``out_dir/checkpoint.pt`` when present (and ``resume``). Returns a summary.
+    Resumes from ``out_dir/checkpoint.pt`` when present (and ``resume``). With
+    ``ablation_dir`` the ablation (zero tree embedding) is trained beside it in lockstep: same
+    initial weights, same batches, same schedule - the comparison the evaluation needs.
+    ``fit_schedule`` (with ``max_seconds``) measures the speed over the first steps and
+    shortens ``cfg.steps`` so the cosine schedule ends inside the time budget instead of
+    being cut off at a high learning rate. Returns a summary.
     """
     from tqdm import tqdm
 
-    from models.deblur.data import training_batch
-
     torch.set_num_threads(cfg.threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model = S3EDeblur(S3EConfig(semantic=cfg.semantic))
-    critic = Critic()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    copt = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.9))
+    if ablation_dir is not None and not cfg.semantic:
+        raise ValueError("ablation_dir trains the ablation beside S3E: cfg.semantic must be True")
+    runs = [_Run(cfg, cfg.semantic, out_dir, resume, log)]
+    if ablation_dir is not None:
+        runs.append(_Run(cfg, False, ablation_dir, resume, log))
+    if len({r.step for r in runs}) > 1:
+        raise ValueError(f"checkpoints are at different steps {[r.step for r in runs]}: "
+                         "a lockstep pair must resume together")
+    step = runs[0].step
     w = LossWeights()
-    step = 0
-    history: list[dict[str, float]] = []
-    ckpt = out_dir / "checkpoint.pt"
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        critic.load_state_dict(state["critic"])
-        opt.load_state_dict(state["opt"])
-        copt.load_state_dict(state["copt"])
-        step = int(state["step"])
-        history = json.loads(state["history"])
-        log(f"resumed from {ckpt} at step {step}")
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-
-    def save():
-        torch.save({"model": model.state_dict(), "critic": critic.state_dict(),
-                    "opt": opt.state_dict(), "copt": copt.state_dict(), "step": step,
-                    "history": json.dumps(history)}, out_dir / "checkpoint.tmp")
-        (out_dir / "checkpoint.tmp").replace(ckpt)
+    data = TrainingBatches(cfg)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=None, sampler=range(step, cfg.steps), num_workers=cfg.workers,
+        pin_memory=cfg.device.startswith("cuda"), worker_init_fn=_quiet_worker if cfg.workers else None,
+        prefetch_factor=4 if cfg.workers else None,
+        # spawned, not forked: a fork inherits OpenCV's and OpenMP's thread pools in whatever
+        # state the parent left them, and a forked loader hung inside OpenCV that way
+        multiprocessing_context="spawn" if cfg.workers else None)
 
     t0 = time.monotonic()
+    calibrate = (step + 10, step + 60)  # steps between which the speed is measured
+    t_cal = None
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train deblur")
-    run = {k: 0.0 for k in ("content", "feature", "adversarial", "caption_blurred", "wasserstein")}
-    while step < cfg.steps:
+    for batch in loader:
+        if step >= cfg.steps:
+            break
+        batch = {k: (v.to(cfg.device, non_blocking=True) if torch.is_tensor(v)
+                     else {n: m.to(cfg.device, non_blocking=True) for n, m in v.items()})
+                 for k, v in batch.items()}
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        rng = np.random.default_rng([cfg.seed, step])  # batch = f(seed, step): resume-exact
-        b = training_batch(rng, cfg.batch, cfg.size, cfg.severe_fraction)
-        blurred, sharp = torch.from_numpy(b["blurred"]), torch.from_numpy(b["sharp"])
-        tokens = torch.from_numpy(b["tokens"])
-        model.train()
-        total, terms, out = generator_losses(model, critic, blurred, sharp, tokens, w)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        closs, cterms = critic_loss(critic, sharp, out.detach(), w)
-        copt.zero_grad(set_to_none=True)
-        closs.backward()
-        copt.step()
+        for r in runs:
+            r.train_step(batch, lr, w)
         step += 1
-        for k in run:
-            v = float((terms | cterms)[k].detach())
-            run[k] = v if step == 1 else 0.98 * run[k] + 0.02 * v
         bar.update(1)
+        if fit_schedule and max_seconds is not None:
+            if step == calibrate[0]:
+                t_cal = time.monotonic()
+            elif step == calibrate[1] and t_cal is not None:
+                rate = (calibrate[1] - calibrate[0]) / (time.monotonic() - t_cal)
+                # keep a little time for the final saves and exports
+                left = max_seconds - (time.monotonic() - t0) - min(20.0, 0.2 * max_seconds)
+                fitted = step + max(1, int(0.95 * rate * left))
+                if fitted < cfg.steps:
+                    log(f"{rate:.1f} steps/s: schedule shortened from {cfg.steps} to {fitted} steps "
+                        f"to end within {max_seconds:.0f} s")
+                    cfg.steps = fitted
+                    bar.total = fitted
+                    for r in runs:
+                        r.write_config()
         if step % 20 == 0:
-            bar.set_postfix(content=f"{run['content']:.4f}", cap=f"{run['caption_blurred']:.3f}")
+            bar.set_postfix(content=f"{runs[0].run['content']:.4f}",
+                            cap=f"{runs[0].run['caption_blurred']:.3f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            history.append({"step": step, **{k: round(v, 5) for k, v in run.items()},
-                            "seconds": round(time.monotonic() - t0, 1)})
-            save()
+            for r in runs:
+                r.record(time.monotonic() - t0)
+                r.save()
+                if not progress:  # without a bar, the checkpoint lines are the progress report
+                    log(json.dumps({"run": "s3e" if r.semantic else "ablation", **r.history[-1]}))
         if max_seconds is not None and time.monotonic() - t0 > max_seconds:
-            save()
+            for r in runs:
+                r.record(time.monotonic() - t0)
+                r.save()
             log(f"stopped at step {step} after {max_seconds:.0f} s (resume to continue)")
             break
     bar.close()
-    return {"step": step, "history": history, "checkpoint": str(ckpt)}
+    out = {"step": step, "steps": cfg.steps, "history": runs[0].history, "checkpoint": str(runs[0].ckpt),
+           "seconds": round(time.monotonic() - t0, 1)}
+    if ablation_dir is not None:
+        out["ablation"] = {"history": runs[1].history, "checkpoint": str(runs[1].ckpt)}
+    return out
 
 
 # --------------------------------------------------------------------------- export / load
@@ -574,7 +683,7 @@ def load_weights(path: str | Path) -> tuple[S3EDeblur, dict[str, Any]]:
 
 
 def model_from_checkpoint(path: str | Path, semantic: bool | None = None) -> S3EDeblur:
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)  # GPU-trained too
     sd = state["model"]
     cfg_path = Path(path).parent / "config.json"
     sem = semantic

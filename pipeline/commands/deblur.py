@@ -23,34 +23,63 @@ def train_deblur(
     seed: int = typer.Option(0),
     semantic: bool = typer.Option(True, "--semantic/--no-semantic",
                                   help="--no-semantic trains the ablation (zero tree embedding)"),
+    ablation_out: Path | None = typer.Option(
+        None, "--ablation-out", help="also train the ablation, in lockstep (same initial weights, "
+        "batches and schedule), checkpointed in this folder"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
     threads: int = typer.Option(1, min=1, help="torch CPU threads"),
+    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+    workers: int = typer.Option(0, min=0, help="data-loader processes making the seeded scenes"),
     max_minutes: float | None = typer.Option(None, min=0.1, help="stop (checkpointed) after this long"),
+    fit_schedule: bool = typer.Option(False, "--fit-schedule", help="with --max-minutes: measure the "
+                                      "speed, then shorten --steps so the schedule ends in time"),
     export: Path | None = typer.Option(None, "--export", help="write generator+captioner weights "
                                        "(safetensors + JSON manifest) here for the deblur stage"),
+    ablation_export: Path | None = typer.Option(None, "--ablation-export",
+                                                help="with --ablation-out: the ablation's weights file"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Co-train captioner, S3-tree and generator (WGAN-GP critic) on seeded scenes;
-    checkpoint every 200 steps, --resume continues, --export writes the stage's weights file."""
+    checkpoint every 200 steps, --resume continues, --export writes the stage's weights file.
+    --ablation-out trains the no-semantic ablation beside it on the very same batches."""
+    import torch
+
     from models.deblur.s3e import TrainConfig, export_weights, model_from_checkpoint, train
 
-    ckpt = out / "checkpoint.pt"
-    if not resume and ckpt.exists():
-        typer.echo(f"starting afresh: {ckpt} is replaced (use --resume to continue it)")
-        ckpt.unlink()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available to this torch build", param_hint="--device")
+    if ablation_out is not None and not semantic:
+        raise typer.BadParameter("--ablation-out trains the ablation beside S3E; drop --no-semantic",
+                                 param_hint="--ablation-out")
+    if ablation_export is not None and ablation_out is None:
+        raise typer.BadParameter("needs --ablation-out", param_hint="--ablation-export")
+    if fit_schedule and max_minutes is None:
+        raise typer.BadParameter("needs --max-minutes", param_hint="--fit-schedule")
+    dirs = [out] + ([ablation_out] if ablation_out is not None else [])
+    for d in dirs:
+        if not resume and (d / "checkpoint.pt").exists():
+            typer.echo(f"starting afresh: {d / 'checkpoint.pt'} is replaced (use --resume to continue it)")
+            (d / "checkpoint.pt").unlink()
     cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
-                      threads=threads)
+                      threads=threads, device=device, workers=workers)
     res = train(cfg, out, resume=resume, progress=progress,
-                max_seconds=None if max_minutes is None else 60 * max_minutes, log=typer.echo)
-    summary = {"out": str(out), "semantic": semantic, "step": res["step"], "steps": steps,
-               "last": res["history"][-1] if res["history"] else None}
-    if export:
-        model = model_from_checkpoint(ckpt, semantic=semantic)
-        name = "s3e" if semantic else "ablation"
-        export_weights(model, export, extra={"model_id": f"{name}-{res['step']}steps-seed{seed}",
-                                             "train": {"steps": res["step"], "batch": batch,
-                                                       "size": size, "lr": lr, "seed": seed}})
-        summary["export"] = str(export)
+                max_seconds=None if max_minutes is None else 60 * max_minutes, log=typer.echo,
+                ablation_dir=ablation_out, fit_schedule=fit_schedule)
+    summary = {"out": str(out), "semantic": semantic, "step": res["step"], "steps": res["steps"],
+               "seconds": res["seconds"], "last": res["history"][-1] if res["history"] else None}
+    targets = [(out, semantic, export)]
+    if ablation_out is not None:
+        summary["ablation"] = {"out": str(ablation_out), "last": (res["ablation"]["history"] or [None])[-1]}
+        targets.append((ablation_out, False, ablation_export))
+    for folder, sem, path in targets:
+        if path is None:
+            continue
+        model = model_from_checkpoint(folder / "checkpoint.pt", semantic=sem)
+        name = "s3e" if sem else "ablation"
+        export_weights(model, path, extra={"model_id": f"{name}-{res['step']}steps-seed{seed}",
+                                           "train": {"steps": res["step"], "batch": batch, "size": size,
+                                                     "lr": lr, "seed": seed, "device": device}})
+        summary.setdefault("exports", []).append(str(path))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     typer.echo(json.dumps(summary))
 

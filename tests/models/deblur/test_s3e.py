@@ -131,3 +131,50 @@ def test_bleu4():
     worse = ref[:2] + ["black"] + ref[3:]
     assert 0 < bleu4([ref], [worse]) < 1
     assert bleu4([ref], [ref[:3]]) < bleu4([ref], [worse])  # brevity penalty
+
+
+def test_training_batches_are_a_function_of_seed_and_step():
+    from models.deblur.s3e import TrainConfig, TrainingBatches
+
+    cfg = TrainConfig(steps=10, batch=2, size=32, seed=4)
+    item = TrainingBatches(cfg)[7]
+    again = training_batch(np.random.default_rng([4, 7]), 2, 32, cfg.severe_fraction)
+    assert np.array_equal(item["blurred"].numpy(), again["blurred"])
+    assert torch.equal(item["masks"]["obj"], tree_masks(torch.from_numpy(again["tokens"]))["obj"])
+    assert not torch.equal(TrainingBatches(cfg)[8]["blurred"], item["blurred"])
+
+
+def test_lockstep_pair_trains_s3e_and_ablation_and_resumes_together(tmp_path):
+    import json
+
+    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+
+    cfg = TrainConfig(steps=4, batch=2, size=32, checkpoint_every=2, workers=1)
+    res = train(cfg, tmp_path / "s3e", progress=False, ablation_dir=tmp_path / "abl", log=lambda m: None)
+    assert res["step"] == 4 and [h["step"] for h in res["ablation"]["history"]] == [2, 4]
+    assert json.loads((tmp_path / "abl" / "config.json").read_text())["semantic"] is False
+    s3e = model_from_checkpoint(tmp_path / "s3e" / "checkpoint.pt")
+    abl = model_from_checkpoint(tmp_path / "abl" / "checkpoint.pt")
+    assert s3e.cfg.semantic and not abl.cfg.semantic
+    # same start, same batches, different embedding: the trained weights have parted
+    assert not torch.equal(s3e.generator.head.weight, abl.generator.head.weight)
+
+    cfg = TrainConfig(steps=6, batch=2, size=32, checkpoint_every=2)
+    logs: list[str] = []
+    res = train(cfg, tmp_path / "s3e", progress=False, ablation_dir=tmp_path / "abl", log=logs.append)
+    assert res["step"] == 6 and sum("resumed" in m for m in logs) == 2
+    (tmp_path / "s3e" / "checkpoint.pt").unlink()
+    with pytest.raises(ValueError, match="different steps"):
+        train(cfg, tmp_path / "s3e", progress=False, ablation_dir=tmp_path / "abl", log=logs.append)
+
+
+def test_fit_schedule_shortens_the_run_to_the_time_budget(tmp_path):
+    from models.deblur.s3e import TrainConfig, train
+
+    cfg = TrainConfig(steps=100_000, batch=1, size=32, checkpoint_every=10_000)
+    logs: list[str] = []
+    res = train(cfg, tmp_path, progress=False, max_seconds=20, fit_schedule=True, log=logs.append)
+    assert any("schedule shortened" in m for m in logs)
+    # the cosine schedule ran to its (shortened) end instead of being cut off by the clock
+    assert 60 < res["steps"] < 100_000 and res["step"] == res["steps"]
+    assert res["history"][-1]["step"] == res["steps"]
