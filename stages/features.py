@@ -41,6 +41,8 @@ class FeaturesParams(StageParams):
     min_crop: int = Field(4, ge=1, description="boxes smaller than this (px) are padded up")
     cache_frames: int = Field(256, ge=1, description="frames kept for crops of later tracks")
     threads: int | None = Field(1, ge=1, description="torch CPU threads (None: torch default)")
+    channels_last: bool = Field(True, description="run float models in channels-last (NHWC) memory "
+                                "on the CPU: pruned widths then cost what their FLOPs say")
 
 
 @register_stage("features")
@@ -74,6 +76,14 @@ class FeaturesStage(Stage):
             self.model_id = f"{p.arch}-random-seed{p.seed}"
         if p.input_size:
             self.spec["size"] = [p.input_size, p.input_size]
+        from models.binary.packed import PackedBinaryNet
+
+        # the bit-packed runtime has its own layout; everything else may go NHWC
+        self._nhwc = p.channels_last and p.device == "cpu" and not isinstance(self.model, PackedBinaryNet)
+        if self._nhwc:
+            from models.flops import to_channels_last
+
+            self.model = to_channels_last(self.model)
         self._frames: OrderedDict[str, Frame] = OrderedDict()
         self._pending: OrderedDict[str, Tracks] = OrderedDict()
 
@@ -87,6 +97,8 @@ class FeaturesStage(Stage):
         with torch.no_grad():
             for i in range(0, len(images), p.batch_size):
                 x = preprocess(images[i:i + p.batch_size], self.spec, self.norm).to(p.device)
+                if self._nhwc:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 out.append(self.model.forward_features(x).float().cpu().numpy())
         dim = int(getattr(self.model, "num_features", 0))
         return np.concatenate(out) if out else np.zeros((0, dim), np.float32)

@@ -32,8 +32,11 @@ def load_base(path: str | Path):
 
 def run_method(method: str, base, data, flops_target: float, seed: int, finetune_epochs: int,
                finetune_lr: float = 0.01, abc_cfg=None, workdir: str | Path | None = None,
-               progress: bool = True, resume: bool = True) -> tuple[object, dict]:
-    """Structure by ``method`` -> inherit top-L1 weights -> fine-tune. Returns (model, record)."""
+               progress: bool = True, resume: bool = True,
+               channel_multiple: int = 8) -> tuple[object, dict]:
+    """Structure by ``method`` -> inherit top-L1 weights -> fine-tune. Returns (model, record).
+    Every method's widths are aligned to ``channel_multiple`` channels (1: unaligned, as in
+    the papers; see :func:`models.pruning.surgery.align_width`)."""
     from models.flops import count_params
     from models.pruning.abc import ABCConfig, ABCPruner, finetune
     from models.pruning.baselines import baseline_widths
@@ -41,11 +44,12 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
     from models.train import evaluate
 
     table = FlopsTable(base, tuple(data.input_size))
-    rec: dict = {"method": method, "seed": seed, "flops_target": flops_target}
+    rec: dict = {"method": method, "seed": seed, "flops_target": flops_target,
+                 "channel_multiple": channel_multiple}
     work = Path(workdir) if workdir else None
     if method == "abc":
         cfg = abc_cfg or ABCConfig()
-        cfg.flops_target, cfg.seed = flops_target, seed
+        cfg.flops_target, cfg.seed, cfg.channel_multiple = flops_target, seed, channel_multiple
         pruner = ABCPruner(base, data, cfg, log_dir=work / f"abc-s{seed}" if work else None,
                            progress=progress, input_size=tuple(data.input_size))
         res = pruner.search(resume=resume)
@@ -53,7 +57,7 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
         rec["search"] = res.summary()
         rec["search_epochs"] = res.search_epochs
     else:
-        widths = baseline_widths(method, base, flops_target, seed, table)
+        widths = baseline_widths(method, base, flops_target, seed, table, channel_multiple)
         rec["search_epochs"] = 0.0
     from models.train import recalibrate_bn
 
@@ -79,9 +83,12 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
                      finetune_epochs: int = 5, finetune_lr: float = 0.01, abc_cfg=None,
                      out: str | Path = "out/pruning/eval", progress: bool = True,
                      latency_batch: int = 32, base_metrics: dict | None = None,
-                     export: bool = True, echo=print) -> dict:
+                     export: bool = True, echo=print, channel_multiple: int = 8,
+                     channels_last: bool = True) -> dict:
     """Every method x seed at one budget; results are cached per run under ``out`` so an
-    interrupted evaluation continues where it stopped. Returns {"rows": [...], ...}."""
+    interrupted evaluation continues where it stopped. Returns {"rows": [...], ...}.
+    Latency: every model in the same memory layout (channels-last by default, what the
+    features stage runs; :func:`models.flops.to_channels_last`)."""
     import copy
 
     from models.flops import compare_latency, count_flops, count_params
@@ -99,15 +106,17 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
              "latency_ms": 0.0, "speedup": 1.0, "search_epochs": 0.0,
              "finetune_epochs": 0}]
     runs: dict[str, list[dict]] = {}
+    # runs of another alignment are other experiments: they get their own cache and logs
+    tag = "" if channel_multiple == 1 else f"-m{channel_multiple}"
     for method in methods:
         for seed in seeds:
-            f = out / "runs" / f"{method}-s{seed}.json"
+            f = out / f"runs{tag}" / f"{method}-s{seed}.json"
             if f.exists():
                 rec = json.loads(f.read_text())
             else:
                 model, rec = run_method(method, base, data, flops_target, seed, finetune_epochs,
-                                        finetune_lr, copy.deepcopy(abc_cfg), out / "work",
-                                        progress=progress)
+                                        finetune_lr, copy.deepcopy(abc_cfg), out / f"work{tag}",
+                                        progress=progress, channel_multiple=channel_multiple)
                 if export and seed == seeds[0]:
                     from models.artifacts import export_artifact
 
@@ -122,7 +131,7 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
                  f"FLOPs x{rec['flops_ratio']:.3f} search {rec['search_epochs']:.2f} ep")
             runs.setdefault(method, []).append(rec)
     pruned = {method: prune(base, recs[0]["widths"]) for method, recs in runs.items()}
-    times = compare_latency([base, *pruned.values()], latency_batch, size)
+    times = compare_latency([base, *pruned.values()], latency_batch, size, channels_last=channels_last)
     base_lat = times[0]
     rows[0]["latency_ms"] = base_lat
     lat_of = dict(zip(pruned, times[1:]))
@@ -139,7 +148,9 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
                      "finetune_epochs": recs[0]["finetune_epochs"],
                      "per_seed_test": [r["test_acc"] for r in recs]})
     result = {"dataset": data.name, "arch": base.config["arch"], "flops_target": flops_target,
-              "seeds": list(seeds), "latency_batch": latency_batch, "rows": rows}
+              "seeds": list(seeds), "latency_batch": latency_batch,
+              "channel_multiple": channel_multiple,
+              "memory_format": "channels_last" if channels_last else "nchw", "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "table.md").write_text(format_table(result))
     return result
@@ -147,7 +158,9 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
 
 def format_table(result: dict) -> str:
     lines = [f"{result['arch']} on {result['dataset']}, FLOPs target {result['flops_target']:.2f} "
-             f"of the original, seeds {result['seeds']}, latency batch {result['latency_batch']}",
+             f"of the original, seeds {result['seeds']}, latency batch {result['latency_batch']}, "
+             f"widths aligned to {result.get('channel_multiple', 1)} channels, "
+             f"{result.get('memory_format', 'nchw')} memory",
              "",
              "| method | test acc (mean ± sd) | FLOPs (M) | FLOPs ratio | params (K) | CPU latency "
              "(ms) | speedup | speedup / (1/FLOPs ratio) | search epochs | fine-tune epochs |",

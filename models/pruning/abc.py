@@ -74,6 +74,7 @@ class ABCConfig:
     batch_size: int = 64
     select: str = "l1"                   # channel inheritance: l1 | random | first
     bn_batches: int = 10                 # BN re-estimation batches before/after training
+    channel_multiple: int = 1            # widths aligned to this many channels (1: paper)
 
 
 @dataclass
@@ -124,7 +125,7 @@ def finetune(model, data, epochs: int, lr: float = 0.01, seed: int = 0, ckpt_dir
 
 
 def fit_budget(genes: np.ndarray, table: FlopsTable, target: float | None, max_gene: int,
-               rng: np.random.Generator) -> np.ndarray:
+               rng: np.random.Generator, multiple: int = 1) -> np.ndarray:
     """Repair a gene vector to the FLOPs budget (see module docstring)."""
     g = np.clip(np.asarray(genes, np.int64), 1, max_gene)
     if target is None:
@@ -132,7 +133,7 @@ def fit_budget(genes: np.ndarray, table: FlopsTable, target: float | None, max_g
     base = table.base
 
     def ratio(x):
-        return table.ratio(genes_to_widths(x, base, max_gene))
+        return table.ratio(genes_to_widths(x, base, max_gene, multiple))
 
     while ratio(g) > target:
         cand = np.flatnonzero(g > 1)
@@ -207,7 +208,7 @@ class ABCPruner:
 
     def _evaluate(self, genes: np.ndarray, cycle: int, phase: str) -> float:
         key = tuple(int(v) for v in genes)
-        widths = genes_to_widths(key, self.base, self.cfg.max_gene)
+        widths = genes_to_widths(key, self.base, self.cfg.max_gene, self.cfg.channel_multiple)
         t0 = time.perf_counter()
         if len(self.evaluations) < len(self._logged):  # resuming: replay the logged answer
             rec = self._logged[len(self.evaluations)]
@@ -256,7 +257,7 @@ class ABCPruner:
 
         def random_source() -> np.ndarray:
             return fit_budget(rng.integers(1, c.max_gene + 1, n_genes), self.table,
-                              c.flops_target, c.max_gene, rng)
+                              c.flops_target, c.max_gene, rng, c.channel_multiple)
 
         def move(i: int, foods: list[np.ndarray]) -> np.ndarray:
             k = int(rng.choice([j for j in range(len(foods)) if j != i])) if len(foods) > 1 else i
@@ -266,7 +267,7 @@ class ABCPruner:
                 new[j] = int(np.clip(round(foods[i][j] + step), 1, c.max_gene))
                 if new[j] == foods[i][j]:  # x_i == x_k on this gene: still explore (+-1)
                     new[j] = int(np.clip(foods[i][j] + rng.choice([-1, 1]), 1, c.max_gene))
-            return fit_budget(new, self.table, c.flops_target, c.max_gene, rng)
+            return fit_budget(new, self.table, c.flops_target, c.max_gene, rng, c.channel_multiple)
 
         foods = [random_source() for _ in range(c.food_number)]
         fits = [self._evaluate(f, 0, "init") for f in foods]
@@ -305,7 +306,7 @@ class ABCPruner:
                     best = (foods[worst].copy(), fits[worst])
         self._bar.close()
         self._bar = None
-        bw = genes_to_widths(best[0], self.base, c.max_gene)
+        bw = genes_to_widths(best[0], self.base, c.max_gene, c.channel_multiple)
         res = SearchResult([int(v) for v in best[0]], bw, float(best[1]),
                            round(self.table.ratio(bw), 5), list(self.evaluations),
                            sum(e.epochs for e in self.evaluations),

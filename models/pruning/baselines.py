@@ -19,26 +19,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.pruning.surgery import FlopsTable, base_widths, filter_scores, genes_to_widths
+from models.pruning.surgery import FlopsTable, align_width, base_widths, filter_scores, genes_to_widths
 
 METHODS = ("uniform", "l1", "random")
 
 
-def uniform_widths(model, target: float, table: FlopsTable | None = None) -> list[int]:
+def uniform_widths(model, target: float, table: FlopsTable | None = None, multiple: int = 1) -> list[int]:
     table = table or FlopsTable(model)
     base = base_widths(model)
+
+    def widths(r: float) -> list[int]:
+        return [align_width(round(c * r), c, multiple) for c in base]
+
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        w = [max(1, round(c * mid)) for c in base]
-        if table.ratio(w) <= target:
+        if table.ratio(widths(mid)) <= target:
             lo = mid
         else:
             hi = mid
-    return [max(1, round(c * lo)) for c in base]
+    return widths(lo)
 
 
-def l1_widths(model, target: float, table: FlopsTable | None = None) -> list[int]:
+def l1_widths(model, target: float, table: FlopsTable | None = None, multiple: int = 1) -> list[int]:
     table = table or FlopsTable(model)
     widths = list(base_widths(model))
     scores = filter_scores(model)
@@ -47,31 +50,39 @@ def l1_widths(model, target: float, table: FlopsTable | None = None) -> list[int
         norm = s / max(float(s.mean()), 1e-12)
         entries += [(float(v), g) for v in norm]
     entries.sort()
+    # with multiple > 1 the layer owning the globally weakest remaining filter loses a whole
+    # group of `multiple` filters (widths stay aligned); a layer's count of "removed" filters
+    # runs ahead of its width, so a group goes only once that many of its filters are ranked
+    removed = [0] * len(widths)
+    step = max(1, multiple)
     for _, g in entries:
         if table.ratio(widths) <= target:
             break
-        if widths[g] > 1:
-            widths[g] -= 1
+        removed[g] += 1
+        if removed[g] % step == 0 and widths[g] - step >= step:
+            widths[g] -= step
+    if multiple > 1:
+        widths = [align_width(w, c, multiple) for w, c in zip(widths, base_widths(model))]
     return widths
 
 
 def random_widths(model, target: float, seed: int = 0, max_gene: int = 9,
-                  table: FlopsTable | None = None) -> list[int]:
+                  table: FlopsTable | None = None, multiple: int = 1) -> list[int]:
     from models.pruning.abc import fit_budget
 
     table = table or FlopsTable(model)
     rng = np.random.default_rng(seed)
     base = base_widths(model)
-    genes = fit_budget(rng.integers(1, max_gene + 1, len(base)), table, target, max_gene, rng)
-    return genes_to_widths(genes, base, max_gene)
+    genes = fit_budget(rng.integers(1, max_gene + 1, len(base)), table, target, max_gene, rng, multiple)
+    return genes_to_widths(genes, base, max_gene, multiple)
 
 
 def baseline_widths(method: str, model, target: float, seed: int = 0,
-                    table: FlopsTable | None = None) -> list[int]:
+                    table: FlopsTable | None = None, multiple: int = 1) -> list[int]:
     if method == "uniform":
-        return uniform_widths(model, target, table)
+        return uniform_widths(model, target, table, multiple)
     if method == "l1":
-        return l1_widths(model, target, table)
+        return l1_widths(model, target, table, multiple)
     if method == "random":
-        return random_widths(model, target, seed, table=table)
+        return random_widths(model, target, seed, table=table, multiple=multiple)
     raise ValueError(f"unknown baseline {method!r}; choose from {METHODS}")

@@ -48,3 +48,22 @@ def test_crops_from_tracks():
     out = st.process([f])
     assert [o.label for o in out] == [7, 9] and all(o.frame_id == f.frame_id for o in out)
     assert all(o.timestamp_ms == f.timestamp_ms for o in out)
+
+
+def test_channels_last_gives_the_same_vectors_as_nchw(tmp_path):
+    from models.artifacts import export_artifact
+    from models.backbones import create_model
+    from models.pruning.surgery import prune
+
+    torch.manual_seed(2)
+    full = create_model("resnet20", num_classes=10, base=8).eval()
+    pruned = prune(full, [3, 5, 2, 7, 9, 4, 11, 20, 5])  # odd widths, as pruning leaves them
+    export_artifact(pruned, tmp_path / "p.vsa", onnx=False)
+    frames = [make_frame(i) for i in range(3)]
+    vecs = {}
+    for nhwc in (True, False):
+        st = create_stage("features", {"artifact": str(tmp_path / "p.vsa"), "channels_last": nhwc})
+        st.setup()
+        assert st.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last) == nhwc
+        vecs[nhwc] = np.stack([o.vector for o in st.process(frames)])
+    assert np.allclose(vecs[True], vecs[False], atol=1e-4)

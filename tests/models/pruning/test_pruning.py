@@ -100,3 +100,36 @@ def test_abc_with_real_training_fitness():
                     bn_batches=1)
     r = ABCPruner(tiny, data, cfg, progress=False, input_size=(16, 16)).search()
     assert 0 <= r.best_fitness <= 1 and r.search_epochs > 0
+
+
+def test_align_width_rounds_to_the_simd_grid():
+    from models.pruning.surgery import align_width
+
+    assert [align_width(w, 16, 8) for w in (1, 3, 9, 12, 13, 16)] == [8, 8, 8, 16, 16, 16]
+    assert align_width(57, 64, 8) == 56 and align_width(63, 64, 8) == 64
+    assert align_width(7, 4, 8) == 4  # never wider than the layer
+    assert align_width(0, 16, 1) == 1 and align_width(9, 16, 1) == 9
+    assert genes_to_widths([1, 9], [16, 64], multiple=8) == [8, 56]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_aligned_baselines_meet_the_budget_on_the_grid(method):
+    m = create_model("resnet56", num_classes=10)
+    t = FlopsTable(m)
+    w = baseline_widths(method, m, 0.5, seed=1, table=t, multiple=8)
+    assert all(v % 8 == 0 for v in w), w
+    assert 0.35 <= t.ratio(w) <= 0.5
+
+
+def test_aligned_abc_search_only_proposes_aligned_widths(tmp_path):
+    m = create_model("resnet56", num_classes=10)
+    cfg = ABCConfig(food_number=3, max_cycle=1, limit=1, flops_target=0.5, seed=2, channel_multiple=8)
+    seen = []
+
+    def fitness(widths):
+        seen.append(widths)
+        return float(sum(widths)) / 1000, 0.0
+
+    res = ABCPruner(m, None, cfg, progress=False, fitness_fn=fitness).search()
+    assert seen and all(v % 8 == 0 for w in seen for v in w)
+    assert res.best_flops_ratio <= 0.5 and all(v % 8 == 0 for v in res.best_widths)
