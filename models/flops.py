@@ -124,42 +124,25 @@ def measure_latency(model, batch: int = 32, input_size: tuple[int, int] = (32, 3
         torch.set_num_threads(old)
 
 
-def to_channels_last(model):
-    """``model`` with its 4-d weights in channels-last (NHWC) memory, if it is a float torch
-    model; the bit-packed 1-bit runtime keeps its own layout and is returned unchanged.
-
-    Why: oneDNN's NCHW convolutions lose most of their speed at channel counts that are not a
-    multiple of the SIMD width, which is exactly what channel pruning produces (measured on
-    this CPU, 1 thread: a 50%-FLOPs ResNet-56 with 7/17/33-channel layers was 1.12x faster
-    than the full net in NCHW and 1.78x in channels-last). In channels-last the time follows
-    the FLOPs, so a pruned net gets the speed its FLOPs promise."""
-    import torch
-
-    from models.binary.packed import PackedBinaryNet
-
-    if isinstance(model, PackedBinaryNet):
-        return model
-    return model.to(memory_format=torch.channels_last)
-
-
 def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] = (32, 32),
                     rounds: int = 7, reps: int = 3, threads: int | None = 1,
-                    channels_last: bool | list[bool] = False) -> list[float]:
+                    deploy: bool | list[bool] = False) -> list[float]:
     """Milliseconds per forward pass of ``batch`` images for several models, measured
     *interleaved* (round-robin, ``rounds`` x ``reps`` timings each) and reduced with the
     minimum (the ``timeit`` convention). On shared CPUs a model measured alone in a busy
     moment can look 50% slower; interleaving and min make the ratios comparable.
-    ``channels_last`` (one flag, or one per model) runs a model and its input in NHWC memory
-    (:func:`to_channels_last`); a model measured in both layouts can be listed twice (it is
-    copied, not converted in place)."""
-    import copy
+    ``deploy`` (one flag, or one per model) measures a model in its deployed form, BN folded
+    and in channels-last memory (:func:`models.deploy.optimize_for_cpu`, a copy: the caller's
+    model is untouched), so a model can be listed twice to measure both forms."""
     import time
 
     import torch
 
-    flags = channels_last if isinstance(channels_last, list) else [channels_last] * len(models)
+    from models.deploy import optimize_for_cpu
+
+    flags = deploy if isinstance(deploy, list) else [deploy] * len(models)
     if len(flags) != len(models):
-        raise ValueError("channels_last needs one flag per model")
+        raise ValueError("deploy needs one flag per model")
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -169,7 +152,7 @@ def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] =
             m = m.cpu().eval()
             x = torch.randn(batch, int(getattr(m, "config", {}).get("in_chans", 3)), *input_size)
             if cl:
-                m = to_channels_last(copy.deepcopy(m))
+                m = optimize_for_cpu(m, input_size=tuple(input_size))
                 x = x.contiguous(memory_format=torch.channels_last)
             runs.append((m, x))
         best = [float("inf")] * len(models)

@@ -41,8 +41,9 @@ class FeaturesParams(StageParams):
     min_crop: int = Field(4, ge=1, description="boxes smaller than this (px) are padded up")
     cache_frames: int = Field(256, ge=1, description="frames kept for crops of later tracks")
     threads: int | None = Field(1, ge=1, description="torch CPU threads (None: torch default)")
-    channels_last: bool = Field(True, description="run float models in channels-last (NHWC) memory "
-                                "on the CPU: pruned widths then cost what their FLOPs say")
+    deploy: bool = Field(True, description="on the CPU, run float models deployed: BN folded into "
+                         "the convs, channels-last memory (pruned widths then cost what their FLOPs "
+                         "say); the bit-packed 1-bit runtime is always run as it is")
 
 
 @register_stage("features")
@@ -79,11 +80,11 @@ class FeaturesStage(Stage):
         from models.binary.packed import PackedBinaryNet
 
         # the bit-packed runtime has its own layout; everything else may go NHWC
-        self._nhwc = p.channels_last and p.device == "cpu" and not isinstance(self.model, PackedBinaryNet)
+        self._nhwc = p.deploy and p.device == "cpu" and not isinstance(self.model, PackedBinaryNet)
         if self._nhwc:
-            from models.flops import to_channels_last
+            from models.deploy import optimize_for_cpu
 
-            self.model = to_channels_last(self.model)
+            self.model = optimize_for_cpu(self.model, input_size=tuple(self.spec["size"]))
         self._frames: OrderedDict[str, Frame] = OrderedDict()
         self._pending: OrderedDict[str, Tracks] = OrderedDict()
 

@@ -84,11 +84,11 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
                      out: str | Path = "out/pruning/eval", progress: bool = True,
                      latency_batch: int = 32, base_metrics: dict | None = None,
                      export: bool = True, echo=print, channel_multiple: int = 8,
-                     channels_last: bool = True) -> dict:
+                     deploy: bool = True) -> dict:
     """Every method x seed at one budget; results are cached per run under ``out`` so an
     interrupted evaluation continues where it stopped. Returns {"rows": [...], ...}.
-    Latency: every model in the same memory layout (channels-last by default, what the
-    features stage runs; :func:`models.flops.to_channels_last`)."""
+    Latency: every model in the same form, by default the deployed one the features stage runs
+    (BN folded, channels-last memory: :func:`models.deploy.optimize_for_cpu`)."""
     import copy
 
     from models.flops import compare_latency, count_flops, count_params
@@ -131,7 +131,7 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
                  f"FLOPs x{rec['flops_ratio']:.3f} search {rec['search_epochs']:.2f} ep")
             runs.setdefault(method, []).append(rec)
     pruned = {method: prune(base, recs[0]["widths"]) for method, recs in runs.items()}
-    times = compare_latency([base, *pruned.values()], latency_batch, size, channels_last=channels_last)
+    times = compare_latency([base, *pruned.values()], latency_batch, size, deploy=deploy)
     base_lat = times[0]
     rows[0]["latency_ms"] = base_lat
     lat_of = dict(zip(pruned, times[1:]))
@@ -150,7 +150,7 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
     result = {"dataset": data.name, "arch": base.config["arch"], "flops_target": flops_target,
               "seeds": list(seeds), "latency_batch": latency_batch,
               "channel_multiple": channel_multiple,
-              "memory_format": "channels_last" if channels_last else "nchw", "rows": rows}
+              "latency_form": "deployed" if deploy else "plain", "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "table.md").write_text(format_table(result))
     return result
@@ -160,7 +160,7 @@ def format_table(result: dict) -> str:
     lines = [f"{result['arch']} on {result['dataset']}, FLOPs target {result['flops_target']:.2f} "
              f"of the original, seeds {result['seeds']}, latency batch {result['latency_batch']}, "
              f"widths aligned to {result.get('channel_multiple', 1)} channels, "
-             f"{result.get('memory_format', 'nchw')} memory",
+             f"latency of the {result.get('latency_form', 'plain')} models",
              "",
              "| method | test acc (mean ± sd) | FLOPs (M) | FLOPs ratio | params (K) | CPU latency "
              "(ms) | speedup | speedup / (1/FLOPs ratio) | search epochs | fine-tune epochs |",

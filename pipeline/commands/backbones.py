@@ -184,8 +184,9 @@ def eval_pruning(
     fitness_subset: int | None = FIT_SUBSET, fitness_lr: float = FIT_LR,
     latency_batch: int = typer.Option(32, "--latency-batch"),
     channel_multiple: int = MULTIPLE,
-    channels_last: bool = typer.Option(True, "--channels-last/--nchw",
-                                       help="memory layout of the latency measurement"),
+    deploy: bool = typer.Option(True, "--deploy/--plain", help="time the deployed models (BN folded "
+                                "into convs, channels-last memory, as the features stage runs them) "
+                                "or the plain eval-mode modules"),
     out: Path = typer.Option(None, "--out", help="default out/pruning/eval-ARCH-DATASET"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -208,7 +209,7 @@ def eval_pruning(
                               tuple(int(s) for s in seeds.split(",")), finetune_epochs,
                               finetune_lr, cfg, out, progress=progress,
                               latency_batch=latency_batch, echo=typer.echo,
-                              channel_multiple=channel_multiple, channels_last=channels_last)
+                              channel_multiple=channel_multiple, deploy=deploy)
     typer.echo(format_table(result))
     typer.echo(json.dumps(result))
 
@@ -222,15 +223,15 @@ def bench_backbone(
     batch: int = typer.Option(32, "--batch"),
     threads: int = typer.Option(1, "--threads"),
     reps: int = typer.Option(7, "--reps", help="interleaved rounds (min of 3 x rounds timings)"),
-    channels_last: bool = typer.Option(True, "--channels-last/--nchw",
-                                       help="memory layout of every model and input (channels-last: "
-                                       "what the features stage runs; NCHW convs are slow at the odd "
-                                       "channel counts pruning leaves)"),
+    deploy: bool = typer.Option(True, "--deploy/--plain",
+                                help="time every model deployed (BN folded into convs, channels-last "
+                                "memory: what the features stage runs) or as plain eval-mode modules "
+                                "(NCHW convs are slow at the odd channel counts pruning leaves)"),
 ) -> None:
     """CPU latency of each artifact vs the unpruned model, measured in the same run and the same
-    memory layout; the last line carries speedup and speedup / (1 / FLOPs ratio) (target:
-    >= 0.8). The unpruned model is also timed in the other layout, so ``speedup_vs_fastest_reference``
-    compares against whichever layout suits it best."""
+    form; the last line carries speedup and speedup / (1 / FLOPs ratio) (target: >= 0.8). The
+    unpruned model is also timed in the other form, so ``speedup_vs_fastest_reference``
+    compares against whichever form suits it best."""
     from models.artifacts import load_artifact
     from models.backbones import create_model
     from models.flops import compare_latency, count_flops
@@ -247,9 +248,9 @@ def bench_backbone(
         cfg = {k: v for k, v in models[0].config.items() if k not in ("arch", "widths")}
         ref = create_model(models[0].config["arch"], **cfg)
     ref_flops = count_flops(ref, size)
-    flags = [channels_last, not channels_last] + [channels_last] * len(models)
+    flags = [deploy, not deploy] + [deploy] * len(models)
     times = compare_latency([ref, ref, *models], batch, size, rounds=reps, threads=threads,
-                            channels_last=flags)
+                            deploy=flags)
     ref_ms, ref_other_ms = times[0], times[1]
     fastest_ref = min(ref_ms, ref_other_ms)
     rows = []
@@ -262,11 +263,9 @@ def bench_backbone(
         rows.append(row)
         typer.echo(json.dumps(row))
     worst = min(r["speedup_over_flops_ratio"] for r in rows)
-    layout = "channels_last" if channels_last else "nchw"
     typer.echo(json.dumps({"bench": "backbone", "batch": batch, "threads": threads,
-                           "memory_format": layout, "reference_ms": round(ref_ms, 3),
-                           f"reference_{'nchw' if channels_last else 'channels_last'}_ms":
-                               round(ref_other_ms, 3),
+                           "form": "deployed" if deploy else "plain", "reference_ms": round(ref_ms, 3),
+                           f"reference_{'plain' if deploy else 'deployed'}_ms": round(ref_other_ms, 3),
                            "timing": "min over interleaved runs", "models": rows,
                            "min_speedup_over_flops_ratio": worst, "target": 0.8,
                            "target_met": worst >= 0.8}))

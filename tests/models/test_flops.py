@@ -30,25 +30,3 @@ def test_compare_latency_interleaved():
     t = compare_latency([a, b], batch=2, input_size=(16, 16), rounds=1, reps=1)
     assert len(t) == 2 and all(v > 0 for v in t)
 
-
-def test_channels_last_runs_the_same_model_in_nhwc_memory():
-    import torch
-
-    from models.flops import compare_latency, to_channels_last
-
-    a = create_model("resnet20", num_classes=10, widths=[4] * 9, base=4).eval()
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        ref = a(x)
-        b = to_channels_last(create_model("resnet20", num_classes=10, widths=[4] * 9, base=4).eval())
-        b.load_state_dict(a.state_dict())
-        assert b.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
-        assert torch.allclose(b(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-5)
-    t = compare_latency([a, a], batch=2, input_size=(16, 16), rounds=1, reps=1, channels_last=[False, True])
-    assert len(t) == 2 and all(v > 0 for v in t)
-    # the layout change is made on a copy: the caller's model stays NCHW
-    assert a.stem[0].weight.is_contiguous()
-    import pytest
-
-    with pytest.raises(ValueError, match="one flag per model"):
-        compare_latency([a, a], channels_last=[True])

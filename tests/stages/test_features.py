@@ -50,7 +50,7 @@ def test_crops_from_tracks():
     assert all(o.timestamp_ms == f.timestamp_ms for o in out)
 
 
-def test_channels_last_gives_the_same_vectors_as_nchw(tmp_path):
+def test_deployed_model_gives_the_same_vectors_as_the_plain_one(tmp_path):
     from models.artifacts import export_artifact
     from models.backbones import create_model
     from models.pruning.surgery import prune
@@ -61,9 +61,11 @@ def test_channels_last_gives_the_same_vectors_as_nchw(tmp_path):
     export_artifact(pruned, tmp_path / "p.vsa", onnx=False)
     frames = [make_frame(i) for i in range(3)]
     vecs = {}
-    for nhwc in (True, False):
-        st = create_stage("features", {"artifact": str(tmp_path / "p.vsa"), "channels_last": nhwc})
+    for deploy in (True, False):
+        st = create_stage("features", {"artifact": str(tmp_path / "p.vsa"), "deploy": deploy})
         st.setup()
-        assert st.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last) == nhwc
-        vecs[nhwc] = np.stack([o.vector for o in st.process(frames)])
+        assert st.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last) == deploy
+        has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in st.model.modules())
+        assert has_bn != deploy  # deployed: every BN folded into its conv
+        vecs[deploy] = np.stack([o.vector for o in st.process(frames)])
     assert np.allclose(vecs[True], vecs[False], atol=1e-4)
