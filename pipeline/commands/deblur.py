@@ -47,7 +47,7 @@ def train_deblur(
     from models.deblur.s3e import TrainConfig, export_weights, model_from_checkpoint, train
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available to this torch build", param_hint="--device")
+        raise typer.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch)", param_hint="--device")
     if ablation_out is not None and not semantic:
         raise typer.BadParameter("--ablation-out trains the ablation beside S3E; drop --no-semantic",
                                  param_hint="--ablation-out")
