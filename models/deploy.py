@@ -67,15 +67,21 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     return model
 
 
+def deployable(model: nn.Module) -> bool:
+    """Whether :func:`optimize_for_cpu` changes ``model`` (and its input should then be
+    channels-last): every float model, not the bit-packed 1-bit runtime."""
+    from models.binary.packed import PackedBinaryNet
+
+    return not isinstance(model, PackedBinaryNet)
+
+
 def optimize_for_cpu(model: nn.Module, channels_last: bool = True, fold_bn: bool = True,
                      input_size: tuple[int, int] = (32, 32), atol: float = 1e-3) -> nn.Module:
     """The deployable form of an eval-mode float backbone (a new object; ``model`` is not
     changed): BN folded, channels-last weights. Falls back to the unfolded copy when the
     folded model's output differs from the original's by more than ``atol`` (relative to the
     output's scale) on a seeded probe batch."""
-    from models.binary.packed import PackedBinaryNet
-
-    if isinstance(model, PackedBinaryNet):
+    if not deployable(model):
         return model
     model = model.eval()
     out = copy.deepcopy(model)

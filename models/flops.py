@@ -97,33 +97,6 @@ def torch_flops(model, input_size: tuple[int, int] = (32, 32), in_chans: int = 3
     return int(fc.get_total_flops())
 
 
-def measure_latency(model, batch: int = 32, input_size: tuple[int, int] = (32, 32),
-                    reps: int = 20, warmup: int = 3, threads: int | None = 1) -> float:
-    """Median wall-clock milliseconds of one forward pass of ``batch`` images on the CPU
-    (eval mode, no grad, ``threads`` torch threads)."""
-    import time
-
-    import torch
-
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        model = model.cpu().eval()
-        x = torch.randn(batch, int(getattr(model, "config", {}).get("in_chans", 3)), *input_size)
-        times = []
-        with torch.inference_mode():
-            for i in range(warmup + reps):
-                t0 = time.perf_counter()
-                model(x)
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-        times.sort()
-        return 1000 * times[len(times) // 2]
-    finally:
-        torch.set_num_threads(old)
-
-
 def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] = (32, 32),
                     rounds: int = 7, reps: int = 3, threads: int | None = 1,
                     deploy: bool | list[bool] = False) -> list[float]:
@@ -138,7 +111,7 @@ def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] =
 
     import torch
 
-    from models.deploy import optimize_for_cpu
+    from models.deploy import deployable, optimize_for_cpu
 
     flags = deploy if isinstance(deploy, list) else [deploy] * len(models)
     if len(flags) != len(models):
@@ -148,10 +121,10 @@ def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] =
         torch.set_num_threads(threads)
     try:
         runs = []
-        for m, cl in zip(models, flags):
+        for m, deployed in zip(models, flags):
             m = m.cpu().eval()
             x = torch.randn(batch, int(getattr(m, "config", {}).get("in_chans", 3)), *input_size)
-            if cl:
+            if deployed and deployable(m):
                 m = optimize_for_cpu(m, input_size=tuple(input_size))
                 x = x.contiguous(memory_format=torch.channels_last)
             runs.append((m, x))

@@ -77,12 +77,10 @@ class FeaturesStage(Stage):
             self.model_id = f"{p.arch}-random-seed{p.seed}"
         if p.input_size:
             self.spec["size"] = [p.input_size, p.input_size]
-        from models.binary.packed import PackedBinaryNet
+        from models.deploy import deployable, optimize_for_cpu
 
-        # the bit-packed runtime has its own layout; everything else may go NHWC
-        self._nhwc = p.deploy and p.device == "cpu" and not isinstance(self.model, PackedBinaryNet)
+        self._nhwc = p.deploy and p.device == "cpu" and deployable(self.model)
         if self._nhwc:
-            from models.deploy import optimize_for_cpu
 
             self.model = optimize_for_cpu(self.model, input_size=tuple(self.spec["size"]))
         self._frames: OrderedDict[str, Frame] = OrderedDict()

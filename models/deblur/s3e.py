@@ -479,11 +479,11 @@ class TrainingBatches(torch.utils.data.Dataset):
 
 
 def _quiet_worker(_: int) -> None:
-    # each loader process makes whole batches; nested thread pools would only fight
+    # each loader process makes whole batches; OpenCV's own thread pool would only fight the
+    # other loaders (torch already runs its workers on one thread)
     import cv2
 
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
 
 
 class _Run:
@@ -565,8 +565,11 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = True, progress: bool =
     shortens ``cfg.steps`` so the cosine schedule ends inside the time budget instead of
     being cut off at a high learning rate. Returns a summary.
     """
+    from dataclasses import replace
+
     from tqdm import tqdm
 
+    cfg = replace(cfg)  # fit_schedule may shorten the schedule: the caller's config stays as given
     torch.set_num_threads(cfg.threads)
     if ablation_dir is not None and not cfg.semantic:
         raise ValueError("ablation_dir trains the ablation beside S3E: cfg.semantic must be True")
@@ -620,16 +623,14 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = True, progress: bool =
         if step % 20 == 0:
             bar.set_postfix(content=f"{runs[0].run['content']:.4f}",
                             cap=f"{runs[0].run['caption_blurred']:.3f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        out_of_time = max_seconds is not None and time.monotonic() - t0 > max_seconds
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             for r in runs:
                 r.record(time.monotonic() - t0)
                 r.save()
                 if not progress:  # without a bar, the checkpoint lines are the progress report
                     log(json.dumps({"run": "s3e" if r.semantic else "ablation", **r.history[-1]}))
-        if max_seconds is not None and time.monotonic() - t0 > max_seconds:
-            for r in runs:
-                r.record(time.monotonic() - t0)
-                r.save()
+        if out_of_time and step < cfg.steps:
             log(f"stopped at step {step} after {max_seconds:.0f} s (resume to continue)")
             break
     bar.close()
