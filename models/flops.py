@@ -97,18 +97,40 @@ def torch_flops(model, input_size: tuple[int, int] = (32, 32), in_chans: int = 3
     return int(fc.get_total_flops())
 
 
+def interleaved_timings(fns: dict, rounds: int, calls: int, progress=None) -> dict[str, list[float]]:
+    """Per-round fastest call (ms) of each function: one warm-up call each (weight layouts,
+    allocator, thread pools), then ``rounds`` rounds in which every function is called
+    ``calls`` times, in alternating order. On shared CPUs a function timed alone in a busy
+    moment can look 50% slower; interleaving and taking minima keep the ratios comparable.
+    ``progress`` is called after each round."""
+    import time
+
+    names = list(fns)
+    for f in fns.values():
+        f()
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            best = float("inf")
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fns[n]()
+                best = min(best, time.perf_counter() - t0)
+            out[n].append(1000 * best)
+        if progress:
+            progress()
+    return out
+
+
 def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] = (32, 32),
                     rounds: int = 7, reps: int = 3, threads: int | None = 1,
                     deploy: bool | list[bool] = False) -> list[float]:
     """Milliseconds per forward pass of ``batch`` images for several models, measured
-    *interleaved* (round-robin, ``rounds`` x ``reps`` timings each) and reduced with the
-    minimum (the ``timeit`` convention). On shared CPUs a model measured alone in a busy
-    moment can look 50% slower; interleaving and min make the ratios comparable.
+    interleaved (:func:`interleaved_timings`, ``rounds`` x ``reps`` calls each) and reduced
+    with the minimum (the ``timeit`` convention).
     ``deploy`` (one flag, or one per model) measures a model in its deployed form, BN folded
     and in channels-last memory (:func:`models.deploy.optimize_for_cpu`, a copy: the caller's
     model is untouched), so a model can be listed twice to measure both forms."""
-    import time
-
     import torch
 
     from models.deploy import deployable, optimize_for_cpu
@@ -128,16 +150,9 @@ def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] =
                 m = optimize_for_cpu(m, input_size=tuple(input_size))
                 x = x.contiguous(memory_format=torch.channels_last)
             runs.append((m, x))
-        best = [float("inf")] * len(models)
         with torch.inference_mode():
-            for m, x in runs:  # warm-up
-                m(x)
-            for _ in range(rounds):
-                for i, (m, x) in enumerate(runs):
-                    for _ in range(reps):
-                        t0 = time.perf_counter()
-                        m(x)
-                        best[i] = min(best[i], time.perf_counter() - t0)
-        return [1000 * b for b in best]
+            times = interleaved_timings({i: (lambda m=m, x=x: m(x)) for i, (m, x) in enumerate(runs)},
+                                        rounds, reps)
+        return [min(times[i]) for i in range(len(runs))]
     finally:
         torch.set_num_threads(old)

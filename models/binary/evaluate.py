@@ -44,8 +44,9 @@ ROWS: list[tuple[str, str, str | None, bool]] = [
 ALIASES = {"gbcn-abl": "rbcn"}
 
 
-def model_cost(model, input_size: tuple[int, int], in_chans: int = 3) -> dict[str, float]:
-    """Binary MACs, float FLOPs and weight memory of one image's forward pass."""
+def binary_cost(model, input_size: tuple[int, int], in_chans: int = 3) -> dict[str, float]:
+    """Binary MACs, float FLOPs and weight memory of one image's forward pass of a 1-bit net
+    (the float-backbone counterpart is :func:`models.flops.model_cost`)."""
     from models.binary.layers import BinaryConv2d
     from models.flops import binary_split
 
@@ -105,7 +106,7 @@ def row_costs(data: DataBundle, cfg: BinaryTrainConfig) -> dict[str, dict[str, f
         if method is not None:
             torch.manual_seed(0)
             m = create_method(method, ablate=ablate)
-            costs[key] = model_cost(m.build(data.num_classes, ch, cfg.base, cfg.depth), size, ch)
+            costs[key] = binary_cost(m.build(data.num_classes, ch, cfg.base, cfg.depth), size, ch)
     return costs
 
 

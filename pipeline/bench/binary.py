@@ -28,7 +28,6 @@ from __future__ import annotations
 import platform
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,31 +43,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _timed(fn: Callable[[], object], calls: int) -> float:
-    """Fastest of ``calls`` calls, milliseconds."""
-    best = float("inf")
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return 1000 * best
-
-
-def _interleaved(fns: dict[str, Callable[[], object]], rounds: int, calls: int,
-                 progress: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    names = list(fns)
-    for f in fns.values():  # warm-up (weight layouts, allocator, thread pools)
-        f()
-    out: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        for n in order:
-            out[n].append(_timed(fns[n], calls))
-        if progress:
-            progress()
-    return out
 
 
 def _summary(times: dict[str, list[float]], ours: str, base: str) -> dict:
@@ -126,6 +100,7 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
     from models.backbones import create_model
     from models.binary.layers import BinaryConv2d, BinaryResNet
     from models.binary.packed import PackedBinaryConv2d, export_binary_artifact, kernel_info, to_packed
+    from models.flops import interleaved_timings
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -138,7 +113,7 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
             packed_conv = PackedBinaryConv2d.from_binary(conv, threads=threads)
             x = torch.randn(1, 256, 14, 14)
             w = torch.randn(256, 256, 3, 3)
-            conv_t = _interleaved({"packed": lambda: packed_conv(x),
+            conv_t = interleaved_timings({"packed": lambda: packed_conv(x),
                                    "torch_fp32": lambda: F.conv2d(x, w, None, 1, 1)},
                                   rounds, 20 if quick else 50, bar.update)
             conv_res = {"shape": "1x256x14x14, 3x3, 256->256, stride 1, pad 1",
@@ -153,7 +128,7 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
             bireal = BinaryResNet(depth=18, layout="imagenet", num_classes=1000, base=64,
                                   conv=lambda i, o, k, s, p: nn.Conv2d(i, o, k, s, p, bias=False)).eval()
             img = torch.randn(1, 3, 224, 224)
-            net_t = _interleaved({"packed": lambda: packed(img), "resnet18_fp32": lambda: fp32(img),
+            net_t = interleaved_timings({"packed": lambda: packed(img), "resnet18_fp32": lambda: fp32(img),
                                   "bireal_fp32": lambda: bireal(img)},
                                  rounds, 1 if quick else 3, bar.update)
             net_res = {"input": "1x3x224x224", **_summary(net_t, "packed", "resnet18_fp32"),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from models.binary.cbcn import (CirculantConv2d, CirculantExpand, circulant_perms, explicit_expand,
                                 inverse_perms, rotation_permutation)
-from models.binary.evaluate import model_cost
+from models.binary.evaluate import binary_cost
 from models.binary.gbcn import BalancedGA
 from models.binary.layers import BinaryConv2d, binary_convs, hard_sign
 from models.binary.train import BinaryTrainConfig, create_method, train_binary
@@ -156,7 +156,7 @@ def test_every_method_obeys_the_runtime_contract(name):
     for h in hooks:
         h.remove()
     assert len(seen) == 18 and all(isinstance(c, BinaryConv2d) for c in seen)
-    cost = model_cost(model, (8, 8))
+    cost = binary_cost(model, (8, 8))
     assert cost["binary_weight_bits"] == sum(c.export()[0].numel() for c in seen)
 
 
