@@ -75,14 +75,18 @@ def unpack_bits(bits: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def kernel_weights(wb: torch.Tensor, block: int) -> np.ndarray:
-    """±1 weights (O, C, k, k) -> the kernel's layout ``[ceil(O/block)][k*k][Cw][block]`` of
-    uint64 words, channel ``c`` at bit ``c % 64`` of word ``c // 64``, zero padding bits."""
+    """±1 weights (O, C, k, k) -> the kernel's layout ``[ceil(O/block)][k*k][Cw][2][block]`` of
+    uint64 words: channel ``c`` at bit ``c % 64`` of word ``c // 64`` (bit set = -1, padding
+    bits 0), each word stored as its low nibbles (``word & 0x0f..``) then its high nibbles
+    (``(word >> 4) & 0x0f..``), the split the kernel's table popcount wants."""
     o, c, kh, kw = wb.shape
     cw, ob = -(-c // 64), -(-o // block)
     neg = np.zeros((ob * block, kh, kw, cw * 64), dtype=bool)
     neg[:o, :, :, :c] = (wb.detach().cpu() < 0).numpy().transpose(0, 2, 3, 1)
     words = np.packbits(neg, axis=-1, bitorder="little").view("<u8").reshape(ob, block, kh * kw, cw)
-    return np.ascontiguousarray(words.transpose(0, 2, 3, 1)).astype(np.uint64, copy=False)
+    words = words.transpose(0, 2, 3, 1).astype(np.uint64)
+    mask = np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.ascontiguousarray(np.stack([words & mask, (words >> np.uint64(4)) & mask], axis=3))
 
 
 def _exported(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor]:

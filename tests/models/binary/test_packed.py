@@ -77,8 +77,10 @@ def test_bit_storage_round_trip_and_kernel_layout():
     bits = pack_bits(wb)
     assert bits.dtype == torch.uint8 and bits.numel() == (5 * 70 * 9 + 7) // 8
     assert torch.equal(unpack_bits(bits, tuple(wb.shape)), wb)
-    words = kernel_weights(wb, 16)  # [O/16][k*k][Cw][16]
-    assert words.shape == (1, 9, 2, 16) and words.dtype == np.uint64
+    planes = kernel_weights(wb, 16)  # [O/16][k*k][Cw][low/high nibbles][16]
+    assert planes.shape == (1, 9, 2, 2, 16) and planes.dtype == np.uint64
+    assert not (planes & np.uint64(0xF0F0F0F0F0F0F0F0)).any()  # each plane holds nibbles only
+    words = planes[:, :, :, 0] | (planes[:, :, :, 1] << np.uint64(4))
     o, c, t = 4, 66, 5  # channel 66 -> word 1, bit 2
     assert bool((int(words[0, t, 1, o]) >> 2) & 1) == bool(wb[o, c, t // 3, t % 3] < 0)
     assert int(words[0, 0, 1, 7]) >> 6 == 0 and not words[0, :, :, 5:].any()  # padding stays 0
