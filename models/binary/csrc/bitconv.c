@@ -448,64 +448,142 @@ static void conv_job(void *arg) {
 
 /* ------------------------------------------------------------------ max pooling
  * Max pooling is exact whatever the implementation, so the runtime runs the network's float
- * MaxPool2d here too (torch's NCHW max_pool2d is slow for one image). Per output the window
- * is visited in torch's order (row by row) with torch's rule `v > m || isnan(v)`, padded
- * positions acting as -inf; so even NaN and the sign of a zero come out as in torch. For each
- * output row, every input row is split into `stride` phases so that tap (ky, kx) of all outputs
- * of the row is one contiguous vector (gcc vectorises the compare/blend loop). */
+ * MaxPool2d here too (torch's NCHW max_pool2d is slow for one image). torch visits a window row
+ * by row with the rule `v > m || isnan(v)` from m = -inf, skipping padded positions. That fold
+ * returns the last NaN of the window if there is one, else the first element equal to the
+ * maximum (which decides the sign of a zero) — and the same holds when each window row is
+ * folded first and the row results are then folded in row order. So the kernel is separable:
+ * a horizontal pass (every input row -> its Wo row maxima, each computed once although two
+ * output rows share it) and a vertical pass over those, both plain vectorisable loops. */
 typedef struct {
     const float *x;
     float *y;
     int planes, H, W, k, s, p, Ho, Wo;
+    int average; /* 0: max pooling, 1: average pooling (see avgpool_plane) */
+    int nhwc, C;  /* max pooling of a channels-last input (see maxpool_nhwc_row) */
     _Atomic long next, finished;
 } pool_t;
 
-/* m[i] = torch's running max after seeing ph[i] (the `|` keeps it branch-free, vectorisable) */
-static inline void max_step(float *restrict m, const float *restrict ph, int n) {
+/* m[i] = torch's running max after seeing v[i] (the `|` keeps it branch-free, vectorisable) */
+static inline void max_step(float *restrict m, const float *restrict v, int n) {
     for (int i = 0; i < n; i++) {
-        const float v = ph[i], c = m[i];
-        m[i] = ((v > c) | (v != v)) ? v : c;
+        const float a = v[i], c = m[i];
+        m[i] = ((a > c) | (a != a)) ? a : c;
     }
 }
 
-static void maxpool_plane(const pool_t *Q, long plane, float *restrict buf, float *restrict m) {
+/* h[ox] = fold over kx of row[ox * s - p + kx], the valid taps only. Outputs whose window is
+ * inside the row keep the running max in a register (with k and s compile-time constants
+ * where row_max_ks is inlined, gcc vectorises that loop); the few others check every tap. */
+static inline void row_max_ks(const float *restrict row, float *restrict h, int W, int k, int s, int p,
+                              int Wo) {
+    const int lo = imin(Wo, (p + s - 1) / s), hi = W + p - k < 0 ? 0 : imin(Wo, (W + p - k) / s + 1);
+    for (int ox = 0; ox < Wo; ox++) {
+        if (ox == lo && hi > lo) {
+            for (; ox < hi; ox++) {
+                const float *v = row + ((long)ox * s - p);
+                float m = -INFINITY;
+                for (int kx = 0; kx < k; kx++) m = ((v[kx] > m) | (v[kx] != v[kx])) ? v[kx] : m;
+                h[ox] = m;
+            }
+            if (ox >= Wo) break;
+        }
+        float m = -INFINITY;
+        for (int kx = 0; kx < k; kx++) {
+            const int ix = ox * s - p + kx;
+            if (ix >= 0 && ix < W) m = ((row[ix] > m) | (row[ix] != row[ix])) ? row[ix] : m;
+        }
+        h[ox] = m;
+    }
+}
+
+static void row_max(const float *restrict row, float *restrict h, int W, int k, int s, int p, int Wo) {
+    if (k == 3 && s == 2) row_max_ks(row, h, W, 3, 2, p, Wo); /* ResNet stems */
+    else if (k == 3 && s == 1) row_max_ks(row, h, W, 3, 1, p, Wo);
+    else if (k == 2 && s == 2) row_max_ks(row, h, W, 2, 2, p, Wo);
+    else row_max_ks(row, h, W, k, s, p, Wo);
+}
+
+static void maxpool_plane(const pool_t *Q, long plane, float *restrict hbuf) {
     const int H = Q->H, W = Q->W, k = Q->k, s = Q->s, p = Q->p, Ho = Q->Ho, Wo = Q->Wo;
-    const int L = Wo + k;
     const float *x = Q->x + (size_t)plane * H * W;
     float *y = Q->y + (size_t)plane * Ho * Wo;
+    for (int iy = 0; iy < H; iy++) row_max(x + (size_t)iy * W, hbuf + (size_t)iy * Wo, W, k, s, p, Wo);
     for (int oy = 0; oy < Ho; oy++) {
+        float *m = y + (size_t)oy * Wo;
         for (int ox = 0; ox < Wo; ox++) m[ox] = -INFINITY;
         for (int ky = 0; ky < k; ky++) {
             const int iy = oy * s - p + ky;
-            if (iy < 0 || iy >= H) continue;
-            const float *row = x + (size_t)iy * W;
-            for (int r = 0; r < s; r++) {
-                float *dst = buf + (size_t)r * L;
-                /* phase r holds padded columns j * s + r, i.e. input column j * s + r - p */
-                const int j0 = (p - r + s - 1) / s > 0 ? (p - r + s - 1) / s : 0;
-                int j1 = (W - 1 - r + p) / s + 1;
-                if (j1 > L) j1 = L;
-                for (int j = 0; j < j0 && j < L; j++) dst[j] = -INFINITY;
-                for (int j = j0; j < j1; j++) dst[j] = row[j * s + r - p];
-                for (int j = j1 > j0 ? j1 : j0; j < L; j++) dst[j] = -INFINITY;
-            }
-            for (int kx = 0; kx < k; kx++) max_step(m, buf + (kx % s) * L + kx / s, Wo);
+            if (iy >= 0 && iy < H) max_step(m, hbuf + (size_t)iy * Wo, Wo);
         }
-        memcpy(y + (size_t)oy * Wo, m, sizeof(float) * (size_t)Wo);
+    }
+}
+
+/* Average pooling without padding (the down-sampling shortcuts' AvgPool2d(2)), exactly as
+ * torch's NCHW CPU kernel computes it: a float sum from 0 over the window, row by row, then
+ * one division by the window size. */
+static inline void avg_row_ks(const float *restrict x, float *restrict y, int W, int k, int s, int Wo,
+                              float area) {
+    for (int ox = 0; ox < Wo; ox++) {
+        float sum = 0.0f;
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++) sum += x[(size_t)ky * W + (size_t)ox * s + kx];
+        y[ox] = sum / area;
+    }
+}
+
+static void avgpool_plane(const pool_t *Q, long plane) {
+    const int H = Q->H, W = Q->W, k = Q->k, s = Q->s, Ho = Q->Ho, Wo = Q->Wo;
+    const float *x = Q->x + (size_t)plane * H * W;
+    float *y = Q->y + (size_t)plane * Ho * Wo;
+    const float area = (float)(k * k);
+    for (int oy = 0; oy < Ho; oy++) {
+        const float *row = x + (size_t)oy * s * W;
+        if (k == 2 && s == 2) avg_row_ks(row, y + (size_t)oy * Wo, W, 2, 2, Wo, area);
+        else avg_row_ks(row, y + (size_t)oy * Wo, W, k, s, Wo, area);
+    }
+}
+
+/* Max pooling of a channels-last (N, H, W, C) input into the usual (N, C, Ho, Wo) output, one
+ * output row per task: each window tap is a contiguous run of C values, folded in torch's
+ * order into a row buffer (ox, c), which is then written out plane by plane. The stem conv
+ * of a ResNet runs faster on channels-last input, and this saves converting its 112x112
+ * output back to NCHW before pooling. */
+static void maxpool_nhwc_row(const pool_t *Q, long t, float *restrict rowbuf) {
+    const int H = Q->H, W = Q->W, C = Q->C, k = Q->k, s = Q->s, p = Q->p, Ho = Q->Ho, Wo = Q->Wo;
+    const long n = t / Ho;
+    const int oy = (int)(t % Ho);
+    const float *x = Q->x + (size_t)n * H * W * C;
+    for (int ox = 0; ox < Wo; ox++) {
+        float *m = rowbuf + (size_t)ox * C;
+        for (int c = 0; c < C; c++) m[c] = -INFINITY;
+        for (int ky = 0; ky < k; ky++) {
+            const int iy = oy * s - p + ky;
+            if (iy < 0 || iy >= H) continue;
+            for (int kx = 0; kx < k; kx++) {
+                const int ix = ox * s - p + kx;
+                if (ix >= 0 && ix < W) max_step(m, x + ((size_t)iy * W + ix) * C, C);
+            }
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        float *y = Q->y + (((size_t)n * C + c) * Ho + oy) * Wo;
+        for (int ox = 0; ox < Wo; ox++) y[ox] = rowbuf[(size_t)ox * C + c];
     }
 }
 
 static void maxpool_job(void *arg) {
     pool_t *Q = (pool_t *)arg;
-    const int L = Q->Wo + Q->k;
-    float *buf = (float *)malloc(sizeof(float) * ((size_t)Q->s * L + (size_t)Q->Wo));
-    if (!buf) abort(); /* a few KiB */
+    float *hbuf = (float *)malloc(sizeof(float) * (Q->nhwc ? (size_t)Q->Wo * Q->C : (size_t)Q->H * Q->Wo));
+    if (!hbuf) abort(); /* one plane's row maxima or one output row: tens of KiB */
     long t;
     while ((t = atomic_fetch_add(&Q->next, 1)) < Q->planes) {
-        maxpool_plane(Q, t, buf, buf + (size_t)Q->s * L);
+        if (Q->nhwc) maxpool_nhwc_row(Q, t, hbuf);
+        else if (Q->average) avgpool_plane(Q, t);
+        else maxpool_plane(Q, t, hbuf);
         atomic_fetch_add(&Q->finished, 1);
     }
-    free(buf);
+    free(hbuf);
     SPIN_UNTIL(atomic_load(&Q->finished) >= Q->planes);
 }
 
@@ -600,21 +678,26 @@ done:
     return ret;
 }
 
-static PyObject *py_maxpool(PyObject *self, PyObject *args) {
+static PyObject *pool2d(PyObject *args, int average, int nhwc) {
     PyObject *xo, *oo;
     int N, C, H, W, k, stride, pad, nthreads;
     if (!PyArg_ParseTuple(args, "OOiiiiiiii", &xo, &oo, &N, &C, &H, &W, &k, &stride, &pad, &nthreads))
         return NULL;
     if (N < 0 || C < 1 || H < 1 || W < 1 || k < 1 || stride < 1 || pad < 0 || 2 * pad > k ||
-        H + 2 * pad < k || W + 2 * pad < k) {
-        PyErr_SetString(PyExc_ValueError, "bitconv.maxpool: invalid shape arguments");
+        H + 2 * pad < k || W + 2 * pad < k || (average && pad != 0)) {
+        PyErr_SetString(PyExc_ValueError, average ? "bitconv.avgpool: invalid shape arguments (padding must be 0)"
+                                                  : "bitconv.maxpool: invalid shape arguments");
         return NULL;
     }
     pool_t Q;
     memset(&Q, 0, sizeof(Q));
-    Q.planes = N * C; Q.H = H; Q.W = W; Q.k = k; Q.s = stride; Q.p = pad;
+    Q.average = average;
+    Q.nhwc = nhwc;
+    Q.C = C;
+    Q.H = H; Q.W = W; Q.k = k; Q.s = stride; Q.p = pad;
     Q.Ho = (H + 2 * pad - k) / stride + 1;
     Q.Wo = (W + 2 * pad - k) / stride + 1;
+    Q.planes = nhwc ? N * Q.Ho : N * C; /* tasks: output rows (channels-last) or planes */
     Py_buffer xb, ob;
     if (get_buffer(xo, &xb, 0, "x", (Py_ssize_t)N * C * H * W, 4) < 0) return NULL;
     if (get_buffer(oo, &ob, 1, "out", (Py_ssize_t)N * C * Q.Ho * Q.Wo, 4) < 0) {
@@ -633,6 +716,10 @@ static PyObject *py_maxpool(PyObject *self, PyObject *args) {
     PyBuffer_Release(&ob);
     Py_RETURN_NONE;
 }
+
+static PyObject *py_maxpool(PyObject *self, PyObject *args) { return pool2d(args, 0, 0); }
+static PyObject *py_maxpool_nhwc(PyObject *self, PyObject *args) { return pool2d(args, 0, 1); }
+static PyObject *py_avgpool(PyObject *self, PyObject *args) { return pool2d(args, 1, 0); }
 
 static PyObject *py_info(PyObject *self, PyObject *noargs) {
 #ifdef __AVX2__
@@ -655,6 +742,12 @@ static PyMethodDef methods[] = {
      "sign(x) with packed weights, zero padding, times alpha; writes float32 `out`."},
     {"maxpool", py_maxpool, METH_VARARGS,
      "maxpool(x, out, N, C, H, W, k, stride, pad, threads): exact max pooling (torch semantics)."},
+    {"maxpool_nhwc", py_maxpool_nhwc, METH_VARARGS,
+     "maxpool_nhwc(x, out, N, C, H, W, k, stride, pad, threads): maxpool() of a channels-last "
+     "(N, H, W, C) input, written as (N, C, Ho, Wo)."},
+    {"avgpool", py_avgpool, METH_VARARGS,
+     "avgpool(x, out, N, C, H, W, k, stride, 0, threads): exact average pooling without padding "
+     "(torch semantics)."},
     {"info", py_info, METH_NOARGS, "{'block': output channels per weight block, 'kernel': name}"},
     {NULL, NULL, 0, NULL}};
 

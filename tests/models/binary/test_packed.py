@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from models.artifacts import ArtifactError, load_artifact, read_artifact
 from models.binary.layers import BinaryConv2d, BinaryResNet, binary_convs, hard_sign
-from models.binary.packed import (PackedBinaryConv2d, export_binary_artifact, kernel_weights, pack_bits,
-                                  to_packed, unpack_bits)
+from models.binary.packed import (PackedAvgPool2d, PackedBinaryConv2d, PackedMaxPool2d, export_binary_artifact,
+                                  kernel_weights, pack_bits, to_packed, unpack_bits)
 
 SHAPES = [  # (batch, in, out, h, w, kernel, stride, padding)
     (2, 3, 5, 7, 9, 3, 1, 1),
@@ -203,3 +203,35 @@ def test_features_stage_runs_a_binary_artifact(tmp_path):
     with torch.no_grad():  # same batches as the stage (float convs may round per batch size)
         ref = torch.cat([net.forward_features(x[:2]), net.forward_features(x[2:])]).numpy()
     assert np.array_equal(np.stack([o.vector for o in out]), ref)
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2), (1, 1, 0), (4, 2, 2)])
+def test_packed_maxpool_equals_torch_bit_for_bit(k, s, p):
+    """Same values, same NaN payloads and the same sign of every zero as torch's max_pool2d."""
+    g = torch.Generator().manual_seed(k * 100 + s * 10 + p)
+    x = torch.randn(2, 5, 13, 11, generator=g)
+    x = torch.where(torch.rand(x.shape, generator=g) < 0.2, torch.zeros(()), x)  # +0 ...
+    x = torch.where(torch.rand(x.shape, generator=g) < 0.1, -torch.zeros(()), x)  # ... and -0 ties
+    x = torch.where(torch.rand(x.shape, generator=g) < 0.03, float("nan"), x)
+    x = torch.where(torch.rand(x.shape, generator=g) < 0.05, float("-inf"), x)
+    x[0, 0] = -x[0, 0].abs() - 1.0  # a plane with no zero: a negative maximum
+    x[0, 1] = float("-inf")  # all -inf
+    ref = torch.nn.functional.max_pool2d(x, k, s, p)
+    got = PackedMaxPool2d(k, s, p, threads=2)(x)
+    assert got.shape == ref.shape
+    assert torch.equal(got.view(torch.int32), ref.view(torch.int32))
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 3), (3, 2), (2, 1)])
+def test_packed_avgpool_equals_torch_bit_for_bit(k, s):
+    g = torch.Generator().manual_seed(k * 10 + s)
+    # magnitudes from 1e-6 to 1e6 in one window make every rounding of the running sum count
+    x = torch.randn(2, 6, 15, 13, generator=g) * torch.exp(torch.randn(2, 6, 15, 13, generator=g) * 6)
+    x[0, 0, :2] = -0.0
+    m = torch.nn.AvgPool2d(k, s)
+    fast = PackedAvgPool2d.maybe_from(m, threads=2)
+    assert fast is not None and PackedAvgPool2d.maybe_from(torch.nn.AvgPool2d(2, 2, padding=1)) is None
+    ref = m(x)
+    got = fast(x)
+    assert got.shape == ref.shape
+    assert torch.equal(got.view(torch.int32), ref.view(torch.int32))
