@@ -155,6 +155,12 @@ class PackedBinaryConv2d(nn.Module):
         self._alpha_np = self.alpha.detach().float().cpu().contiguous().numpy().copy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+    def run(self, x: torch.Tensor, bn_a: np.ndarray | None = None, bn_b: np.ndarray | None = None,
+            residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv, optionally followed in the same pass by ``fma(out, bn_a[o], bn_b[o])`` and
+        ``+ residual`` (a float32 NCHW tensor of the output's shape): see PackedBinaryUnit."""
         # (kept lean: at batch 1 the Python around the C call costs as much as a small conv)
         if self._kernel is None:
             self._prepare()
@@ -170,7 +176,8 @@ class PackedBinaryConv2d(nn.Module):
         k, s, p = self.kernel_size, self.stride, self.padding
         out = torch.empty((n, self.out_channels, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1))
         _bitconv.conv(x.numpy(), self._kernel, self._alpha_np, out.numpy(), n, c, h, w,
-                      self.out_channels, k, s, p, self.threads or torch.get_num_threads())
+                      self.out_channels, k, s, p, self.threads or torch.get_num_threads(), bn_a, bn_b,
+                      None if residual is None else residual.numpy())
         return out
 
     def extra_repr(self) -> str:
@@ -278,6 +285,64 @@ class ChannelsLastConv2d(nn.Conv2d):
         return super().forward(x.contiguous(memory_format=torch.channels_last) if exact else x)
 
 
+def _bn_terms(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+    """torch's eval BatchNorm as ``y = fma(x, a, b)``: ``a = weight / sqrt(var + eps)`` in float32
+    as torch forms it, ``b`` read off torch itself (``bn(0) = fma(0, a, b) = b``)."""
+    var = bn.running_var.detach().float().cpu().numpy()
+    a = np.float32(1) / np.sqrt(var + np.float32(bn.eps))
+    if bn.weight is not None:
+        a = a * bn.weight.detach().float().cpu().numpy()
+    with torch.no_grad():
+        b = bn(torch.zeros(1, bn.num_features, 1, 1)).reshape(-1).numpy()
+    return np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32)
+
+
+class PackedBinaryUnit(nn.Module):
+    """A Bi-Real unit, ``bn(conv(x)) + shortcut(x)``, whose BatchNorm and residual add run in
+    the packed conv's output loop (one pass over the output instead of three, and two torch
+    calls fewer per unit). torch's eval BatchNorm is one fused multiply-add per value with
+    per-channel constants, which the kernel repeats; the first call at each input shape
+    computes the unit both ways and keeps the fused path only if the two are identical bit for
+    bit (a torch built without FMA would not be), so the output stays the training-time one."""
+
+    def __init__(self, unit: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.bn, self.shortcut = unit.conv, unit.bn, unit.shortcut
+        self._terms: tuple[np.ndarray, np.ndarray] | None = None
+        self._exact: dict[tuple, bool] = {}
+
+    @staticmethod
+    def fusable(unit: nn.Module) -> bool:
+        from models.binary.layers import BinaryUnit
+
+        bn = getattr(unit, "bn", None)
+        return type(unit) is BinaryUnit and isinstance(unit.conv, PackedBinaryConv2d) \
+            and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None
+
+    def _unfused(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) + r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.shortcut(x)
+        key = tuple(x.shape)
+        exact = self._exact.get(key)
+        if self.training or exact is False or x.dtype != torch.float32 or r.dtype != torch.float32:
+            return self._unfused(x, r)
+        if self._terms is None:
+            self._terms = _bn_terms(self.bn)
+        fused = self.conv.run(x, *self._terms, residual=r.contiguous())
+        if exact is None:
+            ref = self._unfused(x, r)
+            self._exact[key] = ref.shape == fused.shape and torch.equal(ref.view(torch.int32),
+                                                                        fused.view(torch.int32))
+            return ref
+        return fused
+
+    def _load_from_state_dict(self, *args, **kwargs):  # new BN statistics -> new constants
+        super()._load_from_state_dict(*args, **kwargs)
+        self._terms = None
+
+
 def _channels_last_stems(net: nn.Module) -> None:
     """Swap the float conv of every conv -> BatchNorm -> max-pool stem for a ChannelsLastConv2d."""
     for seq in list(net.modules()):
@@ -354,6 +419,9 @@ def to_packed(model: nn.Module, threads: int | None = None) -> PackedBinaryNet:
         if fast is not None:  # exact either way; these are just faster than torch's at batch 1
             _set_submodule(net, name, fast)
     _channels_last_stems(net)
+    for name, m in list(net.named_modules()):
+        if PackedBinaryUnit.fusable(m):
+            _set_submodule(net, name, PackedBinaryUnit(m))
     return PackedBinaryNet(net)
 
 

@@ -66,6 +66,8 @@ typedef struct {
     const uint64_t *wpk;  /* [nob][k*k][Cw][NIB][OB] */
     const float *alpha;   /* (O,) */
     float *out;           /* (N, O, Ho, Wo) float32 */
+    const float *bn_a, *bn_b; /* optional (O,): out = fma(conv, bn_a, bn_b), torch's eval BN */
+    const float *res;     /* optional (N, O, Ho, Wo): added last, as `bn(conv(x)) + shortcut` */
     uint64_t *act;        /* [N][H][W][Cw][NIB] packed signs */
     int N, C, H, W, O, k, stride, pad, Ho, Wo, Cw, nob;
     int nthreads;
@@ -218,6 +220,15 @@ static inline void dot_full_store(const uint64_t *a0, const uint64_t *Wb, const 
 }
 #endif
 
+/* The optional fused tail of a Bi-Real unit, `bn(conv(x)) + shortcut(x)`, in torch's own
+ * arithmetic: its eval BatchNorm is one fused multiply-add per value with per-channel
+ * constants (the caller passes torch's), the residual add one float add. */
+static inline float unit_tail(const conv_t *P, float v, int o, size_t idx) {
+    if (P->bn_a) v = fmaf(v, P->bn_a[o], P->bn_b[o]);
+    if (P->res) v = v + P->res[idx];
+    return v;
+}
+
 /* Output tasks [t0, t1) of the flattened (n, output block, output row) index. */
 static void compute_tasks(const conv_t *P, long t0, long t1) {
     const int H = P->H, W = P->W, k = P->k, s = P->stride, pad = P->pad, Cw = P->Cw;
@@ -237,7 +248,9 @@ static void compute_tasks(const conv_t *P, long t0, long t1) {
         const int o0 = ob * OB, on = imin(OB, O - o0);
         const uint64_t *A = P->act + (size_t)n * H * W * Cw * NIB;
         const uint64_t *Wb = P->wpk + (size_t)ob * k * k * Cw * NIB * OB;
-        float *out = P->out + ((size_t)n * O + o0) * plane + (size_t)oy * Wo;
+        const size_t base = ((size_t)n * O + o0) * plane + (size_t)oy * Wo;
+        float *out = P->out + base;
+        const int tail = P->bn_a || P->res;
         const int iy0 = oy * s - pad;
         const int ky0 = imax(0, -iy0), ky1 = imin(k, H - iy0);
         for (int j = 0; j < OB; j++) alpha16[j] = j < on ? P->alpha[o0 + j] : 0.0f;
@@ -246,7 +259,12 @@ static void compute_tasks(const conv_t *P, long t0, long t1) {
 #ifdef __AVX2__
             if (ky0 == 0 && ky1 == k && ix0 >= 0 && ix0 + k <= W) {
                 dot_full_store(A + ((size_t)iy0 * W + ix0) * Cw * NIB, Wb, P->off, K, full, alpha16, res);
-                for (int j = 0; j < on; j++) out[(size_t)j * plane + ox] = res[j];
+                if (tail) {
+                    for (int j = 0; j < on; j++)
+                        out[(size_t)j * plane + ox] = unit_tail(P, res[j], o0 + j, base + (size_t)j * plane + ox);
+                } else {
+                    for (int j = 0; j < on; j++) out[(size_t)j * plane + ox] = res[j];
+                }
                 continue;
             }
 #endif
@@ -261,7 +279,7 @@ static void compute_tasks(const conv_t *P, long t0, long t1) {
                 /* exact integer, then one float32 multiply: the same rounding as torch's
                  * conv2d(...) * alpha */
                 const float dot = (float)(valid - 2 * (long)acc[j]);
-                out[(size_t)j * plane + ox] = dot * alpha16[j];
+                out[(size_t)j * plane + ox] = unit_tail(P, dot * alpha16[j], o0 + j, base + (size_t)j * plane + ox);
             }
         }
     }
@@ -600,11 +618,15 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *
 }
 
 static PyObject *py_conv(PyObject *self, PyObject *args) {
-    PyObject *xo, *wo, *ao, *oo;
+    PyObject *xo, *wo, *ao, *oo, *bao = Py_None, *bbo = Py_None, *ro = Py_None;
     int N, C, H, W, O, k, stride, pad, nthreads;
-    if (!PyArg_ParseTuple(args, "OOOOiiiiiiiii", &xo, &wo, &ao, &oo, &N, &C, &H, &W, &O, &k, &stride, &pad,
-                          &nthreads))
+    if (!PyArg_ParseTuple(args, "OOOOiiiiiiiii|OOO", &xo, &wo, &ao, &oo, &N, &C, &H, &W, &O, &k, &stride, &pad,
+                          &nthreads, &bao, &bbo, &ro))
         return NULL;
+    if ((bao == Py_None) != (bbo == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "bitconv.conv: give both BatchNorm terms or neither");
+        return NULL;
+    }
     if (N < 0 || C < 1 || H < 0 || W < 0 || O < 1 || k < 1 || stride < 1 || pad < 0) {
         PyErr_SetString(PyExc_ValueError, "bitconv.conv: invalid shape arguments");
         return NULL;
@@ -620,28 +642,40 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bitconv.conv: kernel larger than the padded input");
         return NULL;
     }
-    Py_buffer xb, wb, ab, ob;
-    if (get_buffer(xo, &xb, 0, "x", (Py_ssize_t)N * C * H * W, 4) < 0) return NULL;
-    if (get_buffer(wo, &wb, 0, "packed weights", (Py_ssize_t)P.nob * k * k * P.Cw * NIB * OB, 8) < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
+    /* every buffer taken is released at `done` */
+    Py_buffer bufs[7];
+    int nbuf = 0;
+    PyObject *ret = NULL;
+    int *off = NULL;
+    const Py_ssize_t nout = (Py_ssize_t)N * O * P.Ho * P.Wo;
+#define TAKE(obj, writable, name, need, size)                                        \
+    do {                                                                          \
+        if (get_buffer(obj, &bufs[nbuf], writable, name, need, size) < 0) goto done; \
+        nbuf++;                                                                   \
+    } while (0)
+    TAKE(xo, 0, "x", (Py_ssize_t)N * C * H * W, 4);
+    P.x = (const float *)bufs[nbuf - 1].buf;
+    TAKE(wo, 0, "packed weights", (Py_ssize_t)P.nob * k * k * P.Cw * NIB * OB, 8);
+    P.wpk = (const uint64_t *)bufs[nbuf - 1].buf;
+    TAKE(ao, 0, "alpha", O, 4);
+    P.alpha = (const float *)bufs[nbuf - 1].buf;
+    TAKE(oo, 1, "out", nout, 4);
+    P.out = (float *)bufs[nbuf - 1].buf;
+    if (bao != Py_None) {
+        TAKE(bao, 0, "bn_a", O, 4);
+        P.bn_a = (const float *)bufs[nbuf - 1].buf;
+        TAKE(bbo, 0, "bn_b", O, 4);
+        P.bn_b = (const float *)bufs[nbuf - 1].buf;
     }
-    if (get_buffer(ao, &ab, 0, "alpha", O, 4) < 0) {
-        PyBuffer_Release(&xb); PyBuffer_Release(&wb);
-        return NULL;
+    if (ro != Py_None) {
+        TAKE(ro, 0, "residual", nout, 4);
+        P.res = (const float *)bufs[nbuf - 1].buf;
     }
-    if (get_buffer(oo, &ob, 1, "out", (Py_ssize_t)N * O * P.Ho * P.Wo, 4) < 0) {
-        PyBuffer_Release(&xb); PyBuffer_Release(&wb); PyBuffer_Release(&ab);
-        return NULL;
-    }
-    P.x = (const float *)xb.buf;
-    P.wpk = (const uint64_t *)wb.buf;
-    P.alpha = (const float *)ab.buf;
-    P.out = (float *)ob.buf;
+#undef TAKE
     size_t act_words = (size_t)N * H * W * P.Cw * NIB;
     P.act = (uint64_t *)aligned_alloc(64, ((act_words * 8 + 63) / 64) * 64 + 64);
-    PyObject *ret = NULL;
-    if (!P.act) {
+    off = (int *)malloc(sizeof(int) * (size_t)k * k * P.Cw);
+    if (!P.act || !off) {
         PyErr_NoMemory();
         goto done;
     }
@@ -650,12 +684,6 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
     int T = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
     while (T > 1 && work / T < 20000.0) T--;
     P.nthreads = T;
-    int *off = (int *)malloc(sizeof(int) * (size_t)k * k * P.Cw);
-    if (!off) {
-        free(P.act);
-        PyBuffer_Release(&xb); PyBuffer_Release(&wb); PyBuffer_Release(&ab); PyBuffer_Release(&ob);
-        return PyErr_NoMemory();
-    }
     for (int ky = 0, i = 0; ky < k; ky++)
         for (int kx = 0; kx < k; kx++)
             for (int cw = 0; cw < P.Cw; cw++) off[i++] = ((ky * W + kx) * P.Cw + cw) * NIB;
@@ -669,12 +697,12 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
     atomic_store(&P.computed, 0);
     pool_run(conv_job, &P, T);
     Py_END_ALLOW_THREADS
-    free(off);
     ret = Py_None;
     Py_INCREF(ret);
 done:
+    free(off);
     free(P.act);
-    PyBuffer_Release(&xb); PyBuffer_Release(&wb); PyBuffer_Release(&ab); PyBuffer_Release(&ob);
+    for (int i = 0; i < nbuf; i++) PyBuffer_Release(&bufs[i]);
     return ret;
 }
 
@@ -738,8 +766,9 @@ static PyObject *py_info(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef methods[] = {
     {"conv", py_conv, METH_VARARGS,
-     "conv(x, packed_w, alpha, out, N, C, H, W, O, k, stride, pad, threads): 1-bit conv of "
-     "sign(x) with packed weights, zero padding, times alpha; writes float32 `out`."},
+     "conv(x, packed_w, alpha, out, N, C, H, W, O, k, stride, pad, threads[, bn_a, bn_b, residual]): "
+     "1-bit conv of sign(x) with packed weights, zero padding, times alpha; then optionally "
+     "fma(., bn_a[o], bn_b[o]) and + residual; writes float32 `out`."},
     {"maxpool", py_maxpool, METH_VARARGS,
      "maxpool(x, out, N, C, H, W, k, stride, pad, threads): exact max pooling (torch semantics)."},
     {"maxpool_nhwc", py_maxpool_nhwc, METH_VARARGS,
