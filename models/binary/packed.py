@@ -154,31 +154,33 @@ class PackedBinaryConv2d(nn.Module):
         self._kernel = kernel_weights(self.binary_weight(), int(_ext().info()["block"]))
         self._alpha_np = self.alpha.detach().float().cpu().contiguous().numpy().copy()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)
-
-    def run(self, x: torch.Tensor, bn_a: np.ndarray | None = None, bn_b: np.ndarray | None = None,
-            residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The conv, optionally followed in the same pass by ``fma(out, bn_a[o], bn_b[o])`` and
-        ``+ residual`` (a float32 NCHW tensor of the output's shape): see PackedBinaryUnit."""
-        # (kept lean: at batch 1 the Python around the C call costs as much as a small conv)
-        if self._kernel is None:
-            self._prepare()
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
+    def _checked(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
             raise ValueError(f"expected (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
         if x.device.type != "cpu":
             raise RuntimeError("the packed runtime runs on the CPU only")
-        if x.requires_grad:
-            x = x.detach()
-        if x.dtype != torch.float32 or not x.is_contiguous():
-            x = x.float().contiguous()
+        return x.detach().float().contiguous()
+
+    def forward(self, x: torch.Tensor, bn_a: np.ndarray | None = None, bn_b: np.ndarray | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv; optionally followed in the same pass by ``fma(out, bn_a[o], bn_b[o])`` and
+        ``+ residual`` (a float32 NCHW tensor of the output's shape): see PackedBinaryUnit."""
+        # Kept lean: at batch 1 the Python around the C call is ~10% of a 256-channel conv
+        # (hence one combined test for the usual input, and numpy for the output allocation).
+        if self._kernel is None:
+            self._prepare()
+        if x.dtype is not torch.float32 or x.requires_grad or not x.is_cpu or not x.is_contiguous() \
+                or x.dim() != 4:
+            x = self._checked(x)
         n, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"expected (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
         k, s, p = self.kernel_size, self.stride, self.padding
-        out = torch.empty((n, self.out_channels, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1))
-        _bitconv.conv(x.numpy(), self._kernel, self._alpha_np, out.numpy(), n, c, h, w,
+        out = np.empty((n, self.out_channels, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1), np.float32)
+        _bitconv.conv(x.numpy(), self._kernel, self._alpha_np, out, n, c, h, w,
                       self.out_channels, k, s, p, self.threads or torch.get_num_threads(), bn_a, bn_b,
                       None if residual is None else residual.numpy())
-        return out
+        return torch.from_numpy(out)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -330,7 +332,7 @@ class PackedBinaryUnit(nn.Module):
             return self._unfused(x, r)
         if self._terms is None:
             self._terms = _bn_terms(self.bn)
-        fused = self.conv.run(x, *self._terms, residual=r.contiguous())
+        fused = self.conv(x, *self._terms, residual=r.contiguous())
         if exact is None:
             ref = self._unfused(x, r)
             self._exact[key] = ref.shape == fused.shape and torch.equal(ref.view(torch.int32),
