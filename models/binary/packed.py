@@ -10,10 +10,14 @@ is bit-identical to the training-time conv.
 
 :func:`to_packed` copies a trained network (a :class:`~models.binary.layers.BinaryResNet` of any
 method: every :class:`~models.binary.layers.BinaryConv2d` is read through its ``export()``) and
-swaps each binary conv for its packed twin; the float parts (stem, BN, shortcuts, average
-pooling, fc) stay the very same torch modules, so ``to_packed(model)(x)`` equals
-``model.eval()(x)`` bit for bit. Max pooling, being exact, runs in the extension as well
-(:class:`PackedMaxPool2d`, same order and NaN rule as torch).
+swaps each binary conv for its packed twin; the float parts (stem, BN, shortcuts, fc) keep
+torch's arithmetic, so ``to_packed(model)(x)`` equals ``model.eval()(x)`` bit for bit. What
+changes is only how some of them run: max and average pooling in the extension
+(:class:`PackedMaxPool2d`, :class:`PackedAvgPool2d`, torch's order and NaN rule), the
+3-channel stem conv on channels-last input (:class:`ChannelsLastConv2d`), and each Bi-Real
+unit's BatchNorm and residual add inside its packed conv's output loop
+(:class:`PackedBinaryUnit`); the last two check themselves bit for bit against the plain
+path at the first call for each input shape and keep the plain path otherwise.
 
 Artifacts (:func:`export_binary_artifact`, same file format as the float backbones, see
 :mod:`models.artifacts`): each binary conv is stored as ``<name>.weight_bits`` — ``np.packbits``
@@ -154,6 +158,11 @@ class PackedBinaryConv2d(nn.Module):
         self._kernel = kernel_weights(self.binary_weight(), int(_ext().info()["block"]))
         self._alpha_np = self.alpha.detach().float().cpu().contiguous().numpy().copy()
 
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        n, _, h, w = shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return n, self.out_channels, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+
     def _checked(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
@@ -175,8 +184,8 @@ class PackedBinaryConv2d(nn.Module):
         n, c, h, w = x.shape
         if c != self.in_channels:
             raise ValueError(f"expected (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
+        out = np.empty(self.output_shape(x.shape), np.float32)
         k, s, p = self.kernel_size, self.stride, self.padding
-        out = np.empty((n, self.out_channels, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1), np.float32)
         _bitconv.conv(x.numpy(), self._kernel, self._alpha_np, out, n, c, h, w,
                       self.out_channels, k, s, p, self.threads or torch.get_num_threads(), bn_a, bn_b,
                       None if residual is None else residual.numpy())
@@ -328,8 +337,9 @@ class PackedBinaryUnit(nn.Module):
         r = self.shortcut(x)
         key = tuple(x.shape)
         exact = self._exact.get(key)
-        if self.training or exact is False or x.dtype != torch.float32 or r.dtype != torch.float32:
-            return self._unfused(x, r)
+        if self.training or exact is False or x.dtype != torch.float32 or r.dtype != torch.float32 \
+                or x.dim() != 4 or tuple(r.shape) != self.conv.output_shape(x.shape):
+            return self._unfused(x, r)  # (odd sizes: torch broadcasts a smaller shortcut)
         if self._terms is None:
             self._terms = _bn_terms(self.bn)
         fused = self.conv(x, *self._terms, residual=r.contiguous())

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from models.artifacts import ArtifactError, load_artifact, read_artifact
 from models.binary.layers import BinaryConv2d, BinaryResNet, binary_convs, hard_sign
-from models.binary.packed import (PackedAvgPool2d, PackedBinaryConv2d, PackedMaxPool2d, export_binary_artifact,
-                                  kernel_weights, pack_bits, to_packed, unpack_bits)
+from models.binary.packed import (PackedAvgPool2d, PackedBinaryConv2d, PackedBinaryUnit, PackedMaxPool2d,
+                                  export_binary_artifact, kernel_weights, pack_bits, to_packed, unpack_bits)
 
 SHAPES = [  # (batch, in, out, h, w, kernel, stride, padding)
     (2, 3, 5, 7, 9, 3, 1, 1),
@@ -111,6 +111,60 @@ def test_packed_resnet_logits_are_bit_identical():
     assert packed.num_features == net.num_features == 16
     with pytest.raises(RuntimeError):
         packed.train()
+
+
+def _imagenet_net(seed: int = 0) -> BinaryResNet:
+    torch.manual_seed(seed)
+    net = BinaryResNet(depth=18, num_classes=5, base=8, layout="imagenet")
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.2, 2.0)
+                m.weight.uniform_(-1.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+def test_packed_imagenet_layout_uses_fast_float_paths_and_stays_bit_identical():
+    """Channels-last stem, packed pools and fused unit tails: same logits on every call (the
+    first call at a shape checks each fast path, later calls use the ones that matched)."""
+    net = _imagenet_net()
+    packed = to_packed(net)
+    kinds = {type(m).__name__ for m in packed.modules()}
+    assert {"ChannelsLastConv2d", "PackedMaxPool2d", "PackedAvgPool2d", "PackedBinaryUnit"} <= kinds
+    with torch.no_grad():
+        for shape in [(2, 3, 64, 64), (2, 3, 64, 64), (1, 3, 96, 64), (1, 3, 96, 64)]:
+            x = torch.randn(shape)
+            assert torch.equal(packed(x), net(x))
+            assert torch.equal(packed.forward_features(x), net.forward_features(x))
+    units = [m for m in packed.modules() if isinstance(m, PackedBinaryUnit)]
+    assert len(units) == 16 and all(set(u._exact) == {(2, 8, 16, 16), (1, 8, 24, 16)} for u in units[:2])
+    binary = {f"{name}.weight" for name, _ in binary_convs(net)}
+    floats = {k: v for k, v in net.state_dict().items() if k not in binary}
+    state = packed.state_dict()  # the float tensors keep their names (artifacts load unchanged)
+    assert all(torch.equal(state[f"net.{k}"], v) for k, v in floats.items())
+
+
+def test_fused_unit_falls_back_when_its_arithmetic_differs(monkeypatch):
+    """A fused tail that does not reproduce torch's BatchNorm bit for bit is detected at the
+    first call and never used: the outputs stay the unfused ones."""
+    import models.binary.packed as packed_mod
+
+    def off_by_one_ulp(bn):
+        a, b = real_terms(bn)
+        return np.nextafter(a, np.float32(np.inf)), b
+
+    real_terms = packed_mod._bn_terms
+    monkeypatch.setattr(packed_mod, "_bn_terms", off_by_one_ulp)
+    net = _imagenet_net(1)
+    packed = to_packed(net)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(packed(x), net(x))
+    units = [m for m in packed.modules() if isinstance(m, PackedBinaryUnit)]
+    assert units and all(v is False for u in units for v in u._exact.values())
 
 
 def test_binary_artifact_round_trip_and_one_bit_storage(tmp_path):
