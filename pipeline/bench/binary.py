@@ -7,8 +7,11 @@ Measurements, all in one process, ``threads`` torch threads and as many kernel t
    alpha) vs ``torch.nn.functional.conv2d`` in float32 of the same shape.
 2. **resnet18**: a whole 1-bit ResNet-18 (``BinaryResNet(layout="imagenet")``, Bi-Real units,
    float stem/shortcuts/fc, 1000 classes) at 224x224, batch 1, packed, vs its float32 twins:
-   ``create_model("resnet18")`` (torchvision layout; the ratio the target refers to) and the same
-   Bi-Real layout with every binary conv a float ``nn.Conv2d`` (``bireal_float``).
+   ``create_model("resnet18")`` (torchvision layout; the ratio the target refers to), the same
+   twin in its deployed form (``models.deploy.optimize_for_cpu``: BatchNorm folded,
+   channels-last; reported beside the target ratio because the packed network's stem runs
+   channels-last too), and the same Bi-Real layout with every binary conv a float
+   ``nn.Conv2d`` (``bireal_float``).
 
 Each round measures every contender back to back in alternating order (so machine noise hits
 them alike); a contender's round figure is the fastest of ``calls`` calls. The headline is the
@@ -100,6 +103,7 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
     from models.backbones import create_model
     from models.binary.layers import BinaryConv2d, BinaryResNet
     from models.binary.packed import PackedBinaryConv2d, export_binary_artifact, kernel_info, to_packed
+    from models.deploy import optimize_for_cpu
     from models.flops import interleaved_timings
 
     old_threads = torch.get_num_threads()
@@ -125,13 +129,17 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
             _random_bn(binary, 1)
             packed = to_packed(binary, threads=threads)
             fp32 = create_model("resnet18", num_classes=1000).eval()
+            fp32_deployed = optimize_for_cpu(fp32, input_size=(224, 224))
             bireal = BinaryResNet(depth=18, layout="imagenet", num_classes=1000, base=64,
                                   conv=lambda i, o, k, s, p: nn.Conv2d(i, o, k, s, p, bias=False)).eval()
             img = torch.randn(1, 3, 224, 224)
             net_t = interleaved_timings({"packed": lambda: packed(img), "resnet18_fp32": lambda: fp32(img),
+                                  "resnet18_fp32_deployed": lambda: fp32_deployed(img),
                                   "bireal_fp32": lambda: bireal(img)},
                                  rounds, 1 if quick else 3, bar.update)
             net_res = {"input": "1x3x224x224", **_summary(net_t, "packed", "resnet18_fp32"),
+                       "fp32_deployed_ms": round(min(net_t["resnet18_fp32_deployed"]), 3),
+                       "ratio_vs_fp32_deployed": round(min(net_t["resnet18_fp32_deployed"]) / min(net_t["packed"]), 2),
                        "bireal_fp32_ms": round(min(net_t["bireal_fp32"]), 3),
                        "ratio_vs_bireal_fp32": round(min(net_t["bireal_fp32"]) / min(net_t["packed"]), 2),
                        "target": TARGET_NET}
@@ -173,6 +181,8 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
             "resnet18_packed_ms": net_res["packed_ms"], "resnet18_fp32_ms": net_res["resnet18_fp32_ms"],
             "resnet18_ratio": net_res["ratio"], "resnet18_ratio_median_round": net_res["ratio_median_round"],
             "resnet18_ratio_spread": net_res["ratio_spread"],
+            "resnet18_fp32_deployed_ms": net_res["fp32_deployed_ms"],
+            "resnet18_ratio_vs_fp32_deployed": net_res["ratio_vs_fp32_deployed"],
             "bireal_fp32_ms": net_res["bireal_fp32_ms"], "resnet18_ratio_vs_bireal_fp32":
                 net_res["ratio_vs_bireal_fp32"],
             "exact": exact_all, **{f"exact_{k}": v for k, v in exact.items()},
