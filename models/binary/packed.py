@@ -93,6 +93,17 @@ def kernel_weights(wb: torch.Tensor, block: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack([words & mask, (words >> np.uint64(4)) & mask], axis=3))
 
 
+def _aligned(a: np.ndarray, alignment: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data starts on an ``alignment``-byte boundary. numpy
+    only promises 16 bytes; the kernel's 32-byte weight loads would then straddle cache lines
+    in some processes and not in others (seen as 8 vs 11 ms per ResNet-18 forward)."""
+    raw = np.empty(a.nbytes + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def _exported(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """``conv.export()`` with any negative alpha folded into the filter's signs (exact)."""
     wb, alpha = conv.export()
@@ -155,7 +166,7 @@ class PackedBinaryConv2d(nn.Module):
         self._kernel = None
 
     def _prepare(self) -> None:
-        self._kernel = kernel_weights(self.binary_weight(), int(_ext().info()["block"]))
+        self._kernel = _aligned(kernel_weights(self.binary_weight(), int(_ext().info()["block"])))
         self._alpha_np = self.alpha.detach().float().cpu().contiguous().numpy().copy()
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
