@@ -222,11 +222,32 @@ static inline void dot_full_store(const uint64_t *a0, const uint64_t *Wb, const 
 
 /* The optional fused tail of a Bi-Real unit, `bn(conv(x)) + shortcut(x)`, in torch's own
  * arithmetic: its eval BatchNorm is one fused multiply-add per value with per-channel
- * constants (the caller passes torch's), the residual add one float add. */
-static inline float unit_tail(const conv_t *P, float v, int o, size_t idx) {
-    if (P->bn_a) v = fmaf(v, P->bn_a[o], P->bn_b[o]);
-    if (P->res) v = v + P->res[idx];
-    return v;
+ * constants (the caller passes torch's), the residual add one float add (see flush_tile). */
+#define TILE_W 64 /* output positions per tile (16 channels x 64 floats = 4 KiB on the stack) */
+
+/* Write a tile of one output row, [16 channels][up to TILE_W positions], to the NCHW output:
+ * contiguous runs per channel (instead of 16 stores to 16 planes per position), and the
+ * optional unit tail applied there, vectorised along the row. */
+static void flush_tile(const conv_t *P, const float *tile, size_t base, size_t plane, int o0, int on,
+                       int ox0, int n) {
+    for (int j = 0; j < on; j++) {
+        const float *src = tile + (size_t)j * TILE_W;
+        const size_t at = base + (size_t)j * plane + ox0;
+        float *restrict dst = P->out + at;
+        const float *restrict r = P->res ? P->res + at : NULL;
+        if (P->bn_a) {
+            const float a = P->bn_a[o0 + j], b = P->bn_b[o0 + j];
+            if (r) {
+                for (int i = 0; i < n; i++) dst[i] = fmaf(src[i], a, b) + r[i];
+            } else {
+                for (int i = 0; i < n; i++) dst[i] = fmaf(src[i], a, b);
+            }
+        } else if (r) {
+            for (int i = 0; i < n; i++) dst[i] = src[i] + r[i];
+        } else {
+            memcpy(dst, src, sizeof(float) * (size_t)n);
+        }
+    }
 }
 
 /* Output tasks [t0, t1) of the flattened (n, output block, output row) index. */
@@ -236,6 +257,7 @@ static void compute_tasks(const conv_t *P, long t0, long t1) {
     const size_t plane = (size_t)Ho * Wo;
     uint64_t acc[OB] __attribute__((aligned(32)));
     float alpha16[OB];
+    float tile[OB * TILE_W];
 #ifdef __AVX2__
     float res[OB];
     const int K = k * k * Cw, full = C * k * k;
@@ -249,22 +271,16 @@ static void compute_tasks(const conv_t *P, long t0, long t1) {
         const uint64_t *A = P->act + (size_t)n * H * W * Cw * NIB;
         const uint64_t *Wb = P->wpk + (size_t)ob * k * k * Cw * NIB * OB;
         const size_t base = ((size_t)n * O + o0) * plane + (size_t)oy * Wo;
-        float *out = P->out + base;
-        const int tail = P->bn_a || P->res;
         const int iy0 = oy * s - pad;
         const int ky0 = imax(0, -iy0), ky1 = imin(k, H - iy0);
         for (int j = 0; j < OB; j++) alpha16[j] = j < on ? P->alpha[o0 + j] : 0.0f;
         for (int ox = 0; ox < Wo; ox++) {
-            const int ix0 = ox * s - pad;
+            const int ix0 = ox * s - pad, col = ox % TILE_W;
+            if (col == 0 && ox > 0) flush_tile(P, tile, base, plane, o0, on, ox - TILE_W, TILE_W);
 #ifdef __AVX2__
             if (ky0 == 0 && ky1 == k && ix0 >= 0 && ix0 + k <= W) {
                 dot_full_store(A + ((size_t)iy0 * W + ix0) * Cw * NIB, Wb, P->off, K, full, alpha16, res);
-                if (tail) {
-                    for (int j = 0; j < on; j++)
-                        out[(size_t)j * plane + ox] = unit_tail(P, res[j], o0 + j, base + (size_t)j * plane + ox);
-                } else {
-                    for (int j = 0; j < on; j++) out[(size_t)j * plane + ox] = res[j];
-                }
+                for (int j = 0; j < OB; j++) tile[j * TILE_W + col] = res[j];
                 continue;
             }
 #endif
@@ -279,9 +295,11 @@ static void compute_tasks(const conv_t *P, long t0, long t1) {
                 /* exact integer, then one float32 multiply: the same rounding as torch's
                  * conv2d(...) * alpha */
                 const float dot = (float)(valid - 2 * (long)acc[j]);
-                out[(size_t)j * plane + ox] = unit_tail(P, dot * alpha16[j], o0 + j, base + (size_t)j * plane + ox);
+                tile[j * TILE_W + col] = dot * alpha16[j];
             }
         }
+        const int last = (Wo - 1) / TILE_W * TILE_W;
+        flush_tile(P, tile, base, plane, o0, on, last, Wo - last);
     }
 }
 
