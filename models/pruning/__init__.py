@@ -79,18 +79,64 @@ def _mean_sd(vals: list[float]) -> tuple[float, float]:
     return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def run_settings(method: str, finetune_epochs: int, finetune_lr: float, abc_cfg,
+                 channel_multiple: int) -> dict:
+    """What a cached run depends on besides (method, seed): a cached run made with other
+    settings must not be mixed into a table silently."""
+    from dataclasses import asdict
+
+    from models.pruning.abc import ABCConfig
+
+    s = {"finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
+         "channel_multiple": channel_multiple}
+    if method == "abc":
+        cfg = asdict(abc_cfg or ABCConfig())
+        for k in ("seed", "flops_target", "channel_multiple"):  # set per run by run_method
+            cfg.pop(k)
+        s["abc"] = cfg
+    return s
+
+
+def _run_and_record(method: str, seed: int, base, data, flops_target: float,
+                    finetune_epochs: int, finetune_lr: float, abc_cfg, out: Path, tag: str,
+                    export: bool, progress: bool, channel_multiple: int) -> dict:
+    """One (method, seed) run of :func:`evaluate_pruning`: prune, fine-tune, write its record
+    (and the method's artifact when ``export``). Also the body of a worker process."""
+    import copy
+
+    import torch
+
+    torch.set_num_threads(1)
+    model, rec = run_method(method, base, data, flops_target, seed, finetune_epochs,
+                            finetune_lr, copy.deepcopy(abc_cfg), out / f"work{tag}",
+                            progress=progress, channel_multiple=channel_multiple)
+    rec["settings"] = run_settings(method, finetune_epochs, finetune_lr, abc_cfg,
+                                   channel_multiple)
+    if export:
+        from models.artifacts import export_artifact
+
+        export_artifact(model, out / f"{method}.vsa", method=method, data=data,
+                        metrics={k: rec[k] for k in ("val_acc", "test_acc", "search_epochs",
+                                                     "finetune_epochs")},
+                        onnx=False)
+    f = out / f"runs{tag}" / f"{method}-s{seed}.json"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(rec, indent=1))
+    return rec
+
+
 def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds=(0,),
                      finetune_epochs: int = 5, finetune_lr: float = 0.01, abc_cfg=None,
                      out: str | Path = "out/pruning/eval", progress: bool = True,
                      latency_batch: int = 32, base_metrics: dict | None = None,
                      export: bool = True, echo=print, channel_multiple: int = 8,
-                     deploy: bool = True) -> dict:
+                     deploy: bool = True, jobs: int = 1) -> dict:
     """Every method x seed at one budget; results are cached per run under ``out`` so an
-    interrupted evaluation continues where it stopped. Returns {"rows": [...], ...}.
+    interrupted evaluation continues where it stopped (a cached run made with other settings is
+    refused). With ``jobs > 1`` the runs go to that many worker processes, one torch thread
+    each. Returns {"rows": [...], ...}.
     Latency: every model in the same form, by default the deployed one the features stage runs
     (BN folded, channels-last memory: :func:`models.deploy.optimize_for_cpu`)."""
-    import copy
-
     from models.flops import compare_latency, count_flops, count_params
     from models.pruning.surgery import prune
     from models.train import evaluate
@@ -105,28 +151,46 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
              "test_sd": 0.0, "flops": base_flops, "flops_ratio": 1.0, "params": base_params,
              "latency_ms": 0.0, "speedup": 1.0, "search_epochs": 0.0,
              "finetune_epochs": 0}]
-    runs: dict[str, list[dict]] = {}
     # runs of another alignment are other experiments: they get their own cache and logs
     tag = "" if channel_multiple == 1 else f"-m{channel_multiple}"
+    cached: dict[tuple[str, int], dict] = {}
+    todo = []
     for method in methods:
+        want = run_settings(method, finetune_epochs, finetune_lr, abc_cfg, channel_multiple)
         for seed in seeds:
             f = out / f"runs{tag}" / f"{method}-s{seed}.json"
-            if f.exists():
-                rec = json.loads(f.read_text())
-            else:
-                model, rec = run_method(method, base, data, flops_target, seed, finetune_epochs,
-                                        finetune_lr, copy.deepcopy(abc_cfg), out / f"work{tag}",
-                                        progress=progress, channel_multiple=channel_multiple)
-                if export and seed == seeds[0]:
-                    from models.artifacts import export_artifact
+            if not f.exists():
+                todo.append((method, seed))
+                continue
+            rec = json.loads(f.read_text())
+            have = rec.get("settings")
+            # records written before settings were kept are taken as they are
+            if have is not None and have != want:
+                raise ValueError(f"{f} was made with other settings ({have}, asked {want}); "
+                                 "give another --out or delete it")
+            cached[(method, seed)] = rec
 
-                    export_artifact(model, out / f"{method}.vsa", method=method, data=data,
-                                    metrics={k: rec[k] for k in ("val_acc", "test_acc",
-                                                                 "search_epochs",
-                                                                 "finetune_epochs")},
-                                    onnx=False)
-                f.parent.mkdir(parents=True, exist_ok=True)
-                f.write_text(json.dumps(rec, indent=1))
+    def job_args(method, seed):
+        return (method, seed, base, data, flops_target, finetune_epochs, finetune_lr, abc_cfg,
+                out, tag, export and seed == seeds[0], progress and jobs == 1, channel_multiple)
+
+    if jobs > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from tqdm import tqdm
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futs = {pool.submit(_run_and_record, *job_args(m, s)): (m, s) for m, s in todo}
+            for fut in tqdm(as_completed(futs), total=len(futs), desc="pruning runs",
+                            disable=not progress):
+                cached[futs[fut]] = fut.result()
+    else:
+        for m, s in todo:
+            cached[(m, s)] = _run_and_record(*job_args(m, s))
+    runs: dict[str, list[dict]] = {}
+    for method in methods:
+        for seed in seeds:
+            rec = cached[(method, seed)]
             echo(f"{method} seed {seed}: test {rec['test_acc']:.4f} val {rec['val_acc']:.4f} "
                  f"FLOPs x{rec['flops_ratio']:.3f} search {rec['search_epochs']:.2f} ep")
             runs.setdefault(method, []).append(rec)

@@ -188,6 +188,8 @@ def eval_pruning(
                                 "into convs, channels-last memory, as the features stage runs them) "
                                 "or the plain eval-mode modules"),
     out: Path = typer.Option(None, "--out", help="default out/pruning/eval-ARCH-DATASET"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="run the (method, seed) pairs in this many "
+                             "worker processes, one torch thread each"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """ABCPruner vs uniform / L1-norm / random structures at the same FLOPs: one table of
@@ -209,7 +211,7 @@ def eval_pruning(
                               tuple(int(s) for s in seeds.split(",")), finetune_epochs,
                               finetune_lr, cfg, out, progress=progress,
                               latency_batch=latency_batch, echo=typer.echo,
-                              channel_multiple=channel_multiple, deploy=deploy)
+                              channel_multiple=channel_multiple, deploy=deploy, jobs=jobs)
     typer.echo(format_table(result))
     typer.echo(json.dumps(result))
 

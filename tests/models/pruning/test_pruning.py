@@ -133,3 +133,33 @@ def test_aligned_abc_search_only_proposes_aligned_widths(tmp_path):
     res = ABCPruner(m, None, cfg, progress=False, fitness_fn=fitness).search()
     assert seen and all(v % 8 == 0 for w in seen for v in w)
     assert res.best_flops_ratio <= 0.5 and all(v % 8 == 0 for v in res.best_widths)
+
+
+def _tiny_bundle():
+    from models.data import DataBundle, Split
+
+    rng = np.random.default_rng(0)
+    s = Split(rng.random((32, 3, 16, 16)).astype(np.float32), np.arange(32) % 10)
+    return DataBundle("tiny", s, s, s, 10)
+
+
+def test_evaluate_pruning_in_workers_caches_and_refuses_other_settings(tmp_path):
+    from models.pruning import evaluate_pruning
+
+    torch.manual_seed(0)
+    tiny = create_model("resnet20", num_classes=10, widths=[16] * 9, base=8).eval()
+    data = _tiny_bundle()
+    kw = dict(methods=("uniform", "l1"), seeds=(0, 1), out=tmp_path, progress=False,
+              echo=lambda _: None, latency_batch=2)
+    res = evaluate_pruning(tiny, data, 0.5, finetune_epochs=1, jobs=2, **kw)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"unpruned", "uniform", "l1"}
+    assert rows["l1"]["n"] == 2 and rows["l1"]["flops_ratio"] < 0.6  # inner widths all 8
+    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs-m8").glob("*.json"))]
+    assert len(recs) == 4 and all(r["settings"]["finetune_epochs"] == 1 for r in recs)
+    assert (tmp_path / "l1.vsa").exists()
+    # the same settings again: everything comes from the cache, the table is the same
+    again = evaluate_pruning(tiny, data, 0.5, finetune_epochs=1, jobs=1, **kw)
+    assert [r["test_acc"] for r in again["rows"][1:]] == [r["test_acc"] for r in res["rows"][1:]]
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate_pruning(tiny, data, 0.5, finetune_epochs=2, **kw)
