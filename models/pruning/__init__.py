@@ -164,6 +164,10 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
                 continue
             rec = json.loads(f.read_text())
             have = rec.get("settings")
+            if have is not None and "abc" in have:
+                # a field added to ABCConfig later: older runs used its default
+                have = {**have, "abc": {**run_settings("abc", 0, 0.0, None, 1)["abc"],
+                                        **have["abc"]}}
             # records written before settings were kept are taken as they are
             if have is not None and have != want:
                 raise ValueError(f"{f} was made with other settings ({have}, asked {want}); "

@@ -96,12 +96,14 @@ def export_cmd(
 
 # ----------------------------------------------------------------------------- compress
 def _abc_config(food: int, cycles: int, limit: int, fitness_epochs: int, fitness_subset: int | None,
-                fitness_lr: float, seed: int, target: float | None):
+                fitness_lr: float, seed: int, target: float | None, fitness_metric: str = "accuracy"):
     from models.pruning.abc import ABCConfig
 
+    if fitness_metric not in ("accuracy", "loss"):
+        raise typer.BadParameter(f"--fitness-metric must be accuracy or loss, not {fitness_metric!r}")
     return ABCConfig(food_number=food, max_cycle=cycles, limit=limit, fitness_epochs=fitness_epochs,
                      fitness_subset=fitness_subset, fitness_lr=fitness_lr, seed=seed,
-                     flops_target=target)
+                     flops_target=target, fitness_metric=fitness_metric)
 
 
 FOOD = typer.Option(6, "--food", min=2, help="food sources (paper: 10)")
@@ -110,6 +112,10 @@ LIMIT = typer.Option(3, "--limit", min=1, help="failed trials before a scout (pa
 FIT_EPOCHS = typer.Option(1, "--fitness-epochs", min=1, help="fitness training epochs (paper: 2)")
 FIT_SUBSET = typer.Option(None, "--fitness-subset", help="train fitness on N images (default all)")
 FIT_LR = typer.Option(0.01, "--fitness-lr")
+FIT_METRIC = typer.Option("accuracy", "--fitness-metric",
+                          help="accuracy: validation accuracy (paper); loss: 1/(1 + validation "
+                          "cross-entropy), which still ranks candidates when the validation "
+                          "accuracy is saturated")
 MULTIPLE = typer.Option(8, "--channel-multiple", min=1,
                         help="align every pruned width to this many channels (CPU kernels work in "
                         "8-channel SIMD groups: off-grid widths save FLOPs but not time); 1 = "
@@ -126,6 +132,7 @@ def compress_abc(
                                        help="fraction of the original FLOPs to keep"),
     food: int = FOOD, cycles: int = CYCLES, limit: int = LIMIT, fitness_epochs: int = FIT_EPOCHS,
     fitness_subset: int | None = FIT_SUBSET, fitness_lr: float = FIT_LR,
+    fitness_metric: str = FIT_METRIC,
     finetune_epochs: int = typer.Option(10, "--finetune-epochs", min=0),
     finetune_lr: float = typer.Option(0.01, "--finetune-lr"),
     seed: int = typer.Option(0),
@@ -151,7 +158,7 @@ def compress_abc(
     if model.config["arch"] != arch:
         raise ValueError(f"--base is a {model.config['arch']}, not {arch}")
     cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, seed,
-                      flops_target)
+                      flops_target, fitness_metric)
     pruned, rec = run_method("abc", model, data, flops_target, seed, finetune_epochs, finetune_lr,
                              cfg, out, progress=progress, resume=resume,
                              channel_multiple=channel_multiple)
@@ -182,6 +189,7 @@ def eval_pruning(
     finetune_lr: float = typer.Option(0.01, "--finetune-lr"),
     food: int = FOOD, cycles: int = CYCLES, limit: int = LIMIT, fitness_epochs: int = FIT_EPOCHS,
     fitness_subset: int | None = FIT_SUBSET, fitness_lr: float = FIT_LR,
+    fitness_metric: str = FIT_METRIC,
     latency_batch: int = typer.Option(32, "--latency-batch"),
     channel_multiple: int = MULTIPLE,
     deploy: bool = typer.Option(True, "--deploy/--plain", help="time the deployed models (BN folded "
@@ -206,7 +214,7 @@ def eval_pruning(
     out = out or Path(f"out/pruning/eval-{arch}-{dataset}")
     model = load_base(base)
     cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, 0,
-                      flops_target)
+                      flops_target, fitness_metric)
     result = evaluate_pruning(model, data, flops_target, [m.strip() for m in methods.split(",")],
                               tuple(int(s) for s in seeds.split(",")), finetune_epochs,
                               finetune_lr, cfg, out, progress=progress,

@@ -88,8 +88,10 @@ def test_abc_search_logs_resumes_and_plots(net, tmp_path):
     assert len(calls) - n_before < len(calls[:n_before])
 
 
-def test_abc_with_real_training_fitness():
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_abc_with_real_training_fitness(metric):
     from models.data import DataBundle, Split
+    from models.pruning.abc import validation_loss
 
     torch.manual_seed(0)
     tiny = create_model("resnet20", num_classes=10, widths=[4] * 9, base=4).eval()
@@ -97,9 +99,15 @@ def test_abc_with_real_training_fitness():
     s = Split(rng.random((16, 3, 16, 16)).astype(np.float32), np.arange(16) % 10)
     data = DataBundle("tiny", s, s, s, 10)
     cfg = ABCConfig(food_number=2, max_cycle=1, limit=1, fitness_subset=8, batch_size=8,
-                    bn_batches=1)
+                    bn_batches=1, fitness_metric=metric)
     r = ABCPruner(tiny, data, cfg, progress=False, input_size=(16, 16)).search()
-    assert 0 <= r.best_fitness <= 1 and r.search_epochs > 0
+    assert 0 < r.best_fitness <= 1 and r.search_epochs > 0
+    if metric == "loss":  # 1 / (1 + CE): below 1 for any candidate that is not perfect
+        assert all(0 < e.fitness < 1 for e in r.evaluations)
+        x = torch.from_numpy((s.x - 0.5) / 0.25)
+        with torch.no_grad():
+            want = torch.nn.functional.cross_entropy(tiny(x), torch.as_tensor(s.y)).item()
+        assert validation_loss(tiny, data) == pytest.approx(want, rel=1e-5)
 
 
 def test_align_width_rounds_to_the_simd_grid():
