@@ -99,11 +99,13 @@ def _abc_config(food: int, cycles: int, limit: int, fitness_epochs: int, fitness
                 fitness_lr: float, seed: int, target: float | None, fitness_metric: str = "accuracy"):
     from models.pruning.abc import ABCConfig
 
-    if fitness_metric not in ("accuracy", "loss"):
-        raise typer.BadParameter(f"--fitness-metric must be accuracy or loss, not {fitness_metric!r}")
-    return ABCConfig(food_number=food, max_cycle=cycles, limit=limit, fitness_epochs=fitness_epochs,
-                     fitness_subset=fitness_subset, fitness_lr=fitness_lr, seed=seed,
-                     flops_target=target, fitness_metric=fitness_metric)
+    try:
+        return ABCConfig(food_number=food, max_cycle=cycles, limit=limit,
+                         fitness_epochs=fitness_epochs, fitness_subset=fitness_subset,
+                         fitness_lr=fitness_lr, seed=seed, flops_target=target,
+                         fitness_metric=fitness_metric)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--fitness-metric") from None
 
 
 FOOD = typer.Option(6, "--food", min=2, help="food sources (paper: 10)")

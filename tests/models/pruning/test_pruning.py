@@ -171,3 +171,8 @@ def test_evaluate_pruning_in_workers_caches_and_refuses_other_settings(tmp_path)
     assert [r["test_acc"] for r in again["rows"][1:]] == [r["test_acc"] for r in res["rows"][1:]]
     with pytest.raises(ValueError, match="other settings"):
         evaluate_pruning(tiny, data, 0.5, finetune_epochs=2, **kw)
+
+
+def test_unknown_fitness_metric_is_refused():
+    with pytest.raises(ValueError, match="accuracy or loss"):
+        ABCConfig(fitness_metric="top5")
