@@ -46,19 +46,37 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def evaluate(model, split: Split, mean, std, batch_size: int = 256, device: str = "cpu",
-             max_batches: int | None = None) -> float:
-    """Top-1 accuracy in [0, 1]."""
+def _eval_logits(model, split: Split, mean, std, batch_size: int, device: str,
+                 max_batches: int | None):
+    """(logits on the CPU, labels) per batch of ``split``, model in eval mode, no autograd."""
     import torch
 
     model.eval()
-    correct = total = 0
     with torch.no_grad():
         for x, y in batches(split, batch_size, mean, std, max_batches=max_batches):
-            pred = model(x.to(device)).argmax(1).cpu()
-            correct += int((pred == y).sum())
-            total += len(y)
+            yield model(x.to(device)).cpu(), y
+
+
+def evaluate(model, split: Split, mean, std, batch_size: int = 256, device: str = "cpu",
+             max_batches: int | None = None) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    correct = total = 0
+    for logits, y in _eval_logits(model, split, mean, std, batch_size, device, max_batches):
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
     return correct / max(total, 1)
+
+
+def evaluate_loss(model, split: Split, mean, std, batch_size: int = 256,
+                  device: str = "cpu") -> float:
+    """Mean cross-entropy over ``split``."""
+    import torch.nn.functional as F
+
+    total, n = 0.0, 0
+    for logits, y in _eval_logits(model, split, mean, std, batch_size, device, None):
+        total += float(F.cross_entropy(logits, y, reduction="sum"))
+        n += len(y)
+    return total / max(n, 1)
 
 
 def _lr_at(cfg: TrainConfig, epoch: int) -> float:

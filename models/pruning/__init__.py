@@ -91,10 +91,28 @@ def run_settings(method: str, finetune_epochs: int, finetune_lr: float, abc_cfg,
          "channel_multiple": channel_multiple}
     if method == "abc":
         cfg = asdict(abc_cfg or ABCConfig())
-        for k in ("seed", "flops_target", "channel_multiple"):  # set per run by run_method
+        for k in _PER_RUN_ABC_FIELDS:
             cfg.pop(k)
         s["abc"] = cfg
     return s
+
+
+# set by run_method for every run, so not part of the settings a cached run is checked against
+_PER_RUN_ABC_FIELDS = ("seed", "flops_target", "channel_multiple")
+
+
+def _recorded_settings(rec: dict) -> dict | None:
+    """The settings a cached run was made with, ABC fields added to ABCConfig since then at
+    their defaults (what that run used); None for records older than settings."""
+    from dataclasses import asdict
+
+    from models.pruning.abc import ABCConfig
+
+    have = rec.get("settings")
+    if have is None or "abc" not in have:
+        return have
+    full = asdict(ABCConfig(**have["abc"]))
+    return {**have, "abc": {k: v for k, v in full.items() if k not in _PER_RUN_ABC_FIELDS}}
 
 
 def _run_and_record(method: str, seed: int, base, data, flops_target: float,
@@ -163,11 +181,7 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
                 todo.append((method, seed))
                 continue
             rec = json.loads(f.read_text())
-            have = rec.get("settings")
-            if have is not None and "abc" in have:
-                # a field added to ABCConfig later: older runs used its default
-                have = {**have, "abc": {**run_settings("abc", 0, 0.0, None, 1)["abc"],
-                                        **have["abc"]}}
+            have = _recorded_settings(rec)
             # records written before settings were kept are taken as they are
             if have is not None and have != want:
                 raise ValueError(f"{f} was made with other settings ({have}, asked {want}); "

@@ -137,22 +137,6 @@ def finetune(model, data, epochs: int, lr: float = 0.01, seed: int = 0, ckpt_dir
     return model, res
 
 
-def validation_loss(model, data, batch_size: int = 256) -> float:
-    """Mean cross-entropy of ``model`` (eval mode) on the validation split."""
-    import torch
-    import torch.nn.functional as F
-
-    from models.data import batches
-
-    model.eval()
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for x, y in batches(data.val, batch_size, data.mean, data.std):
-            total += float(F.cross_entropy(model(x), y, reduction="sum"))
-            n += len(y)
-    return total / max(n, 1)
-
-
 def fit_budget(genes: np.ndarray, table: FlopsTable, target: float | None, max_gene: int,
                rng: np.random.Generator, multiple: int = 1) -> np.ndarray:
     """Repair a gene vector to the FLOPs budget (see module docstring)."""
@@ -207,7 +191,7 @@ class ABCPruner:
 
     # ------------------------------------------------------------------ fitness
     def _train_fitness(self, widths: list[int]) -> tuple[float, float]:
-        from models.train import TrainConfig, evaluate, recalibrate_bn, train
+        from models.train import TrainConfig, evaluate, evaluate_loss, recalibrate_bn, train
 
         c = self.cfg
         cand = prune(self.model, widths, c.select, c.seed)
@@ -218,7 +202,8 @@ class ABCPruner:
               progress=False, eval_val=False)
         recalibrate_bn(cand, self.data, c.bn_batches, c.batch_size, c.seed)
         if c.fitness_metric == "loss":
-            score = 1.0 / (1.0 + validation_loss(cand, self.data))
+            score = 1.0 / (1.0 + evaluate_loss(cand, self.data.val, self.data.mean,
+                                               self.data.std))
         else:
             score = evaluate(cand, self.data.val, self.data.mean, self.data.std)
         n = len(self.data.train)

@@ -91,7 +91,7 @@ def test_abc_search_logs_resumes_and_plots(net, tmp_path):
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_abc_with_real_training_fitness(metric):
     from models.data import DataBundle, Split
-    from models.pruning.abc import validation_loss
+    from models.train import evaluate_loss
 
     torch.manual_seed(0)
     tiny = create_model("resnet20", num_classes=10, widths=[4] * 9, base=4).eval()
@@ -104,10 +104,11 @@ def test_abc_with_real_training_fitness(metric):
     assert 0 < r.best_fitness <= 1 and r.search_epochs > 0
     if metric == "loss":  # 1 / (1 + CE): below 1 for any candidate that is not perfect
         assert all(0 < e.fitness < 1 for e in r.evaluations)
-        x = torch.from_numpy((s.x - 0.5) / 0.25)
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data.mean, data.std))
         with torch.no_grad():
-            want = torch.nn.functional.cross_entropy(tiny(x), torch.as_tensor(s.y)).item()
-        assert validation_loss(tiny, data) == pytest.approx(want, rel=1e-5)
+            logits = tiny((torch.from_numpy(s.x) - mean) / std)
+        want = torch.nn.functional.cross_entropy(logits, torch.as_tensor(s.y)).item()
+        assert evaluate_loss(tiny, s, data.mean, data.std) == pytest.approx(want, rel=1e-5)
 
 
 def test_align_width_rounds_to_the_simd_grid():
@@ -171,6 +172,19 @@ def test_evaluate_pruning_in_workers_caches_and_refuses_other_settings(tmp_path)
     assert [r["test_acc"] for r in again["rows"][1:]] == [r["test_acc"] for r in res["rows"][1:]]
     with pytest.raises(ValueError, match="other settings"):
         evaluate_pruning(tiny, data, 0.5, finetune_epochs=2, **kw)
+    # an ABC run recorded before a config field existed was made with that field's default
+    from dataclasses import asdict
+
+    old = json.loads((tmp_path / "runs-m8" / "uniform-s0.json").read_text())
+    abc_fields = {k: v for k, v in asdict(ABCConfig()).items()
+                  if k not in ("seed", "flops_target", "channel_multiple", "fitness_metric")}
+    old["settings"]["abc"] = abc_fields
+    (tmp_path / "runs-m8" / "abc-s0.json").write_text(json.dumps(old))
+    kw.update(methods=("abc",), seeds=(0,))
+    assert evaluate_pruning(tiny, data, 0.5, finetune_epochs=1, **kw)["rows"][1]["n"] == 1
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate_pruning(tiny, data, 0.5, finetune_epochs=1,
+                         abc_cfg=ABCConfig(fitness_metric="loss"), **kw)
 
 
 def test_unknown_fitness_metric_is_refused():
