@@ -455,6 +455,12 @@ class TrainConfig:
     severe_fraction: float = 0.7
     device: str = "cpu"
     workers: int = 0          # data-loader processes (0: batches are made in the training loop)
+    c1: int = S3EConfig.c1    # generator size (S3EConfig): channels at 1/2 and 1/4 resolution,
+    c2: int = S3EConfig.c2    # residual blocks at the bottleneck
+    blocks: int = S3EConfig.blocks
+
+    def model_config(self, semantic: bool) -> S3EConfig:
+        return S3EConfig(c1=self.c1, c2=self.c2, blocks=self.blocks, semantic=semantic)
 
 
 class TrainingBatches(torch.utils.data.Dataset):
@@ -486,6 +492,22 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(1)
 
 
+_GENERATOR_FIELDS = ("c1", "c2", "blocks")
+
+
+def _check_same_generator(config_path: Path, cfg: TrainConfig) -> None:
+    """A checkpoint resumes only into a generator of its own size: a mismatch would otherwise
+    surface as a wall of missing/unexpected state-dict keys."""
+    if not config_path.exists():
+        return
+    saved = json.loads(config_path.read_text())
+    theirs = {k: saved.get(k, getattr(S3EConfig, k)) for k in _GENERATOR_FIELDS}
+    ours = {k: getattr(cfg, k) for k in _GENERATOR_FIELDS}
+    if theirs != ours:
+        raise ValueError(f"{config_path.parent} holds a generator of size {theirs}, not {ours}: "
+                         "resume with the same generator size, or train afresh in another folder")
+
+
 class _Run:
     """One network being trained (model, critic, optimisers, history) and its checkpoint."""
 
@@ -494,7 +516,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, semantic: bool, out_dir: Path, resume: bool, log) -> None:
         torch.manual_seed(cfg.seed)  # both runs of a pair start from the same weights
         self.semantic, self.out_dir, self.cfg = semantic, out_dir, cfg
-        self.model = S3EDeblur(S3EConfig(semantic=semantic)).to(cfg.device)
+        self.model = S3EDeblur(cfg.model_config(semantic)).to(cfg.device)
         self.critic = Critic().to(cfg.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.copt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.9))
@@ -504,6 +526,7 @@ class _Run:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt = out_dir / "checkpoint.pt"
         if resume and self.ckpt.exists():
+            _check_same_generator(out_dir / "config.json", cfg)
             state = torch.load(self.ckpt, map_location=cfg.device, weights_only=True)
             self.model.load_state_dict(state["model"])
             self.critic.load_state_dict(state["critic"])
@@ -688,8 +711,10 @@ def model_from_checkpoint(path: str | Path, semantic: bool | None = None) -> S3E
     sd = state["model"]
     cfg_path = Path(path).parent / "config.json"
     sem = semantic
+    saved = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     if sem is None:
-        sem = json.loads(cfg_path.read_text())["semantic"] if cfg_path.exists() else True
-    model = S3EDeblur(S3EConfig(semantic=sem))
+        sem = saved.get("semantic", True)
+    size = {k: saved[k] for k in _GENERATOR_FIELDS if k in saved}  # older runs: the default size
+    model = S3EDeblur(S3EConfig(semantic=sem, **size))
     model.load_state_dict(sd)
     return model.eval()

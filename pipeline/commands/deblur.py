@@ -37,6 +37,9 @@ def train_deblur(
                                        "(safetensors + JSON manifest) here for the deblur stage"),
     ablation_export: Path | None = typer.Option(None, "--ablation-export",
                                                 help="with --ablation-out: the ablation's weights file"),
+    generator: str = typer.Option("32,48,3", "--generator", help="generator size C1,C2,BLOCKS: "
+                                  "channels at 1/2 and 1/4 resolution, residual blocks at the "
+                                  "bottleneck (the shipped weights are 32,48,3)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Co-train captioner, S3-tree and generator (WGAN-GP critic) on seeded scenes;
@@ -60,11 +63,21 @@ def train_deblur(
         if not resume and (d / "checkpoint.pt").exists():
             typer.echo(f"starting afresh: {d / 'checkpoint.pt'} is replaced (use --resume to continue it)")
             (d / "checkpoint.pt").unlink()
+    try:
+        c1, c2, blocks = (int(v) for v in generator.split(","))
+        if min(c1, c2, blocks) < 1:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"{generator!r}: expected three positive integers C1,C2,BLOCKS "
+                                 "such as 32,48,3", param_hint="--generator") from None
     cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
-                      threads=threads, device=device, workers=workers)
-    res = train(cfg, out, resume=resume, progress=progress,
-                max_seconds=None if max_minutes is None else 60 * max_minutes, log=typer.echo,
-                ablation_dir=ablation_out, fit_schedule=fit_schedule)
+                      threads=threads, device=device, workers=workers, c1=c1, c2=c2, blocks=blocks)
+    try:
+        res = train(cfg, out, resume=resume, progress=progress,
+                    max_seconds=None if max_minutes is None else 60 * max_minutes, log=typer.echo,
+                    ablation_dir=ablation_out, fit_schedule=fit_schedule)
+    except ValueError as exc:  # a checkpoint that cannot be resumed with these settings
+        raise typer.BadParameter(str(exc), param_hint="--resume") from None
     summary = {"out": str(out), "semantic": semantic, "step": res["step"], "steps": res["steps"],
                "seconds": res["seconds"], "last": res["history"][-1] if res["history"] else None}
     targets = [(out, semantic, export)]
@@ -78,7 +91,8 @@ def train_deblur(
         name = "s3e" if sem else "ablation"
         export_weights(model, path, extra={"model_id": f"{name}-{res['step']}steps-seed{seed}",
                                            "train": {"steps": res["step"], "batch": batch, "size": size,
-                                                     "lr": lr, "seed": seed, "device": device}})
+                                                     "lr": lr, "seed": seed, "device": device,
+                                                     "generator": [c1, c2, blocks]}})
         summary.setdefault("exports", []).append(str(path))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     typer.echo(json.dumps(summary))

@@ -49,6 +49,8 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     assert "Traceback" not in res.stderr
     res = vistream("stage", "summary", "--config", str(ROOT / "configs" / "demo.yaml"))
     assert res.returncode == 2 and "memory bus" in res.stderr
+    res = vistream("train", "deblur", "--generator", "32,48", "--out", str(tmp_path / "d"))
+    assert res.returncode == 2 and "C1,C2,BLOCKS" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_run_on_the_memory_bus_reports_a_summary(tmp_path):

@@ -178,3 +178,21 @@ def test_fit_schedule_shortens_the_run_to_the_time_budget(tmp_path):
     # the cosine schedule ran to its (shortened) end instead of being cut off by the clock
     assert 60 < res["steps"] < 100_000 and res["step"] == res["steps"]
     assert res["history"][-1]["step"] == res["steps"]
+
+
+def test_a_larger_generator_trains_exports_and_refuses_resume_at_another_size(tmp_path):
+    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+
+    cfg = TrainConfig(steps=2, batch=1, size=32, checkpoint_every=2, c1=16, c2=24, blocks=4)
+    train(cfg, tmp_path, progress=False, log=lambda m: None)
+    model = model_from_checkpoint(tmp_path / "checkpoint.pt")
+    assert (model.cfg.c1, model.cfg.c2, model.cfg.blocks) == (16, 24, 4)
+    assert len(model.generator.blocks) == 4
+    path = export_weights(model, tmp_path / "w.safetensors")
+    loaded, manifest = load_weights(path)
+    assert manifest["config"]["c2"] == 24 and loaded.generator.down.out_channels == 24
+
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="generator of size"):
+        train(replace(cfg, steps=4, c2=32), tmp_path, progress=False, log=lambda m: None)
