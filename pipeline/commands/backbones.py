@@ -31,16 +31,28 @@ def train_backbone(
     threads: int = typer.Option(1, help="torch CPU threads"),
     device: str = typer.Option("cpu"),
     export: Path | None = typer.Option(None, "--export", help="also write an artifact here"),
+    init: Path | None = typer.Option(None, "--init", help="start from these weights (a checkpoint "
+                                     "or artifact of the same architecture, e.g. trained on "
+                                     "another dataset) instead of a random initialisation"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a backbone (SGD momentum, cosine/step LR, checkpoint every epoch, --resume);
-    prints val/test accuracy and, with --export, writes an artifact of the best epoch."""
+    prints val/test accuracy and, with --export, writes an artifact of the best epoch.
+    --init transfers trained weights (fresh optimiser and schedule)."""
     from models.backbones import create_model
     from models.data import load_dataset
     from models.train import TrainConfig, evaluate, load_checkpoint_model, train
 
     data = load_dataset(dataset)
     model = create_model(arch, num_classes=data.num_classes)
+    if init is not None:
+        from models.pruning import load_base
+
+        try:
+            model.load_state_dict(load_base(init).state_dict())
+        except (FileNotFoundError, RuntimeError) as exc:  # RuntimeError: other shapes or layers
+            raise typer.BadParameter(f"cannot start {arch} ({data.num_classes} classes) from {init}: "
+                                     f"{str(exc).splitlines()[0]}", param_hint="--init") from None
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule, seed=seed,
                       threads=threads, device=device)
     res = train(model, data, cfg, ckpt_dir=out, resume=resume, progress=progress)
@@ -48,7 +60,7 @@ def train_backbone(
     test = evaluate(best, data.test, data.mean, data.std)
     summary = {"arch": arch, "dataset": data.name, "epochs": epochs, "best_val": res.best_val,
                "best_epoch": res.best_epoch, "test_acc": test, "seconds": round(res.seconds, 1),
-               "checkpoint": str(out / "best.pt")}
+               "checkpoint": str(out / "best.pt"), "init": str(init) if init else None}
     if export:
         from models.artifacts import export_artifact
 

@@ -28,3 +28,30 @@ def test_train_checkpoint_resume(tmp_path):
     acc = evaluate(back, data.test, data.mean, data.std)
     assert acc == evaluate(m, data.test, data.mean, data.std)
     assert 0.0 <= acc <= 1.0
+
+
+def test_train_backbone_init_transfers_weights_and_refuses_another_architecture(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import torch
+
+    src = create_model("resnet20", num_classes=10)
+    with torch.no_grad():
+        src.stem[0].weight.fill_(0.125)  # a mark that only a transfer can carry over
+    train(src, tiny_data(20), TrainConfig(epochs=1, lr=0.0, schedule="constant", batch_size=10),
+          ckpt_dir=tmp_path / "src", progress=False)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "backbone", "--epochs", "1",
+                               "--lr", "0", "--schedule", "constant", "--no-progress", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    res = cli("--arch", "resnet20", "--init", str(tmp_path / "src" / "best.pt"), "--out", str(tmp_path / "dst"))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["init"].endswith("best.pt")
+    # lr 0: the transferred weights are still there after an epoch
+    assert torch.all(load_checkpoint_model(tmp_path / "dst" / "best.pt").stem[0].weight == 0.125)
+    res = cli("--arch", "resnet56", "--init", str(tmp_path / "src" / "best.pt"), "--out", str(tmp_path / "bad"))
+    assert res.returncode == 2 and "--init" in res.stderr and "Traceback" not in res.stderr
