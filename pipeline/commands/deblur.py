@@ -58,11 +58,6 @@ def train_deblur(
         raise typer.BadParameter("needs --ablation-out", param_hint="--ablation-export")
     if fit_schedule and max_minutes is None:
         raise typer.BadParameter("needs --max-minutes", param_hint="--fit-schedule")
-    dirs = [out] + ([ablation_out] if ablation_out is not None else [])
-    for d in dirs:
-        if not resume and (d / "checkpoint.pt").exists():
-            typer.echo(f"starting afresh: {d / 'checkpoint.pt'} is replaced (use --resume to continue it)")
-            (d / "checkpoint.pt").unlink()
     try:
         c1, c2, blocks = (int(v) for v in generator.split(","))
         if min(c1, c2, blocks) < 1:
@@ -70,6 +65,11 @@ def train_deblur(
     except ValueError:
         raise typer.BadParameter(f"{generator!r}: expected three positive integers C1,C2,BLOCKS "
                                  "such as 32,48,3", param_hint="--generator") from None
+    dirs = [out] + ([ablation_out] if ablation_out is not None else [])
+    for d in dirs:
+        if not resume and (d / "checkpoint.pt").exists():
+            typer.echo(f"starting afresh: {d / 'checkpoint.pt'} is replaced (use --resume to continue it)")
+            (d / "checkpoint.pt").unlink()
     cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
                       threads=threads, device=device, workers=workers, c1=c1, c2=c2, blocks=blocks)
     try:
