@@ -495,13 +495,17 @@ def _quiet_worker(_: int) -> None:
 _GENERATOR_FIELDS = ("c1", "c2", "blocks")
 
 
+def _saved_generator(run_config: dict) -> dict[str, int]:
+    """The generator size in a run's config.json (runs older than the setting: the default)."""
+    return {k: run_config.get(k, getattr(S3EConfig, k)) for k in _GENERATOR_FIELDS}
+
+
 def _check_same_generator(config_path: Path, cfg: TrainConfig) -> None:
     """A checkpoint resumes only into a generator of its own size: a mismatch would otherwise
     surface as a wall of missing/unexpected state-dict keys."""
     if not config_path.exists():
         return
-    saved = json.loads(config_path.read_text())
-    theirs = {k: saved.get(k, getattr(S3EConfig, k)) for k in _GENERATOR_FIELDS}
+    theirs = _saved_generator(json.loads(config_path.read_text()))
     ours = {k: getattr(cfg, k) for k in _GENERATOR_FIELDS}
     if theirs != ours:
         raise ValueError(f"{config_path.parent} holds a generator of size {theirs}, not {ours}: "
@@ -714,7 +718,6 @@ def model_from_checkpoint(path: str | Path, semantic: bool | None = None) -> S3E
     saved = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     if sem is None:
         sem = saved.get("semantic", True)
-    size = {k: saved[k] for k in _GENERATOR_FIELDS if k in saved}  # older runs: the default size
-    model = S3EDeblur(S3EConfig(semantic=sem, **size))
+    model = S3EDeblur(S3EConfig(semantic=sem, **_saved_generator(saved)))
     model.load_state_dict(sd)
     return model.eval()

@@ -79,40 +79,39 @@ def _mean_sd(vals: list[float]) -> tuple[float, float]:
     return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+# set by run_method for every run, so not part of the settings a cached run is checked against
+_PER_RUN_ABC_FIELDS = ("seed", "flops_target", "channel_multiple")
+
+
+def _abc_settings(cfg) -> dict:
+    """An ABCConfig as recorded with a run: every field but the per-run ones."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(cfg).items() if k not in _PER_RUN_ABC_FIELDS}
+
+
 def run_settings(method: str, finetune_epochs: int, finetune_lr: float, abc_cfg,
                  channel_multiple: int) -> dict:
     """What a cached run depends on besides (method, seed): a cached run made with other
     settings must not be mixed into a table silently."""
-    from dataclasses import asdict
-
     from models.pruning.abc import ABCConfig
 
     s = {"finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
          "channel_multiple": channel_multiple}
     if method == "abc":
-        cfg = asdict(abc_cfg or ABCConfig())
-        for k in _PER_RUN_ABC_FIELDS:
-            cfg.pop(k)
-        s["abc"] = cfg
+        s["abc"] = _abc_settings(abc_cfg or ABCConfig())
     return s
-
-
-# set by run_method for every run, so not part of the settings a cached run is checked against
-_PER_RUN_ABC_FIELDS = ("seed", "flops_target", "channel_multiple")
 
 
 def _recorded_settings(rec: dict) -> dict | None:
     """The settings a cached run was made with, ABC fields added to ABCConfig since then at
     their defaults (what that run used); None for records older than settings."""
-    from dataclasses import asdict
-
     from models.pruning.abc import ABCConfig
 
     have = rec.get("settings")
     if have is None or "abc" not in have:
         return have
-    full = asdict(ABCConfig(**have["abc"]))
-    return {**have, "abc": {k: v for k, v in full.items() if k not in _PER_RUN_ABC_FIELDS}}
+    return {**have, "abc": _abc_settings(ABCConfig(**have["abc"]))}
 
 
 def _run_and_record(method: str, seed: int, base, data, flops_target: float,
