@@ -283,6 +283,10 @@ def main() -> None:
     from pipeline.config import ConfigError
     from pipeline.sources import SourceError
 
+    # Before any tensor exists: every stage, benchmark and evaluation runs with it.
+    from pipeline.allocator import retain_freed_memory
+
+    retain_freed_memory()
     try:
         app()
     except (ConfigError, SourceError, BrokerError, BusError, KeyError, ValueError) as exc:

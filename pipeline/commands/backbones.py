@@ -258,6 +258,7 @@ def bench_backbone(
     compares against whichever form suits it best."""
     from models.artifacts import load_artifact
     from models.backbones import create_model
+    from pipeline.allocator import allocator_tuned
     from models.flops import compare_latency, count_flops
     from models.pruning import load_base
 
@@ -290,6 +291,8 @@ def bench_backbone(
     typer.echo(json.dumps({"bench": "backbone", "batch": batch, "threads": threads,
                            "form": "deployed" if deploy else "plain", "reference_ms": round(ref_ms, 3),
                            f"reference_{'plain' if deploy else 'deployed'}_ms": round(ref_other_ms, 3),
-                           "timing": "min over interleaved runs", "models": rows,
+                           "timing": "min over interleaved runs",
+                           "allocator": "freed memory kept" if allocator_tuned() else "default",
+                           "models": rows,
                            "min_speedup_over_flops_ratio": worst, "target": 0.8,
                            "target_met": worst >= 0.8}))
