@@ -258,9 +258,9 @@ def bench_backbone(
     compares against whichever form suits it best."""
     from models.artifacts import load_artifact
     from models.backbones import create_model
-    from pipeline.allocator import allocator_tuned
     from models.flops import compare_latency, count_flops
     from models.pruning import load_base
+    from pipeline.allocator import allocator_tuned
 
     for a in [*artifacts, *([Path(reference)] if reference else [])]:
         if not a.exists():
