@@ -31,9 +31,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        # In place: no new block-width tensor per block. On a pruned net the block-width adds
-        # keep their full cost, and allocating their outputs cost 0.03-0.09 of the ideal speedup
-        # (ResNet-20, 1 thread, batch 32; see docs/pruning.md).
+        # In place: no new block-width tensor per block. Pruning leaves the block-width adds at
+        # full cost, so their allocations weigh on a pruned net's speedup (docs/pruning.md).
         out += self.shortcut(x)
         return self.relu(out)
 
