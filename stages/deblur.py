@@ -23,7 +23,8 @@ For every frame:
   guided the deblurring (its words, space separated) is emitted for the frame.
 
 Weights: ``weights`` names a file from ``vistream train deblur --export``; by default the
-small model shipped in ``models/deblur/weights/s3e-small.safetensors`` is used, and if that is
+medium model shipped in ``models/deblur/weights/s3e-medium.safetensors`` is used (the faster
+small one is ``s3e-small.safetensors`` beside it), and if that is
 missing a seeded untrained model (a smoke test of the plumbing only: it returns the input).
 Undecodable frames raise in ``process`` and the runner dead-letters them one by one.
 """
@@ -45,7 +46,7 @@ DEFAULT_THRESHOLD = 1.7
 
 class DeblurParams(StageParams):
     weights: str | None = Field(None, description="weights file from `vistream train deblur --export`; "
-                                                  "empty = the shipped small model")
+                                                  "empty = the shipped medium model")
     threshold: float = Field(DEFAULT_THRESHOLD, ge=0,
                              description="gradient-energy-ratio gate: frames scoring below are deblurred")
     width: int = Field(320, ge=16, le=8192, description="processing width (frames are fitted into it)")

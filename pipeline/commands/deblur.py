@@ -39,7 +39,7 @@ def train_deblur(
                                                 help="with --ablation-out: the ablation's weights file"),
     generator: str = typer.Option("32,48,3", "--generator", help="generator size C1,C2,BLOCKS: "
                                   "channels at 1/2 and 1/4 resolution, residual blocks at the "
-                                  "bottleneck (the shipped weights are 32,48,3)"),
+                                  "bottleneck (shipped: 32,64,4 = medium, the stage's default; 32,48,3 = small)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Co-train captioner, S3-tree and generator (WGAN-GP critic) on seeded scenes;
@@ -122,7 +122,7 @@ def eval_deblur(
     quick: bool = typer.Option(False, "--quick", help="20 images per level instead of --n"),
     n: int = typer.Option(100, min=1, help="held-out images per blur level"),
     s3e: Path | None = typer.Option(None, "--s3e", help="S3E weights (.safetensors or checkpoint .pt); "
-                                    "default: the shipped small model"),
+                                    "default: the shipped medium model"),
     ablation: Path | None = typer.Option(None, "--ablation", help="ablation weights (default: shipped)"),
     max_side: int = typer.Option(320, min=16, help="--pairs images are downscaled to fit this"),
     out: Path = typer.Option(Path("out/eval/deblur"), "--out", help="output folder"),
