@@ -38,8 +38,9 @@ def train_deblur(
     ablation_export: Path | None = typer.Option(None, "--ablation-export",
                                                 help="with --ablation-out: the ablation's weights file"),
     generator: str = typer.Option("32,48,3", "--generator", help="generator size C1,C2,BLOCKS: "
-                                  "channels at 1/2 and 1/4 resolution, residual blocks at the "
-                                  "bottleneck (shipped: 32,64,4 = medium, the stage's default; 32,48,3 = small)"),
+                                  "channels at 1/2 and 1/4 resolution, residual blocks at 1/4; "
+                                  "append ,C3,BLOCKS8 for a 1/8 level with its own blocks "
+                                  "(shipped: 32,64,4 = medium, the stage's default; 32,48,3 = small)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Co-train captioner, S3-tree and generator (WGAN-GP critic) on seeded scenes;
@@ -59,19 +60,22 @@ def train_deblur(
     if fit_schedule and max_minutes is None:
         raise typer.BadParameter("needs --max-minutes", param_hint="--fit-schedule")
     try:
-        c1, c2, blocks = (int(v) for v in generator.split(","))
-        if min(c1, c2, blocks) < 1:
+        sizes = [int(v) for v in generator.split(",")]
+        if len(sizes) not in (3, 5) or min(sizes) < 1:
             raise ValueError
     except ValueError:
         raise typer.BadParameter(f"{generator!r}: expected three positive integers C1,C2,BLOCKS "
-                                 "such as 32,48,3", param_hint="--generator") from None
+                                 "such as 32,48,3, or five with a 1/8 level, C1,C2,BLOCKS,C3,BLOCKS8 "
+                                 "such as 32,48,2,96,4", param_hint="--generator") from None
+    c1, c2, blocks, c3, blocks8 = sizes if len(sizes) == 5 else [*sizes, 0, 0]
     dirs = [out] + ([ablation_out] if ablation_out is not None else [])
     for d in dirs:
         if not resume and (d / "checkpoint.pt").exists():
             typer.echo(f"starting afresh: {d / 'checkpoint.pt'} is replaced (use --resume to continue it)")
             (d / "checkpoint.pt").unlink()
     cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
-                      threads=threads, device=device, workers=workers, c1=c1, c2=c2, blocks=blocks)
+                      threads=threads, device=device, workers=workers, c1=c1, c2=c2, blocks=blocks,
+                      c3=c3, blocks8=blocks8)
     try:
         res = train(cfg, out, resume=resume, progress=progress,
                     max_seconds=None if max_minutes is None else 60 * max_minutes, log=typer.echo,
@@ -92,7 +96,7 @@ def train_deblur(
         export_weights(model, path, extra={"model_id": f"{name}-{res['step']}steps-seed{seed}",
                                            "train": {"steps": res["step"], "batch": batch, "size": size,
                                                      "lr": lr, "seed": seed, "device": device,
-                                                     "generator": [c1, c2, blocks]}})
+                                                     "generator": sizes}})
         summary.setdefault("exports", []).append(str(path))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     typer.echo(json.dumps(summary))

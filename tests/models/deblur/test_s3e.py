@@ -196,3 +196,33 @@ def test_a_larger_generator_trains_exports_and_refuses_resume_at_another_size(tm
 
     with pytest.raises(ValueError, match="generator of size"):
         train(replace(cfg, steps=4, c2=32), tmp_path, progress=False, log=lambda m: None)
+
+
+def test_a_generator_with_a_one_eighth_level_keeps_any_frame_size_and_its_config(tmp_path):
+    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+
+    torch.manual_seed(0)
+    model = S3EDeblur(S3EConfig(**(SMALL | dict(c3=20, blocks8=2)))).eval()
+    assert model.generator.deep is not None
+    x = torch.rand(1, 3, 37, 53)  # not a multiple of 8: padded inside, cropped back
+    out, _ = model.deblur(x)
+    assert out.shape == x.shape
+    # the zero-initialised tail makes an untrained generator the identity
+    assert torch.allclose(out, x.clamp(0, 1), atol=1e-6)
+
+    cfg = TrainConfig(steps=2, batch=1, size=32, checkpoint_every=2, c1=8, c2=12, blocks=2,
+                      c3=20, blocks8=2)
+    train(cfg, tmp_path, progress=False, log=lambda m: None)
+    rebuilt = model_from_checkpoint(tmp_path / "checkpoint.pt")
+    assert (rebuilt.cfg.c3, rebuilt.cfg.blocks8) == (20, 2)
+    loaded, manifest = load_weights(export_weights(rebuilt, tmp_path / "w.safetensors"))
+    assert manifest["config"]["blocks8"] == 2 and loaded.generator.deep is not None
+    x = torch.rand(2, 3, 48, 48)
+    assert torch.equal(loaded.deblur(x)[0], rebuilt.deblur(x)[0])
+
+
+def test_weights_from_before_the_one_eighth_level_load_without_it():
+    from models.deblur import SHIPPED_WEIGHTS
+
+    model, manifest = load_weights(SHIPPED_WEIGHTS["s3e-small"])
+    assert "c3" not in manifest["config"] and model.generator.deep is None
