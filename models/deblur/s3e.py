@@ -429,7 +429,8 @@ class LossWeights:
 
 
 def generator_losses(model: S3EDeblur, critic: Critic, blurred, sharp, tokens,
-                     w: LossWeights, masks=None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+                     w: LossWeights, masks=None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """(total, terms, deblurred) for the generator/captioner step."""
     out, logits = model(blurred, tokens, masks)
     sharp_logits, _, _ = model.captioner(sharp, tokens)
@@ -567,7 +568,7 @@ class _Run:
         (self.out_dir / "config.json").write_text(json.dumps(asdict(self.cfg) | {"semantic": self.semantic},
                                                              indent=2))
 
-    def train_step(self, batch: dict[str, Any], lr: float, w: "LossWeights") -> None:
+    def train_step(self, batch: dict[str, Any], lr: float, w: LossWeights) -> None:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.model.train()

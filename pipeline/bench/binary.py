@@ -139,7 +139,8 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
                                  rounds, 1 if quick else 3, bar.update)
             net_res = {"input": "1x3x224x224", **_summary(net_t, "packed", "resnet18_fp32"),
                        "fp32_deployed_ms": round(min(net_t["resnet18_fp32_deployed"]), 3),
-                       "ratio_vs_fp32_deployed": round(min(net_t["resnet18_fp32_deployed"]) / min(net_t["packed"]), 2),
+                       "ratio_vs_fp32_deployed": round(min(net_t["resnet18_fp32_deployed"])
+                                                       / min(net_t["packed"]), 2),
                        "bireal_fp32_ms": round(min(net_t["bireal_fp32"]), 3),
                        "ratio_vs_bireal_fp32": round(min(net_t["bireal_fp32"]) / min(net_t["packed"]), 2),
                        "target": TARGET_NET}

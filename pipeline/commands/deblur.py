@@ -51,7 +51,8 @@ def train_deblur(
     from models.deblur.s3e import TrainConfig, export_weights, model_from_checkpoint, train
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch)", param_hint="--device")
+        raise typer.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch)",
+                                 param_hint="--device")
     if ablation_out is not None and not semantic:
         raise typer.BadParameter("--ablation-out trains the ablation beside S3E; drop --no-semantic",
                                  param_hint="--ablation-out")
@@ -161,12 +162,15 @@ def eval_deblur(
                 sev["wiener_true_kernel"]["psnr"], sev["richardson_lucy_true_kernel"]["psnr"]),
             "semantic_gain_db": round(sev["s3e"]["psnr"] - sev["ablation_no_semantic"]["psnr"], 3),
             "semantic_gain_0.3db_met": sev["s3e"]["psnr"] - sev["ablation_no_semantic"]["psnr"] >= 0.3,
+            "semantic_gain_in_object_regions_db": round(
+                sev["s3e"]["psnr_objects"] - sev["ablation_no_semantic"]["psnr_objects"], 3),
         }
         for level in ("severe", "mild"):
             typer.echo(f"\n{level} ({report[level]['n']} held-out scenes, classical params "
                        f"{report[level]['classical_params']})")
             for name, m in report[level]["methods"].items():
-                typer.echo(f"  {name:30s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}")
+                typer.echo(f"  {name:30s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  "
+                           f"object regions PSNR {m['psnr_objects']:6.2f} dB")
             typer.echo(f"  BLEU-4: {report[level]['bleu4']}")
     report["seconds"] = round(time.monotonic() - t0, 1)
     (out / "results.json").write_text(json.dumps(report, indent=2))

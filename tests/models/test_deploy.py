@@ -54,7 +54,8 @@ def test_a_model_that_folding_would_change_is_left_unfolded():
     m = _SharedConvOutput().eval()
     m.bn.running_var.fill_(4.0)
     m.bn.running_mean.fill_(1.0)
-    assert not any(isinstance(b, nn.BatchNorm2d) for b in fold_batchnorm(m, torch.randn(1, 3, 8, 8)).modules())
+    folded = fold_batchnorm(m, torch.randn(1, 3, 8, 8))
+    assert not any(isinstance(b, nn.BatchNorm2d) for b in folded.modules())
     d = optimize_for_cpu(m, input_size=(8, 8))
     assert isinstance(d.bn, nn.BatchNorm2d)  # the probe check caught it
     x = torch.randn(2, 3, 8, 8)

@@ -48,10 +48,11 @@ def test_train_backbone_init_transfers_weights_and_refuses_another_architecture(
                                "--lr", "0", "--schedule", "constant", "--no-progress", *args],
                               capture_output=True, text=True, timeout=300)
 
-    res = cli("--arch", "resnet20", "--init", str(tmp_path / "src" / "best.pt"), "--out", str(tmp_path / "dst"))
+    src = str(tmp_path / "src" / "best.pt")
+    res = cli("--arch", "resnet20", "--init", src, "--out", str(tmp_path / "dst"))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["init"].endswith("best.pt")
     # lr 0: the transferred weights are still there after an epoch
     assert torch.all(load_checkpoint_model(tmp_path / "dst" / "best.pt").stem[0].weight == 0.125)
-    res = cli("--arch", "resnet56", "--init", str(tmp_path / "src" / "best.pt"), "--out", str(tmp_path / "bad"))
+    res = cli("--arch", "resnet56", "--init", src, "--out", str(tmp_path / "bad"))
     assert res.returncode == 2 and "--init" in res.stderr and "Traceback" not in res.stderr
