@@ -320,12 +320,13 @@ class Generator(nn.Module):
             f = f + torch.einsum("bkhw,bkc->bchw", maps, self.paint(obj))
             gamma, beta = self.film(root).chunk(2, -1)
             f = f * (1 + gamma[..., None, None]) + beta[..., None, None]
-        for i, blk in enumerate(self.blocks[1:], start=1):
-            if self.deep is not None and i == len(self.blocks) - 1:
-                f = f + self.deep(f)  # the 1/8 context, before the last 1/4 block refines it
+        rest = list(self.blocks[1:])
+        for blk in rest[:-1]:
             f = blk(f)
-        if self.deep is not None and len(self.blocks) == 1:
-            f = f + self.deep(f)
+        if self.deep is not None:
+            f = f + self.deep(f)  # the 1/8 context, before the last 1/4 block refines it
+        if rest:
+            f = rest[-1](f)
         u = F.relu(F.pixel_shuffle(self.up(f), 2) + s, inplace=True)
         r = F.pixel_shuffle(self.tail(u), 2)
         out = xp + r
