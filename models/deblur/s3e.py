@@ -432,9 +432,16 @@ class LossWeights:
 def generator_losses(model: S3EDeblur, critic: Critic, blurred, sharp, tokens,
                      w: LossWeights, masks=None
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """(total, terms, deblurred) for the generator/captioner step."""
-    out, logits = model(blurred, tokens, masks)
-    sharp_logits, _, _ = model.captioner(sharp, tokens)
+    """(total, terms, deblurred) for the generator/captioner step.
+
+    The captioner reads the blurred and the sharp images in one pass (one batch of 2B): it has
+    no batch-dependent layer, so this is the same computation as two passes, with half the
+    decoder steps - and each decoder step is a dozen small kernels, which on a GPU bound the
+    training step by kernel launches, not arithmetic (docs/deblur.md)."""
+    n = blurred.shape[0]
+    both_logits, states, alphas = model.captioner(torch.cat([blurred, sharp]), torch.cat([tokens, tokens]))
+    logits, sharp_logits = both_logits[:n], both_logits[n:]
+    out = model.generator(blurred, *model._embed(states[:n], alphas[:n], tokens, masks))
     terms = {
         "content": content_loss(out, sharp),
         "feature": feature_consistency_loss(model.captioner, out, sharp),

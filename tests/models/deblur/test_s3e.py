@@ -226,3 +226,20 @@ def test_weights_from_before_the_one_eighth_level_load_without_it():
 
     model, manifest = load_weights(SHIPPED_WEIGHTS["s3e-small"])
     assert "c3" not in manifest["config"] and model.generator.deep is None
+
+
+def test_the_joint_captioner_pass_gives_the_losses_of_separate_passes():
+    from models.deblur.s3e import caption_loss, content_loss
+
+    torch.manual_seed(0)
+    model, critic = S3EDeblur(S3EConfig(**SMALL)), Critic()
+    blurred, sharp, tokens = _batch(n=3)
+    w = LossWeights()
+    total, terms, out = generator_losses(model, critic, blurred, sharp, tokens, w)
+    # the same step written as two captioner passes
+    ref_out, logits = model(blurred, tokens)
+    sharp_logits, _, _ = model.captioner(sharp, tokens)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["caption_blurred"], caption_loss(logits, tokens), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["caption_sharp"], caption_loss(sharp_logits, tokens), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["content"], content_loss(ref_out, sharp), rtol=1e-5, atol=1e-6)
