@@ -124,12 +124,16 @@ class Captioner(nn.Module):
         """Encoder feature grid (B, C, 12, 12) of RGB images in [0, 1]."""
         return self.encoder(self.prepare(images))
 
-    def _step(self, tok, h, feats, pf):
+    def _advance(self, word, h, feats, pf):
+        """One decoder step from an embedded word: new hidden, state [h, context], attention."""
         a = self.att_v(torch.tanh(pf + self.att_h(h)[:, None])).squeeze(-1)  # (B, N)
         alpha = torch.softmax(a, -1)
         ctx = (alpha[..., None] * feats).sum(1)
-        h = self.gru(torch.cat([self.embed(tok), ctx], -1), h)
-        state = torch.cat([h, ctx], -1)
+        h = self.gru(torch.cat([word, ctx], -1), h)
+        return h, torch.cat([h, ctx], -1), alpha
+
+    def _step(self, tok, h, feats, pf):
+        h, state, alpha = self._advance(self.embed(tok), h, feats, pf)
         return self.out(state), h, state, alpha
 
     def _start(self, images):
@@ -140,15 +144,17 @@ class Captioner(nn.Module):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
         """Teacher forcing: logits (B,T,V), states (B,T,S), attention (B,T,N)."""
         feats, pf, h = self._start(images)
-        prev = torch.full_like(tokens[:, 0], BOS)
-        logits, states, alphas = [], [], []
+        # the words fed in are known in advance: embed them, and read out the logits, for all
+        # steps at once (fewer, larger kernels; the recurrence itself stays step by step)
+        prev = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens[:, :-1]], 1)
+        words = self.embed(prev)
+        states, alphas = [], []
         for t in range(tokens.shape[1]):
-            lo, h, st, al = self._step(prev, h, feats, pf)
-            logits.append(lo)
+            h, st, al = self._advance(words[:, t], h, feats, pf)
             states.append(st)
             alphas.append(al)
-            prev = tokens[:, t]
-        return torch.stack(logits, 1), torch.stack(states, 1), torch.stack(alphas, 1)
+        states = torch.stack(states, 1)
+        return self.out(states), states, torch.stack(alphas, 1)
 
     @torch.no_grad()
     def greedy(self, images: torch.Tensor, max_len: int = MAX_LEN):
