@@ -703,6 +703,33 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = True, progress: bool =
     return out
 
 
+def plot_training(histories: dict[str, list[dict[str, float]]], path: str | Path) -> Path:
+    """Smoothed training losses against the step, one line per run (``{"s3e": history,
+    "ablation": history}``, the ``history`` of :func:`train`'s result or of a checkpoint)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("content", "content (Charbonnier)"), ("feature", "feature consistency"),
+              ("caption_blurred", "caption CE on the blurred input"), ("wasserstein", "critic: Wasserstein estimate"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.4))
+    for ax, (key, title) in zip(axes, panels):
+        for name, hist in histories.items():
+            pts = [(h["step"], h[key]) for h in hist if key in h]
+            if pts:
+                ax.plot(*zip(*pts), label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 # --------------------------------------------------------------------------- export / load
 
 

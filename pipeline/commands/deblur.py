@@ -48,7 +48,7 @@ def train_deblur(
     --ablation-out trains the no-semantic ablation beside it on the very same batches."""
     import torch
 
-    from models.deblur.s3e import TrainConfig, export_weights, model_from_checkpoint, train
+    from models.deblur.s3e import TrainConfig, export_weights, model_from_checkpoint, plot_training, train
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch)",
@@ -99,6 +99,10 @@ def train_deblur(
                                                      "lr": lr, "seed": seed, "device": device,
                                                      "generator": sizes}})
         summary.setdefault("exports", []).append(str(path))
+    histories = {"s3e" if semantic else "ablation": res["history"]}
+    if ablation_out is not None:
+        histories["ablation"] = res["ablation"]["history"]
+    summary["plot"] = str(plot_training(histories, out / "losses.png"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     typer.echo(json.dumps(summary))
 

@@ -152,3 +152,20 @@ def test_dlq_command_shows_reasons(topic_name):
     res = vistream("dlq", topic_name + ".dlq", "--bootstrap", bootstrap)
     assert res.returncode == 0, res.stderr
     assert f"{topic_name}/0/0" in res.stdout and "neither JPEG nor PNG" in res.stdout
+
+
+def test_train_deblur_runs_exports_and_plots_its_losses(tmp_path):
+    d, a = tmp_path / "s3e", tmp_path / "abl"
+    res = vistream("train", "deblur", "--steps", "3", "--batch", "1", "--size", "32", "--generator", "8,12,1,16,1",
+                   "--out", str(d), "--ablation-out", str(a), "--export", str(d / "w.safetensors"),
+                   "--ablation-export", str(a / "w.safetensors"), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["plot"] == str(d / "losses.png")
+    assert (d / "losses.png").stat().st_size > 10_000
+    from models.deblur.s3e import load_weights
+
+    for path, semantic in ((d / "w.safetensors", True), (a / "w.safetensors", False)):
+        model, manifest = load_weights(path)
+        assert manifest["train"]["generator"] == [8, 12, 1, 16, 1] and model.cfg.semantic is semantic
+        assert model.generator.deep is not None
