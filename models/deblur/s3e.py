@@ -712,7 +712,8 @@ def plot_training(histories: dict[str, list[dict[str, float]]], path: str | Path
     import matplotlib.pyplot as plt
 
     panels = (("content", "content (Charbonnier)"), ("feature", "feature consistency"),
-              ("caption_blurred", "caption CE on the blurred input"), ("wasserstein", "critic: Wasserstein estimate"))
+              ("caption_blurred", "caption CE on the blurred input"),
+              ("wasserstein", "critic: Wasserstein estimate"))
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.4))
     for ax, (key, title) in zip(axes, panels):
         for name, hist in histories.items():

@@ -156,7 +156,8 @@ def test_dlq_command_shows_reasons(topic_name):
 
 def test_train_deblur_runs_exports_and_plots_its_losses(tmp_path):
     d, a = tmp_path / "s3e", tmp_path / "abl"
-    res = vistream("train", "deblur", "--steps", "3", "--batch", "1", "--size", "32", "--generator", "8,12,1,16,1",
+    res = vistream("train", "deblur", "--steps", "3", "--batch", "1", "--size", "32",
+                   "--generator", "8,12,1,16,1",
                    "--out", str(d), "--ablation-out", str(a), "--export", str(d / "w.safetensors"),
                    "--ablation-export", str(a / "w.safetensors"), "--no-progress")
     assert res.returncode == 0, res.stderr
