@@ -383,6 +383,17 @@ class S3EDeblur(nn.Module):
         out = self.generator(blurred, *self._embed(states, alphas, tokens, masks))
         return out, logits
 
+    def training_pass(self, blurred: torch.Tensor, sharp: torch.Tensor, tokens: torch.Tensor, masks=None):
+        """:meth:`forward` plus the caption logits of the sharp image: (deblurred, logits of the
+        blurred, logits of the sharp). The captioner reads both images in one batch of 2B: it
+        has no batch-dependent layer, so this is the same computation as two passes with half
+        the decoder steps - and each decoder step is a dozen small kernels, which likely bound
+        a GPU training step more than its arithmetic does (docs/deblur.md)."""
+        n = blurred.shape[0]
+        logits, states, alphas = self.captioner(torch.cat([blurred, sharp]), torch.cat([tokens, tokens]))
+        out = self.generator(blurred, *self._embed(states[:n], alphas[:n], tokens, masks))
+        return out, logits[:n], logits[n:]
+
     @torch.no_grad()
     def deblur(self, blurred: torch.Tensor, caption: bool = True):
         """Inference: (deblurred in [0,1], caption token ids or None)."""
@@ -438,16 +449,8 @@ class LossWeights:
 def generator_losses(model: S3EDeblur, critic: Critic, blurred, sharp, tokens,
                      w: LossWeights, masks=None
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """(total, terms, deblurred) for the generator/captioner step.
-
-    The captioner reads the blurred and the sharp images in one pass (one batch of 2B): it has
-    no batch-dependent layer, so this is the same computation as two passes, with half the
-    decoder steps - and each decoder step is a dozen small kernels, which on a GPU bound the
-    training step by kernel launches, not arithmetic (docs/deblur.md)."""
-    n = blurred.shape[0]
-    both_logits, states, alphas = model.captioner(torch.cat([blurred, sharp]), torch.cat([tokens, tokens]))
-    logits, sharp_logits = both_logits[:n], both_logits[n:]
-    out = model.generator(blurred, *model._embed(states[:n], alphas[:n], tokens, masks))
+    """(total, terms, deblurred) for the generator/captioner step."""
+    out, logits, sharp_logits = model.training_pass(blurred, sharp, tokens, masks)
     terms = {
         "content": content_loss(out, sharp),
         "feature": feature_consistency_loss(model.captioner, out, sharp),
