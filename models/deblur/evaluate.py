@@ -144,6 +144,18 @@ def run_model(model, images: list[np.ndarray], batch: int = 16) -> tuple[list[np
     return outs, caps
 
 
+def run_with_other_trees(model, images: list[np.ndarray], batch: int = 16) -> list[np.ndarray]:
+    """:func:`run_model`, but every image deblurred under the tree of the next image of its
+    batch (:meth:`S3EDeblur.deblur_with_other_trees`); same-size images only."""
+    import torch
+
+    outs: list[np.ndarray] = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in images[i:i + batch]])).float()
+        outs += [a.transpose(1, 2, 0).copy() for a in model.deblur_with_other_trees(x).numpy()]
+    return outs
+
+
 def captions_of(model, images: list[np.ndarray], batch: int = 32) -> list[list[str]]:
     import torch
 
@@ -199,6 +211,16 @@ def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[st
                 "caption_of_s3e_deblurred": round(bleu4(refs, captions_of(m, results["s3e"])), 4),
                 "caption_of_sharp": round(bleu4(refs, captions_of(m, sharp)), 4),
             }
+            if m.cfg.semantic:
+                # the same generator under other scenes' trees: the part of its result owed to
+                # what the caption says about *this* scene, not to a tree being present
+                swapped = _table(sharp, {"own": results["s3e"], "other": run_with_other_trees(m, blurred)},
+                                 regions)
+                level_rep["tree_content"] = {
+                    "psnr_own_trees": swapped["own"]["psnr"], "psnr_other_scenes_trees": swapped["other"]["psnr"],
+                    "gain_db": round(swapped["own"]["psnr"] - swapped["other"]["psnr"], 3),
+                    "gain_in_object_regions_db": round(
+                        swapped["own"]["psnr_objects"] - swapped["other"]["psnr_objects"], 3)}
             level_rep["example_captions"] = [
                 {"truth": " ".join(s.caption), "predicted_from_blurred": " ".join(c)}
                 for s, c in zip(samples[:3], caps["s3e"])]

@@ -403,6 +403,17 @@ class S3EDeblur(nn.Module):
         out = self.generator(blurred, *self._embed(states, alphas, toks))
         return out.clamp(0, 1), toks
 
+    @torch.no_grad()
+    def deblur_with_other_trees(self, blurred: torch.Tensor, shift: int = 1) -> torch.Tensor:
+        """Inference in which image ``i`` of the batch is guided by the S3-tree (greedy caption,
+        attention maps) of image ``i + shift`` (cyclically). Against :meth:`deblur` this
+        measures whether the generator uses what the tree *says* about its image, or only
+        that a tree is there (a learned constant would survive the swap)."""
+        toks, states, alphas = self.captioner.greedy(blurred)
+        obj, att, root = self._embed(states, alphas, toks)
+        perm = torch.roll(torch.arange(blurred.shape[0], device=blurred.device), -shift)
+        return self.generator(blurred, obj[perm], att[perm], root[perm]).clamp(0, 1)
+
     def _zero(self, like: torch.Tensor):
         b, n, d = like.shape[0], (CAPTION_SIZE // 8) ** 2, like.device
         return (torch.zeros(b, MAX_OBJECTS, self.cfg.node, device=d),

@@ -171,6 +171,8 @@ def eval_deblur(
             "semantic_gain_in_object_regions_db": round(
                 sev["s3e"]["psnr_objects"] - sev["ablation_no_semantic"]["psnr_objects"], 3),
         }
+        if "tree_content" in report["severe"]:
+            report["targets"]["tree_content_gain_db"] = report["severe"]["tree_content"]["gain_db"]
         for level in ("severe", "mild"):
             typer.echo(f"\n{level} ({report[level]['n']} held-out scenes, classical params "
                        f"{report[level]['classical_params']})")
@@ -178,6 +180,8 @@ def eval_deblur(
                 typer.echo(f"  {name:30s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  "
                            f"object regions PSNR {m['psnr_objects']:6.2f} dB")
             typer.echo(f"  BLEU-4: {report[level]['bleu4']}")
+            if "tree_content" in report[level]:
+                typer.echo(f"  S3E under other scenes' trees: {report[level]['tree_content']}")
     report["seconds"] = round(time.monotonic() - t0, 1)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     typer.echo(f"\nwrote {out / 'results.json'}")

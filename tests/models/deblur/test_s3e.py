@@ -102,6 +102,20 @@ def test_tree_embedding_reaches_the_generator_and_ablation_ignores_it():
         assert sum(p.numel() for p in sem.parameters()) == sum(p.numel() for p in abl.parameters())
 
 
+def test_other_scenes_trees_change_the_output_and_a_zero_shift_does_not():
+    blurred, _, _ = _batch(3)
+    sem = _perturbed(True)
+    own, _ = sem.deblur(blurred)
+    assert torch.allclose(sem.deblur_with_other_trees(blurred, shift=0), own)
+    swapped = sem.deblur_with_other_trees(blurred, shift=1)
+    assert not torch.allclose(swapped, own)
+    # image 0 is guided by image 1's tree: exactly what deblurring with that tree gives
+    toks, states, alphas = sem.captioner.greedy(blurred)
+    obj, att, root = sem._embed(states, alphas, toks)
+    expect = sem.generator(blurred[:1], obj[1:2], att[1:2], root[1:2]).clamp(0, 1)
+    assert torch.allclose(swapped[:1], expect, atol=1e-6)
+
+
 def test_deblur_any_size_and_export_round_trip(tmp_path):
     m = _perturbed(True)
     x = torch.rand(2, 3, 37, 50)
