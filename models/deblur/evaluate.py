@@ -217,7 +217,8 @@ def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[st
                 swapped = _table(sharp, {"own": results["s3e"], "other": run_with_other_trees(m, blurred)},
                                  regions)
                 level_rep["tree_content"] = {
-                    "psnr_own_trees": swapped["own"]["psnr"], "psnr_other_scenes_trees": swapped["other"]["psnr"],
+                    "psnr_own_trees": swapped["own"]["psnr"],
+                    "psnr_other_scenes_trees": swapped["other"]["psnr"],
                     "gain_db": round(swapped["own"]["psnr"] - swapped["other"]["psnr"], 3),
                     "gain_in_object_regions_db": round(
                         swapped["own"]["psnr_objects"] - swapped["other"]["psnr_objects"], 3)}
