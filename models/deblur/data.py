@@ -255,9 +255,30 @@ def eval_set(level: str, n: int, width: int = 96, height: int = 96, offset: int 
     return [make_sample(base + i, level, width, height) for i in range(n)]
 
 
+#: The captioner's attention grid is GRID x GRID cells over the whole image.
+GRID = 12
+
+
+def object_maps(objects: list[SceneObject], width: int, height: int, grid: int = GRID) -> np.ndarray:
+    """(MAX_OBJECTS, grid*grid) float32: for each object in caption order (left to right), the
+    attention-grid cells it covers (cell centres within ``r`` plus half a cell of its centre, at
+    least the cell holding the centre), each row summing to 1; rows of absent objects are zero.
+    The grounding target of the object nodes' spatial attention (``s3e.grounding_loss``)."""
+    out = np.zeros((MAX_OBJECTS, grid * grid), np.float32)
+    cw, ch = width / grid, height / grid
+    cx = (np.arange(grid) + 0.5) * cw
+    cy = (np.arange(grid) + 0.5) * ch
+    for j, o in enumerate(sorted(objects, key=lambda o: o.cx)[:MAX_OBJECTS]):
+        d = np.hypot(cx[None, :] - o.cx, cy[:, None] - o.cy)
+        cells = d <= o.r + 0.5 * max(cw, ch)
+        cells[min(int(o.cy / ch), grid - 1), min(int(o.cx / cw), grid - 1)] = True
+        out[j] = cells.ravel() / cells.sum()
+    return out
+
+
 def training_batch(rng: np.random.Generator, batch: int, size: int = 96,
                    severe_fraction: float = 0.7) -> dict[str, np.ndarray]:
-    """A batch of training samples, NCHW float32 plus token ids."""
+    """A batch of training samples, NCHW float32 plus token ids and the objects' grid cells."""
     samples = []
     for _ in range(batch):
         seed = int(rng.integers(0, EVAL_SEED_BASE))
@@ -267,6 +288,7 @@ def training_batch(rng: np.random.Generator, batch: int, size: int = 96,
         "sharp": np.stack([s.sharp.transpose(2, 0, 1) for s in samples]),
         "blurred": np.stack([s.blurred.transpose(2, 0, 1) for s in samples]),
         "tokens": np.stack([s.tokens for s in samples]),
+        "object_maps": np.stack([object_maps(s.objects, size, size) for s in samples]),
     }
 
 

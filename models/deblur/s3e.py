@@ -384,15 +384,18 @@ class S3EDeblur(nn.Module):
         return out, logits
 
     def training_pass(self, blurred: torch.Tensor, sharp: torch.Tensor, tokens: torch.Tensor, masks=None):
-        """:meth:`forward` plus the caption logits of the sharp image: (deblurred, logits of the
-        blurred, logits of the sharp). The captioner reads both images in one batch of 2B: it
-        has no batch-dependent layer, so this is the same computation as two passes with half
-        the decoder steps - and each decoder step is a dozen small kernels, which likely bound
-        a GPU training step more than its arithmetic does (docs/deblur.md)."""
+        """:meth:`forward` plus the caption logits of the sharp image and the object nodes'
+        attention maps on the blurred one: (deblurred, logits of the blurred, logits of the
+        sharp, maps (B, K, N) - the spatial features the tree carries, whatever ``semantic``).
+        The captioner reads both images in one batch of 2B: it has no batch-dependent layer, so
+        this is the same computation as two passes with half the decoder steps - and each
+        decoder step is a dozen small kernels, which likely bound a GPU training step more than
+        its arithmetic does (docs/deblur.md)."""
         n = blurred.shape[0]
+        masks = tree_masks(tokens) if masks is None else masks
         logits, states, alphas = self.captioner(torch.cat([blurred, sharp]), torch.cat([tokens, tokens]))
         out = self.generator(blurred, *self._embed(states[:n], alphas[:n], tokens, masks))
-        return out, logits[:n], logits[n:]
+        return out, logits[:n], logits[n:], masks["obj"] @ alphas[:n]
 
     @torch.no_grad()
     def deblur(self, blurred: torch.Tensor, caption: bool = True):
@@ -441,6 +444,16 @@ def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), ignore_index=PAD)
 
 
+def grounding_loss(maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each object node's attention map (B, K, N; rows sum to 1) against the
+    grid cells its object covers (``object_maps``: rows sum to 1, all-zero for absent objects)."""
+    present = targets.sum(-1) > 0
+    if not bool(present.any()):
+        return maps.sum() * 0
+    ce = -(targets * torch.log(maps.clamp(min=1e-8))).sum(-1)
+    return ce[present].mean()
+
+
 def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
     mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
@@ -454,14 +467,16 @@ class LossWeights:
     feature: float = 0.05
     adversarial: float = 0.0005
     caption: float = 0.1
+    grounding: float = 0.0
     gp: float = 10.0
 
 
 def generator_losses(model: S3EDeblur, critic: Critic, blurred, sharp, tokens,
-                     w: LossWeights, masks=None
+                     w: LossWeights, masks=None, object_maps=None
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """(total, terms, deblurred) for the generator/captioner step."""
-    out, logits, sharp_logits = model.training_pass(blurred, sharp, tokens, masks)
+    """(total, terms, deblurred) for the generator/captioner step. ``object_maps`` (B, K, N),
+    the grid cells of each captioned object, enable the grounding term when ``w.grounding``."""
+    out, logits, sharp_logits, maps = model.training_pass(blurred, sharp, tokens, masks)
     terms = {
         "content": content_loss(out, sharp),
         "feature": feature_consistency_loss(model.captioner, out, sharp),
@@ -474,6 +489,9 @@ def generator_losses(model: S3EDeblur, critic: Critic, blurred, sharp, tokens,
     total = (w.content * terms["content"] + w.feature * terms["feature"]
              + w.adversarial * terms["adversarial"]
              + w.caption * (terms["caption_blurred"] + terms["caption_sharp"]))
+    if w.grounding and object_maps is not None:
+        terms["grounding"] = grounding_loss(maps, object_maps)
+        total = total + w.grounding * terms["grounding"]
     return total, terms, out
 
 
@@ -506,6 +524,9 @@ class TrainConfig:
     blocks: int = S3EConfig.blocks
     c3: int = S3EConfig.c3            # optional 1/8 level: channels and residual blocks
     blocks8: int = S3EConfig.blocks8
+    grounding: float = 0.0    # weight of the object nodes' attention grounding (LossWeights)
+    init: str = ""            # exported weights to start S3E from (fine-tuning; fresh optimiser)
+    ablation_init: str = ""   # the same for the ablation of a lockstep pair
 
     def model_config(self, semantic: bool) -> S3EConfig:
         return S3EConfig(c1=self.c1, c2=self.c2, blocks=self.blocks, c3=self.c3,
@@ -530,7 +551,8 @@ class TrainingBatches(torch.utils.data.Dataset):
         b = training_batch(np.random.default_rng([c.seed, step]), c.batch, c.size, c.severe_fraction)
         tokens = torch.from_numpy(b["tokens"])
         return {"blurred": torch.from_numpy(b["blurred"]), "sharp": torch.from_numpy(b["sharp"]),
-                "tokens": tokens, "masks": tree_masks(tokens)}
+                "tokens": tokens, "masks": tree_masks(tokens),
+                "object_maps": torch.from_numpy(b["object_maps"])}
 
 
 def _quiet_worker(_: int) -> None:
@@ -575,7 +597,8 @@ class _Run:
         self.copt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.9))
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.run = {k: 0.0 for k in self.TERMS}
+        self.terms = self.TERMS + (("grounding",) if cfg.grounding else ())
+        self.run = {k: 0.0 for k in self.terms}
         out_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt = out_dir / "checkpoint.pt"
         if resume and self.ckpt.exists():
@@ -588,8 +611,21 @@ class _Run:
             self.step = int(state["step"])
             self.history = json.loads(state["history"])
             if self.history:  # the smoothed losses go on from where they were
-                self.run = {k: float(self.history[-1].get(k, 0.0)) for k in self.TERMS}
+                self.run = {k: float(self.history[-1].get(k, 0.0)) for k in self.terms}
             log(f"resumed from {self.ckpt} at step {self.step}")
+        elif init := (cfg.init if semantic else cfg.ablation_init):
+            start, _ = load_weights(init)
+            theirs = {k: getattr(start.cfg, k) for k in _GENERATOR_FIELDS}
+            ours = {k: getattr(cfg, k) for k in _GENERATOR_FIELDS}
+            if theirs != ours:
+                raise ValueError(f"{init} holds a generator of size {theirs}, not {ours}: "
+                                 "start from weights of the generator size being trained")
+            if start.cfg.semantic != semantic:
+                kind = "S3E" if start.cfg.semantic else "ablation"
+                raise ValueError(f"{init} holds {kind} weights: start "
+                                 f"{'S3E' if semantic else 'the ablation'} from its own kind")
+            self.model.load_state_dict(start.state_dict())
+            log(f"{'S3E' if semantic else 'ablation'} starts from {init}")
         self.write_config()
 
     def write_config(self) -> None:
@@ -601,7 +637,7 @@ class _Run:
             g["lr"] = lr
         self.model.train()
         total, terms, out = generator_losses(self.model, self.critic, batch["blurred"], batch["sharp"],
-                                             batch["tokens"], w, batch["masks"])
+                                             batch["tokens"], w, batch["masks"], batch["object_maps"])
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -656,7 +692,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = True, progress: bool =
         raise ValueError(f"checkpoints are at different steps {[r.step for r in runs]}: "
                          "a lockstep pair must resume together")
     step = runs[0].step
-    w = LossWeights()
+    w = LossWeights(grounding=cfg.grounding)
     data = TrainingBatches(cfg)
     loader = torch.utils.data.DataLoader(
         data, batch_size=None, sampler=range(step, cfg.steps), num_workers=cfg.workers,

@@ -41,6 +41,12 @@ def train_deblur(
                                   "channels at 1/2 and 1/4 resolution, residual blocks at 1/4; "
                                   "append ,C3,BLOCKS8 for a 1/8 level with its own blocks "
                                   "(shipped: 32,64,4 = medium, the stage's default; 32,48,3 = small)"),
+    init: Path | None = typer.Option(None, "--init", help="start from these exported weights "
+                                     "(fine-tuning: fresh optimiser and schedule; same --generator)"),
+    ablation_init: Path | None = typer.Option(None, "--ablation-init",
+                                              help="with --ablation-out: the ablation's starting weights"),
+    grounding: float = typer.Option(0.0, min=0.0, help="weight of the grounding loss: each object "
+                                    "node's attention map against the grid cells its object covers"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Co-train captioner, S3-tree and generator (WGAN-GP critic) on seeded scenes;
@@ -58,6 +64,11 @@ def train_deblur(
                                  param_hint="--ablation-out")
     if ablation_export is not None and ablation_out is None:
         raise typer.BadParameter("needs --ablation-out", param_hint="--ablation-export")
+    if ablation_init is not None and ablation_out is None:
+        raise typer.BadParameter("needs --ablation-out", param_hint="--ablation-init")
+    for flag, p in (("--init", init), ("--ablation-init", ablation_init)):
+        if p is not None and not p.is_file():
+            raise typer.BadParameter(f"{p} not found", param_hint=flag)
     if fit_schedule and max_minutes is None:
         raise typer.BadParameter("needs --max-minutes", param_hint="--fit-schedule")
     try:
@@ -76,13 +87,16 @@ def train_deblur(
             (d / "checkpoint.pt").unlink()
     cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
                       threads=threads, device=device, workers=workers, c1=c1, c2=c2, blocks=blocks,
-                      c3=c3, blocks8=blocks8)
+                      c3=c3, blocks8=blocks8, grounding=grounding,
+                      init=str(init or "") if semantic else "",
+                      ablation_init=str(ablation_init or "") if semantic else str(init or ""))
     try:
         res = train(cfg, out, resume=resume, progress=progress,
                     max_seconds=None if max_minutes is None else 60 * max_minutes, log=typer.echo,
                     ablation_dir=ablation_out, fit_schedule=fit_schedule)
-    except ValueError as exc:  # a checkpoint that cannot be resumed with these settings
-        raise typer.BadParameter(str(exc), param_hint="--resume") from None
+    except ValueError as exc:  # a checkpoint or start that does not fit these settings
+        hint = "--init" if "start" in str(exc) else "--resume"
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
     summary = {"out": str(out), "semantic": semantic, "step": res["step"], "steps": res["steps"],
                "seconds": res["seconds"], "last": res["history"][-1] if res["history"] else None}
     targets = [(out, semantic, export)]
@@ -97,7 +111,9 @@ def train_deblur(
         export_weights(model, path, extra={"model_id": f"{name}-{res['step']}steps-seed{seed}",
                                            "train": {"steps": res["step"], "batch": batch, "size": size,
                                                      "lr": lr, "seed": seed, "device": device,
-                                                     "generator": sizes}})
+                                                     "generator": sizes, "grounding": grounding,
+                                                     "init": str((init if folder == out else ablation_init)
+                                                                 or "")}})
         summary.setdefault("exports", []).append(str(path))
     histories = {"s3e" if semantic else "ablation": res["history"]}
     if ablation_out is not None:

@@ -50,11 +50,13 @@ def test_every_loss_term_is_finite_and_falls_on_a_tiny_overfit_run():
     torch.manual_seed(0)
     model, critic = S3EDeblur(S3EConfig(**SMALL)), Critic()
     blurred, sharp, tokens = _batch()
-    w = LossWeights(content=1, feature=0.3, adversarial=0.3, caption=0.1)
+    maps = torch.from_numpy(training_batch(np.random.default_rng(0), 2, 48)["object_maps"])
+    w = LossWeights(content=1, feature=0.3, adversarial=0.3, caption=0.1, grounding=0.1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = last = None
     for _ in range(30):
-        total, terms, out = generator_losses(model, critic, blurred, sharp, tokens, w)
+        total, terms, out = generator_losses(model, critic, blurred, sharp, tokens, w, object_maps=maps)
+        assert "grounding" in terms
         assert all(torch.isfinite(v) for v in terms.values())
         if first is None:
             first, out_first = {k: v.item() for k, v in terms.items()}, out.detach()
@@ -147,6 +149,33 @@ def test_bleu4():
     assert bleu4([ref], [ref[:3]]) < bleu4([ref], [worse])  # brevity penalty
 
 
+def test_object_maps_cover_each_captioned_object_in_caption_order():
+    from models.deblur.data import GRID, MAX_OBJECTS, object_maps
+
+    s = make_sample(11, "severe")
+    maps = object_maps(s.objects, 96, 96)
+    assert maps.shape == (MAX_OBJECTS, GRID * GRID)
+    objs = sorted(s.objects, key=lambda o: o.cx)
+    for j, o in enumerate(objs):
+        assert abs(maps[j].sum() - 1) < 1e-6
+        assert maps[j].reshape(GRID, GRID)[int(o.cy / 8), int(o.cx / 8)] > 0  # the centre's cell
+        far = np.hypot((np.arange(GRID) + 0.5) * 8 - o.cx, (np.arange(GRID)[:, None] + 0.5) * 8 - o.cy)
+        assert maps[j].reshape(GRID, GRID)[far > o.r + 8].sum() == 0
+    assert not maps[len(objs):].any()
+
+
+def test_grounding_loss_prefers_attention_on_the_object_and_skips_absent_ones():
+    from models.deblur.s3e import grounding_loss
+
+    target = torch.zeros(1, 2, 4)
+    target[0, 0, :2] = 0.5                     # object 0 covers cells 0 and 1; object 1 absent
+    on = torch.tensor([[[0.45, 0.45, 0.05, 0.05], [0.25] * 4]])
+    off = torch.tensor([[[0.05, 0.05, 0.45, 0.45], [0.0, 0.0, 0.0, 1.0]]])
+    assert grounding_loss(on, target) < grounding_loss(off, target)
+    assert torch.isclose(grounding_loss(on, target), -torch.log(torch.tensor(0.45)))
+    assert grounding_loss(on, torch.zeros(1, 2, 4)) == 0
+
+
 def test_training_batches_are_a_function_of_seed_and_step():
     from models.deblur.s3e import TrainConfig, TrainingBatches
 
@@ -180,6 +209,27 @@ def test_lockstep_pair_trains_s3e_and_ablation_and_resumes_together(tmp_path):
     (tmp_path / "s3e" / "checkpoint.pt").unlink()
     with pytest.raises(ValueError, match="different steps"):
         train(cfg, tmp_path / "s3e", progress=False, ablation_dir=tmp_path / "abl", log=logs.append)
+
+
+def test_a_run_can_start_from_exported_weights_of_its_own_kind_and_size(tmp_path):
+    from models.deblur.s3e import TrainConfig, train
+
+    torch.manual_seed(3)
+    small = dict(c1=8, c2=12, blocks=2)
+    start = S3EDeblur(S3EConfig(**small))  # TrainConfig builds the default captioner
+    path = export_weights(start, tmp_path / "start.safetensors")
+    cfg = TrainConfig(steps=1, batch=1, size=32, lr=0.0, critic_lr=0.0, init=str(path), **small)
+    logs: list[str] = []
+    train(cfg, tmp_path / "run", progress=False, log=logs.append)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    assert any("starts from" in m for m in logs)
+    assert all(torch.equal(state[k], v) for k, v in start.state_dict().items())  # lr 0: unchanged
+    with pytest.raises(ValueError, match="generator of size"):
+        train(TrainConfig(steps=1, batch=1, size=32, init=str(path), c1=8, c2=16, blocks=2),
+              tmp_path / "other", progress=False, log=logs.append)
+    with pytest.raises(ValueError, match="S3E weights"):
+        train(TrainConfig(steps=1, batch=1, size=32, semantic=False, ablation_init=str(path), **small),
+              tmp_path / "abl", progress=False, log=logs.append)
 
 
 def test_fit_schedule_shortens_the_run_to_the_time_budget(tmp_path):
