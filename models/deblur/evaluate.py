@@ -156,6 +156,32 @@ def run_with_other_trees(model, images: list[np.ndarray], batch: int = 16) -> li
     return outs
 
 
+def attention_on_objects(model, samples: list[Sample], batch: int = 32) -> dict[str, float]:
+    """Where the tree's spatial features point: the share of each object node's attention map
+    (captioner reading the blurred image, teacher-forced with the true caption) that falls on
+    the grid cells its object covers, against the share a uniform map would put there."""
+    import torch
+
+    from models.deblur.data import object_maps
+    from models.deblur.s3e import tree_masks
+
+    on, chance = [], []
+    for i in range(0, len(samples), batch):
+        part = samples[i:i + batch]
+        x = torch.from_numpy(np.stack([s.blurred.transpose(2, 0, 1) for s in part])).float()
+        toks = torch.from_numpy(np.stack([s.tokens for s in part])).long()
+        with torch.no_grad():
+            _, _, alphas = model.captioner(x, toks)
+            maps = (tree_masks(toks)["obj"] @ alphas).numpy()
+        for s, m in zip(part, maps):
+            cells = object_maps(s.objects, s.sharp.shape[1], s.sharp.shape[0]) > 0
+            for j in range(min(len(s.objects), len(cells))):
+                on.append(float(m[j][cells[j]].sum()))
+                chance.append(float(cells[j].mean()))
+    return {"share_on_own_object": round(float(np.mean(on)), 4),
+            "uniform_map_share": round(float(np.mean(chance)), 4)}
+
+
 def captions_of(model, images: list[np.ndarray], batch: int = 32) -> list[list[str]]:
     import torch
 
@@ -211,6 +237,7 @@ def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[st
                 "caption_of_s3e_deblurred": round(bleu4(refs, captions_of(m, results["s3e"])), 4),
                 "caption_of_sharp": round(bleu4(refs, captions_of(m, sharp)), 4),
             }
+            level_rep["attention_on_objects"] = attention_on_objects(m, samples)
             if m.cfg.semantic:
                 # the same generator under other scenes' trees: the part of its result owed to
                 # what the caption says about *this* scene, not to a tree being present

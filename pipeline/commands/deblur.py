@@ -196,6 +196,8 @@ def eval_deblur(
                 typer.echo(f"  {name:30s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  "
                            f"object regions PSNR {m['psnr_objects']:6.2f} dB")
             typer.echo(f"  BLEU-4: {report[level]['bleu4']}")
+            if "attention_on_objects" in report[level]:
+                typer.echo(f"  object nodes' attention: {report[level]['attention_on_objects']}")
             if "tree_content" in report[level]:
                 typer.echo(f"  S3E under other scenes' trees: {report[level]['tree_content']}")
     report["seconds"] = round(time.monotonic() - t0, 1)

@@ -63,3 +63,5 @@ def test_synthetic_evaluation_reports_what_the_tree_content_is_worth():
     assert tree["psnr_other_scenes_trees"] != tree["psnr_own_trees"]
     assert tree["gain_db"] == round(tree["psnr_own_trees"] - tree["psnr_other_scenes_trees"], 3)
     assert len(examples["severe"]["sharp"]) == 3
+    att = sev["attention_on_objects"]
+    assert 0 <= att["share_on_own_object"] <= 1 and 0 < att["uniform_map_share"] < 0.5
