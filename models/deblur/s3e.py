@@ -87,6 +87,7 @@ class S3EConfig:
     emb: int = 32         # word embedding size
     node: int = 64        # tree node feature size
     semantic: bool = True
+    paint_half: bool = False  # also paint the object nodes into the 1/2-resolution features
 
 
 # --------------------------------------------------------------------------- captioner
@@ -303,6 +304,11 @@ class Generator(nn.Module):
                                       nn.Conv2d(cfg.c3, 4 * cfg.c2, 1), nn.PixelShuffle(2))
         self.paint = nn.Linear(cfg.node, cfg.c2)     # object node -> feature painted via its map
         self.film = nn.Linear(cfg.node, 2 * cfg.c2)  # root -> FiLM
+        self.paint_half = None
+        if cfg.paint_half:  # starts at zero: weights trained without it load and run unchanged
+            self.paint_half = nn.Linear(cfg.node, cfg.c1)
+            nn.init.zeros_(self.paint_half.weight)
+            nn.init.zeros_(self.paint_half.bias)
         self.up = nn.Conv2d(cfg.c2, 4 * cfg.c1, 1)
         self.tail = nn.Conv2d(cfg.c1, 12, 3, 1, 1)
         nn.init.zeros_(self.tail.weight)
@@ -318,12 +324,12 @@ class Generator(nn.Module):
         s = F.relu(self.head(F.pixel_unshuffle(xp - 0.5, 2)), inplace=True)
         f = F.relu(self.down(s), inplace=True)
         f = self.blocks[0](f)
+        maps = None
         if obj is not None:
             g = int(round(math.sqrt(att.shape[-1])))
             maps = att.reshape(att.shape[0], att.shape[1], g, g)
             maps = maps / maps.flatten(2).amax(-1).clamp(min=1e-6)[..., None, None]
-            maps = F.interpolate(maps, size=f.shape[-2:], mode="bilinear", align_corners=False)
-            f = f + torch.einsum("bkhw,bkc->bchw", maps, self.paint(obj))
+            f = f + torch.einsum("bkhw,bkc->bchw", self._fit(maps, f), self.paint(obj))
             gamma, beta = self.film(root).chunk(2, -1)
             f = f * (1 + gamma[..., None, None]) + beta[..., None, None]
         rest = list(self.blocks[1:])
@@ -333,10 +339,18 @@ class Generator(nn.Module):
             f = f + self.deep(f)  # the 1/8 context, before the last 1/4 block refines it
         if rest:
             f = rest[-1](f)
-        u = F.relu(F.pixel_shuffle(self.up(f), 2) + s, inplace=True)
+        u = F.pixel_shuffle(self.up(f), 2) + s
+        if maps is not None and self.paint_half is not None:
+            u = u + torch.einsum("bkhw,bkc->bchw", self._fit(maps, u), self.paint_half(obj))
+        u = F.relu(u, inplace=True)
         r = F.pixel_shuffle(self.tail(u), 2)
         out = xp + r
         return out[..., :h, :w] if ph or pw else out
+
+
+    @staticmethod
+    def _fit(maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(maps, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class Critic(nn.Module):
@@ -524,13 +538,14 @@ class TrainConfig:
     blocks: int = S3EConfig.blocks
     c3: int = S3EConfig.c3            # optional 1/8 level: channels and residual blocks
     blocks8: int = S3EConfig.blocks8
+    paint_half: bool = False  # S3EConfig.paint_half
     grounding: float = 0.0    # weight of the object nodes' attention grounding (LossWeights)
     init: str = ""            # exported weights to start S3E from (fine-tuning; fresh optimiser)
     ablation_init: str = ""   # the same for the ablation of a lockstep pair
 
     def model_config(self, semantic: bool) -> S3EConfig:
         return S3EConfig(c1=self.c1, c2=self.c2, blocks=self.blocks, c3=self.c3,
-                         blocks8=self.blocks8, semantic=semantic)
+                         blocks8=self.blocks8, semantic=semantic, paint_half=self.paint_half)
 
 
 class TrainingBatches(torch.utils.data.Dataset):
@@ -563,7 +578,8 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(1)
 
 
-_GENERATOR_FIELDS = ("c1", "c2", "blocks", "c3", "blocks8")
+_SIZE_FIELDS = ("c1", "c2", "blocks", "c3", "blocks8")
+_GENERATOR_FIELDS = (*_SIZE_FIELDS, "paint_half")
 
 
 def _saved_generator(run_config: dict) -> dict[str, int]:
@@ -615,16 +631,19 @@ class _Run:
             log(f"resumed from {self.ckpt} at step {self.step}")
         elif init := (cfg.init if semantic else cfg.ablation_init):
             start, _ = load_weights(init)
-            theirs = {k: getattr(start.cfg, k) for k in _GENERATOR_FIELDS}
-            ours = {k: getattr(cfg, k) for k in _GENERATOR_FIELDS}
-            if theirs != ours:
-                raise ValueError(f"{init} holds a generator of size {theirs}, not {ours}: "
+            theirs = {k: getattr(start.cfg, k) for k in _SIZE_FIELDS}
+            ours = {k: getattr(cfg, k) for k in _SIZE_FIELDS}
+            if theirs != ours or (start.cfg.paint_half and not cfg.paint_half):
+                raise ValueError(f"{init} holds a generator of size {theirs}"
+                                 f"{' with paint_half' if start.cfg.paint_half else ''}, not {ours}: "
                                  "start from weights of the generator size being trained")
             if start.cfg.semantic != semantic:
                 kind = "S3E" if start.cfg.semantic else "ablation"
                 raise ValueError(f"{init} holds {kind} weights: start "
                                  f"{'S3E' if semantic else 'the ablation'} from its own kind")
-            self.model.load_state_dict(start.state_dict())
+            # a 1/2-resolution paint the start lacks keeps its zero initialisation
+            missing, _ = self.model.load_state_dict(start.state_dict(), strict=False)
+            assert all(k.startswith("generator.paint_half.") for k in missing), missing
             log(f"{'S3E' if semantic else 'ablation'} starts from {init}")
         self.write_config()
 

@@ -45,6 +45,9 @@ def train_deblur(
                                      "(fine-tuning: fresh optimiser and schedule; same --generator)"),
     ablation_init: Path | None = typer.Option(None, "--ablation-init",
                                               help="with --ablation-out: the ablation's starting weights"),
+    paint_half: bool = typer.Option(False, "--paint-half", help="also paint the tree's object "
+                                    "nodes into the generator's 1/2-resolution features (zero at "
+                                    "the start, so --init weights without it run unchanged)"),
     grounding: float = typer.Option(0.0, min=0.0, help="weight of the grounding loss: each object "
                                     "node's attention map against the grid cells its object covers"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -87,7 +90,7 @@ def train_deblur(
             (d / "checkpoint.pt").unlink()
     cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
                       threads=threads, device=device, workers=workers, c1=c1, c2=c2, blocks=blocks,
-                      c3=c3, blocks8=blocks8, grounding=grounding,
+                      c3=c3, blocks8=blocks8, paint_half=paint_half, grounding=grounding,
                       init=str(init or "") if semantic else "",
                       ablation_init=str(ablation_init or "") if semantic else str(init or ""))
     try:
