@@ -52,6 +52,13 @@ the generator (we use attention-map painting plus FiLM at the bottleneck), the l
 weight keeps PSNR, the figure we are judged on), and teacher forcing: during training the
 tree is built from the teacher-forced decoding of the ground-truth caption, at inference
 from the greedy caption.
+
+Options beyond the paper, off by default: ``grounding`` (a cross-entropy pulling each object
+node's attention map onto the grid cells its object covers - our captions come from scene
+descriptions, so positions are known at training time) and ``paint_half`` (the object nodes
+are painted into the 1/2-resolution features too). Fine-tuning the shipped weights with both
+for 3000 steps tripled the attention on the objects but gave no semantic gain
+(docs/deblur.md).
 """
 
 from __future__ import annotations
