@@ -124,36 +124,35 @@ def bleu4(references: Sequence[Sequence[str]], hypotheses: Sequence[Sequence[str
 # --------------------------------------------------------------------------- models
 
 
-def run_model(model, images: list[np.ndarray], batch: int = 16) -> tuple[list[np.ndarray], list[list[str]]]:
-    """Deblur float RGB HWC images (same size within a batch); returns images and captions."""
+def _in_batches(fn, images: list[np.ndarray], batch: int) -> tuple[list[np.ndarray], list[list[str]]]:
+    """``fn`` (NCHW tensor -> deblurred, caption tokens or None) over float RGB HWC images,
+    in batches of consecutive images of equal size (GoPro folders may mix sizes)."""
     import torch
 
     outs: list[np.ndarray] = []
     caps: list[list[str]] = []
     i = 0
     while i < len(images):
-        # group consecutive images of equal size (GoPro folders may mix sizes)
         j = i + 1
         while j < len(images) and j - i < batch and images[j].shape == images[i].shape:
             j += 1
         x = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in images[i:j]])).float()
-        y, toks = model.deblur(x, caption=True)
+        y, toks = fn(x)
         outs += [a.transpose(1, 2, 0).copy() for a in y.numpy()]
         caps += [decode_caption(t) for t in toks.numpy()] if toks is not None else [[] for _ in range(j - i)]
         i = j
     return outs, caps
 
 
+def run_model(model, images: list[np.ndarray], batch: int = 16) -> tuple[list[np.ndarray], list[list[str]]]:
+    """Deblur float RGB HWC images; returns images and captions."""
+    return _in_batches(lambda x: model.deblur(x, caption=True), images, batch)
+
+
 def run_with_other_trees(model, images: list[np.ndarray], batch: int = 16) -> list[np.ndarray]:
     """:func:`run_model`, but every image deblurred under the tree of the next image of its
-    batch (:meth:`S3EDeblur.deblur_with_other_trees`); same-size images only."""
-    import torch
-
-    outs: list[np.ndarray] = []
-    for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in images[i:i + batch]])).float()
-        outs += [a.transpose(1, 2, 0).copy() for a in model.deblur_with_other_trees(x).numpy()]
-    return outs
+    batch (:meth:`S3EDeblur.deblur_with_other_trees`)."""
+    return _in_batches(lambda x: (model.deblur_with_other_trees(x), None), images, batch)[0]
 
 
 def attention_on_objects(model, samples: list[Sample], batch: int = 32) -> dict[str, float]:

@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.deblur.data import BOS, EOS, MAX_LEN, MAX_OBJECTS, PAD, RELATIONS, VOCAB, WORD2ID
+from models.deblur.data import BOS, EOS, GRID, MAX_LEN, MAX_OBJECTS, PAD, RELATIONS, VOCAB, WORD2ID
 
 CAPTION_SIZE = 96  # the captioner always sees the image at 96x96 (a 12x12 attention grid)
 FORMAT = "vistream-s3e-deblur/1"
@@ -423,9 +423,13 @@ class S3EDeblur(nn.Module):
         """Inference: (deblurred in [0,1], caption token ids or None)."""
         if not self.cfg.semantic and not caption:
             return self.generator(blurred, *self._zero(blurred)).clamp(0, 1), None
+        toks, tree = self._greedy_tree(blurred)
+        return self.generator(blurred, *tree).clamp(0, 1), toks
+
+    def _greedy_tree(self, blurred: torch.Tensor):
+        """Greedy caption tokens and the (obj, att, root) embedding of its tree."""
         toks, states, alphas = self.captioner.greedy(blurred)
-        out = self.generator(blurred, *self._embed(states, alphas, toks))
-        return out.clamp(0, 1), toks
+        return toks, self._embed(states, alphas, toks)
 
     @torch.no_grad()
     def deblur_with_other_trees(self, blurred: torch.Tensor, shift: int = 1) -> torch.Tensor:
@@ -433,13 +437,12 @@ class S3EDeblur(nn.Module):
         attention maps) of image ``i + shift`` (cyclically). Against :meth:`deblur` this
         measures whether the generator uses what the tree *says* about its image, or only
         that a tree is there (a learned constant would survive the swap)."""
-        toks, states, alphas = self.captioner.greedy(blurred)
-        obj, att, root = self._embed(states, alphas, toks)
+        _, (obj, att, root) = self._greedy_tree(blurred)
         perm = torch.roll(torch.arange(blurred.shape[0], device=blurred.device), -shift)
         return self.generator(blurred, obj[perm], att[perm], root[perm]).clamp(0, 1)
 
     def _zero(self, like: torch.Tensor):
-        b, n, d = like.shape[0], (CAPTION_SIZE // 8) ** 2, like.device
+        b, n, d = like.shape[0], GRID ** 2, like.device
         return (torch.zeros(b, MAX_OBJECTS, self.cfg.node, device=d),
                 torch.zeros(b, MAX_OBJECTS, n, device=d), torch.zeros(b, self.cfg.node, device=d))
 

@@ -233,7 +233,7 @@ def test_a_run_can_start_from_exported_weights_of_its_own_kind_and_size(tmp_path
 
 
 def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_path):
-    from models.deblur.s3e import TrainConfig, train
+    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
     torch.manual_seed(4)
     small = dict(c1=8, c2=12, blocks=2)
@@ -242,9 +242,7 @@ def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_pa
         p.data.add_(0.05 * torch.randn_like(p))
     path = export_weights(start, tmp_path / "start.safetensors")
     cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=str(path), paint_half=True, **small)
-    train(cfg, tmp_path / "run", progress=False, log=lambda m: None, max_seconds=None)
-    from models.deblur.s3e import model_from_checkpoint
-
+    train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     tuned = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert tuned.cfg.paint_half and tuned.generator.paint_half.weight.abs().sum() > 0  # it learned
     # a fresh paint is zero: the start's output is unchanged by adding it
