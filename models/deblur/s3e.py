@@ -550,6 +550,7 @@ class TrainConfig:
     blocks8: int = S3EConfig.blocks8
     paint_half: bool = False  # S3EConfig.paint_half
     grounding: float = 0.0    # weight of the object nodes' attention grounding (LossWeights)
+    augment: bool = True      # random flips / transposition of the photo crops (data.make_scene)
     init: str = ""            # exported weights to start S3E from (fine-tuning; fresh optimiser)
     ablation_init: str = ""   # the same for the ablation of a lockstep pair
 
@@ -573,7 +574,8 @@ class TrainingBatches(torch.utils.data.Dataset):
         from models.deblur.data import training_batch
 
         c = self.cfg
-        b = training_batch(np.random.default_rng([c.seed, step]), c.batch, c.size, c.severe_fraction)
+        b = training_batch(np.random.default_rng([c.seed, step]), c.batch, c.size, c.severe_fraction,
+                           c.augment)
         tokens = torch.from_numpy(b["tokens"])
         return {"blurred": torch.from_numpy(b["blurred"]), "sharp": torch.from_numpy(b["sharp"]),
                 "tokens": tokens, "masks": tree_masks(tokens),

@@ -50,6 +50,10 @@ def train_deblur(
                                     "the start, so --init weights without it run unchanged)"),
     grounding: float = typer.Option(0.0, min=0.0, help="weight of the grounding loss: each object "
                                     "node's attention map against the grid cells its object covers"),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="turn each photo crop by a "
+                                 "random flip / transposition (without it the generator learns "
+                                 "the bundled photos by heart; the shipped weights before the "
+                                 "eighth session were trained without)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Co-train captioner, S3-tree and generator (WGAN-GP critic) on seeded scenes;
@@ -91,7 +95,7 @@ def train_deblur(
     cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
                       threads=threads, device=device, workers=workers, c1=c1, c2=c2, blocks=blocks,
                       c3=c3, blocks8=blocks8, paint_half=paint_half, grounding=grounding,
-                      init=str(init or "") if semantic else "",
+                      augment=augment, init=str(init or "") if semantic else "",
                       ablation_init=str(ablation_init or "") if semantic else str(init or ""))
     try:
         res = train(cfg, out, resume=resume, progress=progress,
@@ -114,7 +118,7 @@ def train_deblur(
         export_weights(model, path, extra={"model_id": f"{name}-{res['step']}steps-seed{seed}",
                                            "train": {"steps": res["step"], "batch": batch, "size": size,
                                                      "lr": lr, "seed": seed, "device": device,
-                                                     "generator": sizes, "grounding": grounding,
+                                                     "generator": sizes, "grounding": grounding, "augment": augment,
                                                      "init": str((init if folder == out else ablation_init)
                                                                  or "")}})
         summary.setdefault("exports", []).append(str(path))

@@ -181,7 +181,7 @@ def test_training_batches_are_a_function_of_seed_and_step():
 
     cfg = TrainConfig(steps=10, batch=2, size=32, seed=4)
     item = TrainingBatches(cfg)[7]
-    again = training_batch(np.random.default_rng([4, 7]), 2, 32, cfg.severe_fraction)
+    again = training_batch(np.random.default_rng([4, 7]), 2, 32, cfg.severe_fraction, cfg.augment)
     assert np.array_equal(item["blurred"].numpy(), again["blurred"])
     assert torch.equal(item["masks"]["obj"], tree_masks(torch.from_numpy(again["tokens"]))["obj"])
     assert not torch.equal(TrainingBatches(cfg)[8]["blurred"], item["blurred"])
