@@ -233,7 +233,8 @@ def _draw(img: np.ndarray, o: SceneObject) -> None:
 
 
 def make_scene(rng: np.random.Generator, width: int = 96, height: int = 96,
-               photos: tuple[str, ...] = PHOTOS, augment: bool = False) -> tuple[np.ndarray, list[SceneObject]]:
+               photos: tuple[str, ...] = PHOTOS,
+               augment: bool = False) -> tuple[np.ndarray, list[SceneObject]]:
     """A sharp scene (float32 RGB) and its objects; ``augment`` turns the photo crop by a
     random flip / transposition first (drawn from ``rng`` only when asked, so unaugmented
     scenes do not change)."""

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from models.deblur.data import Sample, decode_caption, eval_set, gopro_pairs, load_pair, make_sample
+from models.deblur.data import (EVAL_SETS, Sample, decode_caption, eval_set, gopro_pairs, load_pair,
+                                make_sample)
 
 WIENER_BALANCES = (0.003, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0)
 RL_ITERATIONS = (3, 5, 10, 20, 30, 50)
@@ -85,7 +86,8 @@ def ssim(ref: np.ndarray, img: np.ndarray) -> float:
 
 
 def tune_classical(level: str, n: int = 6) -> dict[str, float]:
-    """Best Wiener balance and RL iteration count (mean PSNR) on ``n`` *training* pairs."""
+    """Best Wiener balance and RL iteration count (mean PSNR) on ``n`` *training* pairs of the
+    blur ``level`` (training photos, whichever set is scored)."""
     pairs = [make_sample(123_456 + i, level) for i in range(n)]
     best_b = max(WIENER_BALANCES, key=lambda b: np.mean(
         [psnr(s.sharp, wiener(s.blurred, s.kernel, b)) for s in pairs]))
@@ -204,10 +206,11 @@ def _table(sharp: list[np.ndarray], results: dict[str, list[np.ndarray]],
     return table
 
 
-def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[str] = ("severe", "mild"),
+def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[str] = tuple(EVAL_SETS),
                        tune_pairs: int = 6, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics per level and the images for a grid. ``models`` maps name -> S3EDeblur
-    (``s3e`` is the one whose captioner is scored for BLEU)."""
+    """Metrics per evaluation set (``data.EVAL_SETS``: blur level and photos) and the images
+    for a grid. ``models`` maps name -> S3EDeblur (``s3e`` is the one whose captioner is
+    scored for BLEU)."""
     from tqdm import tqdm
 
     report: dict[str, Any] = {}
@@ -216,7 +219,7 @@ def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[st
         samples: list[Sample] = eval_set(level, n)
         sharp = [s.sharp for s in samples]
         blurred = [s.blurred for s in samples]
-        params = tune_classical(level, tune_pairs)
+        params = tune_classical(EVAL_SETS[level][0], tune_pairs)
         results: dict[str, list[np.ndarray]] = {"blurred": blurred}
         it = tqdm(samples, desc=f"classical {level}", disable=not progress)
         results["wiener_true_kernel"] = [wiener(s.blurred, s.kernel, params["wiener_balance"]) for s in it]

@@ -170,3 +170,9 @@ def test_train_deblur_runs_exports_and_plots_its_losses(tmp_path):
         model, manifest = load_weights(path)
         assert manifest["train"]["generator"] == [8, 12, 1, 16, 1] and model.cfg.semantic is semantic
         assert model.generator.deep is not None
+        assert manifest["train"]["augment"] is True
+
+
+def test_eval_deblur_refuses_unknown_sets():
+    res = vistream("eval", "deblur", "--sets", "severe,blurry")
+    assert res.returncode != 0 and "blurry" in res.stderr and "severe-unseen" in res.stderr

@@ -65,3 +65,7 @@ def test_synthetic_evaluation_reports_what_the_tree_content_is_worth():
     assert len(examples["severe"]["sharp"]) == 3
     att = sev["attention_on_objects"]
     assert 0 <= att["share_on_own_object"] <= 1 and 0 < att["uniform_map_share"] < 0.5
+    # photos training never sees: scored the same way, classical methods tuned on severe blur
+    unseen, _ = evaluate_synthetic(models, n=2, levels=("severe-unseen",), tune_pairs=1, progress=False)
+    assert unseen["severe-unseen"]["classical_params"] == sev["classical_params"]
+    assert unseen["severe-unseen"]["methods"]["blurred"]["psnr"] != sev["methods"]["blurred"]["psnr"]
