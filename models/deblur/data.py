@@ -15,7 +15,10 @@ Two levels: ``severe`` (17-23 px kernels, long paths, noise sigma 0.01-0.02) and
 (5-9 px, short paths, sigma 0.003-0.008).
 
 Training scenes can be *augmented*: the photo crop is turned by a random element of the
-dihedral group (flips, transposition) before objects are composited. Without it the generator
+dihedral group (flips, transposition) before objects are composited, and a grey photo gets a
+random tint. Training draws its photos from ``TRAINING_POOLS``: ``bundled`` (the eight colour
+photos of the held-out sets) or ``wide`` (those and eleven more of scikit-image's images,
+textures such as brick, grass and gravel among them). Without it the generator
 learns the eight photos by heart: the unaugmented medium weights lose 0.8-1.3 dB on mirrored,
 upside-down or transposed held-out scenes (docs/deblur.md, "Memorised photos"). Held-out
 scenes are never augmented, so the evaluation sets are the same with or without it.
@@ -38,6 +41,11 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "r
           "hubble_deep_field")
 #: scikit-learn's bundled sample photos; held out from training (``severe-unseen``)
 UNSEEN_PHOTOS = ("china", "flower")
+#: more of scikit-image's bundled images, mostly grey textures and scenes (brick, grass,
+#: gravel...): with ``PHOTOS`` the *wide* training pool; grey ones get a random tint
+EXTRA_PHOTOS = ("brick", "grass", "gravel", "camera", "coins", "moon", "text", "page", "clock", "cell",
+                "colorwheel")
+TRAINING_POOLS: dict[str, tuple[str, ...]] = {"bundled": PHOTOS, "wide": PHOTOS + EXTRA_PHOTOS}
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.9, 0.1, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.25, 0.95),
     "yellow": (0.95, 0.85, 0.1), "white": (0.97, 0.97, 0.97), "black": (0.04, 0.04, 0.04),
@@ -248,6 +256,9 @@ def make_scene(rng: np.random.Generator, width: int = 96, height: int = 96,
     y0, x0 = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
     crop = src[y0:y0 + ch, x0:x0 + cw]
     if augment:
+        if np.array_equal(crop[..., 0], crop[..., 1]) and np.array_equal(crop[..., 1], crop[..., 2]):
+            gain = rng.uniform(0.4, 1.0, 3).astype(np.float32)  # a grey photo: tint it
+            crop = crop * gain + rng.uniform(0, 1 - gain).astype(np.float32)
         turn = int(rng.integers(8))
         crop = crop[::-1] if turn & 1 else crop
         crop = crop[:, ::-1] if turn & 2 else crop
@@ -316,13 +327,14 @@ def object_maps(objects: list[SceneObject], width: int, height: int, grid: int =
 
 
 def training_batch(rng: np.random.Generator, batch: int, size: int = 96,
-                   severe_fraction: float = 0.7, augment: bool = False) -> dict[str, np.ndarray]:
+                   severe_fraction: float = 0.7, augment: bool = False,
+                   photos: tuple[str, ...] = PHOTOS) -> dict[str, np.ndarray]:
     """A batch of training samples, NCHW float32 plus token ids and the objects' grid cells."""
     samples = []
     for _ in range(batch):
         seed = int(rng.integers(0, EVAL_SEED_BASE))
         level = "severe" if rng.random() < severe_fraction else "mild"
-        samples.append(make_sample(seed, level, size, size, augment=augment))
+        samples.append(make_sample(seed, level, size, size, photos, augment))
     return {
         "sharp": np.stack([s.sharp.transpose(2, 0, 1) for s in samples]),
         "blurred": np.stack([s.blurred.transpose(2, 0, 1) for s in samples]),

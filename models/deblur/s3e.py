@@ -551,6 +551,7 @@ class TrainConfig:
     paint_half: bool = False  # S3EConfig.paint_half
     grounding: float = 0.0    # weight of the object nodes' attention grounding (LossWeights)
     augment: bool = True      # random flips / transposition of the photo crops (data.make_scene)
+    photos: str = "wide"      # training photo pool, a key of data.TRAINING_POOLS
     init: str = ""            # exported weights to start S3E from (fine-tuning; fresh optimiser)
     ablation_init: str = ""   # the same for the ablation of a lockstep pair
 
@@ -571,11 +572,11 @@ class TrainingBatches(torch.utils.data.Dataset):
         return self.cfg.steps
 
     def __getitem__(self, step: int) -> dict[str, Any]:
-        from models.deblur.data import training_batch
+        from models.deblur.data import TRAINING_POOLS, training_batch
 
         c = self.cfg
         b = training_batch(np.random.default_rng([c.seed, step]), c.batch, c.size, c.severe_fraction,
-                           c.augment)
+                           c.augment, TRAINING_POOLS[c.photos])
         tokens = torch.from_numpy(b["tokens"])
         return {"blurred": torch.from_numpy(b["blurred"]), "sharp": torch.from_numpy(b["sharp"]),
                 "tokens": tokens, "masks": tree_masks(tokens),

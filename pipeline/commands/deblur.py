@@ -54,6 +54,9 @@ def train_deblur(
                                  "random flip / transposition (without it the generator learns "
                                  "the bundled photos by heart; the shipped weights before the "
                                  "eighth session were trained without)"),
+    photos: str = typer.Option("wide", "--photos", help="training photos: wide (the eight colour "
+                               "photos of the held-out sets and eleven more bundled images, "
+                               "textures among them) or bundled (the eight only)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Co-train captioner, S3-tree and generator (WGAN-GP critic) on seeded scenes;
@@ -76,6 +79,11 @@ def train_deblur(
     for flag, p in (("--init", init), ("--ablation-init", ablation_init)):
         if p is not None and not p.is_file():
             raise typer.BadParameter(f"{p} not found", param_hint=flag)
+    from models.deblur.data import TRAINING_POOLS
+
+    if photos not in TRAINING_POOLS:
+        raise typer.BadParameter(f"{photos!r}: choose from {', '.join(TRAINING_POOLS)}",
+                                 param_hint="--photos")
     if fit_schedule and max_minutes is None:
         raise typer.BadParameter("needs --max-minutes", param_hint="--fit-schedule")
     try:
@@ -95,7 +103,7 @@ def train_deblur(
     cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
                       threads=threads, device=device, workers=workers, c1=c1, c2=c2, blocks=blocks,
                       c3=c3, blocks8=blocks8, paint_half=paint_half, grounding=grounding,
-                      augment=augment, init=str(init or "") if semantic else "",
+                      augment=augment, photos=photos, init=str(init or "") if semantic else "",
                       ablation_init=str(ablation_init or "") if semantic else str(init or ""))
     try:
         res = train(cfg, out, resume=resume, progress=progress,
@@ -119,7 +127,7 @@ def train_deblur(
                                            "train": {"steps": res["step"], "batch": batch, "size": size,
                                                      "lr": lr, "seed": seed, "device": device,
                                                      "generator": sizes, "grounding": grounding,
-                                                     "augment": augment,
+                                                     "augment": augment, "photos": photos,
                                                      "init": str((init if folder == out else ablation_init)
                                                                  or "")}})
         summary.setdefault("exports", []).append(str(path))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.deblur.data import MAX_LEN, WORD2ID, encode_caption, make_sample, training_batch
+from models.deblur.data import MAX_LEN, TRAINING_POOLS, WORD2ID, encode_caption, make_sample, training_batch
 from models.deblur.evaluate import bleu4
 from models.deblur.s3e import (
     Critic,
@@ -181,7 +181,8 @@ def test_training_batches_are_a_function_of_seed_and_step():
 
     cfg = TrainConfig(steps=10, batch=2, size=32, seed=4)
     item = TrainingBatches(cfg)[7]
-    again = training_batch(np.random.default_rng([4, 7]), 2, 32, cfg.severe_fraction, cfg.augment)
+    again = training_batch(np.random.default_rng([4, 7]), 2, 32, cfg.severe_fraction, cfg.augment,
+                           TRAINING_POOLS[cfg.photos])
     assert np.array_equal(item["blurred"].numpy(), again["blurred"])
     assert torch.equal(item["masks"]["obj"], tree_masks(torch.from_numpy(again["tokens"]))["obj"])
     assert not torch.equal(TrainingBatches(cfg)[8]["blurred"], item["blurred"])
