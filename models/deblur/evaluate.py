@@ -290,7 +290,8 @@ def save_grid(examples: dict[str, Any], path: Path) -> Path:
         short = {"wiener_true_kernel": "wiener", "richardson_lucy_true_kernel": "RL",
                  "ablation_no_semantic": "ablation"}
         for j, c in enumerate(cols):
-            cv2.putText(header, f"{level[:3]} {short.get(c, c)}", (j * w + 2, 11),
+            tag = {"severe-unseen": "new"}.get(level, level[:3])  # photos training never saw
+            cv2.putText(header, f"{tag} {short.get(c, c)}", (j * w + 2, 11),
                         cv2.FONT_HERSHEY_PLAIN, 0.7, (0, 0, 0), 1, cv2.LINE_AA)
         rows += [header] + cells
     path.parent.mkdir(parents=True, exist_ok=True)
