@@ -18,8 +18,8 @@ Training scenes can be *augmented*: the photo crop is turned by a random element
 dihedral group (flips, transposition) before objects are composited, and a grey photo gets a
 random tint. Training draws its photos from ``TRAINING_POOLS``: ``bundled`` (the eight colour
 photos of the held-out sets) or ``wide`` (those and eleven more of scikit-image's images,
-textures such as brick, grass and gravel among them). Without it the generator
-learns the eight photos by heart: the unaugmented medium weights lose 0.8-1.3 dB on mirrored,
+textures such as brick, grass and gravel among them). Trained on the eight photos without
+augmentation, the medium generator learned them by heart: it lost 0.76-1.32 dB on mirrored,
 upside-down or transposed held-out scenes (docs/deblur.md, "Memorised photos"). Held-out
 scenes are never augmented, so the evaluation sets are the same with or without it.
 
@@ -70,7 +70,7 @@ LEVELS = {
 }
 
 
-#: Evaluation sets: name -> (blur level, photos). Training draws from ``PHOTOS`` only.
+#: Evaluation sets: name -> (blur level, photos). No training pool holds ``UNSEEN_PHOTOS``.
 EVAL_SETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "severe": ("severe", PHOTOS),
     "mild": ("mild", PHOTOS),

@@ -51,9 +51,9 @@ def train_deblur(
     grounding: float = typer.Option(0.0, min=0.0, help="weight of the grounding loss: each object "
                                     "node's attention map against the grid cells its object covers"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="turn each photo crop by a "
-                                 "random flip / transposition (without it the generator learns "
-                                 "the bundled photos by heart; the shipped weights before the "
-                                 "eighth session were trained without)"),
+                                 "random flip / transposition and tint grey photos (without it the "
+                                 "generator learns the bundled photos by heart; the shipped weights "
+                                 "before the eighth session were trained without)"),
     photos: str = typer.Option("wide", "--photos", help="training photos: wide (the eight colour "
                                "photos of the held-out sets and eleven more bundled images, "
                                "textures among them) or bundled (the eight only)"),
