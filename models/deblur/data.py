@@ -95,6 +95,12 @@ def photo(name: str) -> np.ndarray:
     return (img[..., :3].astype(np.float32) / 255.0)
 
 
+@cache
+def _is_grey(name: str) -> bool:
+    img = photo(name)
+    return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
+
+
 # --------------------------------------------------------------------------- kernels
 
 
@@ -248,7 +254,8 @@ def make_scene(rng: np.random.Generator, width: int = 96, height: int = 96,
     scenes do not change)."""
     import cv2
 
-    src = photo(photos[int(rng.integers(len(photos)))])
+    name = photos[int(rng.integers(len(photos)))]
+    src = photo(name)
     H, W = src.shape[:2]
     scale = rng.uniform(0.35, 1.0)
     ch = int(min(H, W * height / width) * scale)
@@ -256,7 +263,7 @@ def make_scene(rng: np.random.Generator, width: int = 96, height: int = 96,
     y0, x0 = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
     crop = src[y0:y0 + ch, x0:x0 + cw]
     if augment:
-        if np.array_equal(crop[..., 0], crop[..., 1]) and np.array_equal(crop[..., 1], crop[..., 2]):
+        if _is_grey(name):
             gain = rng.uniform(0.4, 1.0, 3).astype(np.float32)  # a grey photo: tint it
             crop = crop * gain + rng.uniform(0, 1 - gain).astype(np.float32)
         turn = int(rng.integers(8))
