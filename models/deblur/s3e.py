@@ -33,6 +33,9 @@ What is implemented here (small enough to train on two CPU cores):
   the 1/4 features before the last 1/4 block. Why: a block at 1/8 costs a quarter of one at
   1/4 with the same channels, and it widens the receptive field (8 convs at 1/8 see ~128 px,
   against the severe set's 17-23 px kernels), so capacity grows within the CPU frame budget.
+  The 1/8 level's output conv starts at zero, so a run can *grow* it onto trained weights
+  without it (``--init`` with the same C1,C2,BLOCKS): training starts from the very function
+  the start computed.
   ``semantic=False`` is the ablation: the very same network (same parameters) fed an all-zero
   tree embedding.
 * **Critic** - WGAN-GP (gradient penalty 10), a small strided conv net without norms.
@@ -309,6 +312,9 @@ class Generator(nn.Module):
             self.deep = nn.Sequential(nn.Conv2d(cfg.c2, cfg.c3, 3, 2, 1), nn.ReLU(inplace=True),
                                       *(ResBlock(cfg.c3) for _ in range(cfg.blocks8)),
                                       nn.Conv2d(cfg.c3, 4 * cfg.c2, 1), nn.PixelShuffle(2))
+            # starts at zero: a generator without the 1/8 level (--init) loads and runs unchanged
+            nn.init.zeros_(self.deep[-2].weight)
+            nn.init.zeros_(self.deep[-2].bias)
         self.paint = nn.Linear(cfg.node, cfg.c2)     # object node -> feature painted via its map
         self.film = nn.Linear(cfg.node, 2 * cfg.c2)  # root -> FiLM
         self.paint_half = None
@@ -646,18 +652,23 @@ class _Run:
             start, _ = load_weights(init)
             theirs = {k: getattr(start.cfg, k) for k in _SIZE_FIELDS}
             ours = {k: getattr(cfg, k) for k in _SIZE_FIELDS}
-            if theirs != ours or (start.cfg.paint_half and not cfg.paint_half):
+            # growing is allowed: a 1/8 level the start lacks is added (at zero, see Generator)
+            grows = start.cfg.c3 == 0 and cfg.c3 > 0 and cfg.blocks8 > 0
+            same = {k: v for k, v in theirs.items() if not (grows and k in ("c3", "blocks8"))}
+            if same != {k: ours[k] for k in same} or (start.cfg.paint_half and not cfg.paint_half):
                 raise ValueError(f"{init} holds a generator of size {theirs}"
                                  f"{' with paint_half' if start.cfg.paint_half else ''}, not {ours}: "
-                                 "start from weights of the generator size being trained")
+                                 "start from weights of the generator size being trained (or of "
+                                 "the same size without the 1/8 level, which is then added)")
             if start.cfg.semantic != semantic:
                 kind = "S3E" if start.cfg.semantic else "ablation"
                 raise ValueError(f"{init} holds {kind} weights: start "
                                  f"{'S3E' if semantic else 'the ablation'} from its own kind")
-            # a 1/2-resolution paint the start lacks keeps its zero initialisation
+            # a 1/2-resolution paint or a 1/8 level the start lacks keeps its zero initialisation
             missing, _ = self.model.load_state_dict(start.state_dict(), strict=False)
-            assert all(k.startswith("generator.paint_half.") for k in missing), missing
-            log(f"{'S3E' if semantic else 'ablation'} starts from {init}")
+            assert all(k.startswith(("generator.paint_half.", "generator.deep.")) for k in missing), missing
+            log(f"{'S3E' if semantic else 'ablation'} starts from {init}"
+                f"{' (1/8 level added)' if grows else ''}")
         self.write_config()
 
     def write_config(self) -> None:

@@ -256,6 +256,31 @@ def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_pa
     assert torch.equal(again.deblur(blurred)[0], tuned.deblur(blurred)[0])
 
 
+def test_a_1_8_level_grows_onto_weights_without_it_and_starts_as_the_start(tmp_path):
+    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+
+    torch.manual_seed(5)
+    small = dict(c1=8, c2=12, blocks=2)
+    start = S3EDeblur(S3EConfig(**small)).eval()
+    for p in start.generator.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    path = export_weights(start, tmp_path / "start.safetensors")
+    blurred, _, _ = _batch(2)
+    grown = S3EDeblur(S3EConfig(**small, c3=16, blocks8=1)).eval()
+    grown.load_state_dict(start.state_dict(), strict=False)
+    assert torch.allclose(grown.deblur(blurred)[0], start.deblur(blurred)[0], atol=1e-6)
+    logs: list[str] = []
+    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=str(path), c3=16, blocks8=1, **small)
+    train(cfg, tmp_path / "run", progress=False, log=logs.append)
+    assert any("1/8 level added" in m for m in logs)
+    tuned = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert tuned.cfg.c3 == 16 and tuned.generator.deep[-2].weight.abs().sum() > 0  # it learned
+    # growing only adds the 1/8 level: another size at 1/4 is still refused
+    with pytest.raises(ValueError, match="generator of size"):
+        train(TrainConfig(steps=1, batch=1, size=32, init=str(path), c1=8, c2=16, blocks=2, c3=16,
+                          blocks8=1), tmp_path / "other", progress=False, log=logs.append)
+
+
 def test_fit_schedule_shortens_the_run_to_the_time_budget(tmp_path):
     from models.deblur.s3e import TrainConfig, train
 
