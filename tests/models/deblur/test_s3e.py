@@ -218,31 +218,39 @@ def test_a_run_can_start_from_exported_weights_of_its_own_kind_and_size(tmp_path
     torch.manual_seed(3)
     small = dict(c1=8, c2=12, blocks=2)
     start = S3EDeblur(S3EConfig(**small))  # TrainConfig builds the default captioner
-    path = export_weights(start, tmp_path / "start.safetensors")
-    cfg = TrainConfig(steps=1, batch=1, size=32, lr=0.0, critic_lr=0.0, init=str(path), **small)
+    path = str(export_weights(start, tmp_path / "start.safetensors"))
+    cfg = TrainConfig(steps=1, batch=1, size=32, lr=0.0, critic_lr=0.0, init=path, **small)
     logs: list[str] = []
     train(cfg, tmp_path / "run", progress=False, log=logs.append)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     assert any("starts from" in m for m in logs)
     assert all(torch.equal(state[k], v) for k, v in start.state_dict().items())  # lr 0: unchanged
     with pytest.raises(ValueError, match="generator of size"):
-        train(TrainConfig(steps=1, batch=1, size=32, init=str(path), c1=8, c2=16, blocks=2),
+        train(TrainConfig(steps=1, batch=1, size=32, init=path, c1=8, c2=16, blocks=2),
               tmp_path / "other", progress=False, log=logs.append)
     with pytest.raises(ValueError, match="S3E weights"):
-        train(TrainConfig(steps=1, batch=1, size=32, semantic=False, ablation_init=str(path), **small),
+        train(TrainConfig(steps=1, batch=1, size=32, semantic=False, ablation_init=path, **small),
               tmp_path / "abl", progress=False, log=logs.append)
+
+
+GROW_BASE = dict(c1=8, c2=12, blocks=2)
+
+
+def _trained_looking_start(tmp_path, seed: int) -> tuple[S3EDeblur, str]:
+    """A small S3E whose generator is not the identity (its tail is no longer zero), exported."""
+    torch.manual_seed(seed)
+    start = S3EDeblur(S3EConfig(**GROW_BASE)).eval()
+    for p in start.generator.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    return start, str(export_weights(start, tmp_path / "start.safetensors"))
 
 
 def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_path):
     from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
-    torch.manual_seed(4)
-    small = dict(c1=8, c2=12, blocks=2)
-    start = S3EDeblur(S3EConfig(**small)).eval()
-    for p in start.generator.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
-    path = export_weights(start, tmp_path / "start.safetensors")
-    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=str(path), paint_half=True, **small)
+    start, path = _trained_looking_start(tmp_path, 4)
+    small = GROW_BASE
+    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, paint_half=True, **small)
     train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     tuned = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert tuned.cfg.paint_half and tuned.generator.paint_half.weight.abs().sum() > 0  # it learned
@@ -259,25 +267,21 @@ def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_pa
 def test_a_1_8_level_grows_onto_weights_without_it_and_starts_as_the_start(tmp_path):
     from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
-    torch.manual_seed(5)
-    small = dict(c1=8, c2=12, blocks=2)
-    start = S3EDeblur(S3EConfig(**small)).eval()
-    for p in start.generator.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
-    path = export_weights(start, tmp_path / "start.safetensors")
+    start, path = _trained_looking_start(tmp_path, 5)
+    small = GROW_BASE
     blurred, _, _ = _batch(2)
     grown = S3EDeblur(S3EConfig(**small, c3=16, blocks8=1)).eval()
     grown.load_state_dict(start.state_dict(), strict=False)
     assert torch.allclose(grown.deblur(blurred)[0], start.deblur(blurred)[0], atol=1e-6)
     logs: list[str] = []
-    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=str(path), c3=16, blocks8=1, **small)
+    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, c3=16, blocks8=1, **small)
     train(cfg, tmp_path / "run", progress=False, log=logs.append)
     assert any("1/8 level added" in m for m in logs)
     tuned = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert tuned.cfg.c3 == 16 and tuned.generator.deep[-2].weight.abs().sum() > 0  # it learned
     # growing only adds the 1/8 level: another size at 1/4 is still refused
     with pytest.raises(ValueError, match="generator of size"):
-        train(TrainConfig(steps=1, batch=1, size=32, init=str(path), c1=8, c2=16, blocks=2, c3=16,
+        train(TrainConfig(steps=1, batch=1, size=32, init=path, c1=8, c2=16, blocks=2, c3=16,
                           blocks8=1), tmp_path / "other", progress=False, log=logs.append)
 
 
