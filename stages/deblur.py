@@ -23,8 +23,8 @@ For every frame:
   guided the deblurring (its words, space separated) is emitted for the frame.
 
 Weights: ``weights`` names a file from ``vistream train deblur --export``; by default the
-medium model shipped in ``models/deblur/weights/s3e-medium.safetensors`` is used (the faster
-small one is ``s3e-small.safetensors`` beside it), and if that is
+large model shipped in ``models/deblur/weights/s3e-large.safetensors`` is used (the faster
+medium and small ones are ``s3e-medium`` / ``s3e-small.safetensors`` beside it), and if that is
 missing a seeded untrained model (a smoke test of the plumbing only: it returns the input).
 Undecodable frames raise in ``process`` and the runner dead-letters them one by one.
 """

@@ -44,6 +44,6 @@ def main(s3e_path: str, ablation_path: str, n: int = 100) -> None:
 
 
 if __name__ == "__main__":
-    paths = sys.argv[1:3] or ["models/deblur/weights/s3e-medium.safetensors",
-                              "models/deblur/weights/ablation-medium.safetensors"]
+    paths = sys.argv[1:3] or ["models/deblur/weights/s3e-large.safetensors",
+                              "models/deblur/weights/ablation-large.safetensors"]
     main(*paths)

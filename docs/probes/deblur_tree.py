@@ -48,4 +48,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "models/deblur/weights/s3e-medium.safetensors")
+    main(sys.argv[1] if len(sys.argv) > 1 else "models/deblur/weights/s3e-large.safetensors")
