@@ -654,8 +654,8 @@ class _Run:
             ours = {k: getattr(cfg, k) for k in _SIZE_FIELDS}
             # growing is allowed: a 1/8 level the start lacks is added (at zero, see Generator)
             grows = start.cfg.c3 == 0 and cfg.c3 > 0 and cfg.blocks8 > 0
-            same = {k: v for k, v in theirs.items() if not (grows and k in ("c3", "blocks8"))}
-            if same != {k: ours[k] for k in same} or (start.cfg.paint_half and not cfg.paint_half):
+            compared = ("c1", "c2", "blocks") if grows else _SIZE_FIELDS
+            if any(theirs[k] != ours[k] for k in compared) or (start.cfg.paint_half and not cfg.paint_half):
                 raise ValueError(f"{init} holds a generator of size {theirs}"
                                  f"{' with paint_half' if start.cfg.paint_half else ''}, not {ours}: "
                                  "start from weights of the generator size being trained (or of "

@@ -249,13 +249,12 @@ def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_pa
     from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
     start, path = _trained_looking_start(tmp_path, 4)
-    small = GROW_BASE
-    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, paint_half=True, **small)
+    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, paint_half=True, **GROW_BASE)
     train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     tuned = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert tuned.cfg.paint_half and tuned.generator.paint_half.weight.abs().sum() > 0  # it learned
     # a fresh paint is zero: the start's output is unchanged by adding it
-    grown = S3EDeblur(S3EConfig(**small, paint_half=True)).eval()
+    grown = S3EDeblur(S3EConfig(**GROW_BASE, paint_half=True)).eval()
     grown.load_state_dict(start.state_dict(), strict=False)
     blurred, _, _ = _batch(2)
     assert torch.allclose(grown.deblur(blurred)[0], start.deblur(blurred)[0])
@@ -268,13 +267,12 @@ def test_a_1_8_level_grows_onto_weights_without_it_and_starts_as_the_start(tmp_p
     from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
     start, path = _trained_looking_start(tmp_path, 5)
-    small = GROW_BASE
     blurred, _, _ = _batch(2)
-    grown = S3EDeblur(S3EConfig(**small, c3=16, blocks8=1)).eval()
+    grown = S3EDeblur(S3EConfig(**GROW_BASE, c3=16, blocks8=1)).eval()
     grown.load_state_dict(start.state_dict(), strict=False)
     assert torch.allclose(grown.deblur(blurred)[0], start.deblur(blurred)[0], atol=1e-6)
     logs: list[str] = []
-    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, c3=16, blocks8=1, **small)
+    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, c3=16, blocks8=1, **GROW_BASE)
     train(cfg, tmp_path / "run", progress=False, log=logs.append)
     assert any("1/8 level added" in m for m in logs)
     tuned = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
