@@ -46,7 +46,7 @@ DEFAULT_THRESHOLD = 1.7
 
 class DeblurParams(StageParams):
     weights: str | None = Field(None, description="weights file from `vistream train deblur --export`; "
-                                                  "empty = the shipped medium model")
+                                                  "empty = the shipped large model")
     threshold: float = Field(DEFAULT_THRESHOLD, ge=0,
                              description="gradient-energy-ratio gate: frames scoring below are deblurred")
     width: int = Field(320, ge=16, le=8192, description="processing width (frames are fitted into it)")

@@ -41,7 +41,8 @@ def train_deblur(
     generator: str = typer.Option("32,48,3", "--generator", help="generator size C1,C2,BLOCKS: "
                                   "channels at 1/2 and 1/4 resolution, residual blocks at 1/4; "
                                   "append ,C3,BLOCKS8 for a 1/8 level with its own blocks "
-                                  "(shipped: 32,64,4 = medium, the stage's default; 32,48,3 = small)"),
+                                  "(shipped: 32,64,4,96,4 = large, the stage's default; 32,64,4 = medium; "
+                                  "32,48,3 = small)"),
     init: Path | None = typer.Option(None, "--init", help="start from these exported weights "
                                      "(fine-tuning: fresh optimiser and schedule; same --generator)"),
     ablation_init: Path | None = typer.Option(None, "--ablation-init",
@@ -184,7 +185,7 @@ def eval_deblur(
                              "separated: severe, mild (the training photos, other crops) and "
                              "severe-unseen (severe blur on photos training never sees)"),
     s3e: Path | None = typer.Option(None, "--s3e", help="S3E weights (.safetensors or checkpoint .pt); "
-                                    "default: the shipped medium model"),
+                                    "default: the shipped large model"),
     ablation: Path | None = typer.Option(None, "--ablation", help="ablation weights (default: shipped)"),
     max_side: int = typer.Option(320, min=16, help="--pairs images are downscaled to fit this"),
     out: Path = typer.Option(Path("out/eval/deblur"), "--out", help="output folder"),
