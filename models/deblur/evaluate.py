@@ -206,6 +206,17 @@ def _table(sharp: list[np.ndarray], results: dict[str, list[np.ndarray]],
     return table
 
 
+def paired_gain(sharp: list[np.ndarray], a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
+    """PSNR of ``a`` minus PSNR of ``b`` scene by scene: the mean, its standard error (the
+    spread of the differences over sqrt(n)) and the share of scenes on which ``a`` is ahead.
+    Both run on the very same blurred scenes, so the pairing removes the scenes' own spread:
+    a mean gain within about two standard errors of zero could be the draw of scenes."""
+    d = np.array([psnr(s, x) - psnr(s, y) for s, x, y in zip(sharp, a, b)])
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"mean_db": round(float(d.mean()), 3), "se_db": round(se, 3),
+            "share_of_scenes_ahead": round(float((d > 0).mean()), 3)}
+
+
 def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[str] = tuple(EVAL_SETS),
                        tune_pairs: int = 6, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics per evaluation set (``data.EVAL_SETS``: blur level and photos) and the images
@@ -240,6 +251,9 @@ def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[st
                 "caption_of_sharp": round(bleu4(refs, captions_of(m, sharp)), 4),
             }
             level_rep["attention_on_objects"] = attention_on_objects(m, samples)
+            if "ablation_no_semantic" in results:  # the semantic target, with its uncertainty
+                level_rep["semantic_gain_per_scene"] = paired_gain(sharp, results["s3e"],
+                                                                   results["ablation_no_semantic"])
             if m.cfg.semantic:
                 # the same generator under other scenes' trees: the part of its result owed to
                 # what the caption says about *this* scene, not to a tree being present

@@ -219,6 +219,8 @@ def eval_deblur(
         report, examples = evaluate_synthetic(models, n=20 if quick else n, levels=levels, progress=progress)
         report["grid"] = str(save_grid(examples, out / "examples.png"))
         report["targets"] = _quality_targets(report["severe"]["methods"])
+        if "semantic_gain_per_scene" in report["severe"]:
+            report["targets"]["semantic_gain_se_db"] = report["severe"]["semantic_gain_per_scene"]["se_db"]
         if "tree_content" in report["severe"]:
             report["targets"]["tree_content_gain_db"] = report["severe"]["tree_content"]["gain_db"]
         if "severe-unseen" in report:  # the same targets where the photos cannot be remembered
@@ -232,6 +234,11 @@ def eval_deblur(
             typer.echo(f"  BLEU-4: {report[level]['bleu4']}")
             if "attention_on_objects" in report[level]:
                 typer.echo(f"  object nodes' attention: {report[level]['attention_on_objects']}")
+            if "semantic_gain_per_scene" in report[level]:
+                g = report[level]["semantic_gain_per_scene"]
+                ahead = 100 * g["share_of_scenes_ahead"]
+                typer.echo(f"  S3E - ablation, scene by scene: {g['mean_db']:+.3f} dB, standard error "
+                           f"{g['se_db']:.3f}, S3E ahead on {ahead:.0f}% of scenes")
             if "tree_content" in report[level]:
                 typer.echo(f"  S3E under other scenes' trees: {report[level]['tree_content']}")
     report["seconds"] = round(time.monotonic() - t0, 1)

@@ -1,7 +1,8 @@
 import numpy as np
 
 from models.deblur.data import make_sample
-from models.deblur.evaluate import masked_psnr, object_region, psnr, richardson_lucy, save_grid, ssim, wiener
+from models.deblur.evaluate import (masked_psnr, object_region, paired_gain, psnr, richardson_lucy, save_grid,
+                                    ssim, wiener)
 
 
 def test_classical_deconvolution_with_the_true_kernel_helps_on_mild_blur():
@@ -62,6 +63,9 @@ def test_synthetic_evaluation_reports_what_the_tree_content_is_worth():
     assert tree["psnr_own_trees"] == sev["methods"]["s3e"]["psnr"]
     assert tree["psnr_other_scenes_trees"] != tree["psnr_own_trees"]
     assert tree["gain_db"] == round(tree["psnr_own_trees"] - tree["psnr_other_scenes_trees"], 3)
+    paired = sev["semantic_gain_per_scene"]
+    mean_gap = sev["methods"]["s3e"]["psnr"] - sev["methods"]["ablation_no_semantic"]["psnr"]
+    assert abs(paired["mean_db"] - mean_gap) < 2e-3 and paired["se_db"] >= 0
     assert len(examples["severe"]["sharp"]) == 3
     att = sev["attention_on_objects"]
     assert 0 <= att["share_on_own_object"] <= 1 and 0 < att["uniform_map_share"] < 0.5
@@ -69,3 +73,19 @@ def test_synthetic_evaluation_reports_what_the_tree_content_is_worth():
     unseen, _ = evaluate_synthetic(models, n=2, levels=("severe-unseen",), tune_pairs=1, progress=False)
     assert unseen["severe-unseen"]["classical_params"] == sev["classical_params"]
     assert unseen["severe-unseen"]["methods"]["blurred"]["psnr"] != sev["methods"]["blurred"]["psnr"]
+
+
+def test_paired_gain_is_the_mean_scene_by_scene_difference_with_its_standard_error():
+    rng = np.random.default_rng(0)
+    sharp = [rng.random((16, 16, 3)) for _ in range(4)]
+    noisy = [s + rng.normal(0, 0.1, s.shape) for s in sharp]
+    # halving the error adds 20*log10(2) = 6.02 dB on every scene: no spread, all scenes ahead
+    halved = [s + 0.5 * (n - s) for s, n in zip(sharp, noisy)]
+    g = paired_gain(sharp, halved, noisy)
+    assert abs(g["mean_db"] - 6.021) < 1e-3 and g["se_db"] == 0 and g["share_of_scenes_ahead"] == 1
+    # scene-dependent gains: their mean, and their standard deviation over sqrt(n)
+    scaled = [s + f * (n - s) for s, n, f in zip(sharp, noisy, (0.5, 1.0, 2.0, 1.0))]
+    d = np.array([20 * np.log10(2), 0, -20 * np.log10(2), 0])
+    g = paired_gain(sharp, scaled, noisy)
+    assert abs(g["mean_db"] - d.mean()) < 1e-3
+    assert abs(g["se_db"] - d.std(ddof=1) / 2) < 1e-3 and g["share_of_scenes_ahead"] == 0.25
