@@ -601,6 +601,19 @@ _SIZE_FIELDS = ("c1", "c2", "blocks", "c3", "blocks8")
 _GENERATOR_FIELDS = (*_SIZE_FIELDS, "paint_half")
 
 
+def generator_sizes(spec: str) -> dict[str, int]:
+    """``"C1,C2,BLOCKS"`` or ``"C1,C2,BLOCKS,C3,BLOCKS8"`` (a 1/8 level) as TrainConfig fields;
+    ValueError for anything else (not integers, another count, a size below 1)."""
+    try:
+        sizes = [int(v) for v in spec.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (3, 5) or min(sizes) < 1:
+        raise ValueError(f"{spec!r}: expected three positive integers C1,C2,BLOCKS such as 32,48,3, "
+                         "or five with a 1/8 level, C1,C2,BLOCKS,C3,BLOCKS8 such as 32,48,2,96,4")
+    return dict(zip(_SIZE_FIELDS, sizes + [0, 0]))
+
+
 def _saved_generator(run_config: dict) -> dict[str, int]:
     """The generator size in a run's config.json (runs older than the setting: the default)."""
     return {k: run_config.get(k, getattr(S3EConfig, k)) for k in _GENERATOR_FIELDS}

@@ -66,7 +66,8 @@ def train_deblur(
     --ablation-out trains the no-semantic ablation beside it on the very same batches."""
     import torch
 
-    from models.deblur.s3e import TrainConfig, export_weights, model_from_checkpoint, plot_training, train
+    from models.deblur.s3e import (TrainConfig, export_weights, generator_sizes, model_from_checkpoint,
+                                   plot_training, train)
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch)",
@@ -89,23 +90,18 @@ def train_deblur(
     if fit_schedule and max_minutes is None:
         raise typer.BadParameter("needs --max-minutes", param_hint="--fit-schedule")
     try:
-        sizes = [int(v) for v in generator.split(",")]
-        if len(sizes) not in (3, 5) or min(sizes) < 1:
-            raise ValueError
-    except ValueError:
-        raise typer.BadParameter(f"{generator!r}: expected three positive integers C1,C2,BLOCKS "
-                                 "such as 32,48,3, or five with a 1/8 level, C1,C2,BLOCKS,C3,BLOCKS8 "
-                                 "such as 32,48,2,96,4", param_hint="--generator") from None
-    c1, c2, blocks, c3, blocks8 = sizes if len(sizes) == 5 else [*sizes, 0, 0]
+        sizes = generator_sizes(generator)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--generator") from None
     dirs = [out] + ([ablation_out] if ablation_out is not None else [])
     for d in dirs:
         if not resume and (d / "checkpoint.pt").exists():
             typer.echo(f"starting afresh: {d / 'checkpoint.pt'} is replaced (use --resume to continue it)")
             (d / "checkpoint.pt").unlink()
     cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
-                      threads=threads, device=device, workers=workers, c1=c1, c2=c2, blocks=blocks,
-                      c3=c3, blocks8=blocks8, paint_half=paint_half, grounding=grounding,
-                      augment=augment, photos=photos, init=str(init or "") if semantic else "",
+                      threads=threads, device=device, workers=workers, **sizes, paint_half=paint_half,
+                      grounding=grounding, augment=augment, photos=photos,
+                      init=str(init or "") if semantic else "",
                       ablation_init=str(ablation_init or "") if semantic else str(init or ""))
     try:
         res = train(cfg, out, resume=resume, progress=progress,
@@ -128,7 +124,8 @@ def train_deblur(
         export_weights(model, path, extra={"model_id": f"{name}-{res['step']}steps-seed{seed}",
                                            "train": {"steps": res["step"], "batch": batch, "size": size,
                                                      "lr": lr, "seed": seed, "device": device,
-                                                     "generator": sizes, "grounding": grounding,
+                                                     "generator": [v for v in sizes.values() if v],
+                                                     "grounding": grounding,
                                                      "augment": augment, "photos": photos,
                                                      "init": str((init if folder == out else ablation_init)
                                                                  or "")}})

@@ -359,3 +359,13 @@ def test_the_joint_captioner_pass_gives_the_losses_of_separate_passes():
     torch.testing.assert_close(terms["caption_blurred"], caption_loss(logits, tokens), **close)
     torch.testing.assert_close(terms["caption_sharp"], caption_loss(sharp_logits, tokens), **close)
     torch.testing.assert_close(terms["content"], content_loss(ref_out, sharp), rtol=1e-5, atol=1e-6)
+
+
+def test_generator_sizes_read_three_or_five_positive_integers():
+    from models.deblur.s3e import generator_sizes
+
+    assert generator_sizes("32,48,3") == dict(c1=32, c2=48, blocks=3, c3=0, blocks8=0)
+    assert generator_sizes("32,64,4,96,4") == dict(c1=32, c2=64, blocks=4, c3=96, blocks8=4)
+    for bad in ("32,48", "32,48,3,96", "32,0,3", "32,x,3", ""):
+        with pytest.raises(ValueError, match="C1,C2,BLOCKS"):
+            generator_sizes(bad)
