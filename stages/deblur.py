@@ -54,6 +54,8 @@ class DeblurParams(StageParams):
     full_size: bool = Field(False, description="process frames at their own size (slow on a CPU)")
     batch_size: int = Field(8, ge=1, le=256, description="frames per generator pass")
     semantic: bool = Field(True, description="caption-guided (S3E); false = the unguided generator")
+    mirror_ensemble: bool = Field(False, description="also deblur each frame mirrored and average the "
+                                  "two results: about +0.2 dB on the severe set at twice the cost")
     captions_for_sharp: bool = Field(False, description="also caption frames that pass the gate")
     quality: int = Field(90, ge=1, le=100, description="JPEG quality of re-encoded frames")
     threads: int | None = Field(1, ge=1, description="torch CPU threads (None: torch default)")
@@ -175,7 +177,9 @@ class DeblurStage(Stage):
         from models.deblur.data import decode_caption
 
         x = np.stack([im[..., ::-1].transpose(2, 0, 1) for im in images]).astype(np.float32) / 255.0
-        y, toks = self.model.deblur(torch.from_numpy(x), caption=self.params.semantic)  # type: ignore[attr-defined]
+        p: DeblurParams = self.params  # type: ignore[assignment]
+        y, toks = self.model.deblur(torch.from_numpy(x), caption=p.semantic,  # type: ignore[attr-defined]
+                                    mirror=p.mirror_ensemble)
         deb = (y.numpy().transpose(0, 2, 3, 1)[..., ::-1] * 255.0)
         words = [decode_caption(t) for t in toks.numpy()] if toks is not None else [None] * len(images)
         return list(zip(deb, words))

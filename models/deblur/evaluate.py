@@ -146,9 +146,11 @@ def _in_batches(fn, images: list[np.ndarray], batch: int) -> tuple[list[np.ndarr
     return outs, caps
 
 
-def run_model(model, images: list[np.ndarray], batch: int = 16) -> tuple[list[np.ndarray], list[list[str]]]:
-    """Deblur float RGB HWC images; returns images and captions."""
-    return _in_batches(lambda x: model.deblur(x, caption=True), images, batch)
+def run_model(model, images: list[np.ndarray], batch: int = 16,
+              mirror: bool = False) -> tuple[list[np.ndarray], list[list[str]]]:
+    """Deblur float RGB HWC images (``mirror``: the two-view self-ensemble of
+    :meth:`S3EDeblur.deblur`); returns images and captions."""
+    return _in_batches(lambda x: model.deblur(x, caption=True, mirror=mirror), images, batch)
 
 
 def run_with_other_trees(model, images: list[np.ndarray], batch: int = 16) -> list[np.ndarray]:
@@ -218,10 +220,11 @@ def paired_gain(sharp: list[np.ndarray], a: list[np.ndarray], b: list[np.ndarray
 
 
 def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[str] = tuple(EVAL_SETS),
-                       tune_pairs: int = 6, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+                       tune_pairs: int = 6, progress: bool = True,
+                       mirror: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics per evaluation set (``data.EVAL_SETS``: blur level and photos) and the images
     for a grid. ``models`` maps name -> S3EDeblur (``s3e`` is the one whose captioner is
-    scored for BLEU)."""
+    scored for BLEU); ``mirror`` runs every model as its two-view self-ensemble."""
     from tqdm import tqdm
 
     report: dict[str, Any] = {}
@@ -238,9 +241,9 @@ def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[st
             richardson_lucy(s.blurred, s.kernel, params["rl_iterations"]) for s in samples]
         caps: dict[str, list[list[str]]] = {}
         for name, model in models.items():
-            results[name], caps[name] = run_model(model, blurred)
+            results[name], caps[name] = run_model(model, blurred, mirror=mirror)
         regions = [object_region(s) for s in samples]
-        level_rep: dict[str, Any] = {"n": n, "classical_params": params,
+        level_rep: dict[str, Any] = {"n": n, "classical_params": params, "mirror_ensemble": mirror,
                                      "methods": _table(sharp, results, regions)}
         if "s3e" in models:
             m = models["s3e"]
@@ -257,8 +260,8 @@ def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[st
             if m.cfg.semantic:
                 # the same generator under other scenes' trees: the part of its result owed to
                 # what the caption says about *this* scene, not to a tree being present
-                swapped = _table(sharp, {"own": results["s3e"], "other": run_with_other_trees(m, blurred)},
-                                 regions)
+                own = run_model(m, blurred)[0] if mirror else results["s3e"]  # one view, as "other"
+                swapped = _table(sharp, {"own": own, "other": run_with_other_trees(m, blurred)}, regions)
                 level_rep["tree_content"] = {
                     "psnr_own_trees": swapped["own"]["psnr"],
                     "psnr_other_scenes_trees": swapped["other"]["psnr"],
@@ -274,7 +277,7 @@ def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[st
 
 
 def evaluate_pairs(models: dict[str, Any], root: Path, max_side: int | None = 320,
-                   limit: int | None = None) -> dict[str, Any]:
+                   limit: int | None = None, mirror: bool = False) -> dict[str, Any]:
     """PSNR/SSIM on a GoPro-layout folder (no kernels: classical non-blind methods and BLEU
     do not apply)."""
     pairs = gopro_pairs(root)[:limit]
@@ -282,8 +285,9 @@ def evaluate_pairs(models: dict[str, Any], root: Path, max_side: int | None = 32
     sharp = [p[1] for p in loaded]
     results = {"blurred": [p[0] for p in loaded]}
     for name, model in models.items():
-        results[name] = run_model(model, results["blurred"], batch=4)[0]
-    return {"n": len(pairs), "root": str(root), "max_side": max_side, "methods": _table(sharp, results)}
+        results[name] = run_model(model, results["blurred"], batch=4, mirror=mirror)[0]
+    return {"n": len(pairs), "root": str(root), "max_side": max_side, "mirror_ensemble": mirror,
+            "methods": _table(sharp, results)}
 
 
 def save_grid(examples: dict[str, Any], path: Path) -> Path:

@@ -425,8 +425,19 @@ class S3EDeblur(nn.Module):
         return out, logits[:n], logits[n:], masks["obj"] @ alphas[:n]
 
     @torch.no_grad()
-    def deblur(self, blurred: torch.Tensor, caption: bool = True):
-        """Inference: (deblurred in [0,1], caption token ids or None)."""
+    def deblur(self, blurred: torch.Tensor, caption: bool = True, mirror: bool = False):
+        """Inference: (deblurred in [0,1], caption token ids or None).
+
+        ``mirror`` (not in the paper): also deblur the left-right mirrored frame, with the
+        caption the captioner reads from it, and average the two results (mirrored back) -
+        a two-view self-ensemble at twice the cost. Mirroring is the one turn the shipped
+        generator handles almost as well as the frame itself (docs/deblur.md, "Memorised
+        photos"), so the two views' errors partly cancel. The caption returned is the
+        unmirrored frame's."""
+        if mirror:
+            n = blurred.shape[0]
+            both, toks = self.deblur(torch.cat([blurred, blurred.flip(-1)]), caption)
+            return (both[:n] + both[n:].flip(-1)) / 2, None if toks is None else toks[:n]
         if not self.cfg.semantic and not caption:
             return self.generator(blurred, *self._zero(blurred)).clamp(0, 1), None
         toks, tree = self._greedy_tree(blurred)

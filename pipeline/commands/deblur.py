@@ -187,6 +187,9 @@ def eval_deblur(
     max_side: int = typer.Option(320, min=16, help="--pairs images are downscaled to fit this"),
     out: Path = typer.Option(Path("out/eval/deblur"), "--out", help="output folder"),
     threads: int = typer.Option(1, min=1),
+    mirror_ensemble: bool = typer.Option(False, "--mirror-ensemble", help="run S3E and the ablation as "
+                                         "two-view self-ensembles (frame and its mirror image, averaged): "
+                                         "twice the cost"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """PSNR/SSIM of blurred input, RL and Wiener (true kernel), the ablation and S3E;
@@ -209,11 +212,13 @@ def eval_deblur(
     t0 = time.monotonic()
     if pairs is not None:
         try:
-            report = {"pairs": evaluate_pairs(models, pairs, max_side, limit=20 if quick else None)}
+            report = {"pairs": evaluate_pairs(models, pairs, max_side, limit=20 if quick else None,
+                                              mirror=mirror_ensemble)}
         except (FileNotFoundError, ValueError) as exc:
             raise typer.BadParameter(str(exc), param_hint="--pairs") from None
     else:
-        report, examples = evaluate_synthetic(models, n=20 if quick else n, levels=levels, progress=progress)
+        report, examples = evaluate_synthetic(models, n=20 if quick else n, levels=levels, progress=progress,
+                                              mirror=mirror_ensemble)
         report["grid"] = str(save_grid(examples, out / "examples.png"))
         report["targets"] = _quality_targets(report["severe"]["methods"])
         if "semantic_gain_per_scene" in report["severe"]:
@@ -268,6 +273,8 @@ def bench_deblur(
     batch: int = typer.Option(8, min=1, help="stage batch size"),
     threads: int = typer.Option(1, min=1, help="torch CPU threads"),
     weights: Path | None = typer.Option(None, "--weights", help="S3E weights (default: shipped)"),
+    mirror_ensemble: bool = typer.Option(False, "--mirror-ensemble", help="the stage's two-view "
+                                         "self-ensemble (twice the generator work per frame)"),
     seed: int = typer.Option(0),
 ) -> None:
     """Frames/s of the deblur stage on severely blurred JPEG frames (decode, gate, S3E,
@@ -292,7 +299,7 @@ def bench_deblur(
         # gate=False: threshold +inf, every frame is deblurred (the worst case)
         st = DeblurStage(DeblurParams(weights=str(weights) if weights else None, width=width,
                                       height=height, batch_size=batch, semantic=semantic,
-                                      threads=threads,
+                                      threads=threads, mirror_ensemble=mirror_ensemble,
                                       threshold=DeblurParams().threshold if gate else 1e9))
         st.setup()
         st.process(fresh()[:batch])  # warm-up
@@ -321,7 +328,8 @@ def bench_deblur(
                f"(every frame) {plain_fps:6.1f} fps; "
                f"skimage Wiener (true kernel) {w_fps:6.1f} fps")
     typer.echo(json.dumps({"bench": "deblur", "size": f"{width}x{height}", "threads": threads,
-                           "batch": batch, "frames": frames, "deblurred": s3e_stats["deblurred"],
+                           "batch": batch, "frames": frames, "mirror_ensemble": mirror_ensemble,
+                           "deblurred": s3e_stats["deblurred"],
                            "fps": round(s3e_fps, 2), "fps_every_frame_deblurred": round(all_fps, 2),
                            "target_fps": 15, "target_met": min(s3e_fps, all_fps) >= 15,
                            "baseline_unguided_generator_fps": round(plain_fps, 2),

@@ -81,6 +81,17 @@ def test_blurred_frame_is_deblurred_and_captioned():
     assert np.mean(gains) > 1.0  # measured +2.10 dB with the shipped medium weights (+1.63 small)
 
 
+def test_mirror_ensemble_stage_deblurs_with_both_views():
+    samples = [make_sample(seed, "severe", 320, 240) for seed in range(2, 6)]
+    single = stage().process([frame(x.blurred, i) for i, x in enumerate(samples)])
+    st = DeblurStage(DeblurParams(batch_size=4, mirror_ensemble=True))
+    st.setup()
+    both = st.process([frame(x.blurred, i) for i, x in enumerate(samples)])
+    assert st.deblurred == 4 and all(isinstance(m, Frame) for m in both[:4])
+    assert [c.text for c in both[4:]] == [c.text for c in single[4:]]  # captions of the frames as sent
+    assert any(a.data != b.data for a, b in zip(single[:4], both[:4]))
+
+
 def test_large_frames_keep_their_size():
     st = stage()
     import cv2

@@ -369,3 +369,17 @@ def test_generator_sizes_read_three_or_five_positive_integers():
     for bad in ("32,48", "32,48,3,96", "32,0,3", "32,x,3", ""):
         with pytest.raises(ValueError, match="C1,C2,BLOCKS"):
             generator_sizes(bad)
+
+
+def test_mirror_ensemble_averages_the_frame_and_its_mirror_image_and_keeps_the_frames_caption():
+    m = _perturbed(True)
+    x = torch.rand(2, 3, 24, 40)
+    plain, toks = m.deblur(x)
+    mirrored, _ = m.deblur(x.flip(-1))
+    both, toks_both = m.deblur(x, mirror=True)
+    assert torch.allclose(both, (plain + mirrored.flip(-1)) / 2, atol=1e-6)
+    assert not torch.allclose(both, plain)  # the mirrored view really contributes
+    assert torch.equal(toks_both, toks)
+    abl = _perturbed(False)
+    y, none = abl.deblur(x, caption=False, mirror=True)
+    assert none is None and y.shape == x.shape
