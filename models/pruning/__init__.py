@@ -38,12 +38,13 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
     Every method's widths are aligned to ``channel_multiple`` channels (1: unaligned, as in
     the papers; see :func:`models.pruning.surgery.align_width`)."""
     from models.flops import count_params
-    from models.pruning.abc import ABCConfig, ABCPruner, finetune
+    from models.pruning.abc import ABCConfig, ABCPruner, check_budget, finetune
     from models.pruning.baselines import baseline_widths
     from models.pruning.surgery import FlopsTable, prune
     from models.train import evaluate
 
     table = FlopsTable(base, tuple(data.input_size))
+    check_budget(table, flops_target, (abc_cfg or ABCConfig()).max_gene, channel_multiple)
     rec: dict = {"method": method, "seed": seed, "flops_target": flops_target,
                  "channel_multiple": channel_multiple}
     work = Path(workdir) if workdir else None
@@ -158,9 +159,14 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
     from models.pruning.surgery import prune
     from models.train import evaluate
 
+    from models.pruning.abc import ABCConfig, check_budget
+    from models.pruning.surgery import FlopsTable
+
+    size = tuple(data.input_size)
+    # before any run starts: a budget below the search space's floor fails every method alike
+    check_budget(FlopsTable(base, size), flops_target, (abc_cfg or ABCConfig()).max_gene, channel_multiple)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    size = tuple(data.input_size)
     base_flops, base_params = count_flops(base, size), count_params(base)
     rows = [{"method": "unpruned", "n": 1,
              "test_acc": (base_metrics or {}).get("test_acc",

@@ -137,6 +137,25 @@ def finetune(model, data, epochs: int, lr: float = 0.01, seed: int = 0, ckpt_dir
     return model, res
 
 
+def smallest_ratio(table: FlopsTable, max_gene: int = 9, multiple: int = 1) -> float:
+    """FLOPs ratio of the smallest structure the encoding holds: every gene at 1."""
+    return table.ratio(genes_to_widths([1] * len(table.base), table.base, max_gene, multiple))
+
+
+def check_budget(table: FlopsTable, target: float | None, max_gene: int = 9, multiple: int = 1) -> None:
+    """Refuse a budget no structure of the search space meets. Without this the repair stops
+    at the smallest structure and every method would be compared above the asked budget."""
+    if target is None:
+        return
+    floor = smallest_ratio(table, max_gene, multiple)
+    if target < floor:
+        raise ValueError(
+            f"FLOPs target {target:g} is below {floor:.3f}, the smallest structure the search space "
+            f"holds (every prunable layer at gene 1: 10% of its channels, aligned to {multiple}): "
+            f"raise the target"
+            + (" or align to fewer channels" if multiple > 1 else ""))
+
+
 def fit_budget(genes: np.ndarray, table: FlopsTable, target: float | None, max_gene: int,
                rng: np.random.Generator, multiple: int = 1) -> np.ndarray:
     """Repair a gene vector to the FLOPs budget (see module docstring)."""
@@ -182,6 +201,7 @@ class ABCPruner:
         self.log_dir = Path(log_dir) if log_dir else None
         self.progress = progress
         self.table = FlopsTable(model, input_size)
+        check_budget(self.table, self.cfg.flops_target, self.cfg.max_gene, self.cfg.channel_multiple)
         self.base = base_widths(model)
         self.fitness_fn = fitness_fn or self._train_fitness
         self._cache: dict[tuple[int, ...], float] = {}

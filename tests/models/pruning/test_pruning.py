@@ -157,10 +157,11 @@ def test_evaluate_pruning_in_workers_caches_and_refuses_other_settings(tmp_path)
 
     torch.manual_seed(0)
     tiny = create_model("resnet20", num_classes=10, widths=[16] * 9, base=8).eval()
+    # 0.55: with 16-channel blocks aligned to 8 the smallest structure keeps 0.512 of the FLOPs
     data = _tiny_bundle()
     kw = dict(methods=("uniform", "l1"), seeds=(0, 1), out=tmp_path, progress=False,
               echo=lambda _: None, latency_batch=2)
-    res = evaluate_pruning(tiny, data, 0.5, finetune_epochs=1, jobs=2, **kw)
+    res = evaluate_pruning(tiny, data, 0.55, finetune_epochs=1, jobs=2, **kw)
     rows = {r["method"]: r for r in res["rows"]}
     assert set(rows) == {"unpruned", "uniform", "l1"}
     assert rows["l1"]["n"] == 2 and rows["l1"]["flops_ratio"] < 0.6  # inner widths all 8
@@ -168,10 +169,10 @@ def test_evaluate_pruning_in_workers_caches_and_refuses_other_settings(tmp_path)
     assert len(recs) == 4 and all(r["settings"]["finetune_epochs"] == 1 for r in recs)
     assert (tmp_path / "l1.vsa").exists()
     # the same settings again: everything comes from the cache, the table is the same
-    again = evaluate_pruning(tiny, data, 0.5, finetune_epochs=1, jobs=1, **kw)
+    again = evaluate_pruning(tiny, data, 0.55, finetune_epochs=1, jobs=1, **kw)
     assert [r["test_acc"] for r in again["rows"][1:]] == [r["test_acc"] for r in res["rows"][1:]]
     with pytest.raises(ValueError, match="other settings"):
-        evaluate_pruning(tiny, data, 0.5, finetune_epochs=2, **kw)
+        evaluate_pruning(tiny, data, 0.55, finetune_epochs=2, **kw)
     # an ABC run recorded before a config field existed was made with that field's default
     from dataclasses import asdict
 
@@ -181,12 +182,34 @@ def test_evaluate_pruning_in_workers_caches_and_refuses_other_settings(tmp_path)
     old["settings"]["abc"] = abc_fields
     (tmp_path / "runs-m8" / "abc-s0.json").write_text(json.dumps(old))
     kw.update(methods=("abc",), seeds=(0,))
-    assert evaluate_pruning(tiny, data, 0.5, finetune_epochs=1, **kw)["rows"][1]["n"] == 1
+    assert evaluate_pruning(tiny, data, 0.55, finetune_epochs=1, **kw)["rows"][1]["n"] == 1
     with pytest.raises(ValueError, match="other settings"):
-        evaluate_pruning(tiny, data, 0.5, finetune_epochs=1,
+        evaluate_pruning(tiny, data, 0.55, finetune_epochs=1,
                          abc_cfg=ABCConfig(fitness_metric="loss"), **kw)
 
 
 def test_unknown_fitness_metric_is_refused():
     with pytest.raises(ValueError, match="accuracy or loss"):
         ABCConfig(fitness_metric="top5")
+
+
+def test_a_budget_below_the_smallest_structure_is_refused_before_any_run(tmp_path):
+    from models.pruning import evaluate_pruning
+    from models.pruning.abc import check_budget, smallest_ratio
+
+    m = create_model("resnet56", num_classes=10)
+    t = FlopsTable(m)
+    floor = smallest_ratio(t, multiple=8)  # every inner width at 8 channels
+    assert floor == pytest.approx(t.ratio([8] * len(t.base)))
+    assert smallest_ratio(t, multiple=1) < floor
+    check_budget(t, floor, multiple=8)
+    check_budget(t, 0.25, multiple=1)
+    with pytest.raises(ValueError, match=f"below {floor:.3f}"):
+        check_budget(t, 0.25, multiple=8)
+    with pytest.raises(ValueError, match="smallest structure"):
+        ABCPruner(m, None, ABCConfig(flops_target=0.25, channel_multiple=8), progress=False,
+                  fitness_fn=lambda w: (0.0, 0.0))
+    with pytest.raises(ValueError, match="smallest structure"):
+        evaluate_pruning(m, _tiny_bundle(), 0.25, methods=("uniform",), out=tmp_path / "e",
+                         progress=False, echo=lambda _: None)
+    assert not (tmp_path / "e").exists()
