@@ -80,6 +80,29 @@ def _mean_sd(vals: list[float]) -> tuple[float, float]:
     return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def paired_against(runs: dict[str, list[dict]], n_test: int, method: str = "abc") -> dict[str, dict]:
+    """``method`` minus every other method, seed by seed (the same fine-tuning seed on both
+    sides), counted in test images: mean, standard error, and seeds won / tied / lost. The
+    methods' spreads overlap on a small test split; the pairing removes what the seed does
+    to every structure alike, so a mean within about two standard errors of zero cannot
+    rank the two."""
+    if method not in runs:
+        return {}
+    mine = {r["seed"]: r["test_acc"] for r in runs[method]}
+    out: dict[str, dict] = {}
+    for other, recs in runs.items():
+        d = [round((mine[r["seed"]] - r["test_acc"]) * n_test) for r in recs
+             if other != method and r["seed"] in mine]
+        if not d:
+            continue
+        mean, sd = _mean_sd(d)
+        out[other] = {"seeds": len(d), "mean_images": round(mean, 2),
+                      "se_images": round(sd / len(d) ** 0.5, 2) if len(d) > 1 else None,
+                      "won": sum(x > 0 for x in d), "tied": sum(x == 0 for x in d),
+                      "lost": sum(x < 0 for x in d), "per_seed_images": d}
+    return out
+
+
 # set by run_method for every run, so not part of the settings a cached run is checked against
 _PER_RUN_ABC_FIELDS = ("seed", "flops_target", "channel_multiple")
 
@@ -237,7 +260,8 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
     result = {"dataset": data.name, "arch": base.config["arch"], "flops_target": flops_target,
               "seeds": list(seeds), "latency_batch": latency_batch,
               "channel_multiple": channel_multiple,
-              "latency_form": "deployed" if deploy else "plain", "rows": rows}
+              "latency_form": "deployed" if deploy else "plain", "rows": rows,
+              "test_images": len(data.test), "abc_paired": paired_against(runs, len(data.test))}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "table.md").write_text(format_table(result))
     return result
@@ -258,4 +282,8 @@ def format_table(result: dict) -> str:
         lines.append(f"| {r['method']} | {acc} | {r['flops'] / 1e6:.2f} | {r['flops_ratio']:.3f} | "
                      f"{r['params'] / 1e3:.1f} | {r['latency_ms']:.2f} | {r['speedup']:.2f} | "
                      f"{eff:.2f} | {r['search_epochs']:.2f} | {r['finetune_epochs']} |")
+    for other, p in result.get("abc_paired", {}).items():
+        se = f", standard error {p['se_images']:.2f}" if p["se_images"] is not None else ""
+        lines.append(f"\nabc - {other}, seed by seed: {p['mean_images']:+.2f} test images{se}; abc ahead "
+                     f"on {p['won']}, tied on {p['tied']}, behind on {p['lost']} of {p['seeds']} seeds")
     return "\n".join(lines) + "\n"

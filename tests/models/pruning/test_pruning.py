@@ -213,3 +213,22 @@ def test_a_budget_below_the_smallest_structure_is_refused_before_any_run(tmp_pat
         evaluate_pruning(m, _tiny_bundle(), 0.25, methods=("uniform",), out=tmp_path / "e",
                          progress=False, echo=lambda _: None)
     assert not (tmp_path / "e").exists()
+
+
+def test_abc_is_compared_with_each_baseline_seed_by_seed_in_test_images():
+    from models.pruning import format_table, paired_against
+
+    runs = {"abc": [{"seed": 0, "test_acc": 0.5}, {"seed": 1, "test_acc": 0.6}, {"seed": 2, "test_acc": 0.9}],
+            "l1": [{"seed": 0, "test_acc": 0.6}, {"seed": 1, "test_acc": 0.6}, {"seed": 2, "test_acc": 0.7}],
+            "uniform": [{"seed": 5, "test_acc": 0.1}]}  # no seed in common: nothing to pair
+    p = paired_against(runs, n_test=10)
+    assert set(p) == {"l1"}
+    assert p["l1"]["per_seed_images"] == [-1, 0, 2]
+    assert p["l1"]["mean_images"] == pytest.approx(1 / 3, abs=0.01)
+    assert p["l1"]["se_images"] == pytest.approx(np.std([-1, 0, 2], ddof=1) / np.sqrt(3), abs=0.01)
+    assert (p["l1"]["won"], p["l1"]["tied"], p["l1"]["lost"]) == (1, 1, 1)
+    assert paired_against({"l1": runs["l1"]}, 10) == {}
+    table = format_table({"arch": "resnet56", "dataset": "digits", "flops_target": 0.5, "seeds": [0, 1, 2],
+                          "latency_batch": 32, "rows": [], "abc_paired": p})
+    assert "abc - l1, seed by seed: +0.33 test images, standard error 0.88" in table
+    assert "ahead on 1, tied on 1, behind on 1 of 3 seeds" in table
