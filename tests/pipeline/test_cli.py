@@ -176,3 +176,16 @@ def test_train_deblur_runs_exports_and_plots_its_losses(tmp_path):
 def test_eval_deblur_refuses_unknown_sets():
     res = vistream("eval", "deblur", "--sets", "severe,blurry")
     assert res.returncode != 0 and "blurry" in res.stderr and "severe-unseen" in res.stderr
+
+
+def test_pruning_refuses_a_flops_target_no_structure_reaches(tmp_path):
+    from models.artifacts import export_artifact
+    from models.backbones import create_model
+
+    base = tmp_path / "r56.vsa"
+    export_artifact(create_model("resnet56", num_classes=10).eval(), base, onnx=False)
+    for cmd in (["eval", "pruning", "--out", str(tmp_path / "e")], ["compress", "abc", "--out", str(tmp_path / "c")]):
+        res = vistream(*cmd, "--arch", "resnet56", "--base", str(base), "--flops-target", "0.25")
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert "below 0.298, the smallest structure" in res.stderr and "fewer channels" in res.stderr
+    assert not (tmp_path / "e").exists() and not (tmp_path / "c" / "abc-s0").exists()
