@@ -184,7 +184,8 @@ def test_pruning_refuses_a_flops_target_no_structure_reaches(tmp_path):
 
     base = tmp_path / "r56.vsa"
     export_artifact(create_model("resnet56", num_classes=10).eval(), base, onnx=False)
-    for cmd in (["eval", "pruning", "--out", str(tmp_path / "e")], ["compress", "abc", "--out", str(tmp_path / "c")]):
+    for cmd in (["eval", "pruning", "--out", str(tmp_path / "e")],
+                ["compress", "abc", "--out", str(tmp_path / "c")]):
         res = vistream(*cmd, "--arch", "resnet56", "--base", str(base), "--flops-target", "0.25")
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert "below 0.298, the smallest structure" in res.stderr and "fewer channels" in res.stderr
