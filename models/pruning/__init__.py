@@ -179,11 +179,9 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
     Latency: every model in the same form, by default the deployed one the features stage runs
     (BN folded, channels-last memory: :func:`models.deploy.optimize_for_cpu`)."""
     from models.flops import compare_latency, count_flops, count_params
-    from models.pruning.surgery import prune
-    from models.train import evaluate
-
     from models.pruning.abc import ABCConfig, check_budget
-    from models.pruning.surgery import FlopsTable
+    from models.pruning.surgery import FlopsTable, prune
+    from models.train import evaluate
 
     size = tuple(data.input_size)
     # before any run starts: a budget below the search space's floor fails every method alike
