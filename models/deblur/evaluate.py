@@ -213,10 +213,11 @@ def paired_gain(sharp: list[np.ndarray], a: list[np.ndarray], b: list[np.ndarray
     spread of the differences over sqrt(n)) and the share of scenes on which ``a`` is ahead.
     Both run on the very same blurred scenes, so the pairing removes the scenes' own spread:
     a mean gain within about two standard errors of zero could be the draw of scenes."""
-    d = np.array([psnr(s, x) - psnr(s, y) for s, x, y in zip(sharp, a, b)])
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return {"mean_db": round(float(d.mean()), 3), "se_db": round(se, 3),
-            "share_of_scenes_ahead": round(float((d > 0).mean()), 3)}
+    from models.stats import paired_differences
+
+    g = paired_differences([psnr(s, x) - psnr(s, y) for s, x, y in zip(sharp, a, b)])
+    return {"mean_db": round(g["mean"], 3), "se_db": float("nan") if g["se"] is None else round(g["se"], 3),
+            "share_of_scenes_ahead": round(g["ahead"] / g["n"], 3)}
 
 
 def evaluate_synthetic(models: dict[str, Any], n: int = 100, levels: Sequence[str] = tuple(EVAL_SETS),

@@ -38,13 +38,12 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
     Every method's widths are aligned to ``channel_multiple`` channels (1: unaligned, as in
     the papers; see :func:`models.pruning.surgery.align_width`)."""
     from models.flops import count_params
-    from models.pruning.abc import ABCConfig, ABCPruner, check_budget, finetune
+    from models.pruning.abc import ABCConfig, ABCPruner, finetune
     from models.pruning.baselines import baseline_widths
     from models.pruning.surgery import FlopsTable, prune
     from models.train import evaluate
 
     table = FlopsTable(base, tuple(data.input_size))
-    check_budget(table, flops_target, (abc_cfg or ABCConfig()).max_gene, channel_multiple)
     rec: dict = {"method": method, "seed": seed, "flops_target": flops_target,
                  "channel_multiple": channel_multiple}
     work = Path(workdir) if workdir else None
@@ -82,24 +81,21 @@ def _mean_sd(vals: list[float]) -> tuple[float, float]:
 
 def paired_against(runs: dict[str, list[dict]], n_test: int, method: str = "abc") -> dict[str, dict]:
     """``method`` minus every other method, seed by seed (the same fine-tuning seed on both
-    sides), counted in test images: mean, standard error, and seeds won / tied / lost. The
-    methods' spreads overlap on a small test split; the pairing removes what the seed does
-    to every structure alike, so a mean within about two standard errors of zero cannot
-    rank the two."""
-    if method not in runs:
-        return {}
-    mine = {r["seed"]: r["test_acc"] for r in runs[method]}
+    sides), counted in test images: mean, standard error, and seeds won / tied / lost
+    (:func:`models.stats.paired_differences`). The methods' spreads overlap on a small test
+    split; the pairing removes what the seed does to every structure alike."""
+    from models.stats import paired_differences
+
+    mine = {r["seed"]: r["test_acc"] for r in runs.get(method, [])}
     out: dict[str, dict] = {}
     for other, recs in runs.items():
-        d = [round((mine[r["seed"]] - r["test_acc"]) * n_test) for r in recs
-             if other != method and r["seed"] in mine]
-        if not d:
+        d = [round((mine[r["seed"]] - r["test_acc"]) * n_test) for r in recs if r["seed"] in mine]
+        if other == method or not d:
             continue
-        mean, sd = _mean_sd(d)
-        out[other] = {"seeds": len(d), "mean_images": round(mean, 2),
-                      "se_images": round(sd / len(d) ** 0.5, 2) if len(d) > 1 else None,
-                      "won": sum(x > 0 for x in d), "tied": sum(x == 0 for x in d),
-                      "lost": sum(x < 0 for x in d), "per_seed_images": d}
+        g = paired_differences(d)
+        out[other] = {"seeds": g["n"], "mean_images": round(g["mean"], 2),
+                      "se_images": None if g["se"] is None else round(g["se"], 2),
+                      "won": g["ahead"], "tied": g["tied"], "lost": g["behind"], "per_seed_images": d}
     return out
 
 

@@ -79,6 +79,12 @@ def random_widths(model, target: float, seed: int = 0, max_gene: int = 9,
 
 def baseline_widths(method: str, model, target: float, seed: int = 0,
                     table: FlopsTable | None = None, multiple: int = 1) -> list[int]:
+    """Widths of a baseline at ``target``; a target below ABCPruner's smallest structure is
+    refused (:func:`models.pruning.abc.check_budget`): the methods are compared at one budget."""
+    from models.pruning.abc import check_budget
+
+    table = table or FlopsTable(model)
+    check_budget(table, target, multiple=multiple)
     if method == "uniform":
         return uniform_widths(model, target, table, multiple)
     if method == "l1":

@@ -209,6 +209,9 @@ def test_a_budget_below_the_smallest_structure_is_refused_before_any_run(tmp_pat
     with pytest.raises(ValueError, match="smallest structure"):
         ABCPruner(m, None, ABCConfig(flops_target=0.25, channel_multiple=8), progress=False,
                   fitness_fn=lambda w: (0.0, 0.0))
+    for method in METHODS:
+        with pytest.raises(ValueError, match="smallest structure"):
+            baseline_widths(method, m, 0.25, table=t, multiple=8)
     with pytest.raises(ValueError, match="smallest structure"):
         evaluate_pruning(m, _tiny_bundle(), 0.25, methods=("uniform",), out=tmp_path / "e",
                          progress=False, echo=lambda _: None)
