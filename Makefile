@@ -39,7 +39,7 @@ bench: install
 	$(BIN)/vistream bench bus
 
 lint: install
-	$(BIN)/ruff check pipeline stages models tests
+	$(BIN)/ruff check vistream pipeline stages models tests
 
 clean:
 	rm -rf $(VENV) .cache out *.egg-info

@@ -1,4 +1,12 @@
-"""Builds the C extension of the bit-packed 1-bit runtime; everything else is in pyproject.toml.
+"""Maps the repository's folders into the one ``vistream`` namespace and builds the C extension
+of the bit-packed 1-bit runtime; everything else is in pyproject.toml.
+
+The product's layout keeps ``pipeline/``, ``stages/`` and ``models/`` at the repository root;
+``vistream/`` holds the tools (CLI, benchmarks) and a link to each of the three folders, so they
+install and import as ``vistream.pipeline``, ``vistream.stages`` and ``vistream.models``, and
+nothing but ``vistream`` lands at the top level of site-packages (tests/test_packaging.py builds
+the wheel and checks). One tree, seen the same way by the install, an editable install, pytest
+and import-linter (which walks the package's folder and follows the links).
 
 ``-march=native``: the extension is compiled on the machine that runs it (``make install``), so
 it may use that CPU's AVX2/POPCNT. ``-fopenmp``: the kernel runs on torch's own OpenMP threads
@@ -15,13 +23,21 @@ a rounding).
 
 import os
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_namespace_packages, setup
+
+_NOT_PACKAGES = ["*__pycache__*", "*csrc*"]
 
 _FLAGS = os.environ.get("VISTREAM_BITCONV_CFLAGS", "-O3 -march=native -fopenmp").split()
 
-setup(ext_modules=[Extension(
-    "models.binary._bitconv",
-    sources=["models/binary/csrc/bitconv.c"],
-    extra_compile_args=[*_FLAGS, "-std=c11", "-ffp-contract=off", "-fno-fast-math", "-pthread"],
-    extra_link_args=["-pthread", *(["-fopenmp"] if "-fopenmp" in _FLAGS else [])],
-)])
+setup(
+    # vistream/pipeline, vistream/stages and vistream/models are links to the root folders:
+    # package discovery follows them, and the wheel holds real copies.
+    packages=["vistream", *(f"vistream.{p}" for p in find_namespace_packages("vistream",
+                                                                            exclude=_NOT_PACKAGES))],
+    ext_modules=[Extension(
+        "vistream.models.binary._bitconv",
+        sources=["models/binary/csrc/bitconv.c"],
+        extra_compile_args=[*_FLAGS, "-std=c11", "-ffp-contract=off", "-fno-fast-math", "-pthread"],
+        extra_link_args=["-pthread", *(["-fopenmp"] if "-fopenmp" in _FLAGS else [])],
+    )],
+)

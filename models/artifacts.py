@@ -117,7 +117,7 @@ def export_artifact(model, path: str | Path, method: str = "baseline", data=None
 
     ``data`` (a :class:`models.data.DataBundle`) supplies the input spec and normalisation
     unless they are given. Returns the manifest."""
-    from models.flops import count_flops, count_params
+    from vistream.models.flops import count_flops, count_params
 
     config = dict(getattr(model, "config", {}))
     if "arch" not in config:
@@ -214,7 +214,7 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
-    from models.backbones import create_model
+    from vistream.models.backbones import create_model
 
     manifest, weights, _ = read_artifact(path)
     packed = manifest.get("runtime") == "packed"  # a 1-bit network: the bit-packed CPU runtime
@@ -230,7 +230,7 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     except (SafetensorError, Exception) as exc:  # noqa: BLE001
         raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
     if packed:
-        from models.binary.packed import load_packed
+        from vistream.models.binary.packed import load_packed
 
         return _attach(load_packed(model, state, manifest, path), manifest)
     load_checked(model, state, manifest, path)
@@ -240,7 +240,7 @@ def load_artifact(path: str | Path, device: str = "cpu"):
 def load_checked(model, state: dict, manifest: dict, path: str | Path) -> None:
     """Load ``state`` strictly into the model rebuilt from ``manifest`` and check its parameter
     count; any mismatch is an :class:`ArtifactError` naming the file."""
-    from models.flops import count_params
+    from vistream.models.flops import count_params
 
     try:
         model.load_state_dict(state, strict=True)

@@ -70,7 +70,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
 def deployable(model: nn.Module) -> bool:
     """Whether :func:`optimize_for_cpu` changes ``model`` (and its input should then be
     channels-last): every float model, not the bit-packed 1-bit runtime."""
-    from models.binary.packed import PackedBinaryNet
+    from vistream.models.binary.packed import PackedBinaryNet
 
     return not isinstance(model, PackedBinaryNet)
 

@@ -73,7 +73,7 @@ def binary_split(model, input_size: tuple[int, int] = (32, 32),
                  in_chans: int | None = None) -> tuple[int, int]:
     """(binary MACs, float FLOPs) of a 1-bit network: the MACs of its binary convs (XNOR/popcount
     work in the packed runtime) and 2 x the MACs of everything else."""
-    from models.binary.layers import BinaryConv2d
+    from vistream.models.binary.layers import BinaryConv2d
 
     binary = total = 0
     for m, macs in layer_macs(model, input_size, in_chans):
@@ -133,7 +133,7 @@ def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] =
     model is untouched), so a model can be listed twice to measure both forms."""
     import torch
 
-    from models.deploy import deployable, optimize_for_cpu
+    from vistream.models.deploy import deployable, optimize_for_cpu
 
     flags = deploy if isinstance(deploy, list) else [deploy] * len(models)
     if len(flags) != len(models):

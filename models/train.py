@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from models.data import DataBundle, Split, batches
+from vistream.models.data import DataBundle, Split, batches
 
 
 @dataclass
@@ -184,7 +184,7 @@ def load_checkpoint_model(path: str | Path, which: str = "model"):
     """Rebuild a registered backbone from a checkpoint written by :func:`train`."""
     import torch
 
-    from models.backbones import create_model
+    from vistream.models.backbones import create_model
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = dict(state["model_config"])

@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.bus import Bus, TopicSpec, make_bus
-from pipeline.config import PipelineConfig, StageSettings
-from pipeline.metrics import serve_metrics
-from pipeline.runner import DLQ_SUFFIX, RunnerStats, StageRunner
-from stages.base import Stage, create_stage
-from stages.ingest import IngestReport, ingest
+from vistream.pipeline.bus import Bus, TopicSpec, make_bus
+from vistream.pipeline.config import PipelineConfig, StageSettings
+from vistream.pipeline.metrics import serve_metrics
+from vistream.pipeline.runner import DLQ_SUFFIX, RunnerStats, StageRunner
+from vistream.stages.base import Stage, create_stage
+from vistream.stages.ingest import IngestReport, ingest
 
 log = logging.getLogger("vistream.app")
 
@@ -166,7 +166,7 @@ def run_processes(cfg: PipelineConfig, config_path: str | Path, stop: threading.
         create_topics(cfg, bus)
     finally:
         bus.close()
-    exe = [sys.executable, "-m", "pipeline.cli"]
+    exe = [sys.executable, "-m", "vistream"]
     specs: dict[str, list[str]] = {}
     for s in cfg.stages:
         for r in range(s.replicas):

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.bus.kafka import MAX_MESSAGE_BYTES  # one cap for broker and clients
+from vistream.pipeline.bus.kafka import MAX_MESSAGE_BYTES  # one cap for broker and clients
 
 KAFKA_VERSION = "4.3.1"
 SCALA_VERSION = "2.13"

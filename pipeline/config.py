@@ -25,8 +25,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.bus.kafka import MAX_MESSAGE_BYTES
-from pipeline.envelope import MAX_FRAME_BYTES
+from vistream.pipeline.bus.kafka import MAX_MESSAGE_BYTES
+from vistream.pipeline.envelope import MAX_FRAME_BYTES
 
 
 class ConfigError(ValueError):
@@ -100,7 +100,7 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _stages_exist_and_params_valid(self) -> PipelineConfig:
-        from stages.base import stage_types
+        from vistream.stages.base import stage_types
 
         types = stage_types()
         problems = []

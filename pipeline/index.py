@@ -76,7 +76,7 @@ from typing import Any
 
 import numpy as np
 
-from models.hashing.base import HashModel
+from vistream.models.hashing.base import HashModel
 
 log = logging.getLogger("vistream.index")
 
@@ -111,8 +111,8 @@ def hash_model_names() -> list[str]:
 
 def _import_hash_models() -> None:
     # Importing the modules registers their models in HashModel.registry.
-    import models.hashing.baselines  # noqa: F401
-    import models.hashing.sdoh  # noqa: F401
+    import vistream.models.hashing.baselines  # noqa: F401
+    import vistream.models.hashing.sdoh  # noqa: F401
 
 
 def make_hash_model(name: str, n_bits: int = 64, seed: int = 0, **params: Any) -> HashModel:

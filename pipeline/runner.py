@@ -22,10 +22,10 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from pipeline.bus import Bus, commit_positions
-from pipeline.envelope import MAX_FRAME_BYTES, InvalidRecord, Message, Record, decode_message
-from pipeline.metrics import StageMetrics
-from stages.base import Stage
+from vistream.pipeline.bus import Bus, commit_positions
+from vistream.pipeline.envelope import MAX_FRAME_BYTES, InvalidRecord, Message, Record, decode_message
+from vistream.pipeline.metrics import StageMetrics
+from vistream.stages.base import Stage
 
 log = logging.getLogger("vistream.runner")
 

@@ -38,8 +38,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field
 
-from pipeline.envelope import JPEG, PNG, InvalidRecord, check_image_bytes, decode_image, sniff_content_type
-from pipeline.index import LiveIndex, SearchResult
+from vistream.pipeline.envelope import (
+    JPEG,
+    PNG,
+    InvalidRecord,
+    check_image_bytes,
+    decode_image,
+    sniff_content_type,
+)
+from vistream.pipeline.index import LiveIndex, SearchResult
 
 log = logging.getLogger("vistream.service")
 
@@ -210,7 +217,7 @@ class StageExtractor:
     @classmethod
     def from_config(cls, cfg, index_stage: str | None = None) -> StageExtractor | None:
         """The ``features`` stage whose output feeds ``index_stage`` (or the only one)."""
-        from stages.base import create_stage
+        from vistream.stages.base import create_stage
 
         feats = [s for s in cfg.stages if s.type == "features"]
         if index_stage is not None:
@@ -222,7 +229,7 @@ class StageExtractor:
         return cls(create_stage(feats[0].type, feats[0].params))
 
     def extract(self, images) -> np.ndarray:
-        from pipeline.envelope import Frame
+        from vistream.pipeline.envelope import Frame
 
         frames = [Frame.from_image(np.asarray(im), "query", i, timestamp_ms=0, content_type=PNG)
                   for i, im in enumerate(images)]
@@ -401,8 +408,8 @@ class LivePipeline:
     def __init__(self, cfg, stage_name: str, group: str | None = None) -> None:
         import threading
 
-        from pipeline.app import build_runner, bus_from_config, create_topics
-        from stages.base import create_stage
+        from vistream.pipeline.app import build_runner, bus_from_config, create_topics
+        from vistream.stages.base import create_stage
 
         settings = cfg.stage(stage_name)
         if settings.type != "hashing":
@@ -440,7 +447,7 @@ class LivePipeline:
         return target
 
     def _feed(self) -> None:
-        from stages.ingest import ingest
+        from vistream.stages.ingest import ingest
 
         with self.bus.producer() as producer:
             for src in self.cfg.sources:

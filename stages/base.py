@@ -24,8 +24,8 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.bus.base import TopicPartition
-from pipeline.envelope import Message
+from vistream.pipeline.bus.base import TopicPartition
+from vistream.pipeline.envelope import Message
 
 
 class StageParams(BaseModel):
@@ -87,11 +87,11 @@ def _load_builtin_stages() -> None:
     import importlib
     import pkgutil
 
-    import stages
+    import vistream.stages
 
-    for info in pkgutil.iter_modules(stages.__path__):
+    for info in pkgutil.iter_modules(vistream.stages.__path__):
         if info.name not in _NOT_STAGES and not info.name.startswith("_"):
-            importlib.import_module(f"stages.{info.name}")
+            importlib.import_module(f"vistream.stages.{info.name}")
 
 
 def stage_types() -> dict[str, type[Stage]]:

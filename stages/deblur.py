@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from models.deblur import SHIPPED_WEIGHTS
-from pipeline.envelope import Caption, Frame, Message, encode_image
-from stages.base import Stage, StageParams, register_stage
+from vistream.models.deblur import SHIPPED_WEIGHTS
+from vistream.pipeline.envelope import Caption, Frame, Message, encode_image
+from vistream.stages.base import Stage, StageParams, register_stage
 
 DEFAULT_WEIGHTS = SHIPPED_WEIGHTS["s3e"]
 DEFAULT_THRESHOLD = 1.7
@@ -96,7 +96,7 @@ class DeblurStage(Stage):
         p: DeblurParams = self.params  # type: ignore[assignment]
         if p.threads:
             torch.set_num_threads(p.threads)
-        from models.deblur.s3e import S3EConfig, S3EDeblur, load_weights
+        from vistream.models.deblur.s3e import S3EConfig, S3EDeblur, load_weights
 
         path = Path(p.weights) if p.weights else DEFAULT_WEIGHTS
         if p.weights and not path.exists():
@@ -174,7 +174,7 @@ class DeblurStage(Stage):
         """Deblurred BGR float images (0-255) and their captions (None without semantics)."""
         import torch
 
-        from models.deblur.data import decode_caption
+        from vistream.models.deblur.data import decode_caption
 
         x = np.stack([im[..., ::-1].transpose(2, 0, 1) for im in images]).astype(np.float32) / 255.0
         p: DeblurParams = self.params  # type: ignore[assignment]

@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.envelope import Features, Frame, Message, Tracks
-from stages.base import Stage, StageParams, register_stage
+from vistream.pipeline.envelope import Features, Frame, Message, Tracks
+from vistream.stages.base import Stage, StageParams, register_stage
 
 
 class FeaturesParams(StageParams):
@@ -61,14 +61,14 @@ class FeaturesStage(Stage):
         if p.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("features stage: device 'cuda' requested but CUDA is not available")
         if p.artifact:
-            from models.artifacts import load_artifact
+            from vistream.models.artifacts import load_artifact
 
             self.model = load_artifact(p.artifact, device=p.device)
             self.spec = dict(self.model.input_spec)
             self.norm = dict(self.model.normalization)
             self.model_id = self.model.model_id
         else:
-            from models.backbones import create_model
+            from vistream.models.backbones import create_model
 
             torch.manual_seed(p.seed)
             self.model = create_model(p.arch, num_classes=10).eval().to(p.device)
@@ -77,7 +77,7 @@ class FeaturesStage(Stage):
             self.model_id = f"{p.arch}-random-seed{p.seed}"
         if p.input_size:
             self.spec["size"] = [p.input_size, p.input_size]
-        from models.deploy import deployable, optimize_for_cpu
+        from vistream.models.deploy import deployable, optimize_for_cpu
 
         self._nhwc = p.deploy and p.device == "cpu" and deployable(self.model)
         if self._nhwc:
@@ -89,7 +89,7 @@ class FeaturesStage(Stage):
     def _embed(self, images: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        from models.artifacts import preprocess
+        from vistream.models.artifacts import preprocess
 
         p: FeaturesParams = self.params  # type: ignore[assignment]
         out = []

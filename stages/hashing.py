@@ -34,10 +34,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.bus.base import TopicPartition
-from pipeline.envelope import Caption, Features, FrameSummary, Label, Message, Tracks
-from pipeline.index import LiveIndex, resolve_snapshot
-from stages.base import Stage, StageParams, register_stage
+from vistream.pipeline.bus.base import TopicPartition
+from vistream.pipeline.envelope import Caption, Features, FrameSummary, Label, Message, Tracks
+from vistream.pipeline.index import LiveIndex, resolve_snapshot
+from vistream.stages.base import Stage, StageParams, register_stage
 
 log = logging.getLogger("vistream.stages.hashing")
 
@@ -62,7 +62,7 @@ class HashingParams(StageParams):
         # SDOH's paper defaults (lr 0.05) barely move W on unit-norm features; use the learning
         # rate picked on the digits validation split (docs/hashing.md) unless one is given.
         if self.model == "sdoh" and "lr" not in self.model_params:
-            from models.hashing.evaluate import sdoh_eval_lr
+            from vistream.models.hashing.evaluate import sdoh_eval_lr
 
             self.model_params = {**self.model_params, "lr": sdoh_eval_lr(self.n_bits)}
         return self

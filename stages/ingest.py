@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.bus import Producer
-from pipeline.envelope import Frame, now_ms
-from pipeline.sources import FrameSource, open_source
+from vistream.pipeline.bus import Producer
+from vistream.pipeline.envelope import Frame, now_ms
+from vistream.pipeline.sources import FrameSource, open_source
 
 log = logging.getLogger("vistream.ingest")
 

@@ -5,8 +5,8 @@ no-work stage of ``vistream bench bus`` (which measures the bus, not a model).""
 
 from __future__ import annotations
 
-from pipeline.envelope import Message
-from stages.base import Stage, register_stage
+from vistream.pipeline.envelope import Message
+from vistream.stages.base import Stage, register_stage
 
 
 @register_stage("relay")

@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from pipeline.envelope import FrameSummary, Message, decode_image
-from stages.base import Stage, StageParams, register_stage
-from stages.thumbnail import summarize_frame
+from vistream.pipeline.envelope import FrameSummary, Message, decode_image
+from vistream.stages.base import Stage, StageParams, register_stage
+from vistream.stages.thumbnail import summarize_frame
 
 
 class SummaryParams(StageParams):

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from pipeline.envelope import Frame, FrameSummary, Message, encode_image
-from stages.base import Stage, StageParams, register_stage
+from vistream.pipeline.envelope import Frame, FrameSummary, Message, encode_image
+from vistream.stages.base import Stage, StageParams, register_stage
 
 
 class ThumbnailParams(StageParams):

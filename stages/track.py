@@ -71,8 +71,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.envelope import JPEG, PNG, Frame, Message, Result, Tracks
-from stages.base import Stage, StageParams, register_stage
+from vistream.pipeline.envelope import JPEG, PNG, Frame, Message, Result, Tracks
+from vistream.stages.base import Stage, StageParams, register_stage
 
 log = logging.getLogger("vistream.stages.track")
 
@@ -155,7 +155,7 @@ class TrackParams(StageParams):
     @field_validator("tracker")
     @classmethod
     def _known(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from models.tracking.aggregation import AggregationParams
+        from vistream.models.tracking.aggregation import AggregationParams
 
         known = set(AggregationParams.__dataclass_fields__)
         bad = sorted(set(value) - known)
@@ -208,19 +208,19 @@ class TrackStage(Stage):
 
     # -- helpers ------------------------------------------------------------------------
     def _tracker_params(self):
-        from models.tracking.aggregation import AggregationParams
+        from vistream.models.tracking.aggregation import AggregationParams
 
         return AggregationParams(**self.params.tracker)
 
     def _new_tracker(self):
-        from models.tracking.aggregation import AggregationTracker
+        from vistream.models.tracking.aggregation import AggregationTracker
 
         return AggregationTracker(self._tracker_params(), motion=False)
 
     def _stream(self, stream_id: str) -> StreamState:
         st = self.streams.get(stream_id)
         if st is None:
-            from models.tracking.aggregation import GlobalMotion
+            from vistream.models.tracking.aggregation import GlobalMotion
 
             p = self._tracker_params()
             st = StreamState(motion=GlobalMotion(p.motion_downsample, p.motion_min_response),
@@ -300,7 +300,7 @@ class TrackStage(Stage):
         frames = list(st.buffer)[start:]
         if len(frames) < 2 or not trackers:
             return
-        from models.tracking.aggregation import GlobalMotion
+        from vistream.models.tracking.aggregation import GlobalMotion
 
         p = self._tracker_params()
         motion = GlobalMotion(p.motion_downsample, p.motion_min_response)

@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 import pytest
 
-from pipeline.envelope import Frame
+from vistream.pipeline.envelope import Frame
 
 KAFKA_BOOTSTRAP = os.environ.get("VISTREAM_BOOTSTRAP")
 REQUIRE_KAFKA = os.environ.get("VISTREAM_REQUIRE_KAFKA") == "1"
@@ -34,7 +34,7 @@ def backend(request) -> str:
 @pytest.fixture
 def make_bus(backend):
     """Factory of buses of the parametrised backend; all are closed after the test."""
-    from pipeline.bus import make_bus as _make
+    from vistream.pipeline.bus import make_bus as _make
 
     made = []
 

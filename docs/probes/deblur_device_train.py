@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from models.deblur.s3e import TrainConfig, export_weights, generator_sizes, model_from_checkpoint, train
+from vistream.models.deblur.s3e import TrainConfig, export_weights, generator_sizes, model_from_checkpoint, train
 
 
 def main() -> None:

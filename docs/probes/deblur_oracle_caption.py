@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import torch
 
-from models.deblur import SHIPPED_WEIGHTS
-from models.deblur.data import eval_set
-from models.deblur.evaluate import psnr
-from models.deblur.s3e import load_weights
+from vistream.models.deblur import SHIPPED_WEIGHTS
+from vistream.models.deblur.data import eval_set
+from vistream.models.deblur.evaluate import psnr
+from vistream.models.deblur.s3e import load_weights
 
 
 def main(s3e_path: str, ablation_path: str, n: int = 100, batch: int = 20) -> None:

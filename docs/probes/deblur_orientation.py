@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import torch
 
-from models.deblur.data import convolve, eval_set
-from models.deblur.evaluate import psnr, richardson_lucy, run_model
-from models.deblur.s3e import load_weights
+from vistream.models.deblur.data import convolve, eval_set
+from vistream.models.deblur.evaluate import psnr, richardson_lucy, run_model
+from vistream.models.deblur.s3e import load_weights
 
 TURNS = {
     "as is": lambda a: a,

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import torch
 
-from models.deblur.data import eval_set
-from models.deblur.evaluate import masked_psnr, object_region, psnr
-from models.deblur.s3e import load_weights
+from vistream.models.deblur.data import eval_set
+from vistream.models.deblur.evaluate import masked_psnr, object_region, psnr
+from vistream.models.deblur.s3e import load_weights
 
 
 def report(name: str, samples, images: np.ndarray) -> None:

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import torch
 
-from models.deblur.data import eval_set
-from models.deblur.evaluate import psnr, run_model
-from models.deblur.s3e import load_weights
+from vistream.models.deblur.data import eval_set
+from vistream.models.deblur.evaluate import psnr, run_model
+from vistream.models.deblur.s3e import load_weights
 
 
 def turned_view(net, blurred: list[np.ndarray], turn) -> list[np.ndarray]:

@@ -1,6 +1,6 @@
 """Backbone zoo with a timm-style registry.
 
-    from models.backbones import create_model, list_models
+    from vistream.models.backbones import create_model, list_models
     net = create_model("resnet56", num_classes=10)
     feats = net.forward_features(x)   # (n, net.num_features) pooled features
     logits = net(x)
@@ -12,11 +12,11 @@ artifact can rebuild the model exactly.
 
 from __future__ import annotations
 
-from models.backbones.registry import create_model, list_models, model_entrypoint, register_model
+from vistream.models.backbones.registry import create_model, list_models, model_entrypoint, register_model
 
 # Importing the families registers their models.
-from models.backbones import resnet_cifar, vgg, resnet  # noqa: E402,F401,I001
+from vistream.models.backbones import resnet_cifar, vgg, resnet  # noqa: E402,F401,I001
 # The 1-bit twins (binary_resnet20/56/18) share the registry so binary artifacts rebuild too.
-from models.binary import zoo  # noqa: E402,F401,I001
+from vistream.models.binary import zoo  # noqa: E402,F401,I001
 
 __all__ = ["create_model", "list_models", "model_entrypoint", "register_model"]

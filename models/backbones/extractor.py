@@ -78,7 +78,7 @@ class BackboneExtractor:
                  batch_size: int = 32) -> None:
         import torch
 
-        from models.backbones import create_model
+        from vistream.models.backbones import create_model
 
         if input_size < 8:
             raise ValueError("input_size must be at least 8")

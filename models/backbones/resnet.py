@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.backbones.registry import register_model
-from models.backbones.resnet_cifar import init_weights, make_stages
+from vistream.models.backbones.registry import register_model
+from vistream.models.backbones.resnet_cifar import init_weights, make_stages
 
 
 class ResNet18(nn.Module):

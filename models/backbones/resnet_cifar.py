@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.backbones.registry import register_model
+from vistream.models.backbones.registry import register_model
 
 
 class BasicBlock(nn.Module):

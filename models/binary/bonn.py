@@ -39,8 +39,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.binary.layers import BinaryConv2d, BinaryResNet, ConvFactory, binary_convs, hard_sign, sign_ste
-from models.binary.xnor import ClassCentres, Forward, XnorMethod
+from vistream.models.binary.layers import (
+    BinaryConv2d,
+    BinaryResNet,
+    ConvFactory,
+    binary_convs,
+    hard_sign,
+    sign_ste,
+)
+from vistream.models.binary.xnor import ClassCentres, Forward, XnorMethod
 
 
 class BonnConv2d(BinaryConv2d):

@@ -54,8 +54,8 @@ from typing import Any
 
 import torch
 
-from models.binary.layers import BinaryConv2d, BinaryResNet, ConvFactory, hard_sign
-from models.binary.xnor import ClassCentres, Forward, XnorMethod
+from vistream.models.binary.layers import BinaryConv2d, BinaryResNet, ConvFactory, hard_sign
+from vistream.models.binary.xnor import ClassCentres, Forward, XnorMethod
 
 # Outer ring of a 3x3 filter (flattened indices), in one circular order. Rotating the filter
 # by 45 degrees moves every ring weight one place along it; the centre (index 4) stays.

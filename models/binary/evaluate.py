@@ -25,8 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.binary.train import BinaryTrainConfig, create_method, float_twin, load_binary, train_binary
-from models.data import DataBundle
+from vistream.models.binary.train import (
+    BinaryTrainConfig,
+    create_method,
+    float_twin,
+    load_binary,
+    train_binary,
+)
+from vistream.models.data import DataBundle
 
 # (key, label, method, ablate); "alias" rows reuse another row's runs
 ROWS: list[tuple[str, str, str | None, bool]] = [
@@ -47,8 +53,8 @@ ALIASES = {"gbcn-abl": "rbcn"}
 def binary_cost(model, input_size: tuple[int, int], in_chans: int = 3) -> dict[str, float]:
     """Binary MACs, float FLOPs and weight memory of one image's forward pass of a 1-bit net
     (the float-backbone counterpart is :func:`models.flops.model_cost`)."""
-    from models.binary.layers import BinaryConv2d
-    from models.flops import binary_split
+    from vistream.models.binary.layers import BinaryConv2d
+    from vistream.models.flops import binary_split
 
     binary_ops, float_flops = binary_split(model, input_size, in_chans)
     binary_ids, bits, float_params = set(), 0, 0
@@ -68,7 +74,7 @@ def _run(data: DataBundle, key: str, method: str | None, ablate: bool, seed: int
          cfg: BinaryTrainConfig, out: Path, progress: bool) -> dict[str, Any]:
     from dataclasses import replace
 
-    from models.train import evaluate
+    from vistream.models.train import evaluate
 
     # the epoch budget is part of the cache key: runs of another schedule are not reused
     folder = out / data.name / f"e{cfg.epochs}" / f"{key}-s{seed}"
@@ -95,8 +101,8 @@ def _run(data: DataBundle, key: str, method: str | None, ablate: bool, seed: int
 def row_costs(data: DataBundle, cfg: BinaryTrainConfig) -> dict[str, dict[str, float]]:
     import torch
 
-    from models.backbones import create_model
-    from models.flops import count_flops, count_params
+    from vistream.models.backbones import create_model
+    from vistream.models.flops import count_flops, count_params
 
     size, ch = data.input_size, int(data.train.x.shape[1])
     fp = create_model(f"resnet{cfg.depth}", num_classes=data.num_classes, base=cfg.base)
@@ -123,7 +129,7 @@ def _run_task(name: str, key: str, seed: int, cfg: BinaryTrainConfig, out: Path,
     """One (dataset, row, seed) run in a worker process (one torch thread)."""
     import torch
 
-    from models.data import load_dataset
+    from vistream.models.data import load_dataset
 
     torch.set_num_threads(cfg.threads or 1)
     _, _, method, ablate = next(r for r in ROWS if r[0] == key)
@@ -136,7 +142,7 @@ def evaluate_dataset(name: str, cfg: BinaryTrainConfig, seeds: int, out: Path, p
     ``pool`` (``concurrent.futures`` executor) the runs of each phase go to its workers."""
     import torch
 
-    from models.data import fingerprint, load_dataset
+    from vistream.models.data import fingerprint, load_dataset
 
     torch.set_num_threads(cfg.threads or 1)
     data = load_dataset(name)
@@ -193,7 +199,7 @@ def evaluate_binary(names: list[str], cfg: BinaryTrainConfig, seeds: int | dict[
 
         # the float twins first, in the main process: workers must not train them concurrently
         for n in names:
-            from models.data import load_dataset
+            from vistream.models.data import load_dataset
 
             float_twin(load_dataset(n), cfg, seed=0, progress=progress)
         with ProcessPoolExecutor(max_workers=jobs) as pool:

@@ -43,9 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.binary.layers import BinaryResNet, binary_convs
-from models.binary.rbcn import RbcnMethod
-from models.binary.xnor import Forward
+from vistream.models.binary.layers import BinaryResNet, binary_convs
+from vistream.models.binary.rbcn import RbcnMethod
+from vistream.models.binary.xnor import Forward
 
 Genome = list[torch.Tensor]  # one bool flip mask per binary layer (over its candidates)
 
@@ -190,7 +190,7 @@ class GbcnMethod(RbcnMethod):
         self.ga.rng = np.random.default_rng(cfg.seed + 7919)
 
     def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
-        from models.data import batches
+        from vistream.models.data import batches
 
         seed = int(self.ga.rng.integers(2**31))
         return next(iter(batches(self.data.train, self.probe_batch, self.data.mean, self.data.std,

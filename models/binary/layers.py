@@ -193,7 +193,7 @@ class BinaryResNet(nn.Module):
         self.num_features = stage_widths[-1]
         self.fc = nn.Linear(self.num_features, num_classes)
         # imported here: models.backbones registers the binary zoo, which imports this module
-        from models.backbones.resnet_cifar import init_weights
+        from vistream.models.backbones.resnet_cifar import init_weights
 
         init_weights(self)
         for m in self.modules():  # learned scales start at XNOR's analytic value

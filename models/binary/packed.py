@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.binary import zoo  # noqa: F401 - registers binary_resnet18/20/56 for create_model
-from models.binary.layers import BinaryConv2d, binary_convs
+from vistream.models.binary import zoo  # noqa: F401 - registers binary_resnet18/20/56 for create_model
+from vistream.models.binary.layers import BinaryConv2d, binary_convs
 
 
 try:
-    from models.binary import _bitconv
+    from vistream.models.binary import _bitconv
 except ImportError:  # pragma: no cover - only without a build; _ext() says what to do
     _bitconv = None
 
@@ -349,7 +349,7 @@ class PackedBinaryUnit(nn.Module):
 
     @staticmethod
     def fusable(unit: nn.Module) -> bool:
-        from models.binary.layers import BinaryUnit
+        from vistream.models.binary.layers import BinaryUnit
 
         bn = getattr(unit, "bn", None)
         return type(unit) is BinaryUnit and isinstance(unit.conv, PackedBinaryConv2d) \
@@ -462,8 +462,8 @@ def to_packed(model: nn.Module, threads: int | None = None) -> PackedBinaryNet:
 def _twin(model: nn.Module) -> tuple[str, dict, nn.Module]:
     """The registered learned-scale BinaryResNet holding ``model``'s exported binary weights and
     its float state: what the artifact stores and what loading rebuilds."""
-    from models.artifacts import ArtifactError
-    from models.backbones import create_model
+    from vistream.models.artifacts import ArtifactError
+    from vistream.models.backbones import create_model
 
     config = {k: v for k, v in dict(getattr(model, "config", {})).items() if k != "arch"}
     if "layout" not in config or "depth" not in config:
@@ -494,7 +494,7 @@ def _twin(model: nn.Module) -> tuple[str, dict, nn.Module]:
 
 
 def _size_report(twin: nn.Module, weights_bytes: int) -> dict:
-    from models.artifacts import _state_bytes
+    from vistream.models.artifacts import _state_bytes
 
     fp32 = len(_state_bytes(twin))
     n_bin = sum(m.weight.numel() for _, m in binary_convs(twin))
@@ -521,8 +521,8 @@ def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data
 
     from safetensors.torch import save
 
-    from models.artifacts import FORMAT_VERSION, ArtifactError, input_specs, write_artifact
-    from models.flops import binary_split, count_params
+    from vistream.models.artifacts import FORMAT_VERSION, ArtifactError, input_specs, write_artifact
+    from vistream.models.flops import binary_split, count_params
 
     was_training = model.training
     model.eval()
@@ -581,7 +581,7 @@ def load_packed(twin: nn.Module, state: dict, manifest: dict, path: str | Path) 
     """The packed runtime model of a verified ``runtime: packed`` artifact: ``twin`` is the
     registered architecture rebuilt from its manifest, ``state`` its safetensors payload with
     1-bit weights (see :func:`models.artifacts.load_artifact`)."""
-    from models.artifacts import ArtifactError, load_checked
+    from vistream.models.artifacts import ArtifactError, load_checked
 
     for name, conv in binary_convs(twin):
         bits = state.pop(f"{name}.weight_bits", None)

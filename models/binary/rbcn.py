@@ -49,8 +49,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.binary.layers import BinaryConv2d, BinaryResNet, ConvFactory, binary_convs, hard_sign, sign_ste
-from models.binary.xnor import Forward, XnorMethod, make_optimizer
+from vistream.models.binary.layers import (
+    BinaryConv2d,
+    BinaryResNet,
+    ConvFactory,
+    binary_convs,
+    hard_sign,
+    sign_ste,
+)
+from vistream.models.binary.xnor import Forward, XnorMethod, make_optimizer
 
 
 class RbcnConv2d(BinaryConv2d):
@@ -121,7 +128,7 @@ class RbcnMethod(XnorMethod):
             return
         teacher = self.options.get("teacher")
         if teacher is None:
-            from models.binary.train import float_twin
+            from vistream.models.binary.train import float_twin
 
             teacher = float_twin(data, cfg, seed=0, progress=False)
         self.teacher = teacher.eval()
@@ -177,7 +184,7 @@ class RbcnMethod(XnorMethod):
             opts["d"].step()
 
     def after_epoch(self, model: BinaryResNet, data: Any, cfg: Any) -> None:
-        from models.train import recalibrate_bn
+        from vistream.models.train import recalibrate_bn
 
         if self.bn_batches > 0:  # W and C fixed: only running statistics change
             recalibrate_bn(model, data, n_batches=self.bn_batches, batch_size=64,

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.data import DataBundle
-from models.train import TrainConfig, TrainResult, _lr_at, _save_atomic, epoch_batches, evaluate
+from vistream.models.data import DataBundle
+from vistream.models.train import TrainConfig, TrainResult, _lr_at, _save_atomic, epoch_batches, evaluate
 
 METHODS = ("xnor", "cbcn", "bonn", "rbcn", "gbcn")
 ABLATION_FLAGS = {"xnor": "", "cbcn": "circulant", "bonn": "bayes", "rbcn": "gan", "gbcn": "bga"}
@@ -55,15 +55,15 @@ class BinaryTrainConfig(TrainConfig):
 def create_method(name: str, ablate: bool = False, **options: Any):
     """A method object by name (``xnor``, ``cbcn``, ``bonn``, ``rbcn``, ``gbcn``)."""
     if name == "xnor":
-        from models.binary.xnor import XnorMethod as cls
+        from vistream.models.binary.xnor import XnorMethod as cls
     elif name == "cbcn":
-        from models.binary.cbcn import CbcnMethod as cls
+        from vistream.models.binary.cbcn import CbcnMethod as cls
     elif name == "bonn":
-        from models.binary.bonn import BonnMethod as cls
+        from vistream.models.binary.bonn import BonnMethod as cls
     elif name == "rbcn":
-        from models.binary.rbcn import RbcnMethod as cls
+        from vistream.models.binary.rbcn import RbcnMethod as cls
     elif name == "gbcn":
-        from models.binary.gbcn import GbcnMethod as cls
+        from vistream.models.binary.gbcn import GbcnMethod as cls
     else:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
     if ablate and not cls.ablation:
@@ -81,7 +81,7 @@ def init_from_float(model, teacher) -> None:
     starting a 1-bit network from a real-valued one): stem, every 3x3 conv and BN, the
     down-sampling 1x1 conv + BN, the classifier. Circulant layers take every K-th filter (the
     unrotated copy); learned scales and BONN's prior are re-initialised from the new weights."""
-    from models.binary.layers import binary_convs
+    from vistream.models.binary.layers import binary_convs
 
     blocks = [b for stage in model.stages for b in stage]
     if len(blocks) != len(teacher.blocks):
@@ -122,8 +122,8 @@ def float_twin(data: DataBundle, cfg: BinaryTrainConfig, seed: int = 0, progress
                arch: str | None = None):
     """The float ResNet of the zoo at the same width, trained with models/train.py; cached
     under ``cfg.out_root/float/`` (a finished run is loaded, an interrupted one resumed)."""
-    from models.backbones import create_model
-    from models.train import load_checkpoint_model, train
+    from vistream.models.backbones import create_model
+    from vistream.models.train import load_checkpoint_model, train
 
     arch = arch or f"resnet{cfg.depth}"
     epochs = cfg.float_epochs

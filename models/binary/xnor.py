@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.binary.layers import BinaryConv2d, BinaryResNet, ConvFactory
+from vistream.models.binary.layers import BinaryConv2d, BinaryResNet, ConvFactory
 
 
 class XnorConv2d(BinaryConv2d):

@@ -13,8 +13,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from models.backbones.registry import register_model
-from models.binary.layers import BinaryConv2d, BinaryResNet
+from vistream.models.backbones.registry import register_model
+from vistream.models.binary.layers import BinaryConv2d, BinaryResNet
 
 learned_conv = partial(BinaryConv2d, scale="learned")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models.deblur.data import (EVAL_SETS, Sample, decode_caption, eval_set, gopro_pairs, load_pair,
+from vistream.models.deblur.data import (EVAL_SETS, Sample, decode_caption, eval_set, gopro_pairs, load_pair,
                                 make_sample)
 
 WIENER_BALANCES = (0.003, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0)
@@ -165,8 +165,8 @@ def attention_on_objects(model, samples: list[Sample], batch: int = 32) -> dict[
     the grid cells its object covers, against the share a uniform map would put there."""
     import torch
 
-    from models.deblur.data import object_maps
-    from models.deblur.s3e import tree_masks
+    from vistream.models.deblur.data import object_maps
+    from vistream.models.deblur.s3e import tree_masks
 
     on, chance = [], []
     for i in range(0, len(samples), batch):
@@ -213,7 +213,7 @@ def paired_gain(sharp: list[np.ndarray], a: list[np.ndarray], b: list[np.ndarray
     spread of the differences over sqrt(n)) and the share of scenes on which ``a`` is ahead.
     Both run on the very same blurred scenes, so the pairing removes the scenes' own spread:
     a mean gain within about two standard errors of zero could be the draw of scenes."""
-    from models.stats import paired_differences
+    from vistream.models.stats import paired_differences
 
     g = paired_differences([psnr(s, x) - psnr(s, y) for s, x, y in zip(sharp, a, b)])
     return {"mean_db": round(g["mean"], 3), "se_db": float("nan") if g["se"] is None else round(g["se"], 3),

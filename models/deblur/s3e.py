@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.deblur.data import BOS, EOS, GRID, MAX_LEN, MAX_OBJECTS, PAD, RELATIONS, VOCAB, WORD2ID
+from vistream.models.deblur.data import BOS, EOS, GRID, MAX_LEN, MAX_OBJECTS, PAD, RELATIONS, VOCAB, WORD2ID
 
 CAPTION_SIZE = 96  # the captioner always sees the image at 96x96 (a 12x12 attention grid)
 FORMAT = "vistream-s3e-deblur/1"
@@ -589,7 +589,7 @@ class TrainingBatches(torch.utils.data.Dataset):
         return self.cfg.steps
 
     def __getitem__(self, step: int) -> dict[str, Any]:
-        from models.deblur.data import TRAINING_POOLS, training_batch
+        from vistream.models.deblur.data import TRAINING_POOLS, training_batch
 
         c = self.cfg
         b = training_batch(np.random.default_rng([c.seed, step]), c.batch, c.size, c.severe_fraction,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from models.hashing.base import HashModel
+from vistream.models.hashing.base import HashModel
 
 
 # --------------------------------------------------------------------------- shared helpers

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from models.hashing.base import HashModel, hamming_distances
+from vistream.models.hashing.base import HashModel, hamming_distances
 
 # Hyper-parameters the evaluation uses, chosen on the validation split (``split="val"``, never
 # the test queries); see docs/hashing.md. Anything not listed keeps the class default. SDOH's
@@ -327,8 +327,8 @@ def make_model(method: str, n_bits: int, seed: int, chunk: int,
                sdoh_params: dict[str, Any] | None = None, n_classes: int = 0) -> HashModel:
     """A method with the evaluation's hyper-parameters (HCOH sizes its codebook by
     ``n_classes``)."""
-    import models.hashing.baselines  # noqa: F401  (registers the baselines)
-    import models.hashing.sdoh  # noqa: F401
+    import vistream.models.hashing.baselines  # noqa: F401  (registers the baselines)
+    import vistream.models.hashing.sdoh  # noqa: F401
 
     cls = HashModel.registry.get(method)
     if cls is None:

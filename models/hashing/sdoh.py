@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from models.hashing.baselines import CenteredLinear, center_l2, update_running_mean
+from vistream.models.hashing.baselines import CenteredLinear, center_l2, update_running_mean
 
 
 def label_similarity(y: np.ndarray) -> np.ndarray:

@@ -22,10 +22,10 @@ def load_base(path: str | Path):
         raise FileNotFoundError(f"base model {path} does not exist (train one with "
                                 "`vistream train backbone`)")
     if path.suffix == ".pt":
-        from models.train import load_checkpoint_model
+        from vistream.models.train import load_checkpoint_model
 
         return load_checkpoint_model(path).eval()
-    from models.artifacts import load_artifact
+    from vistream.models.artifacts import load_artifact
 
     return load_artifact(path)
 
@@ -37,11 +37,11 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
     """Structure by ``method`` -> inherit top-L1 weights -> fine-tune. Returns (model, record).
     Every method's widths are aligned to ``channel_multiple`` channels (1: unaligned, as in
     the papers; see :func:`models.pruning.surgery.align_width`)."""
-    from models.flops import count_params
-    from models.pruning.abc import ABCConfig, ABCPruner, finetune
-    from models.pruning.baselines import baseline_widths
-    from models.pruning.surgery import FlopsTable, prune
-    from models.train import evaluate
+    from vistream.models.flops import count_params
+    from vistream.models.pruning.abc import ABCConfig, ABCPruner, finetune
+    from vistream.models.pruning.baselines import baseline_widths
+    from vistream.models.pruning.surgery import FlopsTable, prune
+    from vistream.models.train import evaluate
 
     table = FlopsTable(base, tuple(data.input_size))
     rec: dict = {"method": method, "seed": seed, "flops_target": flops_target,
@@ -59,7 +59,7 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
     else:
         widths = baseline_widths(method, base, flops_target, seed, table, channel_multiple)
         rec["search_epochs"] = 0.0
-    from models.train import recalibrate_bn
+    from vistream.models.train import recalibrate_bn
 
     model = prune(base, widths, "l1", seed)
     recalibrate_bn(model, data, 20, 64, seed)
@@ -84,7 +84,7 @@ def paired_against(runs: dict[str, list[dict]], n_test: int, method: str = "abc"
     sides), counted in test images: mean, standard error, and seeds won / tied / lost
     (:func:`models.stats.paired_differences`). The methods' spreads overlap on a small test
     split; the pairing removes what the seed does to every structure alike."""
-    from models.stats import paired_differences
+    from vistream.models.stats import paired_differences
 
     mine = {r["seed"]: r["test_acc"] for r in runs.get(method, [])}
     out: dict[str, dict] = {}
@@ -114,7 +114,7 @@ def run_settings(method: str, finetune_epochs: int, finetune_lr: float, abc_cfg,
                  channel_multiple: int) -> dict:
     """What a cached run depends on besides (method, seed): a cached run made with other
     settings must not be mixed into a table silently."""
-    from models.pruning.abc import ABCConfig
+    from vistream.models.pruning.abc import ABCConfig
 
     s = {"finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
          "channel_multiple": channel_multiple}
@@ -126,7 +126,7 @@ def run_settings(method: str, finetune_epochs: int, finetune_lr: float, abc_cfg,
 def _recorded_settings(rec: dict) -> dict | None:
     """The settings a cached run was made with, ABC fields added to ABCConfig since then at
     their defaults (what that run used); None for records older than settings."""
-    from models.pruning.abc import ABCConfig
+    from vistream.models.pruning.abc import ABCConfig
 
     have = rec.get("settings")
     if have is None or "abc" not in have:
@@ -150,7 +150,7 @@ def _run_and_record(method: str, seed: int, base, data, flops_target: float,
     rec["settings"] = run_settings(method, finetune_epochs, finetune_lr, abc_cfg,
                                    channel_multiple)
     if export:
-        from models.artifacts import export_artifact
+        from vistream.models.artifacts import export_artifact
 
         export_artifact(model, out / f"{method}.vsa", method=method, data=data,
                         metrics={k: rec[k] for k in ("val_acc", "test_acc", "search_epochs",
@@ -174,10 +174,10 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
     each. Returns {"rows": [...], ...}.
     Latency: every model in the same form, by default the deployed one the features stage runs
     (BN folded, channels-last memory: :func:`models.deploy.optimize_for_cpu`)."""
-    from models.flops import compare_latency, count_flops, count_params
-    from models.pruning.abc import ABCConfig, check_budget
-    from models.pruning.surgery import FlopsTable, prune
-    from models.train import evaluate
+    from vistream.models.flops import compare_latency, count_flops, count_params
+    from vistream.models.pruning.abc import ABCConfig, check_budget
+    from vistream.models.pruning.surgery import FlopsTable, prune
+    from vistream.models.train import evaluate
 
     size = tuple(data.input_size)
     # before any run starts: a budget below the search space's floor fails every method alike

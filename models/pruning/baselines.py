@@ -19,7 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.pruning.surgery import FlopsTable, align_width, base_widths, filter_scores, genes_to_widths
+from vistream.models.pruning.surgery import (
+    FlopsTable,
+    align_width,
+    base_widths,
+    filter_scores,
+    genes_to_widths,
+)
 
 METHODS = ("uniform", "l1", "random")
 
@@ -68,7 +74,7 @@ def l1_widths(model, target: float, table: FlopsTable | None = None, multiple: i
 
 def random_widths(model, target: float, seed: int = 0, max_gene: int = 9,
                   table: FlopsTable | None = None, multiple: int = 1) -> list[int]:
-    from models.pruning.abc import fit_budget
+    from vistream.models.pruning.abc import fit_budget
 
     table = table or FlopsTable(model)
     rng = np.random.default_rng(seed)
@@ -81,7 +87,7 @@ def baseline_widths(method: str, model, target: float, seed: int = 0,
                     table: FlopsTable | None = None, multiple: int = 1) -> list[int]:
     """Widths of a baseline at ``target``; a target below ABCPruner's smallest structure is
     refused (:func:`models.pruning.abc.check_budget`): the methods are compared at one budget."""
-    from models.pruning.abc import check_budget
+    from vistream.models.pruning.abc import check_budget
 
     table = table or FlopsTable(model)
     check_budget(table, target, multiple=multiple)

@@ -93,7 +93,7 @@ def prune(model, widths: list[int], how: str = "l1", seed: int = 0):
     """A physically smaller twin of ``model`` with ``widths``, inheriting the kept weights."""
     import torch
 
-    from models.backbones import create_model
+    from vistream.models.backbones import create_model
 
     widths = [int(w) for w in widths]
     keep = select_channels(model, widths, how, seed)

@@ -65,7 +65,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline import synthetic as syn
+from vistream.pipeline import synthetic as syn
 
 __all__ = [
     "ATTRIBUTES",

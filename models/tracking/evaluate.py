@@ -39,8 +39,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from models.tracking.aggregation import AggregationTracker, TrackOutput
-from models.tracking.benchmark import ATTRIBUTES, TrackingSequence, TrackingSpec, render
+from vistream.models.tracking.aggregation import AggregationTracker, TrackOutput
+from vistream.models.tracking.benchmark import ATTRIBUTES, TrackingSequence, TrackingSpec, render
 
 __all__ = [
     "BASELINES",

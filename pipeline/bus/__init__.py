@@ -6,7 +6,7 @@ broker through kafka-python. Use :func:`make_bus` to get one from settings.
 
 from __future__ import annotations
 
-from pipeline.bus.base import (
+from vistream.pipeline.bus.base import (
     Bus,
     BusError,
     Consumer,
@@ -24,11 +24,11 @@ __all__ = [
 
 def make_bus(backend: str = "memory", bootstrap: str = "127.0.0.1:9092", **kwargs) -> Bus:
     if backend == "memory":
-        from pipeline.bus.memory import MemoryBus
+        from vistream.pipeline.bus.memory import MemoryBus
 
         return MemoryBus(**kwargs)
     if backend == "kafka":
-        from pipeline.bus.kafka import KafkaBus
+        from vistream.pipeline.bus.kafka import KafkaBus
 
         return KafkaBus(bootstrap=bootstrap, **kwargs)
     raise ValueError(f"unknown bus backend {backend!r}: choose 'memory' or 'kafka'")

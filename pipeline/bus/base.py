@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pipeline.envelope import Headers, Record
+from vistream.pipeline.envelope import Headers, Record
 
 
 class TopicPartition(NamedTuple):

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from pipeline.bus.base import (
+from vistream.pipeline.bus.base import (
     Bus,
     BusError,
     Consumer,
@@ -27,7 +27,7 @@ from pipeline.bus.base import (
     TopicPartition,
     TopicSpec,
 )
-from pipeline.envelope import Headers, Record
+from vistream.pipeline.envelope import Headers, Record
 
 log = logging.getLogger("vistream.bus.kafka")
 

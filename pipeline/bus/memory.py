@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.bus.base import (
+from vistream.pipeline.bus.base import (
     Bus,
     BusError,
     Consumer,
@@ -36,7 +36,7 @@ from pipeline.bus.base import (
     TopicPartition,
     TopicSpec,
 )
-from pipeline.envelope import Headers, Record, now_ms
+from vistream.pipeline.envelope import Headers, Record, now_ms
 
 log = logging.getLogger("vistream.bus.memory")
 

@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from models.artifacts import MAGIC, ArtifactError, export_artifact, load_artifact, preprocess, read_artifact
-from models.backbones import create_model
-from models.flops import count_flops, count_params
+from vistream.models.artifacts import (
+    MAGIC,
+    ArtifactError,
+    export_artifact,
+    load_artifact,
+    preprocess,
+    read_artifact,
+)
+from vistream.models.backbones import create_model
+from vistream.models.flops import count_flops, count_params
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,7 @@ def test_onnx_export_when_available(tmp_path):
     man = export_artifact(m, tmp_path / "v.vsa", onnx=True)
     if man["onnx"]["bytes"] == 0:
         pytest.skip(f"ONNX exporter unavailable: {man['onnx']['reason']}")
-    from models.artifacts import load_onnx
+    from vistream.models.artifacts import load_onnx
 
     proto = load_onnx(tmp_path / "v.vsa")
     assert [o.name for o in proto.graph.output] == ["features", "logits"]

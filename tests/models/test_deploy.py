@@ -5,9 +5,9 @@ import copy
 import torch
 from torch import nn
 
-from models.backbones import create_model
-from models.deploy import fold_batchnorm, optimize_for_cpu
-from models.flops import compare_latency
+from vistream.models.backbones import create_model
+from vistream.models.deploy import fold_batchnorm, optimize_for_cpu
+from vistream.models.flops import compare_latency
 
 
 def _trained_like(arch: str, **kw) -> nn.Module:
@@ -64,8 +64,8 @@ def test_a_model_that_folding_would_change_is_left_unfolded():
 
 
 def test_packed_binary_nets_are_run_as_they_are():
-    from models.binary.layers import BinaryResNet
-    from models.binary.packed import to_packed
+    from vistream.models.binary.layers import BinaryResNet
+    from vistream.models.binary.packed import to_packed
 
     p = to_packed(BinaryResNet(depth=20, base=8).eval())
     assert optimize_for_cpu(p) is p

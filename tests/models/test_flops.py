@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.backbones import create_model
-from models.flops import count_flops, count_params, model_cost, torch_flops
+from vistream.models.backbones import create_model
+from vistream.models.flops import count_flops, count_params, model_cost, torch_flops
 
 
 @pytest.mark.parametrize("arch,widths", [("resnet20", None), ("resnet20", [3, 5, 7, 2, 9, 11, 4, 20, 33]),
@@ -23,7 +23,7 @@ def test_resnet18_other_input_and_params():
 
 
 def test_compare_latency_interleaved():
-    from models.flops import compare_latency
+    from vistream.models.flops import compare_latency
 
     a = create_model("resnet20", num_classes=10, widths=[4] * 9, base=4)
     b = create_model("resnet20", num_classes=10, widths=[2] * 9, base=4)

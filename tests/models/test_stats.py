@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from models.stats import paired_differences
+from vistream.models.stats import paired_differences
 
 
 def test_paired_differences_give_mean_standard_error_and_counts():

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.backbones import create_model
-from models.data import DataBundle, Split
-from models.train import TrainConfig, evaluate, load_checkpoint_model, train
+from vistream.models.backbones import create_model
+from vistream.models.data import DataBundle, Split
+from vistream.models.train import TrainConfig, evaluate, load_checkpoint_model, train
 
 
 def tiny_data(n=24):
@@ -44,7 +44,7 @@ def test_train_backbone_init_transfers_weights_and_refuses_another_architecture(
           ckpt_dir=tmp_path / "src", progress=False)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "backbone", "--epochs", "1",
+        return subprocess.run([sys.executable, "-m", "vistream", "train", "backbone", "--epochs", "1",
                                "--lr", "0", "--schedule", "constant", "--no-progress", *args],
                               capture_output=True, text=True, timeout=300)
 

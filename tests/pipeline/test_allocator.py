@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 PROBE = """
 import resource, sys
 import torch
-from pipeline.allocator import retain_freed_memory
+from vistream.pipeline.allocator import retain_freed_memory
 tuned = retain_freed_memory() if sys.argv[1] == "tune" else False
 torch.set_num_threads(1)
 net = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Conv2d(16, 16, 3, padding=1),

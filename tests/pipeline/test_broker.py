@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from pipeline import broker
-from pipeline.broker import MAX_MESSAGE_BYTES, BrokerError
+from vistream.pipeline import broker
+from vistream.pipeline.broker import MAX_MESSAGE_BYTES, BrokerError
 
 
 def _free_port_pair() -> int:

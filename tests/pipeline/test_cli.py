@@ -13,14 +13,14 @@ from pathlib import Path
 import cv2
 import pytest
 
-from pipeline.bus import make_bus
+from vistream.pipeline.bus import make_bus
 from tests.conftest import kafka_bootstrap, random_image
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def vistream(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "vistream", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
@@ -112,7 +112,7 @@ stages:
   - {{name: sink, type: summary, inputs: [{topic_name}-sums], group: g-{topic_name}-s,
       params: {{out_dir: "{out}"}}}}
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "vistream", "run", str(cfg)], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -136,9 +136,9 @@ def test_dlq_command_shows_reasons(topic_name):
 
     from prometheus_client import CollectorRegistry
 
-    from pipeline.metrics import StageMetrics
-    from pipeline.runner import StageRunner
-    from stages.relay import RelayStage
+    from vistream.pipeline.metrics import StageMetrics
+    from vistream.pipeline.runner import StageRunner
+    from vistream.stages.relay import RelayStage
 
     bootstrap = kafka_bootstrap()
     with make_bus("kafka", bootstrap) as bus:
@@ -164,7 +164,7 @@ def test_train_deblur_runs_exports_and_plots_its_losses(tmp_path):
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["step"] == 3 and summary["plot"] == str(d / "losses.png")
     assert (d / "losses.png").stat().st_size > 10_000
-    from models.deblur.s3e import load_weights
+    from vistream.models.deblur.s3e import load_weights
 
     for path, semantic in ((d / "w.safetensors", True), (a / "w.safetensors", False)):
         model, manifest = load_weights(path)
@@ -179,8 +179,8 @@ def test_eval_deblur_refuses_unknown_sets():
 
 
 def test_pruning_refuses_a_flops_target_no_structure_reaches(tmp_path):
-    from models.artifacts import export_artifact
-    from models.backbones import create_model
+    from vistream.models.artifacts import export_artifact
+    from vistream.models.backbones import create_model
 
     base = tmp_path / "r56.vsa"
     export_artifact(create_model("resnet56", num_classes=10).eval(), base, onnx=False)

@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from vistream.pipeline.config import ConfigError, load_config
 
 
 def write(tmp_path, text: str):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.envelope import (
+from vistream.pipeline.envelope import (
     PNG,
     Caption,
     Codes,

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from models.hashing.base import HashModel, hamming_distances
-from pipeline.index import BLOCK, LiveIndex, make_hash_model, resolve_snapshot
+from vistream.models.hashing.base import HashModel, hamming_distances
+from vistream.pipeline.index import BLOCK, LiveIndex, make_hash_model, resolve_snapshot
 
 
 def clusters(n: int, d: int = 16, classes: int = 4, seed: int = 0):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bus import TopicSpec, make_bus
-from pipeline.envelope import Frame
+from vistream.pipeline.bus import TopicSpec, make_bus
+from vistream.pipeline.envelope import Frame
 from tests.conftest import kafka_bootstrap, random_image
 
 pytestmark = [pytest.mark.kafka]
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def stage_cmd(name: str, cfg: Path, idle_exit: float) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "stage", name, "--config", str(cfg),
+    return [sys.executable, "-m", "vistream", "stage", name, "--config", str(cfg),
             "--idle-exit", str(idle_exit), "--log-format", "json"]
 
 
@@ -117,9 +117,9 @@ def test_plain_jpeg_from_a_bare_kafka_client_is_processed(topic_name):
     from kafka import KafkaProducer
     from prometheus_client import CollectorRegistry
 
-    from pipeline.metrics import StageMetrics
-    from pipeline.runner import StageRunner
-    from stages.thumbnail import ThumbnailStage
+    from vistream.pipeline.metrics import StageMetrics
+    from vistream.pipeline.runner import StageRunner
+    from vistream.stages.thumbnail import ThumbnailStage
 
     bootstrap = kafka_bootstrap()
     jpeg = Frame.from_image(random_image(90, 160, 1), "x", 0).data

@@ -3,7 +3,7 @@ import urllib.request
 
 from prometheus_client import CollectorRegistry
 
-from pipeline.metrics import StageMetrics, serve_metrics
+from vistream.pipeline.metrics import StageMetrics, serve_metrics
 
 
 def free_port() -> int:

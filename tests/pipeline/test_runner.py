@@ -8,12 +8,12 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipeline.bus import TopicPartition, TopicSpec
-from pipeline.envelope import Frame, Message, Tracks
-from pipeline.metrics import StageMetrics
-from pipeline.runner import StageRunner
-from stages.base import Stage
-from stages.relay import RelayStage
+from vistream.pipeline.bus import TopicPartition, TopicSpec
+from vistream.pipeline.envelope import Frame, Message, Tracks
+from vistream.pipeline.metrics import StageMetrics
+from vistream.pipeline.runner import StageRunner
+from vistream.stages.base import Stage
+from vistream.stages.relay import RelayStage
 from tests.conftest import make_frame
 
 pytestmark = []
@@ -132,7 +132,7 @@ def test_a_raising_stage_dead_letters_only_the_culprit(make_bus, topic_name):
 
 
 def test_stop_finishes_the_batch_and_commits(topic_name):
-    from pipeline.bus.memory import MemoryBus
+    from vistream.pipeline.bus.memory import MemoryBus
 
     bus = MemoryBus()
     produce(bus, topic_name, [frame_rec(i) for i in range(50)])
@@ -158,7 +158,7 @@ def test_stop_finishes_the_batch_and_commits(topic_name):
 
 
 def test_metrics_count_in_out_dead(topic_name):
-    from pipeline.bus.memory import MemoryBus
+    from vistream.pipeline.bus.memory import MemoryBus
 
     bus = MemoryBus()
     produce(bus, topic_name, [frame_rec(0), (None, b"junk", []), frame_rec(2)])
@@ -178,14 +178,14 @@ def test_metrics_count_in_out_dead(topic_name):
 
 
 def test_runner_refuses_a_stage_without_routes():
-    from pipeline.bus.memory import MemoryBus
+    from vistream.pipeline.bus.memory import MemoryBus
 
     with pytest.raises(ValueError, match="emits"):
         StageRunner(RelayStage(), MemoryBus(), ["in"], {})
 
 
 def test_stage_start_offsets_replay_and_messages_carry_origin(topic_name):
-    from pipeline.bus.memory import MemoryBus
+    from vistream.pipeline.bus.memory import MemoryBus
 
     bus = MemoryBus()
     produce(bus, topic_name, [frame_rec(i) for i in range(10)])

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from models.backbones.extractor import BackboneExtractor, FeatureExtractor, l2_normalize
-from pipeline.envelope import encode_image
-from pipeline.index import LiveIndex
-from pipeline.service import ServiceLimits, create_app, image_size
+from vistream.models.backbones.extractor import BackboneExtractor, FeatureExtractor, l2_normalize
+from vistream.pipeline.envelope import encode_image
+from vistream.pipeline.index import LiveIndex
+from vistream.pipeline.service import ServiceLimits, create_app, image_size
 from tests.conftest import random_image
 
 
@@ -248,7 +248,7 @@ def test_query_cli_against_a_running_server(setup, tmp_path):
     import uvicorn
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from vistream.cli.main import app
 
     index, _, images, fids, _ = setup
     port = _free_port()
@@ -279,11 +279,11 @@ def test_query_cli_against_a_running_server(setup, tmp_path):
 def test_live_pipeline_on_the_memory_bus_serves_its_own_frames(tmp_path):
     """Source -> features stage -> index stage on the embedded bus, with the API sharing the live
     index; an image query is embedded by the pipeline's own features stage."""
-    pytest.importorskip("stages.features")
-    import stages.features  # noqa: F401  (registers the stage type)
-    import stages.hashing  # noqa: F401
-    from pipeline.config import parse_config
-    from pipeline.service import LivePipeline, StageExtractor
+    pytest.importorskip("vistream.stages.features")
+    import vistream.stages.features  # noqa: F401  (registers the stage type)
+    import vistream.stages.hashing  # noqa: F401
+    from vistream.pipeline.config import parse_config
+    from vistream.pipeline.service import LivePipeline, StageExtractor
 
     folder = tmp_path / "images"
     folder.mkdir()

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.sources import (
+from vistream.pipeline.sources import (
     FrameSource,
     ImageFolderSource,
     SourceError,
@@ -18,7 +18,7 @@ from pipeline.sources import (
     natural_sort_key,
     open_source,
 )
-from pipeline.synthetic import SceneSpec, generate, write_image_folder, write_video
+from vistream.pipeline.synthetic import SceneSpec, generate, write_image_folder, write_video
 
 W, H, N = 160, 90, 10
 

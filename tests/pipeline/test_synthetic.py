@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import synthetic
-from pipeline.synthetic import (
+from vistream.pipeline import synthetic
+from vistream.pipeline.synthetic import (
     BACKGROUNDS,
     SceneSpec,
     generate,

@@ -7,13 +7,13 @@ import threading
 import numpy as np
 import pytest
 
-from models.deblur.data import VOCAB, make_sample
-from models.deblur.evaluate import psnr
-from pipeline.bus import TopicSpec, make_bus
-from pipeline.envelope import JPEG, PNG, Caption, Frame, Record, decode_message
-from pipeline.runner import StageRunner
-from stages.base import create_stage
-from stages.deblur import DEFAULT_WEIGHTS, DeblurParams, DeblurStage, blur_score
+from vistream.models.deblur.data import VOCAB, make_sample
+from vistream.models.deblur.evaluate import psnr
+from vistream.pipeline.bus import TopicSpec, make_bus
+from vistream.pipeline.envelope import JPEG, PNG, Caption, Frame, Record, decode_message
+from vistream.pipeline.runner import StageRunner
+from vistream.stages.base import create_stage
+from vistream.stages.deblur import DEFAULT_WEIGHTS, DeblurParams, DeblurStage, blur_score
 
 STAGE = None
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.envelope import Features, Tracks
-from stages.base import create_stage, stage_types
+from vistream.pipeline.envelope import Features, Tracks
+from vistream.stages.base import create_stage, stage_types
 from tests.conftest import make_frame
 
 
 def test_features_from_random_backbone_and_artifact(tmp_path):
-    import stages.features  # noqa: F401  (registers the stage when discovery is not automatic)
+    import vistream.stages.features  # noqa: F401  (registers the stage when discovery is not automatic)
 
     assert "features" in stage_types()
     st = create_stage("features", {"arch": "resnet20", "batch_size": 2})
@@ -23,8 +23,8 @@ def test_features_from_random_backbone_and_artifact(tmp_path):
     assert [o.timestamp_ms for o in out] == [f.timestamp_ms for f in frames]
     assert Features.from_bytes(out[0].to_bytes()).timestamp_ms == frames[0].timestamp_ms
 
-    from models.artifacts import export_artifact
-    from models.backbones import create_model
+    from vistream.models.artifacts import export_artifact
+    from vistream.models.backbones import create_model
 
     torch.manual_seed(1)
     m = create_model("resnet20", num_classes=10, widths=[4] * 9, base=8)
@@ -51,9 +51,9 @@ def test_crops_from_tracks():
 
 
 def test_deployed_model_gives_the_same_vectors_as_the_plain_one(tmp_path):
-    from models.artifacts import export_artifact
-    from models.backbones import create_model
-    from models.pruning.surgery import prune
+    from vistream.models.artifacts import export_artifact
+    from vistream.models.backbones import create_model
+    from vistream.models.pruning.surgery import prune
 
     torch.manual_seed(2)
     full = create_model("resnet20", num_classes=10, base=8).eval()

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bus import TopicPartition, TopicSpec, make_bus
-from pipeline.config import load_config
-from pipeline.envelope import Caption, Features, FrameSummary, Label, Tracks
-from pipeline.runner import StageRunner
-from stages.base import create_stage, get_stage_class
-from stages.hashing import HashingStage
+from vistream.pipeline.bus import TopicPartition, TopicSpec, make_bus
+from vistream.pipeline.config import load_config
+from vistream.pipeline.envelope import Caption, Features, FrameSummary, Label, Tracks
+from vistream.pipeline.runner import StageRunner
+from vistream.stages.base import create_stage, get_stage_class
+from vistream.stages.hashing import HashingStage
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,9 +4,9 @@ import time
 import numpy as np
 import pytest
 
-from models.tracking.benchmark import TrackingSpec, render
-from pipeline.envelope import PNG, Frame, Record, Tracks, decode_message
-from stages.track import (
+from vistream.models.tracking.benchmark import TrackingSpec, render
+from vistream.pipeline.envelope import PNG, Frame, Record, Tracks, decode_message
+from vistream.stages.track import (
     TrackBoxesStage,
     TrackCropStage,
     TrackInit,
@@ -154,7 +154,7 @@ def test_crops_for_the_features_stage():
 
 
 def test_stage_types_are_registered():
-    from stages.base import get_stage_class
+    from vistream.stages.base import get_stage_class
 
     assert get_stage_class("track") is TrackStage
     assert get_stage_class("track_crops").emits == ("track_state", "frame")
@@ -162,9 +162,9 @@ def test_stage_types_are_registered():
 
 
 def test_stage_through_the_runner_on_the_memory_bus():
-    from pipeline.bus import TopicSpec
-    from pipeline.bus.memory import MemoryBus
-    from pipeline.runner import StageRunner
+    from vistream.pipeline.bus import TopicSpec
+    from vistream.pipeline.bus.memory import MemoryBus
+    from vistream.pipeline.runner import StageRunner
 
     seq = sequence()
     bus = MemoryBus()

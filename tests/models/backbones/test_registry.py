@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.backbones import create_model, list_models
+from vistream.models.backbones import create_model, list_models
 
 
 @pytest.mark.parametrize("name, size, params", [

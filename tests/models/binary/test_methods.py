@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.binary.cbcn import (CirculantConv2d, CirculantExpand, circulant_perms, explicit_expand,
+from vistream.models.binary.cbcn import (CirculantConv2d, CirculantExpand, circulant_perms, explicit_expand,
                                 inverse_perms, rotation_permutation)
-from models.binary.evaluate import binary_cost
-from models.binary.gbcn import BalancedGA
-from models.binary.layers import BinaryConv2d, binary_convs, hard_sign
-from models.binary.train import BinaryTrainConfig, create_method, train_binary
-from models.binary.xnor import Forward
-from models.data import DataBundle, Split
+from vistream.models.binary.evaluate import binary_cost
+from vistream.models.binary.gbcn import BalancedGA
+from vistream.models.binary.layers import BinaryConv2d, binary_convs, hard_sign
+from vistream.models.binary.train import BinaryTrainConfig, create_method, train_binary
+from vistream.models.binary.xnor import Forward
+from vistream.models.data import DataBundle, Split
 
 METHODS = ["xnor", "cbcn", "bonn", "rbcn", "gbcn"]
 
@@ -30,7 +30,7 @@ def one_thread():
 
 
 def tiny_teacher():
-    from models.backbones import create_model
+    from vistream.models.backbones import create_model
 
     torch.manual_seed(1)
     return create_model("resnet20", num_classes=3, base=4).eval()
@@ -263,7 +263,7 @@ def test_forward_keeps_stage_features_for_teacher_losses():
 def test_cli_help_and_clear_errors():
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from vistream.cli.main import app
 
     runner = CliRunner()
     r = runner.invoke(app, ["train", "binary", "--help"])

@@ -11,10 +11,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.artifacts import ArtifactError, load_artifact, read_artifact
-from models.binary.layers import BinaryConv2d, BinaryResNet, binary_convs, hard_sign
-from models.binary.packed import (PackedAvgPool2d, PackedBinaryConv2d, PackedBinaryUnit, PackedMaxPool2d,
-                                  export_binary_artifact, kernel_weights, pack_bits, to_packed, unpack_bits)
+from vistream.models.artifacts import ArtifactError, load_artifact, read_artifact
+from vistream.models.binary.layers import BinaryConv2d, BinaryResNet, binary_convs, hard_sign
+from vistream.models.binary.packed import (
+    PackedAvgPool2d,
+    PackedBinaryConv2d,
+    PackedBinaryUnit,
+    PackedMaxPool2d,
+    export_binary_artifact,
+    kernel_weights,
+    pack_bits,
+    to_packed,
+    unpack_bits,
+)
 
 SHAPES = [  # (batch, in, out, h, w, kernel, stride, padding)
     (2, 3, 5, 7, 9, 3, 1, 1),
@@ -149,7 +158,7 @@ def test_packed_imagenet_layout_uses_fast_float_paths_and_stays_bit_identical():
 def test_fused_unit_falls_back_when_its_arithmetic_differs(monkeypatch):
     """A fused tail that does not reproduce torch's BatchNorm bit for bit is detected at the
     first call and never used: the outputs stay the unfused ones."""
-    import models.binary.packed as packed_mod
+    import vistream.models.binary.packed as packed_mod
 
     def off_by_one_ulp(bn):
         a, b = real_terms(bn)
@@ -241,10 +250,10 @@ def test_export_refuses_a_model_its_twin_cannot_reproduce(tmp_path):
 
 
 def test_features_stage_runs_a_binary_artifact(tmp_path):
-    import stages.features  # noqa: F401
-    from models.artifacts import preprocess
-    from stages.base import create_stage
+    import vistream.stages.features  # noqa: F401
     from tests.conftest import make_frame
+    from vistream.models.artifacts import preprocess
+    from vistream.stages.base import create_stage
 
     net = _small_net(3)
     man = export_binary_artifact(net, tmp_path / "b.vsa", method="xnor")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.deblur.data import (
+from vistream.models.deblur.data import (
     COLOURS,
     LEVELS,
     VOCAB,
@@ -41,7 +41,7 @@ def test_convolution_is_a_true_convolution():
 
 
 def test_blur_lowers_psnr_severe_more_than_mild():
-    from models.deblur.evaluate import psnr
+    from vistream.models.deblur.evaluate import psnr
 
     sev = np.mean([psnr(s.sharp, s.blurred) for s in eval_set("severe", 8)])
     mild = np.mean([psnr(s.sharp, s.blurred) for s in eval_set("mild", 8)])
@@ -67,7 +67,7 @@ def test_samples_are_seeded_and_captions_describe_the_objects():
 
 
 def test_augmentation_turns_the_photo_and_leaves_held_out_scenes_alone(monkeypatch):
-    import models.deblur.data as data
+    import vistream.models.deblur.data as data
 
     # a photo that brightens left to right and top to bottom shows which way a crop was turned
     ramp = np.linspace(0, 1, 400, dtype=np.float32)
@@ -104,7 +104,7 @@ def test_held_out_scenes_are_those_scored_before_augmentation_existed():
 
 
 def test_unseen_photo_set_uses_photos_training_never_sees():
-    from models.deblur.data import EVAL_SETS, PHOTOS, UNSEEN_PHOTOS
+    from vistream.models.deblur.data import EVAL_SETS, PHOTOS, UNSEEN_PHOTOS
 
     level, photos = EVAL_SETS["severe-unseen"]
     assert level == "severe" and set(photos) == set(UNSEEN_PHOTOS) and not set(photos) & set(PHOTOS)

@@ -1,8 +1,16 @@
 import numpy as np
 
-from models.deblur.data import make_sample
-from models.deblur.evaluate import (masked_psnr, object_region, paired_gain, psnr, richardson_lucy, save_grid,
-                                    ssim, wiener)
+from vistream.models.deblur.data import make_sample
+from vistream.models.deblur.evaluate import (
+    masked_psnr,
+    object_region,
+    paired_gain,
+    psnr,
+    richardson_lucy,
+    save_grid,
+    ssim,
+    wiener,
+)
 
 
 def test_classical_deconvolution_with_the_true_kernel_helps_on_mild_blur():
@@ -44,8 +52,8 @@ def test_object_regions_hold_the_objects_and_their_psnr_is_the_psnr_of_those_pix
 def test_synthetic_evaluation_reports_what_the_tree_content_is_worth():
     import torch
 
-    from models.deblur.evaluate import evaluate_synthetic
-    from models.deblur.s3e import S3EConfig, S3EDeblur
+    from vistream.models.deblur.evaluate import evaluate_synthetic
+    from vistream.models.deblur.s3e import S3EConfig, S3EDeblur
 
     torch.manual_seed(0)
     small = dict(c1=8, c2=12, blocks=2, enc=16, hidden=32, emb=8, node=16)

@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from models.deblur.data import MAX_LEN, TRAINING_POOLS, WORD2ID, encode_caption, make_sample, training_batch
-from models.deblur.evaluate import bleu4
-from models.deblur.s3e import (
+from vistream.models.deblur.data import (
+    MAX_LEN,
+    TRAINING_POOLS,
+    WORD2ID,
+    encode_caption,
+    make_sample,
+    training_batch,
+)
+from vistream.models.deblur.evaluate import bleu4
+from vistream.models.deblur.s3e import (
     Critic,
     LossWeights,
     S3EConfig,
@@ -150,7 +157,7 @@ def test_bleu4():
 
 
 def test_object_maps_cover_each_captioned_object_in_caption_order():
-    from models.deblur.data import GRID, MAX_OBJECTS, object_maps
+    from vistream.models.deblur.data import GRID, MAX_OBJECTS, object_maps
 
     s = make_sample(11, "severe")
     maps = object_maps(s.objects, 96, 96)
@@ -165,7 +172,7 @@ def test_object_maps_cover_each_captioned_object_in_caption_order():
 
 
 def test_grounding_loss_prefers_attention_on_the_object_and_skips_absent_ones():
-    from models.deblur.s3e import grounding_loss
+    from vistream.models.deblur.s3e import grounding_loss
 
     target = torch.zeros(1, 2, 4)
     target[0, 0, :2] = 0.5                     # object 0 covers cells 0 and 1; object 1 absent
@@ -177,7 +184,7 @@ def test_grounding_loss_prefers_attention_on_the_object_and_skips_absent_ones():
 
 
 def test_training_batches_are_a_function_of_seed_and_step():
-    from models.deblur.s3e import TrainConfig, TrainingBatches
+    from vistream.models.deblur.s3e import TrainConfig, TrainingBatches
 
     cfg = TrainConfig(steps=10, batch=2, size=32, seed=4)
     item = TrainingBatches(cfg)[7]
@@ -191,7 +198,7 @@ def test_training_batches_are_a_function_of_seed_and_step():
 def test_lockstep_pair_trains_s3e_and_ablation_and_resumes_together(tmp_path):
     import json
 
-    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
     cfg = TrainConfig(steps=4, batch=2, size=32, checkpoint_every=2, workers=1)
     res = train(cfg, tmp_path / "s3e", progress=False, ablation_dir=tmp_path / "abl", log=lambda m: None)
@@ -213,7 +220,7 @@ def test_lockstep_pair_trains_s3e_and_ablation_and_resumes_together(tmp_path):
 
 
 def test_a_run_can_start_from_exported_weights_of_its_own_kind_and_size(tmp_path):
-    from models.deblur.s3e import TrainConfig, train
+    from vistream.models.deblur.s3e import TrainConfig, train
 
     torch.manual_seed(3)
     small = dict(c1=8, c2=12, blocks=2)
@@ -246,7 +253,7 @@ def _trained_looking_start(tmp_path, seed: int) -> tuple[S3EDeblur, str]:
 
 
 def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_path):
-    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
     start, path = _trained_looking_start(tmp_path, 4)
     cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, paint_half=True, **GROW_BASE)
@@ -264,7 +271,7 @@ def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_pa
 
 
 def test_a_1_8_level_grows_onto_weights_without_it_and_starts_as_the_start(tmp_path):
-    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
     start, path = _trained_looking_start(tmp_path, 5)
     blurred, _, _ = _batch(2)
@@ -284,7 +291,7 @@ def test_a_1_8_level_grows_onto_weights_without_it_and_starts_as_the_start(tmp_p
 
 
 def test_fit_schedule_shortens_the_run_to_the_time_budget(tmp_path):
-    from models.deblur.s3e import TrainConfig, train
+    from vistream.models.deblur.s3e import TrainConfig, train
 
     cfg = TrainConfig(steps=100_000, batch=1, size=32, checkpoint_every=10_000)
     logs: list[str] = []
@@ -296,7 +303,7 @@ def test_fit_schedule_shortens_the_run_to_the_time_budget(tmp_path):
 
 
 def test_a_larger_generator_trains_exports_and_refuses_resume_at_another_size(tmp_path):
-    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
     cfg = TrainConfig(steps=2, batch=1, size=32, checkpoint_every=2, c1=16, c2=24, blocks=4)
     train(cfg, tmp_path, progress=False, log=lambda m: None)
@@ -314,7 +321,7 @@ def test_a_larger_generator_trains_exports_and_refuses_resume_at_another_size(tm
 
 
 def test_a_generator_with_a_one_eighth_level_keeps_any_frame_size_and_its_config(tmp_path):
-    from models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
 
     torch.manual_seed(0)
     model = S3EDeblur(S3EConfig(**(SMALL | dict(c3=20, blocks8=2)))).eval()
@@ -337,14 +344,14 @@ def test_a_generator_with_a_one_eighth_level_keeps_any_frame_size_and_its_config
 
 
 def test_weights_from_before_the_one_eighth_level_load_without_it():
-    from models.deblur import SHIPPED_WEIGHTS
+    from vistream.models.deblur import SHIPPED_WEIGHTS
 
     model, manifest = load_weights(SHIPPED_WEIGHTS["s3e-small"])
     assert "c3" not in manifest["config"] and model.generator.deep is None
 
 
 def test_the_joint_captioner_pass_gives_the_losses_of_separate_passes():
-    from models.deblur.s3e import caption_loss, content_loss
+    from vistream.models.deblur.s3e import caption_loss, content_loss
 
     torch.manual_seed(0)
     model, critic = S3EDeblur(S3EConfig(**SMALL)), Critic()
@@ -362,7 +369,7 @@ def test_the_joint_captioner_pass_gives_the_losses_of_separate_passes():
 
 
 def test_generator_sizes_read_three_or_five_positive_integers():
-    from models.deblur.s3e import generator_sizes
+    from vistream.models.deblur.s3e import generator_sizes
 
     assert generator_sizes("32,48,3") == dict(c1=32, c2=48, blocks=3, c3=0, blocks8=0)
     assert generator_sizes("32,64,4,96,4") == dict(c1=32, c2=64, blocks=4, c3=96, blocks8=4)

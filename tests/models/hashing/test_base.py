@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from models.hashing.base import HashModel, hamming_distances, pack_bits, unpack_bits
-from models.hashing.baselines import LSH
+from vistream.models.hashing.base import HashModel, hamming_distances, pack_bits, unpack_bits
+from vistream.models.hashing.baselines import LSH
 
 
 def test_pack_unpack_and_hamming():

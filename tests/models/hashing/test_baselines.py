@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.hashing.base import HashModel, unpack_bits
-from models.hashing.baselines import HCOH, ITQ, LSH, OKH, AdaptHash, hadamard
-from models.hashing.evaluate import retrieval_metrics
+from vistream.models.hashing.base import HashModel, unpack_bits
+from vistream.models.hashing.baselines import HCOH, ITQ, LSH, OKH, AdaptHash, hadamard
+from vistream.models.hashing.evaluate import retrieval_metrics
 
 METHODS = [LSH, ITQ, OKH, AdaptHash, HCOH]
 

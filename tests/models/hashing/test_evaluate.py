@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.hashing.evaluate import (augment_digits, load_data, load_digits_arrays, relevance,
+from vistream.models.hashing.evaluate import (augment_digits, load_data, load_digits_arrays, relevance,
                                      retrieval_metrics)
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -99,7 +99,7 @@ def test_eval_cli_quick_writes_png_and_json(tmp_path):
     np.savez(tmp_path / "toy.npz", X=(np.eye(3)[y] * 3 + rng.standard_normal((400, 3)))
              .astype(np.float32), y=y)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "from pipeline.cli import main; main()", "eval", "hashing",
+    cmd = [sys.executable, "-c", "from vistream.cli.main import main; main()", "eval", "hashing",
            "--quick", "--data", f"digits-pixels,{tmp_path / 'toy.npz'}", "--bits", "16",
            "--methods", "sdoh,lsh,itq", "--chunk", "200", "--out", str(out), "--no-progress"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -117,7 +117,7 @@ def test_eval_cli_quick_writes_png_and_json(tmp_path):
 
 
 def test_eval_cli_rejects_bad_arguments(tmp_path):
-    from models.hashing.evaluate import run_evaluation
+    from vistream.models.hashing.evaluate import run_evaluation
 
     with pytest.raises(ValueError, match="multiples of 8"):
         run_evaluation(["digits-pixels"], [12], ["lsh"], out=tmp_path)

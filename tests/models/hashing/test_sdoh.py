@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.hashing.base import HashModel, hamming_distances, unpack_bits
-from models.hashing.baselines import LSH, center_l2
-from models.hashing.evaluate import load_digits_arrays, retrieval_metrics
-from models.hashing.sdoh import SDOH, label_similarity
+from vistream.models.hashing.base import HashModel, hamming_distances, unpack_bits
+from vistream.models.hashing.baselines import LSH, center_l2
+from vistream.models.hashing.evaluate import load_digits_arrays, retrieval_metrics
+from vistream.models.hashing.sdoh import SDOH, label_similarity
 
 
 @pytest.fixture(scope="module")

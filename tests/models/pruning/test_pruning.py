@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.backbones import create_model
-from models.flops import count_flops, count_params
-from models.pruning.abc import ABCConfig, ABCPruner, fit_budget
-from models.pruning.baselines import METHODS, baseline_widths
-from models.pruning.surgery import FlopsTable, base_widths, genes_to_widths, prune
+from vistream.models.backbones import create_model
+from vistream.models.flops import count_flops, count_params
+from vistream.models.pruning.abc import ABCConfig, ABCPruner, fit_budget
+from vistream.models.pruning.baselines import METHODS, baseline_widths
+from vistream.models.pruning.surgery import FlopsTable, base_widths, genes_to_widths, prune
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_surgery_is_physical_and_inherits(arch):
 
 
 def test_pruned_artifact_matches_manifest(net, tmp_path):
-    from models.artifacts import export_artifact, load_artifact
+    from vistream.models.artifacts import export_artifact, load_artifact
 
     w = [3, 5, 2, 7, 9, 4, 11, 20, 5]
     p = prune(net, w)
@@ -90,8 +90,8 @@ def test_abc_search_logs_resumes_and_plots(net, tmp_path):
 
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_abc_with_real_training_fitness(metric):
-    from models.data import DataBundle, Split
-    from models.train import evaluate_loss
+    from vistream.models.data import DataBundle, Split
+    from vistream.models.train import evaluate_loss
 
     torch.manual_seed(0)
     tiny = create_model("resnet20", num_classes=10, widths=[4] * 9, base=4).eval()
@@ -112,7 +112,7 @@ def test_abc_with_real_training_fitness(metric):
 
 
 def test_align_width_rounds_to_the_simd_grid():
-    from models.pruning.surgery import align_width
+    from vistream.models.pruning.surgery import align_width
 
     assert [align_width(w, 16, 8) for w in (1, 3, 9, 12, 13, 16)] == [8, 8, 8, 16, 16, 16]
     assert align_width(57, 64, 8) == 56 and align_width(63, 64, 8) == 64
@@ -145,7 +145,7 @@ def test_aligned_abc_search_only_proposes_aligned_widths(tmp_path):
 
 
 def _tiny_bundle():
-    from models.data import DataBundle, Split
+    from vistream.models.data import DataBundle, Split
 
     rng = np.random.default_rng(0)
     s = Split(rng.random((32, 3, 16, 16)).astype(np.float32), np.arange(32) % 10)
@@ -153,7 +153,7 @@ def _tiny_bundle():
 
 
 def test_evaluate_pruning_in_workers_caches_and_refuses_other_settings(tmp_path):
-    from models.pruning import evaluate_pruning
+    from vistream.models.pruning import evaluate_pruning
 
     torch.manual_seed(0)
     tiny = create_model("resnet20", num_classes=10, widths=[16] * 9, base=8).eval()
@@ -194,8 +194,8 @@ def test_unknown_fitness_metric_is_refused():
 
 
 def test_a_budget_below_the_smallest_structure_is_refused_before_any_run(tmp_path):
-    from models.pruning import evaluate_pruning
-    from models.pruning.abc import check_budget, smallest_ratio
+    from vistream.models.pruning import evaluate_pruning
+    from vistream.models.pruning.abc import check_budget, smallest_ratio
 
     m = create_model("resnet56", num_classes=10)
     t = FlopsTable(m)
@@ -219,7 +219,7 @@ def test_a_budget_below_the_smallest_structure_is_refused_before_any_run(tmp_pat
 
 
 def test_abc_is_compared_with_each_baseline_seed_by_seed_in_test_images():
-    from models.pruning import format_table, paired_against
+    from vistream.models.pruning import format_table, paired_against
 
     runs = {"abc": [{"seed": 0, "test_acc": 0.5}, {"seed": 1, "test_acc": 0.6}, {"seed": 2, "test_acc": 0.9}],
             "l1": [{"seed": 0, "test_acc": 0.6}, {"seed": 1, "test_acc": 0.6}, {"seed": 2, "test_acc": 0.7}],

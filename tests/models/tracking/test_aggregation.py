@@ -2,12 +2,12 @@ import cv2
 import numpy as np
 import pytest
 
-from models.tracking.aggregation import (
+from vistream.models.tracking.aggregation import (
     AggregationParams,
     AggregationTracker,
     GlobalMotion,
 )
-from pipeline.synthetic import SyntheticObject, _composite, load_background
+from vistream.pipeline.synthetic import SyntheticObject, _composite, load_background
 
 BG = None
 

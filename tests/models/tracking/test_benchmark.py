@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.tracking.benchmark import (
+from vistream.models.tracking.benchmark import (
     ATTRIBUTES,
     TrackingSpec,
     load_otb,

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from models.tracking.benchmark import TrackingSpec, render
-from models.tracking.evaluate import (
+from vistream.models.tracking.benchmark import TrackingSpec, render
+from vistream.models.tracking.evaluate import (
     OpenCVTracker,
     center_error,
     evaluate,
@@ -64,7 +64,7 @@ def test_evaluate_summarize_and_plot(tmp_path):
 def test_cli_eval_and_bench(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from vistream.cli.main import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["eval", "tracking", "--quick", "--trackers", "aggregation,kcf",

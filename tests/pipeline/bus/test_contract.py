@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.bus import TopicPartition, TopicSpec
+from vistream.pipeline.bus import TopicPartition, TopicSpec
 
 
 def drain(consumer, expected: int, timeout: float = 30.0, max_records: int = 100) -> list:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli import app, bench_app, eval_app, train_app
+from vistream.cli.main import app, bench_app, eval_app, train_app
 
 compress_app = typer.Typer(help="Compress trained backbones (channel pruning).", no_args_is_help=True)
 app.add_typer(compress_app, name="compress")
@@ -39,14 +39,14 @@ def train_backbone(
     """Train a backbone (SGD momentum, cosine/step LR, checkpoint every epoch, --resume);
     prints val/test accuracy and, with --export, writes an artifact of the best epoch.
     --init transfers trained weights (fresh optimiser and schedule)."""
-    from models.backbones import create_model
-    from models.data import load_dataset
-    from models.train import TrainConfig, evaluate, load_checkpoint_model, train
+    from vistream.models.backbones import create_model
+    from vistream.models.data import load_dataset
+    from vistream.models.train import TrainConfig, evaluate, load_checkpoint_model, train
 
     data = load_dataset(dataset)
     model = create_model(arch, num_classes=data.num_classes)
     if init is not None:
-        from models.pruning import load_base
+        from vistream.models.pruning import load_base
 
         try:
             model.load_state_dict(load_base(init).state_dict())
@@ -62,7 +62,7 @@ def train_backbone(
                "best_epoch": res.best_epoch, "test_acc": test, "seconds": round(res.seconds, 1),
                "checkpoint": str(out / "best.pt"), "init": str(init) if init else None}
     if export:
-        from models.artifacts import export_artifact
+        from vistream.models.artifacts import export_artifact
 
         export_artifact(best, export, method="baseline", data=data,
                         metrics={"val_acc": res.best_val, "test_acc": test,
@@ -85,10 +85,10 @@ def export_cmd(
 ) -> None:
     """Write one artifact file: JSON manifest (arch, channel config, method, input spec,
     normalisation, FLOPs, params, metrics, sha256) + safetensors weights (+ ONNX)."""
-    from models.artifacts import export_artifact, read_artifact
-    from models.data import load_dataset
-    from models.pruning import load_base
-    from models.train import evaluate
+    from vistream.models.artifacts import export_artifact, read_artifact
+    from vistream.models.data import load_dataset
+    from vistream.models.pruning import load_base
+    from vistream.models.train import evaluate
 
     model = load_base(checkpoint)
     data = load_dataset(dataset)
@@ -109,7 +109,7 @@ def export_cmd(
 # ----------------------------------------------------------------------------- compress
 def _abc_config(food: int, cycles: int, limit: int, fitness_epochs: int, fitness_subset: int | None,
                 fitness_lr: float, seed: int, target: float | None, fitness_metric: str = "accuracy"):
-    from models.pruning.abc import ABCConfig
+    from vistream.models.pruning.abc import ABCConfig
 
     try:
         return ABCConfig(food_number=food, max_cycle=cycles, limit=limit,
@@ -160,9 +160,9 @@ def compress_abc(
     export it. Logs every structure (evaluations.jsonl) and draws convergence.png."""
     import torch
 
-    from models.artifacts import export_artifact
-    from models.data import load_dataset
-    from models.pruning import load_base, run_method
+    from vistream.models.artifacts import export_artifact
+    from vistream.models.data import load_dataset
+    from vistream.models.pruning import load_base, run_method
 
     torch.set_num_threads(1)
     data = load_dataset(dataset)
@@ -219,8 +219,8 @@ def eval_pruning(
     search cost in epochs, for each method and the unpruned model. Last line: JSON."""
     import torch
 
-    from models.data import load_dataset
-    from models.pruning import evaluate_pruning, format_table, load_base
+    from vistream.models.data import load_dataset
+    from vistream.models.pruning import evaluate_pruning, format_table, load_base
 
     torch.set_num_threads(1)
     data = load_dataset(dataset)
@@ -256,11 +256,11 @@ def bench_backbone(
     form; the last line carries speedup and speedup / (1 / FLOPs ratio) (target: >= 0.8). The
     unpruned model is also timed in the other form, so ``speedup_vs_fastest_reference``
     compares against whichever form suits it best."""
-    from models.artifacts import load_artifact
-    from models.backbones import create_model
-    from models.flops import compare_latency, count_flops
-    from models.pruning import load_base
-    from pipeline.allocator import allocator_tuned
+    from vistream.models.artifacts import load_artifact
+    from vistream.models.backbones import create_model
+    from vistream.models.flops import compare_latency, count_flops
+    from vistream.models.pruning import load_base
+    from vistream.pipeline.allocator import allocator_tuned
 
     for a in [*artifacts, *([Path(reference)] if reference else [])]:
         if not a.exists():

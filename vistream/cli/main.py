@@ -33,7 +33,7 @@ LOG_FORMAT = typer.Option("text", "--log-format", help="text or json (one object
 
 
 def _logging(fmt: str = "text", level: str = "INFO") -> None:
-    from pipeline.logs import setup_logging
+    from vistream.pipeline.logs import setup_logging
 
     setup_logging(fmt, level)
 
@@ -49,7 +49,7 @@ def broker_start(port: int = PORT, data_dir: Path | None = DATA_DIR,
                  timeout: float = typer.Option(90, help="seconds to wait until it answers")) -> None:
     """Fetch the jars if needed, format KRaft storage once, start the broker in the background
     and wait until it accepts clients. An already running broker is reused."""
-    from pipeline import broker
+    from vistream.pipeline import broker
 
     _logging()
     info = broker.start(port=port, data_dir=data_dir, heap=heap, timeout=timeout)
@@ -60,7 +60,7 @@ def broker_start(port: int = PORT, data_dir: Path | None = DATA_DIR,
 @broker_app.command("stop")
 def broker_stop(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
     """Stop the broker cleanly (SIGTERM, then SIGKILL after 30 s)."""
-    from pipeline import broker
+    from vistream.pipeline import broker
 
     _logging()
     stopped = broker.stop(port=port, data_dir=data_dir)
@@ -70,7 +70,7 @@ def broker_stop(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
 @broker_app.command("status")
 def broker_status(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
     """Say whether the broker runs; exit code 0 if it does, 1 if not."""
-    from pipeline import broker
+    from vistream.pipeline import broker
 
     info = broker.status(port=port, data_dir=data_dir)
     if info.running:
@@ -83,7 +83,7 @@ def broker_status(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
 @broker_app.command("fetch")
 def broker_fetch() -> None:
     """Download the Kafka jars with Maven into the cache (done by `start` when needed)."""
-    from pipeline import broker
+    from vistream.pipeline import broker
 
     _logging()
     typer.echo(f"Kafka {broker.KAFKA_VERSION} jars in {broker.ensure_jars()}")
@@ -104,10 +104,10 @@ def ingest(
     log_format: str = LOG_FORMAT,
 ) -> None:
     """Read frames from SOURCE, JPEG-encode them and produce them to a Kafka topic."""
-    from pipeline.app import install_stop_signals
-    from pipeline.bus import TopicSpec, make_bus
-    from pipeline.sources import open_source
-    from stages.ingest import ingest as run_ingest
+    from vistream.pipeline.app import install_stop_signals
+    from vistream.pipeline.bus import TopicSpec, make_bus
+    from vistream.pipeline.sources import open_source
+    from vistream.stages.ingest import ingest as run_ingest
 
     _logging(log_format)
     stop = threading.Event()
@@ -131,8 +131,8 @@ def run(config: Path = typer.Argument(..., help="pipeline YAML"),
         ) -> None:
     """Run a whole pipeline: on the memory bus as threads of this process (it ends when the
     sources are exhausted and drained); on Kafka as one process per stage replica."""
-    from pipeline.app import install_stop_signals, run_in_process, run_processes
-    from pipeline.config import load_config
+    from vistream.pipeline.app import install_stop_signals, run_in_process, run_processes
+    from vistream.pipeline.config import load_config
 
     cfg = load_config(config)
     _logging(log_format or cfg.log_format)
@@ -152,8 +152,8 @@ def stage(name: str = typer.Argument(..., help="stage name from the config"),
           log_format: str | None = typer.Option(None, "--log-format")) -> None:
     """Run one stage of a Kafka pipeline in this process. Start more copies to scale out:
     they share the stage's consumer group and split its partitions."""
-    from pipeline.app import install_stop_signals, run_stage
-    from pipeline.config import ConfigError, load_config
+    from vistream.pipeline.app import install_stop_signals, run_stage
+    from vistream.pipeline.config import ConfigError, load_config
 
     cfg = load_config(config)
     _logging(log_format or cfg.log_format)
@@ -169,7 +169,7 @@ def stage(name: str = typer.Argument(..., help="stage name from the config"),
 @app.command("check")
 def check_config(config: Path = typer.Argument(..., help="pipeline YAML")) -> None:
     """Validate a pipeline config and list its topics."""
-    from pipeline.config import load_config
+    from vistream.pipeline.config import load_config
 
     cfg = load_config(config)
     typer.echo(f"{config}: ok — pipeline '{cfg.name}' on the {cfg.bus.backend} bus, "
@@ -181,7 +181,7 @@ def check_config(config: Path = typer.Argument(..., help="pipeline YAML")) -> No
 @app.command("stages")
 def list_stages() -> None:
     """List the stage types and their parameters."""
-    from stages.base import stage_types
+    from vistream.stages.base import stage_types
 
     for name, cls in sorted(stage_types().items()):
         typer.echo(f"{name}: takes {list(cls.accepts)}, emits {list(cls.emits)}")
@@ -202,7 +202,7 @@ def dlq(topic: str = typer.Argument(..., help="a dead-letter topic, e.g. frames.
     """Show dead-lettered records with their reasons (reads without committing)."""
     import uuid
 
-    from pipeline.bus import make_bus
+    from vistream.pipeline.bus import make_bus
 
     with make_bus("kafka", bootstrap) as bus, \
             bus.consumer([topic], f"vistream-dlq-viewer-{uuid.uuid4().hex[:8]}") as c:
@@ -239,7 +239,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
          seed: int = typer.Option(0, help="seed of the sample video")) -> None:
     """Generate a sample video (scikit-image photos with small moving objects), ingest it and
     run the demo pipeline on the embedded bus, then print a summary."""
-    from pipeline.demo import run_demo
+    from vistream.cli.demo import run_demo
 
     _logging()
     run_demo(out, frames, seed, echo=typer.echo)
@@ -255,7 +255,7 @@ def bench_bus(frames: int = typer.Option(2000, min=10, help="frames per measurem
               ) -> None:
     """Frames/s of one hop (produce -> stage -> produce) of 640x360 JPEG frames, on the memory
     bus and on a real broker, and their ratio."""
-    from pipeline.bench.bus import bench_bus as run
+    from vistream.bench.bus import bench_bus as run
 
     _logging("text", "WARNING")
     result = run(frames=frames, bootstrap=bootstrap, port=port, kafka=kafka, echo=typer.echo)
@@ -268,23 +268,23 @@ def _load_command_modules() -> None:
     import importlib
     import pkgutil
 
-    import pipeline.commands
+    import vistream.cli.commands
 
-    for info in pkgutil.iter_modules(pipeline.commands.__path__):
-        importlib.import_module(f"pipeline.commands.{info.name}")
+    for info in pkgutil.iter_modules(vistream.cli.commands.__path__):
+        importlib.import_module(f"vistream.cli.commands.{info.name}")
 
 
 _load_command_modules()
 
 
 def main() -> None:
-    from pipeline.broker import BrokerError
-    from pipeline.bus import BusError
-    from pipeline.config import ConfigError
-    from pipeline.sources import SourceError
+    from vistream.pipeline.broker import BrokerError
+    from vistream.pipeline.bus import BusError
+    from vistream.pipeline.config import ConfigError
+    from vistream.pipeline.sources import SourceError
 
     # Before any tensor exists: every stage, benchmark and evaluation runs with it.
-    from pipeline.allocator import retain_freed_memory
+    from vistream.pipeline.allocator import retain_freed_memory
 
     retain_freed_memory()
     try:
@@ -294,9 +294,3 @@ def main() -> None:
         typer.echo(f"error: {msg}", err=True)
         sys.exit(2)
 
-
-if __name__ == "__main__":
-    # Run the importable copy: command modules register on `pipeline.cli`'s apps, not __main__'s.
-    from pipeline.cli import main as _main
-
-    _main()

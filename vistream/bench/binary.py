@@ -71,8 +71,8 @@ def _conv_sweep_exact() -> tuple[int, int]:
     import torch
     import torch.nn.functional as F
 
-    from models.binary.layers import hard_sign
-    from models.binary.packed import PackedBinaryConv2d
+    from vistream.models.binary.layers import hard_sign
+    from vistream.models.binary.packed import PackedBinaryConv2d
 
     g = torch.Generator().manual_seed(0)
     ok = total = 0
@@ -99,12 +99,17 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
     from torch import nn
     from tqdm import tqdm
 
-    from models.artifacts import export_artifact
-    from models.backbones import create_model
-    from models.binary.layers import BinaryConv2d, BinaryResNet
-    from models.binary.packed import PackedBinaryConv2d, export_binary_artifact, kernel_info, to_packed
-    from models.deploy import optimize_for_cpu
-    from models.flops import interleaved_timings
+    from vistream.models.artifacts import export_artifact
+    from vistream.models.backbones import create_model
+    from vistream.models.binary.layers import BinaryConv2d, BinaryResNet
+    from vistream.models.binary.packed import (
+        PackedBinaryConv2d,
+        export_binary_artifact,
+        kernel_info,
+        to_packed,
+    )
+    from vistream.models.deploy import optimize_for_cpu
+    from vistream.models.flops import interleaved_timings
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

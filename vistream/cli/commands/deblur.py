@@ -10,9 +10,8 @@ from typing import Any
 
 import typer
 
-from models.deblur import SHIPPED_WEIGHTS
-from pipeline.cli import bench_app, eval_app, train_app
-
+from vistream.cli.main import bench_app, eval_app, train_app
+from vistream.models.deblur import SHIPPED_WEIGHTS
 
 
 def train_deblur(
@@ -66,8 +65,14 @@ def train_deblur(
     --ablation-out trains the no-semantic ablation beside it on the very same batches."""
     import torch
 
-    from models.deblur.s3e import (TrainConfig, export_weights, generator_sizes, model_from_checkpoint,
-                                   plot_training, train)
+    from vistream.models.deblur.s3e import (
+        TrainConfig,
+        export_weights,
+        generator_sizes,
+        model_from_checkpoint,
+        plot_training,
+        train,
+    )
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch)",
@@ -82,7 +87,7 @@ def train_deblur(
     for flag, p in (("--init", init), ("--ablation-init", ablation_init)):
         if p is not None and not p.is_file():
             raise typer.BadParameter(f"{p} not found", param_hint=flag)
-    from models.deblur.data import TRAINING_POOLS
+    from vistream.models.deblur.data import TRAINING_POOLS
 
     if photos not in TRAINING_POOLS:
         raise typer.BadParameter(f"{photos!r}: choose from {', '.join(TRAINING_POOLS)}",
@@ -142,7 +147,7 @@ train_app.command("deblur")(train_deblur)
 
 
 def _load(path: Path | None, which: str, semantic: bool):
-    from models.deblur.s3e import load_weights, model_from_checkpoint
+    from vistream.models.deblur.s3e import load_weights, model_from_checkpoint
 
     p = path or SHIPPED_WEIGHTS[which]
     if not p.exists():
@@ -196,8 +201,8 @@ def eval_deblur(
     BLEU-4 of captions on blurred vs deblurred input; a PNG grid; results.json."""
     import torch
 
-    from models.deblur.data import EVAL_SETS
-    from models.deblur.evaluate import evaluate_pairs, evaluate_synthetic, save_grid
+    from vistream.models.deblur.data import EVAL_SETS
+    from vistream.models.deblur.evaluate import evaluate_pairs, evaluate_synthetic, save_grid
 
     torch.set_num_threads(threads)
     if pairs is not None and not pairs.is_dir():
@@ -253,8 +258,8 @@ def eval_deblur(
 def _bench_frames(n: int, width: int, height: int, seed: int):
     import numpy as np
 
-    from models.deblur.data import make_sample
-    from pipeline.envelope import JPEG, Frame
+    from vistream.models.deblur.data import make_sample
+    from vistream.pipeline.envelope import JPEG, Frame
 
     frames, kernels = [], []
     for i in range(n):
@@ -283,9 +288,9 @@ def bench_deblur(
     import numpy as np
     import torch
 
-    from models.deblur.evaluate import wiener
-    from pipeline.envelope import Frame, encode_image
-    from stages.deblur import DeblurParams, DeblurStage
+    from vistream.models.deblur.evaluate import wiener
+    from vistream.pipeline.envelope import Frame, encode_image
+    from vistream.stages.deblur import DeblurParams, DeblurStage
 
     torch.set_num_threads(threads)
     if weights is not None and not weights.exists():

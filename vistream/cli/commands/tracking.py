@@ -10,13 +10,13 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli import bench_app, eval_app
+from vistream.cli.main import bench_app, eval_app
 
 DEFAULT_TRACKERS = "aggregation,csrt,kcf,mil,medianflow"
 
 
 def _tracker_list(text: str) -> list[str]:
-    from models.tracking.evaluate import TRACKERS
+    from vistream.models.tracking.evaluate import TRACKERS
 
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
     bad = [t for t in names if t not in TRACKERS]
@@ -68,8 +68,8 @@ def eval_tracking(
     """Precision@20px and success AUC (OTB protocol), per attribute, and fps of the
     aggregation-signature tracker and OpenCV's trackers on the same sequences; writes
     results.json, results.md and success/precision plots (PNG) to --out."""
-    from models.tracking.benchmark import default_suite, load_otb
-    from models.tracking.evaluate import (
+    from vistream.models.tracking.benchmark import default_suite, load_otb
+    from vistream.models.tracking.evaluate import (
         evaluate,
         format_table,
         plot_curves,
@@ -123,7 +123,7 @@ def bench_tracking(
     they share the machine's load). Wall-clock and thread CPU time are both reported; the
     JSON last line holds the figures and the load average before/after, since on a shared
     machine wall-clock time includes waiting for a core."""
-    from models.tracking.evaluate import bench_speed
+    from vistream.models.tracking.evaluate import bench_speed
 
     names = _tracker_list(trackers)
     result = bench_speed(names, n_sequences=sequences, n_frames=frames, repeats=repeats)

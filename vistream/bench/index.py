@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.hashing.base import hamming_distances
-from pipeline.index import BLOCK, LiveIndex, make_hash_model
+from vistream.models.hashing.base import hamming_distances
+from vistream.pipeline.index import BLOCK, LiveIndex, make_hash_model
 
 TARGET_RATIO = 1.2
 TARGET_INGEST_P99_MS = 10.0
@@ -169,7 +169,7 @@ def _bench_http(index: LiveIndex, frame_ids: list[str], k: int) -> dict[str, obj
     import httpx
     import uvicorn
 
-    from pipeline.service import create_app
+    from vistream.pipeline.service import create_app
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(index), host="127.0.0.1", port=port,

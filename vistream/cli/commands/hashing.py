@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli import eval_app
+from vistream.cli.main import eval_app
 
 
 def _csv(text: str) -> list[str]:
@@ -44,7 +44,7 @@ def eval_hashing(
     database is re-encoded and 100-per-class queries are searched by Hamming ranking. Prints a
     table of mAP, mAP@1000 and precision within radius 2; writes JSON, a Markdown table and
     mAP-per-chunk curves (PNG)."""
-    from models.hashing.evaluate import run_evaluation
+    from vistream.models.hashing.evaluate import run_evaluation
 
     sdoh = {k: v for k, v in {"lr": sdoh_lr, "sigma": sdoh_sigma, "threshold": sdoh_threshold,
                               "max_iter": sdoh_max_iter}.items() if v is not None}

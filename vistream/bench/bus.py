@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bus import Bus, TopicSpec, make_bus
-from pipeline.envelope import Frame, OutRecord
+from vistream.pipeline.bus import Bus, TopicSpec, make_bus
+from vistream.pipeline.envelope import Frame, OutRecord
 
 WIDTH, HEIGHT = 640, 360
 TARGET_KAFKA_FPS = 400
@@ -99,8 +99,8 @@ def _read(consumer, n: int, timeout: float) -> None:
 
 
 def _memory_stage(bus: Bus) -> Callable[[str, str], Callable[[], None]]:
-    from pipeline.runner import StageRunner
-    from stages.relay import RelayStage
+    from vistream.pipeline.runner import StageRunner
+    from vistream.stages.relay import RelayStage
 
     def start(tin: str, tout: str) -> Callable[[], None]:
         stop = threading.Event()
@@ -125,7 +125,7 @@ def _kafka_stage(bootstrap: str, workdir: Path) -> Callable[[str, str], Callable
             f"stages:\n  - {{name: relay, type: relay, inputs: [{tin}], "
             f"outputs: {{frame: {tout}}}, batch_size: 64, poll_timeout: 0.1, "
             f"group: bench-{tin}}}\n")
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "stage", "relay",
+        proc = subprocess.Popen([sys.executable, "-m", "vistream", "stage", "relay",
                                  "--config", str(cfg), "--log-format", "json"],
                                 stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
@@ -151,7 +151,7 @@ def bench_bus(frames: int = 2000, bootstrap: str | None = None, port: int = 9092
     echo(f"memory bus: {result['memory_fps']} frames/s")
     if kafka:
         if bootstrap is None:
-            from pipeline import broker
+            from vistream.pipeline import broker
 
             bootstrap = broker.start(port=port).bootstrap
         with make_bus("kafka", bootstrap) as kbus, tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli import eval_app, train_app
+from vistream.cli.main import eval_app, train_app
 
 METHOD_NAMES = ("xnor", "cbcn", "bonn", "rbcn", "gbcn")
 DOCS_START, DOCS_END = "<!-- binary-table:start -->", "<!-- binary-table:end -->"
@@ -27,7 +27,7 @@ def _depth(arch: str) -> int:
 def _exporter():
     """The packed runtime's exporter (models/binary/packed.py), imported only when asked for."""
     try:
-        from models.binary.packed import export_binary_artifact
+        from vistream.models.binary.packed import export_binary_artifact
     except (ImportError, AttributeError) as e:
         typer.echo(f"error: --export needs models.binary.packed.export_binary_artifact (the bit-packed "
                    f"runtime), which is not available: {e}", err=True)
@@ -66,7 +66,7 @@ def train_binary_cmd(
         raise typer.BadParameter("--optimizer must be adam or sgd", param_hint="--optimizer")
     depth = _depth(arch)
     flags = {"circulant": no_circulant, "bayes": no_bayes, "gan": no_gan, "bga": no_bga}
-    from models.binary.train import ABLATION_FLAGS
+    from vistream.models.binary.train import ABLATION_FLAGS
 
     for flag, on in flags.items():
         if on and ABLATION_FLAGS[method] != flag:
@@ -79,9 +79,9 @@ def train_binary_cmd(
         raise typer.BadParameter("cbcn's K-channel feature maps have no float twin: --init float "
                                  "applies to its ablation (--no-circulant) only", param_hint="--init")
     exporter = _exporter() if export else None
-    from models.binary.train import BinaryTrainConfig, create_method, train_binary
-    from models.data import load_dataset
-    from models.train import evaluate
+    from vistream.models.binary.train import BinaryTrainConfig, create_method, train_binary
+    from vistream.models.data import load_dataset
+    from vistream.models.train import evaluate
 
     data = load_dataset(dataset)
     ablate = any(flags.values())
@@ -155,8 +155,8 @@ def eval_binary(
     """FP and XNOR rows, CBCN / BONN / RBCN / GBCN and one ablation row each: top-1 on the test
     split (mean ± sd over seeds where two rows are within a point), binary ops, float FLOPs,
     weight memory. Prints one table, then the JSON figures as the last line."""
-    from models.binary.evaluate import evaluate_binary, format_table
-    from models.binary.train import BinaryTrainConfig
+    from vistream.models.binary.evaluate import evaluate_binary, format_table
+    from vistream.models.binary.train import BinaryTrainConfig
     depth = _depth(arch)
     names = [d.strip() for d in dataset.split(",") if d.strip()]
     known = ("digits", "digits-composite")

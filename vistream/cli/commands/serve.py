@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli import _logging, app, bench_app
+from vistream.cli.main import _logging, app, bench_app
 
 
 @app.command()
@@ -41,15 +41,15 @@ def serve(
     snapshot folder, read-only (`--snapshot`)."""
     import uvicorn
 
-    from pipeline.index import LiveIndex
-    from pipeline.service import LivePipeline, ServiceLimits, StageExtractor, create_app
+    from vistream.pipeline.index import LiveIndex
+    from vistream.pipeline.service import LivePipeline, ServiceLimits, StageExtractor, create_app
 
     _logging(log_format)
     if snapshot is None and config is None:
         raise typer.BadParameter("give --config (with --stage) or --snapshot")
     cfg = None
     if config is not None:
-        from pipeline.config import load_config
+        from vistream.pipeline.config import load_config
 
         cfg = load_config(config)
         if stage is None and snapshot is None:
@@ -63,7 +63,7 @@ def serve(
     if cfg is not None:
         extractor = StageExtractor.from_config(cfg, stage)
     if extractor is None and backbone and backbone.lower() != "none":
-        from models.backbones.extractor import BackboneExtractor
+        from vistream.models.backbones.extractor import BackboneExtractor
 
         extractor = BackboneExtractor(backbone, input_size=input_size, seed=seed)
     limits = ServiceLimits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_k=max_k)
@@ -142,7 +142,7 @@ def bench_index(
     """Top-k latency of the live index's search path vs a bare FAISS IndexBinaryFlat (same
     codes, same queries), exactness vs brute force, latency while ingesting, and the re-encode
     and swap after a model update. Prints JSON; the last line holds the figures."""
-    from pipeline.bench.index import bench_index as run
+    from vistream.bench.index import bench_index as run
 
     _logging("text", "WARNING")
     result = run(n=n, n_bits=n_bits, queries=queries, k=k, ingest_rate=ingest_rate,

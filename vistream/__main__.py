@@ -1,0 +1,5 @@
+"""``python -m vistream``: the same command as the ``vistream`` script."""
+
+from vistream.cli.main import main
+
+main()
