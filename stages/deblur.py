@@ -11,7 +11,7 @@ For every frame:
   sharp scene blurred (it is a ratio, not an absolute energy). At or above ``threshold``
   (default 1.7) the frame is sharp: it is returned as is - the same record bytes,
   byte-identical - and counted in ``passed``. The threshold was chosen on 60 seeded 320x240
-  scenes (:mod:`models.deblur.data`): sharp 1st/5th percentile 1.63/1.77, severely blurred
+  scenes (:mod:`vistream.models.data.blur`): sharp 1st/5th percentile 1.63/1.77, severely blurred
   95th/99th percentile 1.82/1.97, mildly blurred median 1.75 (mild blur straddles it, and
   the mild frames above it are the ones that need deblurring least); the demo video's
   frames score 1.88-1.93. A frame with almost no gradient at all (a blank wall) passes.
@@ -174,7 +174,7 @@ class DeblurStage(Stage):
         """Deblurred BGR float images (0-255) and their captions (None without semantics)."""
         import torch
 
-        from vistream.models.deblur.data import decode_caption
+        from vistream.models.data.blur import decode_caption
 
         x = np.stack([im[..., ::-1].transpose(2, 0, 1) for im in images]).astype(np.float32) / 255.0
         p: DeblurParams = self.params  # type: ignore[assignment]

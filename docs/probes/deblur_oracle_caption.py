@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vistream.models.deblur import SHIPPED_WEIGHTS
-from vistream.models.deblur.data import eval_set
+from vistream.models.data.blur import eval_set
 from vistream.models.deblur.evaluate import psnr
 from vistream.models.deblur.s3e import load_weights
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import torch
 
-from vistream.models.deblur.data import convolve, eval_set
+from vistream.models.data.blur import convolve, eval_set
 from vistream.models.deblur.evaluate import psnr, richardson_lucy, run_model
 from vistream.models.deblur.s3e import load_weights
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from vistream.models.deblur.data import eval_set
+from vistream.models.data.blur import eval_set
 from vistream.models.deblur.evaluate import psnr, run_model
 from vistream.models.deblur.s3e import load_weights
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vistream.models.deblur.data import (EVAL_SETS, Sample, decode_caption, eval_set, gopro_pairs, load_pair,
+from vistream.models.data.blur import (EVAL_SETS, Sample, decode_caption, eval_set, gopro_pairs, load_pair,
                                 make_sample)
 
 WIENER_BALANCES = (0.003, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0)
@@ -165,7 +165,7 @@ def attention_on_objects(model, samples: list[Sample], batch: int = 32) -> dict[
     the grid cells its object covers, against the share a uniform map would put there."""
     import torch
 
-    from vistream.models.deblur.data import object_maps
+    from vistream.models.data.blur import object_maps
     from vistream.models.deblur.s3e import tree_masks
 
     on, chance = [], []

@@ -12,7 +12,7 @@ What is implemented here (small enough to train on two CPU cores):
   and a GRU decoder with additive spatial attention (Show-Attend-Tell style): at every word
   it attends over the grid, so each word carries a hidden state, a context vector and an
   attention map.
-* **S3-tree** - the caption grammar of :mod:`models.deblur.data` is parsed into a tree:
+* **S3-tree** - the caption grammar of :mod:`vistream.models.data.blur` is parsed into a tree:
   root (scene) -> object-phrase nodes (``small red circle top left``) -> an *attribute*
   sub-node (size, colour, shape words) and a *position* sub-node (vertical, horizontal
   words); relation words (``left_of``, ``above``, ``below``) are nodes linking two object
@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vistream.models.deblur.data import BOS, EOS, GRID, MAX_LEN, MAX_OBJECTS, PAD, RELATIONS, VOCAB, WORD2ID
+from vistream.models.data.blur import BOS, EOS, GRID, MAX_LEN, MAX_OBJECTS, PAD, RELATIONS, VOCAB, WORD2ID
 
 CAPTION_SIZE = 96  # the captioner always sees the image at 96x96 (a 12x12 attention grid)
 FORMAT = "vistream-s3e-deblur/1"
@@ -589,7 +589,7 @@ class TrainingBatches(torch.utils.data.Dataset):
         return self.cfg.steps
 
     def __getitem__(self, step: int) -> dict[str, Any]:
-        from vistream.models.deblur.data import TRAINING_POOLS, training_batch
+        from vistream.models.data.blur import TRAINING_POOLS, training_batch
 
         c = self.cfg
         b = training_batch(np.random.default_rng([c.seed, step]), c.batch, c.size, c.severe_fraction,

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from vistream.models.tracking.aggregation import AggregationTracker, TrackOutput
-from vistream.models.tracking.benchmark import ATTRIBUTES, TrackingSequence, TrackingSpec, render
+from vistream.models.data.tracking import ATTRIBUTES, TrackingSequence, TrackingSpec, render
 
 __all__ = [
     "BASELINES",

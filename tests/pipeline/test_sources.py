@@ -18,7 +18,7 @@ from vistream.pipeline.sources import (
     natural_sort_key,
     open_source,
 )
-from vistream.pipeline.synthetic import SceneSpec, generate, write_image_folder, write_video
+from vistream.models.data import SceneSpec, generate, write_image_folder, write_video
 
 W, H, N = 160, 90, 10
 

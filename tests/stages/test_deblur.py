@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from vistream.models.deblur.data import VOCAB, make_sample
+from vistream.models.data.blur import VOCAB, make_sample
 from vistream.models.deblur.evaluate import psnr
 from vistream.pipeline.bus import TopicSpec, make_bus
 from vistream.pipeline.envelope import JPEG, PNG, Caption, Frame, Record, decode_message

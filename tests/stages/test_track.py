@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from vistream.models.tracking.benchmark import TrackingSpec, render
+from vistream.models.data import TrackingSpec, render
 from vistream.pipeline.envelope import PNG, Frame, Record, Tracks, decode_message
 from vistream.stages.track import (
     TrackBoxesStage,

@@ -11,14 +11,14 @@ import yaml
 
 from vistream.pipeline.config import expand_env, parse_config
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def run_demo(out: Path, frames: int = 150, seed: int = 0,
              echo: Callable[[str], None] = print) -> dict:
     from vistream.pipeline.app import run_in_process
     from vistream.pipeline.bus.memory import MemoryBus
-    from vistream.pipeline.synthetic import SceneSpec, generate, write_ground_truth, write_video
+    from vistream.models.data import SceneSpec, generate, write_ground_truth, write_video
 
     out.mkdir(parents=True, exist_ok=True)
     shake = (frames // 2,) if frames > 1 else ()
@@ -117,7 +117,7 @@ def _shake_blur(frames: list, shake: tuple[int, ...], seed: int, n: int = 4) -> 
     sensor noise (severe, as in the deblur data), so the deblur stage has work in the demo."""
     import numpy as np
 
-    from vistream.models.deblur.data import blur_image
+    from vistream.models.data.blur import blur_image
 
     rng = np.random.default_rng(seed + 7)
     hit = [k for s in shake for k in range(s, min(s + n, len(frames)))]

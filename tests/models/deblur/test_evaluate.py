@@ -1,6 +1,6 @@
 import numpy as np
 
-from vistream.models.deblur.data import make_sample
+from vistream.models.data.blur import make_sample
 from vistream.models.deblur.evaluate import (
     masked_psnr,
     object_region,

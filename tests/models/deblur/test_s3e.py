@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vistream.models.deblur.data import (
+from vistream.models.data.blur import (
     MAX_LEN,
     TRAINING_POOLS,
     WORD2ID,
@@ -157,7 +157,7 @@ def test_bleu4():
 
 
 def test_object_maps_cover_each_captioned_object_in_caption_order():
-    from vistream.models.deblur.data import GRID, MAX_OBJECTS, object_maps
+    from vistream.models.data.blur import GRID, MAX_OBJECTS, object_maps
 
     s = make_sample(11, "severe")
     maps = object_maps(s.objects, 96, 96)

@@ -7,7 +7,7 @@ from vistream.models.tracking.aggregation import (
     AggregationTracker,
     GlobalMotion,
 )
-from vistream.pipeline.synthetic import SyntheticObject, _composite, load_background
+from vistream.models.data import SyntheticObject, composite, load_background
 
 BG = None
 
@@ -25,7 +25,7 @@ def scene(origin, box, color=(40, 220, 60), shape="disc", draw=True, noise=3.0, 
     frame = background()[oy:oy + 480, ox:ox + 640].astype(np.float32)
     if draw:
         obj = SyntheticObject(0, shape, color, int(box[2]), int(box[3]))
-        _composite(frame, obj, np.asarray(box, float))
+        composite(frame, obj, np.asarray(box, float))
     frame += np.random.default_rng(seed).normal(0, noise, frame.shape).astype(np.float32)
     return np.clip(np.rint(frame), 0, 255).astype(np.uint8)
 

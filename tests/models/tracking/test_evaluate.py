@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from vistream.models.tracking.benchmark import TrackingSpec, render
+from vistream.models.data import TrackingSpec, render
 from vistream.models.tracking.evaluate import (
     OpenCVTracker,
     center_error,

@@ -87,7 +87,7 @@ def train_deblur(
     for flag, p in (("--init", init), ("--ablation-init", ablation_init)):
         if p is not None and not p.is_file():
             raise typer.BadParameter(f"{p} not found", param_hint=flag)
-    from vistream.models.deblur.data import TRAINING_POOLS
+    from vistream.models.data.blur import TRAINING_POOLS
 
     if photos not in TRAINING_POOLS:
         raise typer.BadParameter(f"{photos!r}: choose from {', '.join(TRAINING_POOLS)}",
@@ -201,7 +201,7 @@ def eval_deblur(
     BLEU-4 of captions on blurred vs deblurred input; a PNG grid; results.json."""
     import torch
 
-    from vistream.models.deblur.data import EVAL_SETS
+    from vistream.models.data.blur import EVAL_SETS
     from vistream.models.deblur.evaluate import evaluate_pairs, evaluate_synthetic, save_grid
 
     torch.set_num_threads(threads)
@@ -258,7 +258,7 @@ def eval_deblur(
 def _bench_frames(n: int, width: int, height: int, seed: int):
     import numpy as np
 
-    from vistream.models.deblur.data import make_sample
+    from vistream.models.data.blur import make_sample
     from vistream.pipeline.envelope import JPEG, Frame
 
     frames, kernels = [], []

@@ -68,7 +68,7 @@ def eval_tracking(
     """Precision@20px and success AUC (OTB protocol), per attribute, and fps of the
     aggregation-signature tracker and OpenCV's trackers on the same sequences; writes
     results.json, results.md and success/precision plots (PNG) to --out."""
-    from vistream.models.tracking.benchmark import default_suite, load_otb
+    from vistream.models.data import default_suite, load_otb
     from vistream.models.tracking.evaluate import (
         evaluate,
         format_table,

@@ -1,4 +1,8 @@
-"""Seeded synthetic sample videos with exact ground truth.
+"""The scene of the seeded synthetic clips: backgrounds, camera path, moving objects and their
+anti-aliased drawing, with exact ground truth.
+
+The sample videos (:mod:`vistream.models.data.video`) and the tracking sequences
+(:mod:`vistream.models.data.tracking`) are both drawn with the public functions here.
 
 The generator produces short clips of a few *small* coloured objects moving over
 a real photograph while the camera slowly pans and, optionally, jumps. It serves
@@ -25,7 +29,7 @@ Camera
     its aspect ratio, just enough to cover the whole camera path, then
     centre-cropped, so the view never leaves the picture. Integer origins are
     plain crops (exact pixel shifts); fractional origins use bilinear sampling.
-    The per-frame origin is returned as :attr:`SyntheticVideo.camera`, i.e. the
+    The per-frame origin is returned as :attr:`~vistream.models.data.video.SyntheticVideo.camera`, i.e. the
     ground-truth global motion.
 
 Objects
@@ -56,19 +60,13 @@ Drawing and ground truth
 Determinism
     Everything derives from ``seed`` through :class:`numpy.random.SeedSequence`;
     the same spec always yields byte-identical frames.
-
-Run ``python -m pipeline.synthetic --help`` for a small command-line front end.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
-import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -78,20 +76,24 @@ import numpy as np
 __all__ = [
     "BACKGROUNDS",
     "SHAPES",
+    "STREAM_NOISE",
+    "STREAM_OBJECTS",
+    "STREAM_SHAKE",
     "SceneSpec",
     "SyntheticObject",
-    "SyntheticVideo",
-    "generate",
+    "background_canvas",
+    "boxes_visible",
+    "camera_jumps",
+    "camera_path",
+    "check_background",
+    "composite",
     "load_background",
-    "main",
+    "make_object",
     "object_alpha",
-    "read_ground_truth",
-    "write_ground_truth",
-    "write_image_folder",
-    "write_video",
+    "seeded_rng",
+    "simulate_track",
+    "view",
 ]
-
-logger = logging.getLogger("vistream.synthetic")
 
 #: Object shapes the generator can draw.
 SHAPES: tuple[str, ...] = ("disc", "square", "blob")
@@ -101,9 +103,9 @@ _FLAT_GREY = 128
 
 # Random streams (SeedSequence spawn keys); separate so that e.g. the number of
 # objects does not change the noise or the shake directions.
-_STREAM_OBJECTS = 1
-_STREAM_SHAKE = 2
-_STREAM_NOISE = 3
+STREAM_OBJECTS = 1
+STREAM_SHAKE = 2
+STREAM_NOISE = 3
 
 
 # --------------------------------------------------------------------------- backgrounds
@@ -182,11 +184,11 @@ def load_background(name: str) -> np.ndarray:
 
     The result is a fresh, writable copy.
     """
-    _check_background(name)
+    check_background(name)
     return _cached_background(name).copy()
 
 
-def _check_background(name: str) -> None:
+def check_background(name: str) -> None:
     if name in _LOADERS:
         return
     if Path(name).expanduser().is_file():
@@ -284,7 +286,7 @@ class SceneSpec:
             raise ValueError("shake_px and pan_speed must be >= 0")
         if self.noise_sigma < 0:
             raise ValueError(f"noise_sigma must be >= 0, got {self.noise_sigma}")
-        _check_background(self.background)
+        check_background(self.background)
 
     def to_dict(self) -> dict:
         """JSON-friendly dictionary of the spec."""
@@ -297,7 +299,7 @@ class SceneSpec:
 
 @dataclass(frozen=True)
 class SyntheticObject:
-    """Appearance of one object; its position per frame lives in ``SyntheticVideo.boxes``."""
+    """Appearance of one object; its position per frame lives in the clip's ``boxes``."""
 
     id: int
     shape: str
@@ -306,51 +308,12 @@ class SyntheticObject:
     height: int
 
 
-@dataclass
-class SyntheticVideo:
-    """A generated clip and its ground truth.
-
-    Attributes:
-        frames: ``n_frames`` BGR uint8 images of shape (height, width, 3).
-        boxes: float64 array (n_frames, n_objects, 4) of x, y, w, h in pixel
-            coordinates (pixel (r, c) covers [c, c+1) x [r, r+1)); may extend
-            beyond the frame.
-        visible: bool array (n_frames, n_objects), true where the box overlaps the frame.
-        spec: the :class:`SceneSpec` that produced the clip.
-        objects: per-object appearance (shape, BGR colour, size).
-        camera: float64 array (n_frames, 2), camera origin x, y relative to frame 0;
-            the background at frame t is the frame-0 background shifted by
-            ``-camera[t]``.
-    """
-
-    frames: list[np.ndarray]
-    boxes: np.ndarray
-    visible: np.ndarray
-    spec: SceneSpec
-    objects: list[SyntheticObject] = field(default_factory=list)
-    camera: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    @property
-    def n_frames(self) -> int:
-        return len(self.frames)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height)."""
-        return self.spec.width, self.spec.height
-
-    @property
-    def fps(self) -> float:
-        return self.spec.fps
-
 
 # --------------------------------------------------------------------------- generation
 
 
-def _rng(seed: int, *key: int) -> np.random.Generator:
+def seeded_rng(seed: int, *key: int) -> np.random.Generator:
+    """An independent random stream: ``seed`` with the spawn key ``key``."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
@@ -360,9 +323,10 @@ def _snap(values: np.ndarray) -> np.ndarray:
     return np.where(np.abs(values - r) < 1e-9, r, values)
 
 
-def _camera_jumps(spec: SceneSpec) -> np.ndarray:
+def camera_jumps(spec: SceneSpec) -> np.ndarray:
+    """Per-frame camera jumps (n_frames, 2) of the spec's shake events (zero elsewhere)."""
     jumps = np.zeros((spec.n_frames, 2))
-    rng = _rng(spec.seed, _STREAM_SHAKE)
+    rng = seeded_rng(spec.seed, STREAM_SHAKE)
     for k in spec.shake_frames:
         if spec.shake_angle is None:
             angle = rng.uniform(0.0, 2.0 * math.pi)
@@ -372,14 +336,15 @@ def _camera_jumps(spec: SceneSpec) -> np.ndarray:
     return _snap(jumps)
 
 
-def _camera_path(spec: SceneSpec, jumps: np.ndarray) -> np.ndarray:
+def camera_path(spec: SceneSpec, jumps: np.ndarray) -> np.ndarray:
+    """Camera origin per frame (n_frames, 2): the pan plus the accumulated jumps."""
     a = math.radians(spec.pan_angle)
     pan = np.array([math.cos(a), math.sin(a)]) * spec.pan_speed
     t = np.arange(spec.n_frames, dtype=np.float64)[:, None]
     return _snap(t * pan + np.cumsum(jumps, axis=0))
 
 
-def _background_canvas(spec: SceneSpec, camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def background_canvas(spec: SceneSpec, camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Resize/crop the photo to cover every view; return canvas and offset of camera (0, 0)."""
     lo = np.floor(camera.min(axis=0))
     hi = np.ceil(camera.max(axis=0))
@@ -399,7 +364,9 @@ def _background_canvas(spec: SceneSpec, camera: np.ndarray) -> tuple[np.ndarray,
     return canvas, -lo
 
 
-def _view(canvas: np.ndarray, origin: np.ndarray, width: int, height: int) -> np.ndarray:
+def view(canvas: np.ndarray, origin: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The ``width`` x ``height`` view of ``canvas`` at ``origin`` (a crop at integer
+    origins, bilinear sampling otherwise)."""
     ox, oy = float(origin[0]), float(origin[1])
     if ox.is_integer() and oy.is_integer():
         x, y = int(ox), int(oy)
@@ -411,7 +378,8 @@ def _view(canvas: np.ndarray, origin: np.ndarray, width: int, height: int) -> np
     )
 
 
-def _make_object(index: int, spec: SceneSpec, rng: np.random.Generator) -> SyntheticObject:
+def make_object(index: int, spec: SceneSpec, rng: np.random.Generator) -> SyntheticObject:
+    """A seeded object appearance: shape, size within the spec's range, saturated colour."""
     shape = spec.shapes[int(rng.integers(len(spec.shapes)))]
     lo, hi = spec.object_size
     w = int(rng.integers(lo, hi + 1))
@@ -423,7 +391,7 @@ def _make_object(index: int, spec: SceneSpec, rng: np.random.Generator) -> Synth
     return SyntheticObject(id=index, shape=shape, color=(b, g, r), width=w, height=h)
 
 
-def _simulate_track(
+def simulate_track(
     obj: SyntheticObject, spec: SceneSpec, jumps: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """Boxes (n_frames, 4) of one object, in image coordinates."""
@@ -495,7 +463,8 @@ def object_alpha(obj: SyntheticObject, box: Sequence[float]) -> tuple[np.ndarray
     return alpha.astype(np.float32), r0, c0
 
 
-def _composite(frame: np.ndarray, obj: SyntheticObject, box: np.ndarray) -> None:
+def composite(frame: np.ndarray, obj: SyntheticObject, box: np.ndarray) -> None:
+    """Blend ``obj`` drawn at ``box`` into the float ``frame`` in place (clipped to the frame)."""
     alpha, r0, c0 = object_alpha(obj, box)
     fh, fw = frame.shape[:2]
     rr0, cc0 = max(r0, 0), max(c0, 0)
@@ -508,253 +477,9 @@ def _composite(frame: np.ndarray, obj: SyntheticObject, box: np.ndarray) -> None
     frame[rr0:rr1, cc0:cc1] = patch * (1.0 - a) + color * a
 
 
-def _boxes_visible(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+def boxes_visible(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """True where an (x, y, w, h) box overlaps the ``width`` x ``height`` frame."""
     x, y, w, h = (boxes[..., i] for i in range(4))
     return (x < width) & (x + w > 0) & (y < height) & (y + h > 0)
 
 
-def generate(spec: SceneSpec) -> SyntheticVideo:
-    """Render the clip described by ``spec`` (deterministic in ``spec``)."""
-    n, k = spec.n_frames, spec.n_objects
-    jumps = _camera_jumps(spec)
-    camera = _camera_path(spec, jumps)
-    canvas, offset = _background_canvas(spec, camera)
-
-    objects: list[SyntheticObject] = []
-    boxes = np.zeros((n, k, 4), np.float64)
-    for i in range(k):
-        rng = _rng(spec.seed, _STREAM_OBJECTS, i)
-        obj = _make_object(i, spec, rng)
-        objects.append(obj)
-        boxes[:, i] = _simulate_track(obj, spec, jumps, rng)
-    visible = _boxes_visible(boxes, spec.width, spec.height)
-
-    noise_rng = _rng(spec.seed, _STREAM_NOISE)
-    frames: list[np.ndarray] = []
-    for t in range(n):
-        frame = _view(canvas, camera[t] + offset, spec.width, spec.height).astype(np.float32)
-        for i, obj in enumerate(objects):
-            if visible[t, i]:
-                _composite(frame, obj, boxes[t, i])
-        if spec.noise_sigma > 0:
-            noise = noise_rng.standard_normal(frame.shape, dtype=np.float32)
-            frame += noise * np.float32(spec.noise_sigma)
-        frames.append(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
-    return SyntheticVideo(
-        frames=frames, boxes=boxes, visible=visible, spec=spec, objects=objects, camera=camera
-    )
-
-
-# --------------------------------------------------------------------------- writers
-
-
-def _count_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            return 0
-        count = 0
-        while cap.grab():
-            count += 1
-        return count
-    finally:
-        cap.release()
-
-
-def _try_write(video: SyntheticVideo, target: Path, fourcc: str) -> str | None:
-    """Write with one codec; return None on success or the reason it failed."""
-    writer = cv2.VideoWriter(
-        str(target), cv2.VideoWriter_fourcc(*fourcc), float(video.fps), video.size
-    )
-    try:
-        if not writer.isOpened():
-            target.unlink(missing_ok=True)
-            return "cv2.VideoWriter could not be opened"
-        for frame in video.frames:
-            writer.write(frame)
-    finally:
-        writer.release()
-    count = _count_frames(target)
-    if count != video.n_frames:
-        target.unlink(missing_ok=True)
-        return f"read back {count} of {video.n_frames} frames"
-    return None
-
-
-def write_video(video: SyntheticVideo, path: str | Path) -> Path:
-    """Write ``video`` with cv2.VideoWriter and return the path actually written.
-
-    ``.mp4``/``.m4v``/``.mov`` try the 'mp4v' codec first and fall back to MJPG in
-    an ``.avi`` next to it (same stem) when that writer cannot be opened or the
-    result does not read back; ``.avi`` uses MJPG directly. The file is verified
-    by reading it back and counting frames. Raises OSError when nothing worked.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".avi":
-        attempts = [("MJPG", path)]
-    elif suffix in (".mp4", ".m4v", ".mov"):
-        attempts = [("mp4v", path), ("MJPG", path.with_suffix(".avi"))]
-    else:
-        raise ValueError(f"unsupported video extension {path.suffix!r} for {str(path)!r}: "
-                         "use .mp4 or .avi")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    problems = []
-    for fourcc, target in attempts:
-        why = _try_write(video, target, fourcc)
-        if why is None:
-            if target != path:
-                logger.warning("could not write %s with %s (%s); wrote MJPG %s instead",
-                               path, attempts[0][0], problems[-1], target)
-            return target
-        problems.append(f"{fourcc} -> {target.name}: {why}")
-    raise OSError(f"could not write video {str(path)!r}: " + "; ".join(problems))
-
-
-def write_ground_truth(video: SyntheticVideo, path: str | Path) -> Path:
-    """Write boxes and visibility to ``.json`` (with spec, objects, camera) or ``.csv``.
-
-    CSV columns: ``frame,object_id,x,y,w,h,visible`` with one row per frame and
-    object (invisible ones included, visible = 0/1).
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".json":
-        doc = {
-            "format": "vistream-synthetic-gt/1",
-            "box_format": "xywh",
-            "width": video.spec.width,
-            "height": video.spec.height,
-            "fps": video.spec.fps,
-            "n_frames": video.n_frames,
-            "spec": video.spec.to_dict(),
-            "objects": [
-                {"id": o.id, "shape": o.shape, "color_bgr": list(o.color),
-                 "width": o.width, "height": o.height}
-                for o in video.objects
-            ],
-            "camera": None if video.camera is None else video.camera.tolist(),
-            "boxes": video.boxes.tolist(),
-            "visible": video.visible.tolist(),
-        }
-        path.write_text(json.dumps(doc) + "\n", encoding="utf-8")
-    elif suffix == ".csv":
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            out = csv.writer(fh)
-            out.writerow(["frame", "object_id", "x", "y", "w", "h", "visible"])
-            for t in range(video.boxes.shape[0]):
-                for i in range(video.boxes.shape[1]):
-                    x, y, w, h = (repr(float(v)) for v in video.boxes[t, i])
-                    out.writerow([t, i, x, y, w, h, int(video.visible[t, i])])
-    else:
-        raise ValueError(f"unsupported ground-truth extension {path.suffix!r}: use .json or .csv")
-    return path
-
-
-def read_ground_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``(boxes, visible)`` back from a file written by :func:`write_ground_truth`."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        n = doc["n_frames"]
-        k = len(doc["objects"])
-        boxes = np.asarray(doc["boxes"], np.float64).reshape(n, k, 4)
-        visible = np.asarray(doc["visible"], bool).reshape(n, k)
-        return boxes, visible
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        n = 1 + max((int(r["frame"]) for r in rows), default=-1)
-        k = 1 + max((int(r["object_id"]) for r in rows), default=-1)
-        boxes = np.zeros((n, k, 4), np.float64)
-        visible = np.zeros((n, k), bool)
-        for r in rows:
-            t, i = int(r["frame"]), int(r["object_id"])
-            boxes[t, i] = [float(r[c]) for c in ("x", "y", "w", "h")]
-            visible[t, i] = r["visible"] == "1"
-        return boxes, visible
-    raise ValueError(f"unsupported ground-truth extension {path.suffix!r}: use .json or .csv")
-
-
-def write_image_folder(
-    video: SyntheticVideo,
-    folder: str | Path,
-    *,
-    ext: str = ".png",
-    prefix: str = "frame_",
-    digits: int = 6,
-) -> list[Path]:
-    """Write each frame as ``<prefix><index zero-padded to digits><ext>`` in ``folder``.
-
-    ``ext`` is ``.png`` (lossless) or ``.jpg``/``.jpeg`` (quality 95). Returns the paths.
-    """
-    ext = ext if ext.startswith(".") else "." + ext
-    if ext.lower() not in (".png", ".jpg", ".jpeg"):
-        raise ValueError(f"unsupported image extension {ext!r}: use .png or .jpg")
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext.lower() != ".png" else []
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for t, frame in enumerate(video.frames):
-        p = folder / f"{prefix}{t:0{digits}d}{ext}"
-        if not cv2.imwrite(str(p), frame, params):
-            raise OSError(f"could not write image {str(p)!r}")
-        paths.append(p)
-    return paths
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line front end: write a sample video, ground truth and optionally frames."""
-    d = SceneSpec()
-    p = argparse.ArgumentParser(
-        prog="python -m pipeline.synthetic",
-        description="Generate a seeded synthetic video with small moving objects and ground truth.",
-    )
-    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
-    p.add_argument("--name", default="synthetic", help="file stem (default: synthetic)")
-    p.add_argument("--background", default=d.background,
-                   help=f"one of {', '.join(BACKGROUNDS)} or an image path")
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--height", type=int, default=d.height)
-    p.add_argument("--frames", type=int, default=d.n_frames)
-    p.add_argument("--fps", type=float, default=d.fps)
-    p.add_argument("--objects", type=int, default=d.n_objects)
-    p.add_argument("--size", type=int, nargs=2, default=d.object_size, metavar=("MIN", "MAX"))
-    p.add_argument("--pan-speed", type=float, default=d.pan_speed)
-    p.add_argument("--pan-angle", type=float, default=d.pan_angle)
-    p.add_argument("--shake", default="", help="comma-separated frame indices of camera jumps")
-    p.add_argument("--shake-px", type=float, default=d.shake_px)
-    p.add_argument("--noise", type=float, default=d.noise_sigma)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--format", choices=("mp4", "avi"), default="mp4")
-    p.add_argument("--images", action="store_true", help="also write a folder of PNG frames")
-    args = p.parse_args(argv)
-
-    try:
-        spec = SceneSpec(
-            width=args.width, height=args.height, n_frames=args.frames, fps=args.fps,
-            n_objects=args.objects, object_size=tuple(args.size), background=args.background,
-            pan_speed=args.pan_speed, pan_angle=args.pan_angle,
-            shake_frames=tuple(int(s) for s in args.shake.split(",") if s.strip()),
-            shake_px=args.shake_px, noise_sigma=args.noise, seed=args.seed,
-        )
-    except ValueError as exc:
-        p.error(str(exc))
-    video = generate(spec)
-    video_path = write_video(video, args.out / f"{args.name}.{args.format}")
-    gt_path = write_ground_truth(video, args.out / f"{args.name}_gt.json")
-    print(f"video:        {video_path}")
-    print(f"ground truth: {gt_path}")
-    if args.images:
-        paths = write_image_folder(video, args.out / f"{args.name}_frames")
-        print(f"frames:       {paths[0].parent} ({len(paths)} files)")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vistream.models import data as D
+from vistream.models.data import images as D
 
 
 def test_digits32_fixed_split_and_shapes():

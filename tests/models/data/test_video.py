@@ -1,4 +1,5 @@
-"""Tests for pipeline.synthetic: determinism, exact ground truth, camera motion, writers."""
+"""Tests for the seeded sample videos (models/data/scene.py, video.py): determinism, exact ground
+truth, camera motion, writers."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from vistream.pipeline import synthetic
-from vistream.pipeline.synthetic import (
-    BACKGROUNDS,
+from vistream.models.data import scene
+from vistream.models.data import video as video_mod
+from vistream.models.data.scene import BACKGROUNDS
+from vistream.models.data import (
     SceneSpec,
     generate,
     object_alpha,
@@ -109,7 +111,7 @@ def test_ground_truth_matches_drawn_pixels(shape: str, seed: int) -> None:
 
 @pytest.mark.parametrize("shape", ["disc", "square", "blob"])
 def test_object_alpha_support_fits_box(shape: str) -> None:
-    obj = synthetic.SyntheticObject(id=0, shape=shape, color=(0, 0, 255), width=11, height=9)
+    obj = scene.SyntheticObject(id=0, shape=shape, color=(0, 0, 255), width=11, height=9)
     for box in [(3.0, 4.0, 11, 9), (3.3, 4.7, 11, 9), (10.9, 0.2, 11, 9)]:
         alpha, r0, c0 = object_alpha(obj, box)
         x, y, w, h = box
@@ -199,7 +201,7 @@ def test_noise_only_changes_with_sigma() -> None:
 
 @pytest.mark.parametrize("name", BACKGROUNDS)
 def test_bundled_backgrounds_load_offline(name: str) -> None:
-    img = synthetic.load_background(name)
+    img = scene.load_background(name)
     assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
     assert min(img.shape[:2]) >= 100
 
@@ -269,7 +271,7 @@ def test_write_video_falls_back_to_mjpg(tmp_path, monkeypatch) -> None:
     out = write_video(generate(tiny()), tmp_path / "clip.mp4")
     assert out == tmp_path / "clip.avi"
     assert not (tmp_path / "clip.mp4").exists()
-    assert synthetic._count_frames(out) == N
+    assert video_mod._count_frames(out) == N
 
 
 def test_write_video_rejects_unknown_extension(tmp_path) -> None:
@@ -302,12 +304,12 @@ def test_write_image_folder(tmp_path) -> None:
 
 
 def test_cli_writes_outputs(tmp_path, capsys) -> None:
-    rc = synthetic.main([
+    rc = video_mod.main([
         "--out", str(tmp_path), "--width", "96", "--height", "64", "--frames", "4",
         "--size", "6", "10", "--shake", "2", "--shake-px", "10", "--format", "avi", "--images",
     ])
     assert rc == 0
-    assert synthetic._count_frames(tmp_path / "synthetic.avi") == 4
+    assert video_mod._count_frames(tmp_path / "synthetic.avi") == 4
     boxes, _ = read_ground_truth(tmp_path / "synthetic_gt.json")
     assert boxes.shape == (4, 3, 4)
     assert len(list((tmp_path / "synthetic_frames").glob("*.png"))) == 4

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vistream.models.deblur.data import (
+from vistream.models.data.blur import (
     COLOURS,
     LEVELS,
     VOCAB,
@@ -67,7 +67,7 @@ def test_samples_are_seeded_and_captions_describe_the_objects():
 
 
 def test_augmentation_turns_the_photo_and_leaves_held_out_scenes_alone(monkeypatch):
-    import vistream.models.deblur.data as data
+    import vistream.models.data.blur as data
 
     # a photo that brightens left to right and top to bottom shows which way a crop was turned
     ramp = np.linspace(0, 1, 400, dtype=np.float32)
@@ -104,7 +104,7 @@ def test_held_out_scenes_are_those_scored_before_augmentation_existed():
 
 
 def test_unseen_photo_set_uses_photos_training_never_sees():
-    from vistream.models.deblur.data import EVAL_SETS, PHOTOS, UNSEEN_PHOTOS
+    from vistream.models.data.blur import EVAL_SETS, PHOTOS, UNSEEN_PHOTOS
 
     level, photos = EVAL_SETS["severe-unseen"]
     assert level == "severe" and set(photos) == set(UNSEEN_PHOTOS) and not set(photos) & set(PHOTOS)

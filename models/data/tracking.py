@@ -1,5 +1,6 @@
-"""Small-object tracking benchmark: a seeded sequence generator with attributes, and an
-OTB-format loader.
+"""Seeded tracking sequences with attributes: the data of the small-object tracking benchmark
+(its evaluation is :mod:`vistream.models.tracking.evaluate`; OTB folders a user has are read by
+:mod:`vistream.models.data.otb`).
 
 Generated sequences
 -------------------
@@ -7,14 +8,14 @@ Generated sequences
 1 % that defines a "small" target in arXiv 1910.10859) over the photographs bundled with
 scikit-image, with exact per-frame ground truth. The scene machinery (camera path, background
 canvas and view, object motion and anti-aliased compositing) is the one of
-:mod:`pipeline.synthetic`; this module adds what a tracking benchmark needs on top of it:
+:mod:`vistream.models.data.scene`; this module adds what a tracking benchmark needs on top of it:
 
 * **varied appearance** - shapes disc/square/blob and colour styles: ``vivid`` (saturated),
   ``pastel``, ``dark``, ``bright``, ``twotone`` (a core of a contrasting colour) and
   ``muted`` (the colour of the local background shifted by only 25-40 grey levels: a low
   contrast target);
 * **camera shake** - 2-4 sudden, persistent re-aims of the camera by 30-120 px (as in
-  :mod:`pipeline.synthetic`, everything in view jumps together); some are *shake-and-return*
+  :mod:`vistream.models.data.scene`, everything in view jumps together); some are *shake-and-return*
   pairs (the camera swings back 3-10 frames later). The frame of each jump is motion-blurred
   along the jump (the camera moved during the exposure). Sequences with jumps carry the
   ``shake`` attribute: these are the *drift* sequences of the issue;
@@ -27,7 +28,7 @@ canvas and view, object motion and anti-aliased compositing) is the one of
   colour cast, optionally ramping back;
 * **noise** - additive Gaussian noise, sigma 2-8 grey levels, applied last.
 
-Ground truth is the drawn geometry, as in :mod:`pipeline.synthetic`: ``boxes[t, i]`` is
+Ground truth is the drawn geometry, as in :mod:`vistream.models.data.scene`: ``boxes[t, i]`` is
 ``(x, y, w, h)`` in continuous pixel coordinates (pixel ``(r, c)`` covers
 ``[c, c+1) x [r, r+1)``); every pixel a target changes (before blur) lies inside the box
 footprint ``[floor(x), ceil(x+w)) x [floor(y), ceil(y+h))``. Occlusion does not shrink the box
@@ -41,47 +42,41 @@ or colour distance to the local background under 60) and ``multi`` (2+ targets, 
 look-alike distractors). Everything derives from the spec's seed; the same spec renders
 byte-identical frames, and ``render(..., targets=False)`` renders the same clip (same noise,
 bars, blur) without the targets.
-
-OTB sequences
--------------
-:func:`load_otb` reads folders in the OTB layout a user may have: ``<seq>/img/*.jpg`` and
-``<seq>/groundtruth_rect.txt`` (one ``x,y,w,h`` per line; commas, tabs or spaces; OTB's
-multi-target sequences ship ``groundtruth_rect.1.txt``, ``.2.txt``: one target each). Boxes
-with a non-positive side or NaN mark frames without a visible target. When there are more
-images than boxes, the first ``len(boxes)`` images are used (OTB's few sequences with a start
-offset need their offset from the OTB config, which is not in the folder). Frames load
-lazily, so long sequences do not fill the memory.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from vistream.pipeline import synthetic as syn
+from vistream.models.data.scene import (
+    SHAPES,
+    SceneSpec,
+    SyntheticObject,
+    background_canvas,
+    boxes_visible,
+    camera_path,
+    composite,
+    seeded_rng,
+    simulate_track,
+    view,
+)
 
 __all__ = [
     "ATTRIBUTES",
     "PHOTO_BACKGROUNDS",
     "STYLES",
-    "LazyFrames",
     "TargetLook",
     "TrackingSequence",
     "TrackingSpec",
     "default_suite",
-    "load_otb",
     "render",
     "suite_specs",
 ]
-
-log = logging.getLogger("vistream.tracking.benchmark")
 
 #: Per-track attributes, in table order.
 ATTRIBUTES: tuple[str, ...] = ("shake", "occlusion", "blur", "illumination", "noise", "tiny",
@@ -111,7 +106,7 @@ class TrackingSpec:
         name: sequence name (used in tables).
         seed: seed of every random choice.
         n_frames, width, height: clip length and frame size.
-        background: a :data:`pipeline.synthetic.BACKGROUNDS` name or an image path.
+        background: a :data:`vistream.models.data.scene.BACKGROUNDS` name or an image path.
         n_targets: 1-4 targets.
         target_size: inclusive (min, max) target extent in pixels.
         target_speed: (min, max) speed relative to the scene, px per frame.
@@ -160,13 +155,13 @@ class TrackingSpec:
         # SceneSpec validates sizes, speeds, background and frame count.
         self.scene()
 
-    def scene(self) -> syn.SceneSpec:
-        """The :class:`pipeline.synthetic.SceneSpec` whose helpers draw this sequence."""
-        return syn.SceneSpec(
+    def scene(self) -> SceneSpec:
+        """The :class:`vistream.models.data.scene.SceneSpec` whose helpers draw this sequence."""
+        return SceneSpec(
             width=self.width, height=self.height, n_frames=self.n_frames, n_objects=0,
             object_size=self.target_size, object_speed=self.target_speed, turn_prob=0.02,
             background=self.background, pan_speed=self.pan_speed,
-            pan_angle=float(_rng(self.seed, _S_CAMERA, 0).uniform(0, 360)),
+            pan_angle=float(seeded_rng(self.seed, _S_CAMERA, 0).uniform(0, 360)),
             noise_sigma=self.noise_sigma, seed=self.seed,
         )
 
@@ -223,10 +218,6 @@ class TrackingSequence:
 # --------------------------------------------------------------------------- generation
 
 
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-
-
 def _shake_jumps(spec: TrackingSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
     """Per-frame camera jumps (n_frames, 2) and the frames where a jump happens."""
     jumps = np.zeros((spec.n_frames, 2))
@@ -259,7 +250,7 @@ def _hsv_bgr(h: float, s: float, v: float) -> tuple[int, int, int]:
 
 
 def _make_look(spec: TrackingSpec, rng: np.random.Generator) -> TargetLook:
-    shape = syn.SHAPES[int(rng.integers(len(syn.SHAPES)))]
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
     lo, hi = spec.target_size
     w = int(rng.integers(lo, hi + 1))
     h = int(rng.integers(lo, hi + 1)) if shape == "blob" else w
@@ -410,37 +401,37 @@ def render(spec: TrackingSpec, targets: bool = True) -> TrackingSequence:
     """Render the sequence of ``spec``. ``targets=False`` renders the same clip (camera,
     bars, blur, illumination, noise) without the targets; its ground truth is unchanged."""
     scene = spec.scene()
-    cam_rng = _rng(spec.seed, _S_CAMERA, 1)
+    cam_rng = seeded_rng(spec.seed, _S_CAMERA, 1)
     jumps, shake_frames = _shake_jumps(spec, cam_rng)
-    camera = syn._camera_path(scene, jumps)
-    canvas, offset = syn._background_canvas(scene, camera)
-    first_view = syn._view(canvas, camera[0] + offset, spec.width, spec.height)
+    camera = camera_path(scene, jumps)
+    canvas, offset = background_canvas(scene, camera)
+    first_view = view(canvas, camera[0] + offset, spec.width, spec.height)
 
     n, k = spec.n_frames, spec.n_targets
     looks: list[TargetLook] = []
     boxes = np.zeros((n, k, 4))
     for i in range(k):
-        rng = _rng(spec.seed, _S_TARGETS, i)
+        rng = seeded_rng(spec.seed, _S_TARGETS, i)
         look = _make_look(spec, rng)
-        obj = syn.SyntheticObject(id=i, shape=look.shape, color=look.color,
+        obj = SyntheticObject(id=i, shape=look.shape, color=look.color,
                                   width=look.width, height=look.height)
-        boxes[:, i] = syn._simulate_track(obj, scene, jumps, rng)
+        boxes[:, i] = simulate_track(obj, scene, jumps, rng)
         if look.style == "muted":
             look = _muted(look, _local_mean(first_view, boxes[0, i]), rng)
         looks.append(look)
-    visible = syn._boxes_visible(boxes, spec.width, spec.height)
+    visible = boxes_visible(boxes, spec.width, spec.height)
 
-    eff_rng = _rng(spec.seed, _S_EFFECTS)
+    eff_rng = seeded_rng(spec.seed, _S_EFFECTS)
     gain = _gain_profile(spec, eff_rng)
     defocus = _blur_profile(spec, eff_rng)
-    occluder = (_occluder(spec, boxes, camera, visible, _rng(spec.seed, _S_OCCL))
+    occluder = (_occluder(spec, boxes, camera, visible, seeded_rng(spec.seed, _S_OCCL))
                 if spec.occlusion else None)
     occl = np.zeros((n, k))
 
-    noise_rng = _rng(spec.seed, _S_NOISE)
+    noise_rng = seeded_rng(spec.seed, _S_NOISE)
     frames: list[np.ndarray] = []
     for t in range(n):
-        frame = syn._view(canvas, camera[t] + offset, spec.width, spec.height).astype(np.float32)
+        frame = view(canvas, camera[t] + offset, spec.width, spec.height).astype(np.float32)
         if targets:
             for i, look in enumerate(looks):
                 if visible[t, i]:
@@ -470,13 +461,13 @@ def render(spec: TrackingSpec, targets: bool = True) -> TrackingSequence:
 
 
 def _draw_target(frame: np.ndarray, look: TargetLook, box: np.ndarray) -> None:
-    obj = syn.SyntheticObject(id=0, shape=look.shape, color=look.color,
+    obj = SyntheticObject(id=0, shape=look.shape, color=look.color,
                               width=look.width, height=look.height)
-    syn._composite(frame, obj, box)
+    composite(frame, obj, box)
     if look.core_color is not None:
         x, y, w, h = box
         core = np.array([x + w / 4, y + h / 4, w / 2, h / 2])
-        syn._composite(frame, replace(obj, color=look.core_color), core)
+        composite(frame, replace(obj, color=look.core_color), core)
 
 
 def _attributes(spec: TrackingSpec, looks: list[TargetLook], boxes: np.ndarray,
@@ -516,7 +507,7 @@ def suite_specs(n_sequences: int = 12, n_frames: int = 120, seed: int = 2019,
     0.5, 0.3); 1..max_targets targets; backgrounds cycle through :data:`PHOTO_BACKGROUNDS`."""
     specs = []
     for j in range(n_sequences):
-        rng = _rng(seed, 100, j)
+        rng = seeded_rng(seed, 100, j)
         specs.append(TrackingSpec(
             name=f"s{j:02d}",
             seed=int(rng.integers(2**31)),
@@ -538,92 +529,3 @@ def default_suite(n_sequences: int = 12, n_frames: int = 120, seed: int = 2019,
     """Render :func:`suite_specs` one sequence at a time (a clip is ~110 MB)."""
     for spec in suite_specs(n_sequences, n_frames, seed, max_targets):
         yield render(spec)
-
-
-# --------------------------------------------------------------------------- OTB
-
-
-class LazyFrames(Sequence[np.ndarray]):
-    """Image files read on access (BGR uint8)."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return LazyFrames(self.paths[i])
-        img = cv2.imread(str(self.paths[i]), cv2.IMREAD_COLOR)
-        if img is None:
-            raise OSError(f"could not read image {str(self.paths[i])!r}")
-        return img
-
-
-def _natural_key(p: Path) -> list:
-    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", p.name)]
-
-
-def _read_boxes(path: Path) -> np.ndarray:
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        vals = [v for v in re.split(r"[,\s;]+", line) if v]
-        if len(vals) < 4:
-            raise ValueError(f"{path}: line {line!r} has fewer than 4 numbers")
-        rows.append([float(v) if v.lower() != "nan" else math.nan for v in vals[:4]])
-    if not rows:
-        raise ValueError(f"{path}: no boxes")
-    return np.asarray(rows, np.float64)
-
-
-def _otb_sequence(folder: Path) -> TrackingSequence:
-    img_dir = folder / "img"
-    exts = {".jpg", ".jpeg", ".png", ".bmp"}
-    paths = sorted((p for p in img_dir.iterdir() if p.suffix.lower() in exts), key=_natural_key)
-    if not paths:
-        raise ValueError(f"{img_dir}: no images")
-    gt_files = sorted(folder.glob("groundtruth_rect*.txt"), key=_natural_key)
-    if not gt_files:
-        raise ValueError(f"{folder}: no groundtruth_rect.txt")
-    per_target = [_read_boxes(p) for p in gt_files]
-    n = min(len(paths), *(len(b) for b in per_target))
-    if any(len(b) != len(paths) for b in per_target):
-        log.warning("%s: %d images but %s boxes; using the first %d frames", folder.name,
-                    len(paths), "/".join(str(len(b)) for b in per_target), n)
-    boxes = np.stack([b[:n] for b in per_target], axis=1)
-    visible = np.isfinite(boxes).all(axis=2) & (boxes[..., 2] > 0) & (boxes[..., 3] > 0)
-    k = boxes.shape[1]
-    attrs = []
-    for i in range(k):
-        a = set()
-        if np.nanmax(np.maximum(boxes[:, i, 2], boxes[:, i, 3]), initial=0) <= 10:
-            a.add("tiny")
-        if k > 1:
-            a.add("multi")
-        attrs.append(a)
-    return TrackingSequence(name=folder.name, frames=LazyFrames(paths[:n]), boxes=boxes,
-                            visible=visible, attributes=attrs)
-
-
-def load_otb(root: str | Path) -> list[TrackingSequence]:
-    """OTB-format sequences under ``root``: ``root`` itself when it holds ``img/`` and
-    ``groundtruth_rect.txt``, otherwise each sub-folder that does (sorted by name)."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"OTB folder {str(root)!r} does not exist")
-
-    def is_seq(p: Path) -> bool:
-        return (p / "img").is_dir() and any(p.glob("groundtruth_rect*.txt"))
-
-    if is_seq(root):
-        return [_otb_sequence(root)]
-    seqs = [_otb_sequence(p) for p in sorted(root.iterdir(), key=_natural_key)
-            if p.is_dir() and is_seq(p)]
-    if not seqs:
-        raise ValueError(f"{str(root)!r} holds no OTB sequence (<seq>/img/ and "
-                         "<seq>/groundtruth_rect.txt)")
-    return seqs
