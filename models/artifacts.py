@@ -1,17 +1,10 @@
 """One-file model artifacts: a JSON manifest plus safetensors weights (plus optional ONNX).
 
-File layout (all integers little-endian uint64)::
-
-    b"VSTART01"                         8-byte magic + format version
-    len(manifest) | manifest JSON       UTF-8, keys sorted
-    len(weights)  | safetensors bytes   the state dict, loaded without unpickling
-    len(onnx)     | ONNX bytes          0 length when the model was exported without ONNX
-
-The manifest holds the architecture and its channel config (``arch``, ``config``), the
-``method`` that produced it (baseline, abc, uniform, l1, random, ...), ``input_spec``,
-``normalization``, ``flops`` (2 x MACs per image, see :mod:`models.flops`), ``params``,
-``metrics``, ``model_id`` and ``sha256``: the SHA-256 of the canonical manifest *without*
-its ``sha256`` field, followed by the weight bytes and the ONNX bytes. Any flipped bit in
+The file format (layout, checksum, verification) is :mod:`models.artifact_format`; this module
+exports and loads the models. The manifest holds the architecture and its channel config
+(``arch``, ``config``), the ``method`` that produced it (baseline, abc, uniform, l1, random,
+...), ``input_spec``, ``normalization``, ``flops`` (2 x MACs per image, see
+:mod:`models.flops`), ``params``, ``metrics``, ``model_id`` and ``sha256``. Any flipped bit in
 any part, a truncated file or an edited manifest makes :func:`load_artifact` raise
 :class:`ArtifactError` with the reason; nothing in the file is ever unpickled.
 
@@ -27,51 +20,39 @@ BGR uint8 images into the normalised batch the model expects.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import struct
+import io
+import warnings
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
 
-MAGIC = b"VSTART01"
-FORMAT_VERSION = 1
-_MAX_MANIFEST = 16 * 1024 * 1024
+from vistream.models.artifact_format import (
+    FORMAT_VERSION,
+    MAGIC,
+    ArtifactError,
+    attach,
+    input_specs,
+    load_checked,
+    read_artifact,
+    state_bytes,
+    write_artifact,
+)
+from vistream.models.backbones import create_model
+from vistream.models.binary.packed import load_packed
+from vistream.models.flops import count_flops, count_params
 
-
-class ArtifactError(ValueError):
-    """An artifact that cannot be trusted or used; the message says why."""
-
-
-def _canonical(manifest: dict) -> bytes:
-    body = {k: v for k, v in manifest.items() if k != "sha256"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _digest(manifest: dict, weights: bytes, onnx_bytes: bytes) -> str:
-    h = hashlib.sha256()
-    for part in (_canonical(manifest), weights, onnx_bytes):
-        h.update(struct.pack("<Q", len(part)))
-        h.update(part)
-    return h.hexdigest()
-
-
-def _state_bytes(model) -> bytes:
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    return save(state)
+__all__ = ["FORMAT_VERSION", "MAGIC", "ArtifactError", "export_artifact", "input_specs", "load_artifact",
+           "load_checked", "load_onnx", "preprocess", "read_artifact", "write_artifact"]
 
 
 def _onnx_bytes(model, input_size: tuple[int, int], in_chans: int) -> tuple[bytes, str | None]:
     """Export ``forward_features`` and logits to ONNX (legacy TorchScript exporter); returns
     (b"", reason) when the exporter is unavailable or fails."""
-    import io
-    import warnings
-
-    import torch
-
     class Both(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
@@ -95,20 +76,6 @@ def _onnx_bytes(model, input_size: tuple[int, int], in_chans: int) -> tuple[byte
     return buf.getvalue(), None
 
 
-def input_specs(config: dict, data=None, input_spec: dict | None = None,
-                normalization: dict | None = None) -> tuple[dict, dict]:
-    """The manifest's input spec and normalisation: as given, else the dataset's, else 32x32
-    RGB in [0, 1] normalised around 0.5."""
-    if input_spec is None:
-        input_spec = data.input_spec if data is not None else {
-            "size": [32, 32], "channels": int(config.get("in_chans", 3)), "color": "RGB",
-            "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0]}
-    if normalization is None:
-        normalization = data.normalization if data is not None else {
-            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    return input_spec, normalization
-
-
 def export_artifact(model, path: str | Path, method: str = "baseline", data=None,
                     input_spec: dict | None = None, normalization: dict | None = None,
                     metrics: dict | None = None, extra: dict | None = None,
@@ -117,15 +84,13 @@ def export_artifact(model, path: str | Path, method: str = "baseline", data=None
 
     ``data`` (a :class:`models.data.DataBundle`) supplies the input spec and normalisation
     unless they are given. Returns the manifest."""
-    from vistream.models.flops import count_flops, count_params
-
     config = dict(getattr(model, "config", {}))
     if "arch" not in config:
         raise ArtifactError("model has no config['arch']: only registered backbones can be exported")
     input_spec, normalization = input_specs(config, data, input_spec, normalization)
     size = tuple(int(v) for v in input_spec["size"])
     model = model.cpu().eval()
-    weights = _state_bytes(model)
+    weights = state_bytes(model)
     onnx_bytes, onnx_reason = _onnx_bytes(model, size, int(config.get("in_chans", 3))) if onnx \
         else (b"", "not requested")
     arch = config.pop("arch")
@@ -148,74 +113,10 @@ def export_artifact(model, path: str | Path, method: str = "baseline", data=None
     return write_artifact(path, manifest, weights, onnx_bytes)
 
 
-def write_artifact(path: str | Path, manifest: dict, weights: bytes, onnx_bytes: bytes = b"") -> dict:
-    """Seal ``manifest`` with the checksum of all three parts and write the file atomically
-    (shared by :func:`export_artifact` and the 1-bit export of :mod:`models.binary.packed`)."""
-    manifest["sha256"] = _digest(manifest, weights, onnx_bytes)
-    mbytes = json.dumps(manifest, sort_keys=True, indent=1).encode()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC)
-        for part in (mbytes, weights, onnx_bytes):
-            f.write(struct.pack("<Q", len(part)))
-            f.write(part)
-    os.replace(tmp, path)
-    return manifest
-
-
-def read_artifact(path: str | Path) -> tuple[dict, bytes, bytes]:
-    """Parse and verify an artifact; returns (manifest, safetensors bytes, onnx bytes)."""
-    path = Path(path)
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"cannot read artifact {path}: {exc}") from None
-    if not blob.startswith(MAGIC):
-        raise ArtifactError(f"{path} is not a vistream artifact (bad magic bytes)")
-    parts, pos = [], len(MAGIC)
-    for name in ("manifest", "weights", "onnx"):
-        if pos + 8 > len(blob):
-            raise ArtifactError(f"{path} is truncated (no {name} section)")
-        (n,) = struct.unpack_from("<Q", blob, pos)
-        pos += 8
-        if n > len(blob) - pos or (name == "manifest" and n > _MAX_MANIFEST):
-            raise ArtifactError(f"{path} is truncated or corrupted ({name} section claims {n} "
-                                f"bytes, {len(blob) - pos} left)")
-        parts.append(blob[pos:pos + n])
-        pos += n
-    if pos != len(blob):
-        raise ArtifactError(f"{path} has {len(blob) - pos} unexpected trailing bytes")
-    try:
-        manifest = json.loads(parts[0])
-        if not isinstance(manifest, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: manifest is not valid JSON ({exc})") from None
-    if manifest.get("format") != "vistream-artifact":
-        raise ArtifactError(f"{path}: manifest is not a vistream artifact manifest")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format version {manifest['format_version']} is newer than "
-                            f"supported {FORMAT_VERSION}")
-    expected = manifest.get("sha256")
-    actual = _digest(manifest, parts[1], parts[2])
-    if expected != actual:
-        raise ArtifactError(f"{path}: checksum mismatch — the file is corrupted or was modified "
-                            f"(manifest says sha256 {str(expected)[:16]}..., content hashes to "
-                            f"{actual[:16]}...)")
-    return manifest, parts[1], parts[2]
-
-
 def load_artifact(path: str | Path, device: str = "cpu"):
     """Verify the checksum, rebuild the registered model from the manifest and load the weights
     (safetensors; strict). Returns the model in eval mode with ``manifest``, ``input_spec``,
     ``normalization`` and ``model_id`` attributes."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
-    from vistream.models.backbones import create_model
-
     manifest, weights, _ = read_artifact(path)
     packed = manifest.get("runtime") == "packed"  # a 1-bit network: the bit-packed CPU runtime
     if packed and str(device) != "cpu":
@@ -230,39 +131,14 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     except (SafetensorError, Exception) as exc:  # noqa: BLE001
         raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
     if packed:
-        from vistream.models.binary.packed import load_packed
-
-        return _attach(load_packed(model, state, manifest, path), manifest)
+        return attach(load_packed(model, state, manifest, path), manifest)
     load_checked(model, state, manifest, path)
-    return _attach(model.eval().to(device), manifest)
-
-
-def load_checked(model, state: dict, manifest: dict, path: str | Path) -> None:
-    """Load ``state`` strictly into the model rebuilt from ``manifest`` and check its parameter
-    count; any mismatch is an :class:`ArtifactError` naming the file."""
-    from vistream.models.flops import count_params
-
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{path}: weights do not fit the manifest's architecture: "
-                            f"{str(exc)[:500]}") from None
-    if count_params(model) != manifest.get("params"):
-        raise ArtifactError(f"{path}: parameter count {count_params(model)} differs from the "
-                            f"manifest's {manifest.get('params')}")
-
-
-def _attach(model, manifest: dict):
-    model.manifest = manifest
-    model.input_spec = manifest["input_spec"]
-    model.normalization = manifest["normalization"]
-    model.model_id = manifest["model_id"]
-    return model
+    return attach(model.eval().to(device), manifest)
 
 
 def load_onnx(path: str | Path):
     """The ONNX model stored in an artifact (an ``onnx.ModelProto``), verified first."""
-    import onnx
+    import onnx  # optional and slow to import: only this function needs it
 
     _, _, onnx_bytes = read_artifact(path)
     if not onnx_bytes:
@@ -272,9 +148,6 @@ def load_onnx(path: str | Path):
 
 def preprocess(images_bgr: list[np.ndarray], input_spec: dict, normalization: dict):
     """BGR uint8 images (any size) -> normalised float32 NCHW tensor for the artifact."""
-    import cv2
-    import torch
-
     h, w = (int(v) for v in input_spec["size"])
     rgb = input_spec.get("color", "RGB") == "RGB"
     arr = np.empty((len(images_bgr), 3, h, w), np.float32)

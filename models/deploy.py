@@ -69,10 +69,10 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
 
 def deployable(model: nn.Module) -> bool:
     """Whether :func:`optimize_for_cpu` changes ``model`` (and its input should then be
-    channels-last): every float model, not the bit-packed 1-bit runtime."""
-    from vistream.models.binary.packed import PackedBinaryNet
-
-    return not isinstance(model, PackedBinaryNet)
+    channels-last): every float model, not a runtime that is deployed as it is and says so
+    with ``runs_as_deployed = True`` (the bit-packed 1-bit runtime,
+    :class:`models.binary.packed.PackedBinaryNet`)."""
+    return not getattr(model, "runs_as_deployed", False)
 
 
 def optimize_for_cpu(model: nn.Module, channels_last: bool = True, fold_bn: bool = True,

@@ -11,7 +11,15 @@ shapes (no masks are involved anywhere in this project).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vistream.models.binary.layers import BinaryConv2d
+from vistream.models.deploy import deployable, optimize_for_cpu
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,6 @@ def layer_macs(model, input_size: tuple[int, int] = (32, 32),
                in_chans: int | None = None) -> list[tuple[object, int]]:
     """(module, multiply-accumulates) of every conv and linear layer, in call order, for one
     forward pass of one image of ``input_size`` (eval mode; the training mode is restored)."""
-    import torch
-    from torch import nn
-
     if in_chans is None:
         in_chans = int(getattr(model, "config", {}).get("in_chans", 3))
     found: list[tuple[object, int]] = []
@@ -73,8 +78,6 @@ def binary_split(model, input_size: tuple[int, int] = (32, 32),
                  in_chans: int | None = None) -> tuple[int, int]:
     """(binary MACs, float FLOPs) of a 1-bit network: the MACs of its binary convs (XNOR/popcount
     work in the packed runtime) and 2 x the MACs of everything else."""
-    from vistream.models.binary.layers import BinaryConv2d
-
     binary = total = 0
     for m, macs in layer_macs(model, input_size, in_chans):
         total += macs
@@ -88,9 +91,6 @@ def model_cost(model, input_size: tuple[int, int] = (32, 32)) -> Cost:
 
 def torch_flops(model, input_size: tuple[int, int] = (32, 32), in_chans: int = 3) -> int:
     """The same figure from ``torch.utils.flop_counter`` (used by the tests as a reference)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(torch.zeros(1, in_chans, *input_size))
@@ -103,8 +103,6 @@ def interleaved_timings(fns: dict, rounds: int, calls: int, progress=None) -> di
     ``calls`` times, in alternating order. On shared CPUs a function timed alone in a busy
     moment can look 50% slower; interleaving and taking minima keep the ratios comparable.
     ``progress`` is called after each round."""
-    import time
-
     names = list(fns)
     for f in fns.values():
         f()
@@ -131,10 +129,6 @@ def compare_latency(models: list, batch: int = 32, input_size: tuple[int, int] =
     ``deploy`` (one flag, or one per model) measures a model in its deployed form, BN folded
     and in channels-last memory (:func:`models.deploy.optimize_for_cpu`, a copy: the caller's
     model is untouched), so a model can be listed twice to measure both forms."""
-    import torch
-
-    from vistream.models.deploy import deployable, optimize_for_cpu
-
     flags = deploy if isinstance(deploy, list) else [deploy] * len(models)
     if len(flags) != len(models):
         raise ValueError("deploy needs one flag per model")

@@ -12,11 +12,16 @@ artifact can rebuild the model exactly.
 
 from __future__ import annotations
 
-from vistream.models.backbones.registry import create_model, list_models, model_entrypoint, register_model
+# Importing the families registers their models; the 1-bit twins (binary_resnet20/56/18)
+# share the registry so binary artifacts rebuild too.
+from vistream.models.backbones import resnet, resnet_cifar, vgg  # noqa: F401
+from vistream.models.backbones.registry import (
+    MODELS,
+    create_model,
+    list_models,
+    model_entrypoint,
+    register_model,
+)
+from vistream.models.binary import zoo  # noqa: F401
 
-# Importing the families registers their models.
-from vistream.models.backbones import resnet_cifar, vgg, resnet  # noqa: E402,F401,I001
-# The 1-bit twins (binary_resnet20/56/18) share the registry so binary artifacts rebuild too.
-from vistream.models.binary import zoo  # noqa: E402,F401,I001
-
-__all__ = ["create_model", "list_models", "model_entrypoint", "register_model"]
+__all__ = ["MODELS", "create_model", "list_models", "model_entrypoint", "register_model"]

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from vistream.models.backbones.registry import register_model
-from vistream.models.backbones.resnet_cifar import init_weights, make_stages
+from vistream.models.backbones.resnet_cifar import make_stages
+from vistream.models.weight_init import init_weights
 
 
 class ResNet18(nn.Module):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vistream.models.backbones.registry import register_model
+from vistream.models.weight_init import init_weights
 
 
 class BasicBlock(nn.Module):
@@ -77,16 +78,6 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.forward_features(x))
-
-
-def init_weights(model: nn.Module) -> None:
-    """He-normal convs (fan-out), BatchNorm at identity: the init every zoo family uses."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 @register_model

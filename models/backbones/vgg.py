@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vistream.models.backbones.registry import register_model
-from vistream.models.backbones.resnet_cifar import init_weights
+from vistream.models.weight_init import init_weights
 
 VGG16_WIDTHS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
 _POOL_AFTER = {1, 3, 6, 9, 12}

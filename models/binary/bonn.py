@@ -47,6 +47,7 @@ from vistream.models.binary.layers import (
     hard_sign,
     sign_ste,
 )
+from vistream.models.binary.methods import register_method
 from vistream.models.binary.xnor import ClassCentres, Forward, XnorMethod
 
 
@@ -103,6 +104,7 @@ class BayesFeatureLoss(nn.Module):
         return per.mean()
 
 
+@register_method
 class BonnMethod(XnorMethod):
     name = "bonn"
     ablation = "Bayesian losses"

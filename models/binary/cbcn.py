@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from vistream.models.binary.layers import BinaryConv2d, BinaryResNet, ConvFactory, hard_sign
+from vistream.models.binary.methods import register_method
 from vistream.models.binary.xnor import ClassCentres, Forward, XnorMethod
 
 # Outer ring of a 3x3 filter (flattened indices), in one circular order. Rotating the filter
@@ -176,6 +177,7 @@ class CirculantConv2d(BinaryConv2d):
         return gauss_sign(x, self.amplitude)
 
 
+@register_method
 class CbcnMethod(XnorMethod):
     name = "cbcn"
     ablation = "circulant filters / centre loss"

@@ -22,17 +22,20 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from vistream.models.binary.train import (
-    BinaryTrainConfig,
-    create_method,
-    float_twin,
-    load_binary,
-    train_binary,
-)
-from vistream.models.data import DataBundle
+import torch
+
+from vistream.models.backbones import create_model
+from vistream.models.binary.layers import BinaryConv2d
+from vistream.models.binary.teacher import float_twin
+from vistream.models.binary.train import BinaryTrainConfig, create_method, load_binary, train_binary
+from vistream.models.data import DataBundle, fingerprint, load_dataset
+from vistream.models.flops import binary_split, count_flops, count_params
+from vistream.models.train import evaluate
 
 # (key, label, method, ablate); "alias" rows reuse another row's runs
 ROWS: list[tuple[str, str, str | None, bool]] = [
@@ -53,8 +56,6 @@ ALIASES = {"gbcn-abl": "rbcn"}
 def binary_cost(model, input_size: tuple[int, int], in_chans: int = 3) -> dict[str, float]:
     """Binary MACs, float FLOPs and weight memory of one image's forward pass of a 1-bit net
     (the float-backbone counterpart is :func:`models.flops.model_cost`)."""
-    from vistream.models.binary.layers import BinaryConv2d
-    from vistream.models.flops import binary_split
 
     binary_ops, float_flops = binary_split(model, input_size, in_chans)
     binary_ids, bits, float_params = set(), 0, 0
@@ -72,10 +73,6 @@ def binary_cost(model, input_size: tuple[int, int], in_chans: int = 3) -> dict[s
 
 def _run(data: DataBundle, key: str, method: str | None, ablate: bool, seed: int,
          cfg: BinaryTrainConfig, out: Path, progress: bool) -> dict[str, Any]:
-    from dataclasses import replace
-
-    from vistream.models.train import evaluate
-
     # the epoch budget is part of the cache key: runs of another schedule are not reused
     folder = out / data.name / f"e{cfg.epochs}" / f"{key}-s{seed}"
     done = folder / "result.json"
@@ -99,11 +96,6 @@ def _run(data: DataBundle, key: str, method: str | None, ablate: bool, seed: int
 
 
 def row_costs(data: DataBundle, cfg: BinaryTrainConfig) -> dict[str, dict[str, float]]:
-    import torch
-
-    from vistream.models.backbones import create_model
-    from vistream.models.flops import count_flops, count_params
-
     size, ch = data.input_size, int(data.train.x.shape[1])
     fp = create_model(f"resnet{cfg.depth}", num_classes=data.num_classes, base=cfg.base)
     costs = {"fp": {"binary_ops": 0, "float_flops": count_flops(fp, size), "binary_weight_bits": 0,
@@ -127,10 +119,6 @@ _COST_ORDER = ("gbcn", "cbcn", "rbcn", "rbcn-abl", "bonn", "bonn-abl", "cbcn-abl
 def _run_task(name: str, key: str, seed: int, cfg: BinaryTrainConfig, out: Path,
               progress: bool) -> dict[str, Any]:
     """One (dataset, row, seed) run in a worker process (one torch thread)."""
-    import torch
-
-    from vistream.models.data import load_dataset
-
     torch.set_num_threads(cfg.threads or 1)
     _, _, method, ablate = next(r for r in ROWS if r[0] == key)
     return _run(load_dataset(name), key, method, ablate, seed, cfg, out, progress)
@@ -140,10 +128,6 @@ def evaluate_dataset(name: str, cfg: BinaryTrainConfig, seeds: int, out: Path, p
                      echo: Callable[[str], None] = _print, pool: Any = None) -> dict[str, Any]:
     """Every row on one dataset (seed 0 for all, more seeds for rows within a point); with a
     ``pool`` (``concurrent.futures`` executor) the runs of each phase go to its workers."""
-    import torch
-
-    from vistream.models.data import fingerprint, load_dataset
-
     torch.set_num_threads(cfg.threads or 1)
     data = load_dataset(name)
 
@@ -188,19 +172,13 @@ def evaluate_binary(names: list[str], cfg: BinaryTrainConfig, seeds: int | dict[
     """Train / load every row on every dataset (with ``jobs > 1`` the single runs go to
     ``jobs`` worker processes, one torch thread each); returns the figures (see
     :func:`format_table`)."""
-    from dataclasses import asdict
-
     t0 = time.perf_counter()
     result: dict[str, Any] = {"config": asdict(cfg), "seeds": seeds, "datasets": {},
                               "rows": [(k, lab) for k, lab, _, _ in ROWS]}
     per = seeds if isinstance(seeds, dict) else {n: seeds for n in names}
     if jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
         # the float twins first, in the main process: workers must not train them concurrently
         for n in names:
-            from vistream.models.data import load_dataset
-
             float_twin(load_dataset(n), cfg, seed=0, progress=progress)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for n in names:

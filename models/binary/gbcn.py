@@ -44,8 +44,10 @@ import torch
 import torch.nn.functional as F
 
 from vistream.models.binary.layers import BinaryResNet, binary_convs
+from vistream.models.binary.methods import register_method
 from vistream.models.binary.rbcn import RbcnMethod
 from vistream.models.binary.xnor import Forward
+from vistream.models.data import batches
 
 Genome = list[torch.Tensor]  # one bool flip mask per binary layer (over its candidates)
 
@@ -164,6 +166,7 @@ class BalancedGA:
         self.rng.bit_generator.state = state["rng"]
 
 
+@register_method
 class GbcnMethod(RbcnMethod):
     name = "gbcn"
     ablation = "BGA"
@@ -190,8 +193,6 @@ class GbcnMethod(RbcnMethod):
         self.ga.rng = np.random.default_rng(cfg.seed + 7919)
 
     def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
-        from vistream.models.data import batches
-
         seed = int(self.ga.rng.integers(2**31))
         return next(iter(batches(self.data.train, self.probe_batch, self.data.mean, self.data.std,
                                  shuffle=True, seed=seed, max_batches=1)))

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vistream.models.weight_init import init_weights
+
 
 def hard_sign(x: torch.Tensor) -> torch.Tensor:
     """sign with sign(0) = +1, no gradient (the convention shared with the packed runtime)."""
@@ -192,9 +194,6 @@ class BinaryResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = stage_widths[-1]
         self.fc = nn.Linear(self.num_features, num_classes)
-        # imported here: models.backbones registers the binary zoo, which imports this module
-        from vistream.models.backbones.resnet_cifar import init_weights
-
         init_weights(self)
         for m in self.modules():  # learned scales start at XNOR's analytic value
             if isinstance(m, BinaryConv2d) and m.scale_mode == "learned":

@@ -35,16 +35,28 @@ IEEE arithmetic, so nothing changes numerically.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save
 from torch import nn
 
-from vistream.models.binary import zoo  # noqa: F401 - registers binary_resnet18/20/56 for create_model
-from vistream.models.binary.layers import BinaryConv2d, binary_convs
+from vistream.models.artifact_format import (
+    FORMAT_VERSION,
+    ArtifactError,
+    input_specs,
+    load_checked,
+    state_bytes,
+    write_artifact,
+)
+from vistream.models.backbones import create_model
+from vistream.models.binary import zoo
+from vistream.models.binary.layers import BinaryConv2d, BinaryUnit, binary_convs
+from vistream.models.flops import binary_split, count_params
 
 
 try:
@@ -349,8 +361,6 @@ class PackedBinaryUnit(nn.Module):
 
     @staticmethod
     def fusable(unit: nn.Module) -> bool:
-        from vistream.models.binary.layers import BinaryUnit
-
         bn = getattr(unit, "bn", None)
         return type(unit) is BinaryUnit and isinstance(unit.conv, PackedBinaryConv2d) \
             and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None
@@ -396,6 +406,10 @@ class PackedBinaryNet(nn.Module):
     :class:`BinaryConv2d` replaced by a :class:`PackedBinaryConv2d`; ``forward``,
     ``forward_features`` and ``stage_features`` are the original network's.
     """
+
+    #: already in its deployed form (:func:`models.deploy.deployable`): BN folding or a
+    #: channels-last copy would break the bit-exact match with the training-time forward
+    runs_as_deployed = True
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -462,9 +476,6 @@ def to_packed(model: nn.Module, threads: int | None = None) -> PackedBinaryNet:
 def _twin(model: nn.Module) -> tuple[str, dict, nn.Module]:
     """The registered learned-scale BinaryResNet holding ``model``'s exported binary weights and
     its float state: what the artifact stores and what loading rebuilds."""
-    from vistream.models.artifacts import ArtifactError
-    from vistream.models.backbones import create_model
-
     config = {k: v for k, v in dict(getattr(model, "config", {})).items() if k != "arch"}
     if "layout" not in config or "depth" not in config:
         raise ArtifactError("only BinaryResNet-style models (config with depth/layout) can be exported")
@@ -494,9 +505,7 @@ def _twin(model: nn.Module) -> tuple[str, dict, nn.Module]:
 
 
 def _size_report(twin: nn.Module, weights_bytes: int) -> dict:
-    from vistream.models.artifacts import _state_bytes
-
-    fp32 = len(_state_bytes(twin))
+    fp32 = len(state_bytes(twin))
     n_bin = sum(m.weight.numel() for _, m in binary_convs(twin))
     return {"artifact_weight_bytes": weights_bytes, "fp32_weight_bytes": fp32,
             "ratio_fp32_over_packed": round(fp32 / max(weights_bytes, 1), 3),
@@ -517,13 +526,6 @@ def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data
     :class:`~models.artifacts.ArtifactError` unless ``strict=False``, which records it in the
     manifest (``binary.exact_vs_source``). Returns the manifest (``binary.size``: artifact vs
     fp32 weight bytes)."""
-    import hashlib
-
-    from safetensors.torch import save
-
-    from vistream.models.artifacts import FORMAT_VERSION, ArtifactError, input_specs, write_artifact
-    from vistream.models.flops import binary_split, count_params
-
     was_training = model.training
     model.eval()
     try:
@@ -581,8 +583,6 @@ def load_packed(twin: nn.Module, state: dict, manifest: dict, path: str | Path) 
     """The packed runtime model of a verified ``runtime: packed`` artifact: ``twin`` is the
     registered architecture rebuilt from its manifest, ``state`` its safetensors payload with
     1-bit weights (see :func:`models.artifacts.load_artifact`)."""
-    from vistream.models.artifacts import ArtifactError, load_checked
-
     for name, conv in binary_convs(twin):
         bits = state.pop(f"{name}.weight_bits", None)
         shape = tuple(conv.weight.shape)

@@ -20,7 +20,7 @@
 Choices the paper leaves open
 * **Teacher**: the float ResNet of the backbone zoo at the same width (``create_model('resnet20',
   base=...)``), trained once per dataset with :func:`models.train.train` and cached
-  (:func:`models.binary.train.float_twin`).
+  (:func:`models.binary.teacher.float_twin`).
 * **Discriminators**: per stage, ``Linear(C, 64) -> LeakyReLU(0.2) -> Linear(64, 1)`` on the
   stage output after ReLU, global average pooling and unit L2 norm per image
   (:func:`disc_input`); Adam (betas 0.5, 0.999, lr 0.2 x the main rate). The teacher's stage
@@ -57,7 +57,10 @@ from vistream.models.binary.layers import (
     hard_sign,
     sign_ste,
 )
+from vistream.models.binary.methods import register_method
+from vistream.models.binary.teacher import float_twin
 from vistream.models.binary.xnor import Forward, XnorMethod, make_optimizer
+from vistream.models.train import recalibrate_bn
 
 
 class RbcnConv2d(BinaryConv2d):
@@ -100,6 +103,7 @@ def teacher_stages(teacher: nn.Module, x: torch.Tensor, n_stages: int) -> list[t
     return out
 
 
+@register_method
 class RbcnMethod(XnorMethod):
     name = "rbcn"
     ablation = "GAN"
@@ -128,8 +132,6 @@ class RbcnMethod(XnorMethod):
             return
         teacher = self.options.get("teacher")
         if teacher is None:
-            from vistream.models.binary.train import float_twin
-
             teacher = float_twin(data, cfg, seed=0, progress=False)
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
@@ -184,8 +186,6 @@ class RbcnMethod(XnorMethod):
             opts["d"].step()
 
     def after_epoch(self, model: BinaryResNet, data: Any, cfg: Any) -> None:
-        from vistream.models.train import recalibrate_bn
-
         if self.bn_batches > 0:  # W and C fixed: only running statistics change
             recalibrate_bn(model, data, n_batches=self.bn_batches, batch_size=64,
                            seed=cfg.seed * 1000 + self.epoch)

@@ -1,4 +1,4 @@
-"""Training loop for the 1-bit networks (every method of :data:`METHODS`).
+"""Training loop for the 1-bit networks (every registered method, :func:`list_methods`).
 
 * **Optimiser: Adam** (lr 1e-2, batch 32, no weight decay) by default, SGD with momentum on
   request. The papers train 70-200 epochs with SGD; for the few epochs this 2-core machine
@@ -15,9 +15,10 @@
   state, history; ``best.pt``: best validation epoch), ``resume=True`` continues from
   ``last.pt``. Checkpoints hold tensors and plain values only (``weights_only=True`` loads).
 * Initialisation: from scratch by default; ``init="float"`` copies the trained float twin into
-  the binary net first (:func:`init_from_float`, the Bi-Real/RBCN practice).
-* :func:`float_twin` trains (once, cached) the float ResNet of the zoo at the same width with
-  :func:`models.train.train`: the FP row of the evaluation and the RBCN/GBCN teacher.
+  the binary net first (:func:`models.binary.teacher.init_from_float`, the Bi-Real/RBCN practice).
+* :func:`models.binary.teacher.float_twin` trains (once, cached) the float ResNet of the zoo at
+  the same width with :func:`models.train.train`: the FP row of the evaluation and the
+  RBCN/GBCN teacher.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from tqdm import tqdm
 
+# the method modules register their classes in METHODS on import
+from vistream.models.binary import bonn, cbcn, gbcn, rbcn, xnor  # noqa: F401
+from vistream.models.binary.methods import METHODS
+from vistream.models.binary.teacher import float_twin, init_from_float
 from vistream.models.data import DataBundle
 from vistream.models.train import TrainConfig, TrainResult, _lr_at, _save_atomic, epoch_batches, evaluate
 
-METHODS = ("xnor", "cbcn", "bonn", "rbcn", "gbcn")
 ABLATION_FLAGS = {"xnor": "", "cbcn": "circulant", "bonn": "bayes", "rbcn": "gan", "gbcn": "bga"}
 
 
@@ -52,20 +56,15 @@ class BinaryTrainConfig(TrainConfig):
     init: str = "scratch"          # scratch | float: start from the trained float twin (seed 0)
 
 
+def list_methods(pattern: str = "*") -> list[str]:
+    """Names of the registered methods (``bonn``, ``cbcn``, ``gbcn``, ``rbcn``, ``xnor``)."""
+    return METHODS.list(pattern)
+
+
 def create_method(name: str, ablate: bool = False, **options: Any):
-    """A method object by name (``xnor``, ``cbcn``, ``bonn``, ``rbcn``, ``gbcn``)."""
-    if name == "xnor":
-        from vistream.models.binary.xnor import XnorMethod as cls
-    elif name == "cbcn":
-        from vistream.models.binary.cbcn import CbcnMethod as cls
-    elif name == "bonn":
-        from vistream.models.binary.bonn import BonnMethod as cls
-    elif name == "rbcn":
-        from vistream.models.binary.rbcn import RbcnMethod as cls
-    elif name == "gbcn":
-        from vistream.models.binary.gbcn import GbcnMethod as cls
-    else:
-        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
+    """A method object by name (:func:`list_methods`); an unknown name raises
+    :class:`models.registry.UnknownNameError` (a ValueError) listing the known ones."""
+    cls = METHODS.get(name)
     if ablate and not cls.ablation:
         raise ValueError(f"{name} has no ingredient to ablate")
     return cls(ablate=ablate, **options)
@@ -75,76 +74,10 @@ def build_model(method, data: DataBundle, cfg: BinaryTrainConfig):
     return method.build(data.num_classes, int(data.train.x.shape[1]), cfg.base, cfg.depth)
 
 
-@torch.no_grad()
-def init_from_float(model, teacher) -> None:
-    """Copy a trained zoo CIFAR ResNet into its binary twin (Bi-Real Net's and RBCN's practice of
-    starting a 1-bit network from a real-valued one): stem, every 3x3 conv and BN, the
-    down-sampling 1x1 conv + BN, the classifier. Circulant layers take every K-th filter (the
-    unrotated copy); learned scales and BONN's prior are re-initialised from the new weights."""
-    from vistream.models.binary.layers import binary_convs
-
-    blocks = [b for stage in model.stages for b in stage]
-    if len(blocks) != len(teacher.blocks):
-        raise ValueError("teacher and student have different depths")
-
-    def copy(dst, src) -> None:
-        if dst.shape == src.shape:
-            dst.copy_(src)
-        elif dst.shape[1:] == src.shape[1:] and src.shape[0] % dst.shape[0] == 0:
-            dst.copy_(src[:: src.shape[0] // dst.shape[0]])
-        else:
-            raise ValueError(f"cannot copy {tuple(src.shape)} into {tuple(dst.shape)}")
-
-    def copy_bn(dst, src) -> None:
-        for k in ("weight", "bias", "running_mean", "running_var"):
-            getattr(dst, k).copy_(getattr(src, k))
-
-    copy(model.stem[0].weight, teacher.stem[0].weight)
-    copy_bn(model.stem[1], teacher.stem[1])
-    for sb, tb in zip(blocks, teacher.blocks):
-        copy(sb.unit1.conv.weight, tb.conv1.weight)
-        copy_bn(sb.unit1.bn, tb.bn1)
-        copy(sb.unit2.conv.weight, tb.conv2.weight)
-        copy_bn(sb.unit2.bn, tb.bn2)
-        if not isinstance(sb.unit1.shortcut, nn.Identity) and len(tb.shortcut):
-            copy(sb.unit1.shortcut[1].weight, tb.shortcut[0].weight)
-            copy_bn(sb.unit1.shortcut[2], tb.shortcut[1])
-    model.fc.weight.copy_(teacher.fc.weight)
-    model.fc.bias.copy_(teacher.fc.bias)
-    for _, m in binary_convs(model):
-        if getattr(m, "scale_mode", "") == "learned":
-            m.alpha.copy_(m.weight.abs().mean(dim=(1, 2, 3)))
-        if hasattr(m, "reset_prior"):
-            m.reset_prior()
-
-
-def float_twin(data: DataBundle, cfg: BinaryTrainConfig, seed: int = 0, progress: bool = True,
-               arch: str | None = None):
-    """The float ResNet of the zoo at the same width, trained with models/train.py; cached
-    under ``cfg.out_root/float/`` (a finished run is loaded, an interrupted one resumed)."""
-    from vistream.models.backbones import create_model
-    from vistream.models.train import load_checkpoint_model, train
-
-    arch = arch or f"resnet{cfg.depth}"
-    epochs = cfg.float_epochs
-    folder = Path(cfg.out_root) / "float" / f"{arch}-{data.name}-b{cfg.base}-e{epochs}-s{seed}"
-    done = folder / "done"
-    if not done.exists():
-        torch.manual_seed(seed)
-        model = create_model(arch, num_classes=data.num_classes, base=cfg.base)
-        fcfg = TrainConfig(epochs=epochs, lr=cfg.float_lr, batch_size=64, seed=seed,
-                           threads=cfg.threads, train_subset=cfg.train_subset)
-        train(model, data, fcfg, ckpt_dir=folder, resume=True, progress=progress)
-        done.write_text("ok\n")
-    return load_checkpoint_model(folder / "best.pt").eval()
-
-
 def train_binary(method, data: DataBundle, cfg: BinaryTrainConfig, ckpt_dir: str | Path | None = None,
                  resume: bool = False, progress: bool = True):
     """Train a fresh network of ``method`` on ``data``; returns ``(model, TrainResult)`` with
     the model at its best validation epoch."""
-    from tqdm import tqdm
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

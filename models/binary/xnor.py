@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vistream.models.binary.layers import BinaryConv2d, BinaryResNet, ConvFactory
+from vistream.models.binary.methods import register_method
 
 
 class XnorConv2d(BinaryConv2d):
@@ -41,6 +42,7 @@ class Forward:
         self.logits = model.fc(self.features)
 
 
+@register_method
 class XnorMethod:
     """The XNOR baseline; subclasses override the hooks they need.
 
