@@ -1,4 +1,4 @@
-"""The query service: a FastAPI app over a :class:`pipeline.index.LiveIndex`.
+"""The query service: a FastAPI app over a :class:`models.hashing.live.LiveIndex`.
 
 ``create_app(index, extractor, limits)`` builds the app; ``vistream serve`` runs it with uvicorn,
 either next to the live index stage (sharing the index object) or over a read-only snapshot.
@@ -38,6 +38,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field
 
+from vistream.models.hashing.live import LiveIndex
+from vistream.models.hashing.store import SearchResult
 from vistream.pipeline.envelope import (
     JPEG,
     PNG,
@@ -46,7 +48,6 @@ from vistream.pipeline.envelope import (
     decode_image,
     sniff_content_type,
 )
-from vistream.pipeline.index import LiveIndex, SearchResult
 
 log = logging.getLogger("vistream.service")
 

@@ -34,9 +34,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from vistream.models.hashing.live import LiveIndex
+from vistream.models.hashing.snapshot import resolve_snapshot
 from vistream.pipeline.bus.base import TopicPartition
 from vistream.pipeline.envelope import Caption, Features, FrameSummary, Label, Message, Tracks
-from vistream.pipeline.index import LiveIndex, resolve_snapshot
 from vistream.stages.base import Stage, StageParams, register_stage
 
 log = logging.getLogger("vistream.stages.hashing")
@@ -103,8 +104,8 @@ class HashingStage(Stage):
         if snap_dir is not None and resolve_snapshot(snap_dir) is not None:
             self.index = LiveIndex.load(snap_dir, background=p.background,
                                         train_chunk=p.train_chunk)
-            self._applied = {TopicPartition(t, pt): o for (t, pt), o in
-                             self.index.loaded_offsets.items()}
+            self._applied = {TopicPartition(t, pt): o for t, pt, o in
+                             (self.index.loaded_carry or {}).get("positions", [])}
             if self.index.configured_model != p.model:
                 log.warning("the snapshot's hash model is %s, the config says %s: keeping the "
                             "snapshot's", self.index.configured_model, p.model)
@@ -134,7 +135,8 @@ class HashingStage(Stage):
         p: HashingParams = self.params  # type: ignore[assignment]
         if not p.snapshot_dir or self.index is None:
             return None
-        path = self.index.snapshot(p.snapshot_dir, dict(self._applied), keep=p.snapshot_keep)
+        positions = [[tp.topic, tp.partition, o] for tp, o in sorted(self._applied.items())]
+        path = self.index.snapshot(p.snapshot_dir, {"positions": positions}, keep=p.snapshot_keep)
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         return path

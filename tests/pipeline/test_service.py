@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from vistream.models.backbones.extractor import BackboneExtractor, FeatureExtractor, l2_normalize
+from vistream.models.hashing.live import LiveIndex
 from vistream.pipeline.envelope import encode_image
-from vistream.pipeline.index import LiveIndex
 from vistream.pipeline.service import ServiceLimits, create_app, image_size
 from tests.conftest import random_image
 

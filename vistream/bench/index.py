@@ -43,7 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from vistream.models.hashing.base import hamming_distances
-from vistream.pipeline.index import BLOCK, LiveIndex, make_hash_model
+from vistream.models.hashing.live import LiveIndex
+from vistream.models.hashing.registry import make_hash_model
+from vistream.models.hashing.store import BLOCK
 
 TARGET_RATIO = 1.2
 TARGET_INGEST_P99_MS = 10.0

@@ -41,7 +41,7 @@ def serve(
     snapshot folder, read-only (`--snapshot`)."""
     import uvicorn
 
-    from vistream.pipeline.index import LiveIndex
+    from vistream.models.hashing.live import LiveIndex
     from vistream.pipeline.service import LivePipeline, ServiceLimits, StageExtractor, create_app
 
     _logging(log_format)

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from vistream.models.hashing.base import HashModel, hamming_distances
-from vistream.pipeline.index import BLOCK, LiveIndex, make_hash_model, resolve_snapshot
+from vistream.models.hashing.live import LiveIndex
+from vistream.models.hashing.registry import make_hash_model
+from vistream.models.hashing.snapshot import resolve_snapshot
+from vistream.models.hashing.store import BLOCK
 
 
 def clusters(n: int, d: int = 16, classes: int = 4, seed: int = 0):
@@ -215,9 +218,9 @@ def test_snapshot_roundtrip_and_block_reuse(tmp_path):
     index.set_meta("f000001", caption="hello", tracks=[{"track_id": 1, "box": [0, 0, 1, 1],
                                                         "score": 1.0}])
     index.set_labels(["orphan"], [2])
-    first = index.snapshot(tmp_path, {("feats", 0): 17})
+    first = index.snapshot(tmp_path, {"positions": [["feats", 0, 17]]})
     index.add(ids(BLOCK + 100, BLOCK + 300), X[BLOCK + 100:])
-    second = index.snapshot(tmp_path, {("feats", 0): 42, ("labels", 3): 5})
+    second = index.snapshot(tmp_path, {"positions": [["feats", 0, 42], ["labels", 3, 5]]})
     assert resolve_snapshot(tmp_path) == second
     # The full block was hard-linked, not rewritten.
     full = f"features/000000-{BLOCK}.npy"
@@ -225,7 +228,7 @@ def test_snapshot_roundtrip_and_block_reuse(tmp_path):
     (tmp_path / ".tmp-dead").mkdir()  # a crashed snapshot write leaves this; it is ignored
 
     loaded = LiveIndex.load(tmp_path, background=False)
-    assert loaded.loaded_offsets == {("feats", 0): 42, ("labels", 3): 5}
+    assert loaded.loaded_carry == {"positions": [["feats", 0, 42], ["labels", 3, 5]]}
     assert len(loaded) == len(index) == BLOCK + 300
     assert loaded.frame_ids() == index.frame_ids()
     np.testing.assert_array_equal(loaded.codes(), index.codes())
