@@ -19,11 +19,15 @@ automatically.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+import vistream.stages
+from vistream.models.registry import Registry
 from vistream.pipeline.bus.base import TopicPartition
 from vistream.pipeline.envelope import Message
 
@@ -62,33 +66,29 @@ class Stage:
         return {}
 
 
-_REGISTRY: dict[str, type[Stage]] = {}
+#: every stage type by name (a :class:`models.registry.Registry`), filled by ``@register_stage``
+STAGES: Registry[type[Stage]] = Registry("stage type")
 S = TypeVar("S", bound=type[Stage])
 
 
 def register_stage(name: str) -> Callable[[S], S]:
+    """Class decorator: register a stage class as type ``name`` (which becomes its ``name``)."""
+
     def deco(cls: S) -> S:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"stage type {name!r} is registered twice")
+        STAGES.register(cls, name=name)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return deco
 
 
-_NOT_STAGES = {"base", "ingest"}
+_NOT_STAGES = {"base", "ingest", "records"}
 
 
 def _load_builtin_stages() -> None:
     """Import every module of the ``stages`` package: their ``@register_stage`` decorators
     fill the registry. Stage modules therefore keep heavy imports (torch, faiss) inside
     ``setup()`` or functions, so that listing stages and validating configs stays fast."""
-    import importlib
-    import pkgutil
-
-    import vistream.stages
-
     for info in pkgutil.iter_modules(vistream.stages.__path__):
         if info.name not in _NOT_STAGES and not info.name.startswith("_"):
             importlib.import_module(f"vistream.stages.{info.name}")
@@ -96,14 +96,13 @@ def _load_builtin_stages() -> None:
 
 def stage_types() -> dict[str, type[Stage]]:
     _load_builtin_stages()
-    return dict(_REGISTRY)
+    return dict(STAGES.items())
 
 
 def get_stage_class(type_name: str) -> type[Stage]:
-    types = stage_types()
-    if type_name not in types:
-        raise KeyError(f"unknown stage type {type_name!r}; known: {', '.join(sorted(types))}")
-    return types[type_name]
+    """The stage class of ``type_name``; an unknown type raises a KeyError listing the known."""
+    _load_builtin_stages()
+    return STAGES.get(type_name)
 
 
 def create_stage(type_name: str, params: dict[str, Any] | None = None) -> Stage:

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vistream.models.registry import Registry
+
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
     """Boolean (n, n_bits) -> packed uint8 (n, n_bits // 8)."""
@@ -41,12 +43,14 @@ class HashModel:
     """Base of linear hash models ``b = sign(x W + c)``; subclasses learn ``W`` (and ``c``)."""
 
     name: ClassVar[str] = "hash"
-    registry: ClassVar[dict[str, type[HashModel]]] = {}
+    #: every concrete model by its ``name`` (a :class:`models.registry.Registry`): a subclass
+    #: that sets ``name`` registers itself when it is defined
+    registry: ClassVar[Registry[type[HashModel]]] = Registry("hash model")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
-            HashModel.registry[cls.name] = cls
+            HashModel.registry.register(cls, name=cls.name)
 
     def __init__(self, n_bits: int = 64, seed: int = 0) -> None:
         if n_bits <= 0 or n_bits % 8:
@@ -109,9 +113,9 @@ class HashModel:
     def load(path: str | Path) -> HashModel:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(bytes(z["header"]).decode())
-            cls = HashModel.registry.get(header["model"])
-            if cls is None:
+            if header["model"] not in HashModel.registry:
                 raise ValueError(f"{path}: unknown hash model {header['model']!r}")
+            cls = HashModel.registry.get(header["model"])
             model = cls(**header["hparams"])
             model.W = z["W"].copy() if "W" in z else None
             model.bias = z["bias"].copy() if "bias" in z else None

@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+# baselines and sdoh define (and so register) the methods make_model looks up by name
+from vistream.models.hashing import baselines, sdoh  # noqa: F401
 from vistream.models.hashing.base import HashModel, hamming_distances
 
 # Hyper-parameters the evaluation uses, chosen on the validation split (``split="val"``, never
@@ -327,13 +329,10 @@ def make_model(method: str, n_bits: int, seed: int, chunk: int,
                sdoh_params: dict[str, Any] | None = None, n_classes: int = 0) -> HashModel:
     """A method with the evaluation's hyper-parameters (HCOH sizes its codebook by
     ``n_classes``)."""
-    import vistream.models.hashing.baselines  # noqa: F401  (registers the baselines)
-    import vistream.models.hashing.sdoh  # noqa: F401
-
-    cls = HashModel.registry.get(method)
-    if cls is None:
-        known = ", ".join(sorted(k for k in HashModel.registry if k != "hash"))
+    if method not in HashModel.registry:
+        known = ", ".join(HashModel.registry.list())
         raise ValueError(f"unknown hashing method {method!r} (known: {known})")
+    cls = HashModel.registry.get(method)
     params = dict(EVAL_PARAMS.get(method, {}))
     if method == "sdoh":
         params["lr"] = sdoh_eval_lr(n_bits)
