@@ -23,10 +23,9 @@ def hash_model_names() -> list[str]:
 
 def make_hash_model(name: str, n_bits: int = 64, seed: int = 0, **params: Any) -> HashModel:
     """A fresh hash model from the registry (``sdoh``, ``lsh``, ...)."""
-    cls = HashModel.registry.get(name)
-    if cls is None:
+    if name not in HashModel.registry:
         raise ValueError(f"unknown hash model {name!r}; known: {', '.join(hash_model_names())}")
-    return cls(n_bits=n_bits, seed=seed, **params)
+    return HashModel.registry.get(name)(n_bits=n_bits, seed=seed, **params)
 
 
 def load_hash_model(path: str | Path) -> HashModel:
