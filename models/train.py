@@ -16,6 +16,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from vistream.models.backbones import create_model
 from vistream.models.data import DataBundle, Split, batches
 
 
@@ -49,8 +55,6 @@ class TrainResult:
 def _eval_logits(model, split: Split, mean, std, batch_size: int, device: str,
                  max_batches: int | None):
     """(logits on the CPU, labels) per batch of ``split``, model in eval mode, no autograd."""
-    import torch
-
     model.eval()
     with torch.no_grad():
         for x, y in batches(split, batch_size, mean, std, max_batches=max_batches):
@@ -70,8 +74,6 @@ def evaluate(model, split: Split, mean, std, batch_size: int = 256, device: str 
 def evaluate_loss(model, split: Split, mean, std, batch_size: int = 256,
                   device: str = "cpu") -> float:
     """Mean cross-entropy over ``split``."""
-    import torch.nn.functional as F
-
     total, n = 0.0, 0
     for logits, y in _eval_logits(model, split, mean, std, batch_size, device, None):
         total += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -89,8 +91,6 @@ def _lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    import torch
-
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -110,10 +110,6 @@ def epoch_batches(train_split: Split, data: DataBundle, cfg: TrainConfig, epoch:
 def train(model, data: DataBundle, cfg: TrainConfig, ckpt_dir: str | Path | None = None,
           resume: bool = False, progress: bool = True, eval_val: bool = True) -> TrainResult:
     """Train ``model`` in place on ``data.train``; validation accuracy after every epoch."""
-    import torch
-    from torch import nn
-    from tqdm import tqdm
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -182,10 +178,6 @@ def train(model, data: DataBundle, cfg: TrainConfig, ckpt_dir: str | Path | None
 
 def load_checkpoint_model(path: str | Path, which: str = "model"):
     """Rebuild a registered backbone from a checkpoint written by :func:`train`."""
-    import torch
-
-    from vistream.models.backbones import create_model
-
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = dict(state["model_config"])
     arch = cfg.pop("arch")
@@ -201,9 +193,6 @@ def recalibrate_bn(model, data: DataBundle, n_batches: int = 20, batch_size: int
     After channel surgery the stored statistics of the layers *behind* a pruned layer
     describe the unpruned network; a short training only partly refreshes them (momentum
     0.1), so eval-mode accuracy would measure stale statistics rather than the structure."""
-    import torch
-    from torch import nn
-
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return

@@ -26,7 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+import cv2
 import numpy as np
+import torch
+
+from vistream.models.backbones.registry import create_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,8 +59,6 @@ def preprocess(image: np.ndarray, input_size: int,
                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
                ) -> np.ndarray:
     """One BGR/grey uint8 image -> normalised float32 CHW array of ``input_size``^2 pixels."""
-    import cv2
-
     img = np.asarray(image)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
@@ -76,10 +78,6 @@ class BackboneExtractor:
 
     def __init__(self, name: str = "resnet18", input_size: int = 224, seed: int = 0,
                  batch_size: int = 32) -> None:
-        import torch
-
-        from vistream.models.backbones import create_model
-
         if input_size < 8:
             raise ValueError("input_size must be at least 8")
         self.name = name
@@ -93,8 +91,6 @@ class BackboneExtractor:
         self.model_id = f"{name}@{self.input_size}:random-init:seed{self.seed}"
 
     def extract(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
-
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         out = []

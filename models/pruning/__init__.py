@@ -8,9 +8,23 @@ runs every method (and seeds) at one FLOPs budget and returns the table rows tha
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
 from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vistream.models.artifacts import export_artifact, load_artifact
+from vistream.models.flops import compare_latency, count_flops, count_params
+from vistream.models.pruning.abc import ABCConfig, ABCPruner, check_budget, finetune
+from vistream.models.pruning.baselines import baseline_widths
+from vistream.models.pruning.surgery import FlopsTable, prune
+from vistream.models.stats import paired_differences
+from vistream.models.train import evaluate, load_checkpoint_model, recalibrate_bn
 
 ALL_METHODS = ("abc", "uniform", "l1", "random")
 
@@ -22,10 +36,7 @@ def load_base(path: str | Path):
         raise FileNotFoundError(f"base model {path} does not exist (train one with "
                                 "`vistream train backbone`)")
     if path.suffix == ".pt":
-        from vistream.models.train import load_checkpoint_model
-
         return load_checkpoint_model(path).eval()
-    from vistream.models.artifacts import load_artifact
 
     return load_artifact(path)
 
@@ -37,12 +48,6 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
     """Structure by ``method`` -> inherit top-L1 weights -> fine-tune. Returns (model, record).
     Every method's widths are aligned to ``channel_multiple`` channels (1: unaligned, as in
     the papers; see :func:`models.pruning.surgery.align_width`)."""
-    from vistream.models.flops import count_params
-    from vistream.models.pruning.abc import ABCConfig, ABCPruner, finetune
-    from vistream.models.pruning.baselines import baseline_widths
-    from vistream.models.pruning.surgery import FlopsTable, prune
-    from vistream.models.train import evaluate
-
     table = FlopsTable(base, tuple(data.input_size))
     rec: dict = {"method": method, "seed": seed, "flops_target": flops_target,
                  "channel_multiple": channel_multiple}
@@ -59,7 +64,6 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
     else:
         widths = baseline_widths(method, base, flops_target, seed, table, channel_multiple)
         rec["search_epochs"] = 0.0
-    from vistream.models.train import recalibrate_bn
 
     model = prune(base, widths, "l1", seed)
     recalibrate_bn(model, data, 20, 64, seed)
@@ -84,8 +88,6 @@ def paired_against(runs: dict[str, list[dict]], n_test: int, method: str = "abc"
     sides), counted in test images: mean, standard error, and seeds won / tied / lost
     (:func:`models.stats.paired_differences`). The methods' spreads overlap on a small test
     split; the pairing removes what the seed does to every structure alike."""
-    from vistream.models.stats import paired_differences
-
     mine = {r["seed"]: r["test_acc"] for r in runs.get(method, [])}
     out: dict[str, dict] = {}
     for other, recs in runs.items():
@@ -105,8 +107,6 @@ _PER_RUN_ABC_FIELDS = ("seed", "flops_target", "channel_multiple")
 
 def _abc_settings(cfg) -> dict:
     """An ABCConfig as recorded with a run: every field but the per-run ones."""
-    from dataclasses import asdict
-
     return {k: v for k, v in asdict(cfg).items() if k not in _PER_RUN_ABC_FIELDS}
 
 
@@ -114,8 +114,6 @@ def run_settings(method: str, finetune_epochs: int, finetune_lr: float, abc_cfg,
                  channel_multiple: int) -> dict:
     """What a cached run depends on besides (method, seed): a cached run made with other
     settings must not be mixed into a table silently."""
-    from vistream.models.pruning.abc import ABCConfig
-
     s = {"finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
          "channel_multiple": channel_multiple}
     if method == "abc":
@@ -126,8 +124,6 @@ def run_settings(method: str, finetune_epochs: int, finetune_lr: float, abc_cfg,
 def _recorded_settings(rec: dict) -> dict | None:
     """The settings a cached run was made with, ABC fields added to ABCConfig since then at
     their defaults (what that run used); None for records older than settings."""
-    from vistream.models.pruning.abc import ABCConfig
-
     have = rec.get("settings")
     if have is None or "abc" not in have:
         return have
@@ -139,10 +135,6 @@ def _run_and_record(method: str, seed: int, base, data, flops_target: float,
                     export: bool, progress: bool, channel_multiple: int) -> dict:
     """One (method, seed) run of :func:`evaluate_pruning`: prune, fine-tune, write its record
     (and the method's artifact when ``export``). Also the body of a worker process."""
-    import copy
-
-    import torch
-
     torch.set_num_threads(1)
     model, rec = run_method(method, base, data, flops_target, seed, finetune_epochs,
                             finetune_lr, copy.deepcopy(abc_cfg), out / f"work{tag}",
@@ -150,8 +142,6 @@ def _run_and_record(method: str, seed: int, base, data, flops_target: float,
     rec["settings"] = run_settings(method, finetune_epochs, finetune_lr, abc_cfg,
                                    channel_multiple)
     if export:
-        from vistream.models.artifacts import export_artifact
-
         export_artifact(model, out / f"{method}.vsa", method=method, data=data,
                         metrics={k: rec[k] for k in ("val_acc", "test_acc", "search_epochs",
                                                      "finetune_epochs")},
@@ -174,11 +164,6 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
     each. Returns {"rows": [...], ...}.
     Latency: every model in the same form, by default the deployed one the features stage runs
     (BN folded, channels-last memory: :func:`models.deploy.optimize_for_cpu`)."""
-    from vistream.models.flops import compare_latency, count_flops, count_params
-    from vistream.models.pruning.abc import ABCConfig, check_budget
-    from vistream.models.pruning.surgery import FlopsTable, prune
-    from vistream.models.train import evaluate
-
     size = tuple(data.input_size)
     # before any run starts: a budget below the search space's floor fails every method alike
     check_budget(FlopsTable(base, size), flops_target, (abc_cfg or ABCConfig()).max_gene, channel_multiple)
@@ -215,10 +200,6 @@ def evaluate_pruning(base, data, flops_target: float, methods=ALL_METHODS, seeds
                 out, tag, export and seed == seeds[0], progress and jobs == 1, channel_multiple)
 
     if jobs > 1 and len(todo) > 1:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from tqdm import tqdm
-
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futs = {pool.submit(_run_and_record, *job_args(m, s)): (m, s) for m, s in todo}
             for fut in tqdm(as_completed(futs), total=len(futs), desc="pruning runs",

@@ -60,8 +60,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from vistream.models.pruning.surgery import FlopsTable, base_widths, genes_to_widths, prune
+from vistream.models.train import TrainConfig, evaluate, evaluate_loss, recalibrate_bn, train
 
 PAPER_DEFAULTS = {"food_number": 10, "max_cycle": 10, "limit": 5, "changes": 2,
                   "fitness_epochs": 2}
@@ -127,8 +129,6 @@ def finetune(model, data, epochs: int, lr: float = 0.01, seed: int = 0, ckpt_dir
              resume: bool = False, progress: bool = True, batch_size: int = 64):
     """Fine-tune a pruned model (SGD momentum 0.9, wd 5e-4, cosine from ``lr``); returns
     (model, TrainResult). The paper's CIFAR schedule is lr 0.01, steps at 50/100, 150 epochs."""
-    from vistream.models.train import TrainConfig, evaluate, recalibrate_bn, train
-
     res = train(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed, schedule="cosine",
                                          batch_size=batch_size),
                 ckpt_dir=ckpt_dir, resume=resume, progress=progress, eval_val=False)
@@ -211,8 +211,6 @@ class ABCPruner:
 
     # ------------------------------------------------------------------ fitness
     def _train_fitness(self, widths: list[int]) -> tuple[float, float]:
-        from vistream.models.train import TrainConfig, evaluate, evaluate_loss, recalibrate_bn, train
-
         c = self.cfg
         cand = prune(self.model, widths, c.select, c.seed)
         recalibrate_bn(cand, self.data, c.bn_batches, c.batch_size, c.seed)
@@ -279,8 +277,6 @@ class ABCPruner:
 
     # ------------------------------------------------------------------ search
     def search(self, resume: bool = False) -> SearchResult:
-        from tqdm import tqdm
-
         c = self.cfg
         rng = np.random.default_rng(c.seed)
         n_genes = len(self.base)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vistream.models.pruning.abc import check_budget, fit_budget
 from vistream.models.pruning.surgery import (
     FlopsTable,
     align_width,
@@ -74,8 +75,6 @@ def l1_widths(model, target: float, table: FlopsTable | None = None, multiple: i
 
 def random_widths(model, target: float, seed: int = 0, max_gene: int = 9,
                   table: FlopsTable | None = None, multiple: int = 1) -> list[int]:
-    from vistream.models.pruning.abc import fit_budget
-
     table = table or FlopsTable(model)
     rng = np.random.default_rng(seed)
     base = base_widths(model)
@@ -87,8 +86,6 @@ def baseline_widths(method: str, model, target: float, seed: int = 0,
                     table: FlopsTable | None = None, multiple: int = 1) -> list[int]:
     """Widths of a baseline at ``target``; a target below ABCPruner's smallest structure is
     refused (:func:`models.pruning.abc.check_budget`): the methods are compared at one budget."""
-    from vistream.models.pruning.abc import check_budget
-
     table = table or FlopsTable(model)
     check_budget(table, target, multiple=multiple)
     if method == "uniform":

@@ -20,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import nn
+
+from vistream.models.backbones import create_model
 
 
 def arch_of(model) -> str:
@@ -32,8 +36,6 @@ def base_widths(model) -> list[int]:
 
 def channel_plan(model) -> dict[str, list[tuple[int, int]]]:
     """state-dict name -> [(dim, gene), ...] for tensors whose dims follow a prunable layer."""
-    from torch import nn
-
     plan: dict[str, list[tuple[int, int]]] = {}
     if hasattr(model, "blocks"):  # CIFAR ResNets and ResNet-18
         for k, _ in enumerate(model.blocks):
@@ -91,10 +93,6 @@ def select_channels(model, widths: list[int], how: str = "l1", seed: int = 0) ->
 
 def prune(model, widths: list[int], how: str = "l1", seed: int = 0):
     """A physically smaller twin of ``model`` with ``widths``, inheriting the kept weights."""
-    import torch
-
-    from vistream.models.backbones import create_model
-
     widths = [int(w) for w in widths]
     keep = select_channels(model, widths, how, seed)
     cfg = {k: v for k, v in model.config.items() if k != "arch"}
@@ -127,9 +125,6 @@ class FlopsTable:
     """FLOPs of a width vector without building the model (exact for these backbones)."""
 
     def __init__(self, model, input_size: tuple[int, int] = (32, 32)) -> None:
-        import torch
-        from torch import nn
-
         plan = channel_plan(model)
         self.base = base_widths(model)
         self.layers: list[_Layer] = []
