@@ -10,7 +10,9 @@ never on the held-out sets. Both networks are trained with the same steps, batch
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from vistream.models.deblur import SHIPPED_WEIGHTS
 from vistream.models.data.blur import (EVAL_SETS, Sample, decode_caption, eval_set, gopro_pairs, load_pair,
-                                make_sample)
+                                       make_sample)
 
 WIENER_BALANCES = (0.003, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0)
 RL_ITERATIONS = (3, 5, 10, 20, 30, 50)
@@ -316,3 +319,90 @@ def save_grid(examples: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), np.concatenate(rows, 0))
     return path
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def load_model(path: Path | None, which: str, semantic: bool):
+    """The model in ``path`` (exported weights or a training checkpoint ``.pt``), or the
+    shipped weights ``which`` (a key of ``SHIPPED_WEIGHTS``) when ``path`` is None; its
+    semantic switch set to ``semantic``. Raises FileNotFoundError when the file is missing."""
+    # s3e imports torch: only loading a model needs it
+    from vistream.models.deblur.s3e import load_weights, model_from_checkpoint
+
+    p = path or SHIPPED_WEIGHTS[which]
+    if not p.exists():
+        raise FileNotFoundError(f"weights file {p} not found (train with `vistream train deblur "
+                                f"--export`)")
+    if p.suffix == ".pt":
+        return model_from_checkpoint(p, semantic=semantic)
+    model, _ = load_weights(p)
+    model.cfg.semantic = semantic
+    return model
+
+
+def quality_targets(methods: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The issue's quality targets read from one severe set's table of methods."""
+    s3e = methods["s3e"]
+    gain = s3e["psnr"] - methods["blurred"]["psnr"]
+    semantic_gain = s3e["psnr"] - methods["ablation_no_semantic"]["psnr"]
+    return {
+        "severe_gain_over_input_db": round(gain, 3),
+        "gain_3db_met": gain >= 3.0,
+        "above_rl_and_wiener": s3e["psnr"] > max(methods["wiener_true_kernel"]["psnr"],
+                                                 methods["richardson_lucy_true_kernel"]["psnr"]),
+        "semantic_gain_db": round(semantic_gain, 3),
+        "semantic_gain_0.3db_met": semantic_gain >= 0.3,
+        "semantic_gain_in_object_regions_db": round(
+            s3e["psnr_objects"] - methods["ablation_no_semantic"]["psnr_objects"], 3),
+    }
+
+
+def _echo_level(level: str, rep: dict[str, Any], echo: Callable[[str], None]) -> None:
+    echo(f"\n{level} ({rep['n']} held-out scenes, classical params {rep['classical_params']})")
+    for name, m in rep["methods"].items():
+        echo(f"  {name:30s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  "
+             f"object regions PSNR {m['psnr_objects']:6.2f} dB")
+    echo(f"  BLEU-4: {rep['bleu4']}")
+    if "attention_on_objects" in rep:
+        echo(f"  object nodes' attention: {rep['attention_on_objects']}")
+    if "semantic_gain_per_scene" in rep:
+        g = rep["semantic_gain_per_scene"]
+        ahead = 100 * g["share_of_scenes_ahead"]
+        echo(f"  S3E - ablation, scene by scene: {g['mean_db']:+.3f} dB, standard error "
+             f"{g['se_db']:.3f}, S3E ahead on {ahead:.0f}% of scenes")
+    if "tree_content" in rep:
+        echo(f"  S3E under other scenes' trees: {rep['tree_content']}")
+
+
+def run_evaluation(models: dict[str, Any], out: Path, pairs: Path | None = None, n: int = 100,
+                   levels: Sequence[str] = tuple(EVAL_SETS), max_side: int = 320,
+                   limit: int | None = None, mirror: bool = False, progress: bool = True,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """``vistream eval deblur``: the held-out sets ``levels`` (``n`` scenes each) or the GoPro
+    folder ``pairs`` (at most ``limit`` pairs); writes results.json (and the example grid) to
+    ``out``, echoes the tables and returns the figures of the last line."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    if pairs is not None:
+        report: dict[str, Any] = {"pairs": evaluate_pairs(models, pairs, max_side, limit=limit,
+                                                          mirror=mirror)}
+    else:
+        report, examples = evaluate_synthetic(models, n=n, levels=levels, progress=progress,
+                                              mirror=mirror)
+        report["grid"] = str(save_grid(examples, out / "examples.png"))
+        targets = report["targets"] = quality_targets(report["severe"]["methods"])
+        if "semantic_gain_per_scene" in report["severe"]:
+            targets["semantic_gain_se_db"] = report["severe"]["semantic_gain_per_scene"]["se_db"]
+        if "tree_content" in report["severe"]:
+            targets["tree_content_gain_db"] = report["severe"]["tree_content"]["gain_db"]
+        if "severe-unseen" in report:  # the same targets where the photos cannot be remembered
+            targets["unseen_photos"] = quality_targets(report["severe-unseen"]["methods"])
+        for level in levels:
+            _echo_level(level, report[level], echo)
+    report["seconds"] = round(time.monotonic() - t0, 1)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    echo(f"\nwrote {out / 'results.json'}")
+    return {"eval": "deblur", **({"targets": report["targets"]} if "targets" in report
+                                 else {"pairs": report["pairs"]["methods"]})}

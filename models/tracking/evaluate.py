@@ -1,5 +1,6 @@
 """Evaluation of single-target trackers on benchmark sequences (OTB protocol), the OpenCV
-baselines, plots and the speed benchmark.
+baselines, plots, the targets and the whole run of ``vistream eval tracking`` (the speed
+benchmark is :mod:`vistream.bench.tracking`).
 
 Protocol (``research/METHODS.md``, as in the got10k / pysot toolkits)
 --------------------------------------------------------------------
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,22 +40,25 @@ import cv2
 import numpy as np
 
 from vistream.models.tracking.aggregation import AggregationTracker, TrackOutput
-from vistream.models.data.tracking import ATTRIBUTES, TrackingSequence, TrackingSpec, render
+from vistream.models.data import default_suite, load_otb
+from vistream.models.data.tracking import ATTRIBUTES, TrackingSequence
 
 __all__ = [
     "BASELINES",
+    "NoTracksError",
     "PRECISION_THRESHOLDS",
     "SUCCESS_THRESHOLDS",
     "TRACKERS",
     "OpenCVTracker",
     "TrackRun",
-    "bench_speed",
     "center_error",
+    "check_targets",
     "evaluate",
     "iou",
     "make_tracker",
     "plot_curves",
     "precision_curve",
+    "run_evaluation",
     "run_tracker",
     "success_curve",
     "summarize",
@@ -392,47 +395,72 @@ def write_results(runs: list[TrackRun], summary: dict[str, Any], out_dir: str | 
     return p
 
 
-# --------------------------------------------------------------------------- speed
+# --------------------------------------------------------------------------- the whole run
 
 
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
+class NoTracksError(ValueError):
+    """No track to evaluate: no target is visible in a sequence's first frame."""
 
 
-def bench_speed(trackers: Iterable[str] = ("aggregation", "csrt", "kcf"), n_sequences: int = 3,
-                n_frames: int = 150, seed: int = 7, repeats: int = 1) -> dict[str, Any]:
-    """Update fps per target on 640x480 sequences (one 6-24 px target each, camera shake in
-    every other one), single thread. The trackers take turns on each sequence, so a load
-    change on a shared machine hits them alike; both wall-clock and thread CPU time
-    (``time.thread_time``) are measured around ``update`` calls only."""
-    cv2.setNumThreads(1)
-    names = list(trackers)
-    backgrounds = ("astronaut", "coffee", "rocket", "chelsea", "motorcycle", "grass")
-    seqs = [render(TrackingSpec(name=f"bench{j}", seed=seed + j, n_frames=n_frames,
-                                n_targets=1, shake=3 if j % 2 == 0 else 0,
-                                background=backgrounds[j % len(backgrounds)]))
-            for j in range(n_sequences)]
-    load_before = _loadavg()
-    wall = dict.fromkeys(names, 0.0)
-    cpu = dict.fromkeys(names, 0.0)
-    frames = dict.fromkeys(names, 0)
-    for _ in range(repeats):
-        for seq in seqs:
-            for name in names:
-                tr = make_tracker(name)
-                tr.init(seq.frames[0], tuple(seq.boxes[0, 0]))
-                for img in seq.frames[1:]:
-                    w0, c0 = time.perf_counter(), time.thread_time()
-                    tr.update(img)
-                    cpu[name] += time.thread_time() - c0
-                    wall[name] += time.perf_counter() - w0
-                frames[name] += len(seq.frames) - 1
-    return {"frame_size": [seqs[0].frames[0].shape[1], seqs[0].frames[0].shape[0]],
-            "sequences": n_sequences, "frames_per_sequence": n_frames, "repeats": repeats,
-            "threads": 1, "frames": frames,
-            "load_average": [load_before, _loadavg()], "cpu_count": os.cpu_count(),
-            "fps_per_target": {n: round(frames[n] / wall[n], 1) for n in names},
-            "cpu_fps_per_target": {n: round(frames[n] / cpu[n], 1) for n in names}}
+def check_targets(summary: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, checked on one run's numbers: the aggregation tracker's overall
+    success AUC above every baseline's, and its precision@20px on the drift (``shake``)
+    subset at least 20 points above the best baseline's."""
+    groups = summary["groups"]
+    ours = "aggregation"
+    out: dict[str, Any] = {}
+    if ours not in groups.get("all", {}):
+        return out
+    base = [t for t in groups["all"] if t != ours]
+    if not base:
+        return out
+    auc = groups["all"][ours]["success_auc"]
+    out["overall_auc"] = round(auc, 4)
+    out["best_baseline_auc"] = round(max(groups["all"][t]["success_auc"] for t in base), 4)
+    out["auc_above_all_baselines"] = all(auc > groups["all"][t]["success_auc"] for t in base)
+    if "shake" in groups and ours in groups["shake"]:
+        drift = groups["shake"]
+        p = drift[ours]["precision20"]
+        best = max((drift[t]["precision20"] for t in base if t in drift), default=0.0)
+        out["drift_precision20"] = round(p, 4)
+        out["drift_best_baseline_precision20"] = round(best, 4)
+        out["drift_margin_points"] = round(100 * (p - best), 1)
+        out["drift_margin_met"] = 100 * (p - best) >= 20.0
+    return out
+
+
+def run_evaluation(trackers: list[str], out: Path, otb: Path | None = None, sequences: int = 10,
+                   frames: int = 100, max_targets: int = 3, seed: int = 2019, command: str = "",
+                   progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """``vistream eval tracking``: evaluate ``trackers`` on the generated benchmark (or on the
+    OTB folder ``otb``); write results.json, results.md and the curves (PNG) to ``out``, echo
+    the table and return the figures of the last line. Raises :class:`NoTracksError` when no
+    target is visible in a first frame."""
+    if otb is not None:
+        seqs: Iterable[TrackingSequence] = load_otb(otb)
+        source = f"OTB folder {otb} ({len(seqs)} sequences)"
+    else:
+        seqs = default_suite(sequences, frames, seed, max_targets)
+        source = (f"generated benchmark: {sequences} sequences x {frames} frames at 640x480, "
+                  f"1-{max_targets} targets, seed {seed}")
+    runs = evaluate(seqs, trackers, progress=progress)
+    if not runs:
+        raise NoTracksError("no track to evaluate (no target visible in a first frame)")
+    summary = summarize(runs)
+    table = format_table(summary)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot_curves(summary, out, "all")
+    if "shake" in summary["groups"]:
+        plots += plot_curves(summary, out, "shake", "_shake")
+    meta = {"source": source, "command": command, "trackers": trackers}
+    targets = check_targets(summary)
+    write_results(runs, summary, out, {**meta, "targets": targets})
+    (out / "results.md").write_text(
+        f"Command: `{command}`\n\n{source}; precision@20px / success AUC in %, "
+        f"fps per target (update calls, single thread).\n\n{table}\n", encoding="utf-8")
+    echo(f"{source}\n")
+    echo(table)
+    echo(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, "
+         + ", ".join(str(p) for p in plots))
+    return {"eval": "tracking", "tracks": summary["groups"]["all"][trackers[0]]["tracks"],
+            **targets}

@@ -41,7 +41,7 @@ def train_backbone(
     --init transfers trained weights (fresh optimiser and schedule)."""
     from vistream.models.backbones import create_model
     from vistream.models.data import load_dataset
-    from vistream.models.train import TrainConfig, evaluate, load_checkpoint_model, train
+    from vistream.models.train import BackboneTrainConfig, evaluate, load_checkpoint_model, train
 
     data = load_dataset(dataset)
     model = create_model(arch, num_classes=data.num_classes)
@@ -53,7 +53,7 @@ def train_backbone(
         except (FileNotFoundError, RuntimeError) as exc:  # RuntimeError: other shapes or layers
             raise typer.BadParameter(f"cannot start {arch} ({data.num_classes} classes) from {init}: "
                                      f"{str(exc).splitlines()[0]}", param_hint="--init") from None
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule, seed=seed,
+    cfg = BackboneTrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule, seed=seed,
                       threads=threads, device=device)
     res = train(model, data, cfg, ckpt_dir=out, resume=resume, progress=progress)
     best = load_checkpoint_model(out / "best.pt")
@@ -256,43 +256,11 @@ def bench_backbone(
     form; the last line carries speedup and speedup / (1 / FLOPs ratio) (target: >= 0.8). The
     unpruned model is also timed in the other form, so ``speedup_vs_fastest_reference``
     compares against whichever form suits it best."""
-    from vistream.models.artifacts import load_artifact
-    from vistream.models.backbones import create_model
-    from vistream.models.flops import compare_latency, count_flops
-    from vistream.models.pruning import load_base
-    from vistream.pipeline.allocator import allocator_tuned
+    from vistream.bench.backbone import bench_backbone as run
 
     for a in [*artifacts, *([Path(reference)] if reference else [])]:
         if not a.exists():
             raise typer.BadParameter(f"{a} does not exist")
-    models = [load_artifact(a) for a in artifacts]
-    size = tuple(models[0].input_spec["size"])
-    if reference:
-        ref = load_base(reference)
-    else:
-        cfg = {k: v for k, v in models[0].config.items() if k not in ("arch", "widths")}
-        ref = create_model(models[0].config["arch"], **cfg)
-    ref_flops = count_flops(ref, size)
-    flags = [deploy, not deploy] + [deploy] * len(models)
-    times = compare_latency([ref, ref, *models], batch, size, rounds=reps, threads=threads,
-                            deploy=flags)
-    ref_ms, ref_other_ms = times[0], times[1]
-    fastest_ref = min(ref_ms, ref_other_ms)
-    rows = []
-    for a, m, ms in zip(artifacts, models, times[2:]):
-        fr = count_flops(m, size) / ref_flops
-        row = {"artifact": str(a), "method": m.manifest.get("method"), "latency_ms": round(ms, 3),
-               "flops_ratio": round(fr, 4), "speedup": round(ref_ms / ms, 3),
-               "speedup_over_flops_ratio": round(ref_ms / ms * fr, 3),
-               "speedup_vs_fastest_reference": round(fastest_ref / ms, 3)}
-        rows.append(row)
-        typer.echo(json.dumps(row))
-    worst = min(r["speedup_over_flops_ratio"] for r in rows)
-    typer.echo(json.dumps({"bench": "backbone", "batch": batch, "threads": threads,
-                           "form": "deployed" if deploy else "plain", "reference_ms": round(ref_ms, 3),
-                           f"reference_{'plain' if deploy else 'deployed'}_ms": round(ref_other_ms, 3),
-                           "timing": "min over interleaved runs",
-                           "allocator": "freed memory kept" if allocator_tuned() else "default",
-                           "models": rows,
-                           "min_speedup_over_flops_ratio": worst, "target": 0.8,
-                           "target_met": worst >= 0.8}))
+    result = run(artifacts, reference=reference, batch=batch, threads=threads, reps=reps,
+                 deploy=deploy, echo=typer.echo)
+    typer.echo(json.dumps(result))

@@ -1,5 +1,5 @@
 """``vistream bench binary``: the bit-packed 1-bit runtime vs torch float32 (see
-:mod:`pipeline.bench.binary`)."""
+:mod:`vistream.bench.binary`)."""
 
 from __future__ import annotations
 

@@ -4,14 +4,11 @@ S3E-Deblur (caption-guided deblurring), see docs/deblur.md."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from vistream.cli.main import bench_app, eval_app, train_app
-from vistream.models.deblur import SHIPPED_WEIGHTS
 
 
 def train_deblur(
@@ -147,34 +144,12 @@ train_app.command("deblur")(train_deblur)
 
 
 def _load(path: Path | None, which: str, semantic: bool):
-    from vistream.models.deblur.s3e import load_weights, model_from_checkpoint
+    from vistream.models.deblur.evaluate import load_model
 
-    p = path or SHIPPED_WEIGHTS[which]
-    if not p.exists():
-        raise typer.BadParameter(f"weights file {p} not found (train with `vistream train deblur "
-                                 f"--export`)", param_hint=f"--{which}")
-    if p.suffix == ".pt":
-        return model_from_checkpoint(p, semantic=semantic)
-    model, _ = load_weights(p)
-    model.cfg.semantic = semantic
-    return model
-
-
-def _quality_targets(methods: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The issue's quality targets read from one severe set's table of methods."""
-    s3e = methods["s3e"]
-    gain = s3e["psnr"] - methods["blurred"]["psnr"]
-    semantic_gain = s3e["psnr"] - methods["ablation_no_semantic"]["psnr"]
-    return {
-        "severe_gain_over_input_db": round(gain, 3),
-        "gain_3db_met": gain >= 3.0,
-        "above_rl_and_wiener": s3e["psnr"] > max(methods["wiener_true_kernel"]["psnr"],
-                                                 methods["richardson_lucy_true_kernel"]["psnr"]),
-        "semantic_gain_db": round(semantic_gain, 3),
-        "semantic_gain_0.3db_met": semantic_gain >= 0.3,
-        "semantic_gain_in_object_regions_db": round(
-            s3e["psnr_objects"] - methods["ablation_no_semantic"]["psnr_objects"], 3),
-    }
+    try:
+        return load_model(path, which, semantic)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"--{which}") from None
 
 
 @eval_app.command("deblur")
@@ -202,7 +177,7 @@ def eval_deblur(
     import torch
 
     from vistream.models.data.blur import EVAL_SETS
-    from vistream.models.deblur.evaluate import evaluate_pairs, evaluate_synthetic, save_grid
+    from vistream.models.deblur.evaluate import run_evaluation
 
     torch.set_num_threads(threads)
     if pairs is not None and not pairs.is_dir():
@@ -213,61 +188,15 @@ def eval_deblur(
         raise typer.BadParameter(f"{', '.join(unknown) or 'severe is missing'}: the sets are "
                                  f"{', '.join(EVAL_SETS)}, and the targets need severe", param_hint="--sets")
     models = {"ablation_no_semantic": _load(ablation, "ablation", False), "s3e": _load(s3e, "s3e", True)}
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    if pairs is not None:
-        try:
-            report = {"pairs": evaluate_pairs(models, pairs, max_side, limit=20 if quick else None,
-                                              mirror=mirror_ensemble)}
-        except (FileNotFoundError, ValueError) as exc:
-            raise typer.BadParameter(str(exc), param_hint="--pairs") from None
-    else:
-        report, examples = evaluate_synthetic(models, n=20 if quick else n, levels=levels, progress=progress,
-                                              mirror=mirror_ensemble)
-        report["grid"] = str(save_grid(examples, out / "examples.png"))
-        report["targets"] = _quality_targets(report["severe"]["methods"])
-        if "semantic_gain_per_scene" in report["severe"]:
-            report["targets"]["semantic_gain_se_db"] = report["severe"]["semantic_gain_per_scene"]["se_db"]
-        if "tree_content" in report["severe"]:
-            report["targets"]["tree_content_gain_db"] = report["severe"]["tree_content"]["gain_db"]
-        if "severe-unseen" in report:  # the same targets where the photos cannot be remembered
-            report["targets"]["unseen_photos"] = _quality_targets(report["severe-unseen"]["methods"])
-        for level in levels:
-            typer.echo(f"\n{level} ({report[level]['n']} held-out scenes, classical params "
-                       f"{report[level]['classical_params']})")
-            for name, m in report[level]["methods"].items():
-                typer.echo(f"  {name:30s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  "
-                           f"object regions PSNR {m['psnr_objects']:6.2f} dB")
-            typer.echo(f"  BLEU-4: {report[level]['bleu4']}")
-            if "attention_on_objects" in report[level]:
-                typer.echo(f"  object nodes' attention: {report[level]['attention_on_objects']}")
-            if "semantic_gain_per_scene" in report[level]:
-                g = report[level]["semantic_gain_per_scene"]
-                ahead = 100 * g["share_of_scenes_ahead"]
-                typer.echo(f"  S3E - ablation, scene by scene: {g['mean_db']:+.3f} dB, standard error "
-                           f"{g['se_db']:.3f}, S3E ahead on {ahead:.0f}% of scenes")
-            if "tree_content" in report[level]:
-                typer.echo(f"  S3E under other scenes' trees: {report[level]['tree_content']}")
-    report["seconds"] = round(time.monotonic() - t0, 1)
-    (out / "results.json").write_text(json.dumps(report, indent=2))
-    typer.echo(f"\nwrote {out / 'results.json'}")
-    typer.echo(json.dumps({"eval": "deblur", **({"targets": report["targets"]} if "targets" in report
-                                                 else {"pairs": report["pairs"]["methods"]})}))
-
-
-def _bench_frames(n: int, width: int, height: int, seed: int):
-    import numpy as np
-
-    from vistream.models.data.blur import make_sample
-    from vistream.pipeline.envelope import JPEG, Frame
-
-    frames, kernels = [], []
-    for i in range(n):
-        s = make_sample(seed + i, "severe", width, height)
-        img = (s.blurred[..., ::-1] * 255).round().astype(np.uint8)
-        frames.append(Frame.from_image(img, "bench", i, timestamp_ms=i, content_type=JPEG, quality=90))
-        kernels.append(s.kernel)
-    return frames, kernels
+    try:
+        result = run_evaluation(models, out, pairs, n=20 if quick else n, levels=levels,
+                                max_side=max_side, limit=20 if quick else None,
+                                mirror=mirror_ensemble, progress=progress, echo=typer.echo)
+    except (FileNotFoundError, ValueError) as exc:
+        if pairs is None:
+            raise
+        raise typer.BadParameter(str(exc), param_hint="--pairs") from None
+    typer.echo(json.dumps(result))
 
 
 @bench_app.command("deblur")
@@ -285,57 +214,10 @@ def bench_deblur(
     """Frames/s of the deblur stage on severely blurred JPEG frames (decode, gate, S3E,
     re-encode, caption), with the unguided generator and skimage Wiener (true kernel) as
     baselines measured in the same run. JSON last line."""
-    import numpy as np
-    import torch
+    from vistream.bench.deblur import bench_deblur as run
 
-    from vistream.models.deblur.evaluate import wiener
-    from vistream.pipeline.envelope import Frame, encode_image
-    from vistream.stages.deblur import DeblurParams, DeblurStage
-
-    torch.set_num_threads(threads)
     if weights is not None and not weights.exists():
         raise typer.BadParameter(f"{weights} not found", param_hint="--weights")
-    fr, kernels = _bench_frames(frames, width, height, 77_000 + seed)
-
-    def fresh():
-        return [Frame(f.frame_id, f.stream_id, f.seq, f.timestamp_ms, f.data, f.content_type) for f in fr]
-
-    def run_stage(semantic: bool, gate: bool = True) -> tuple[float, dict]:
-        # gate=False: threshold +inf, every frame is deblurred (the worst case)
-        st = DeblurStage(DeblurParams(weights=str(weights) if weights else None, width=width,
-                                      height=height, batch_size=batch, semantic=semantic,
-                                      threads=threads, mirror_ensemble=mirror_ensemble,
-                                      threshold=DeblurParams().threshold if gate else 1e9))
-        st.setup()
-        st.process(fresh()[:batch])  # warm-up
-        st.passed = st.deblurred = 0
-        msgs = fresh()
-        t0 = time.perf_counter()
-        for i in range(0, len(msgs), batch):
-            st.process(msgs[i:i + batch])
-        return len(msgs) / (time.perf_counter() - t0), st.stats()
-
-    def run_wiener() -> float:
-        msgs = fresh()[: max(8, len(fr) // 4)]
-        t0 = time.perf_counter()
-        for m, k in zip(msgs, kernels):
-            img = m.image[..., ::-1].astype(np.float32) / 255
-            encode_image((wiener(img, k, 0.5)[..., ::-1] * 255).astype(np.uint8))
-        return len(msgs) / (time.perf_counter() - t0)
-
-    s3e_fps, s3e_stats = run_stage(True)
-    all_fps, _ = run_stage(True, gate=False)
-    plain_fps, _ = run_stage(False, gate=False)
-    w_fps = run_wiener()
-    typer.echo(f"S3E stage {s3e_fps:6.1f} fps  ({s3e_stats['deblurred']} of {frames} frames deblurred, "
-               f"model {s3e_stats['model']})")
-    typer.echo(f"S3E stage with every frame deblurred {all_fps:6.1f} fps; unguided generator stage "
-               f"(every frame) {plain_fps:6.1f} fps; "
-               f"skimage Wiener (true kernel) {w_fps:6.1f} fps")
-    typer.echo(json.dumps({"bench": "deblur", "size": f"{width}x{height}", "threads": threads,
-                           "batch": batch, "frames": frames, "mirror_ensemble": mirror_ensemble,
-                           "deblurred": s3e_stats["deblurred"],
-                           "fps": round(s3e_fps, 2), "fps_every_frame_deblurred": round(all_fps, 2),
-                           "target_fps": 15, "target_met": min(s3e_fps, all_fps) >= 15,
-                           "baseline_unguided_generator_fps": round(plain_fps, 2),
-                           "baseline_skimage_wiener_fps": round(w_fps, 2)}))
+    result = run(frames=frames, width=width, height=height, batch=batch, threads=threads,
+                 weights=weights, mirror_ensemble=mirror_ensemble, seed=seed, echo=typer.echo)
+    typer.echo(json.dumps(result))
