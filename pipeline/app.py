@@ -22,10 +22,10 @@ from pathlib import Path
 
 from vistream.pipeline.bus import Bus, TopicSpec, make_bus
 from vistream.pipeline.config import PipelineConfig, StageSettings
+from vistream.pipeline.ingest import IngestReport, ingest
 from vistream.pipeline.metrics import serve_metrics
 from vistream.pipeline.runner import DLQ_SUFFIX, RunnerStats, StageRunner
 from vistream.stages.base import Stage, create_stage
-from vistream.stages.ingest import IngestReport, ingest
 
 log = logging.getLogger("vistream.app")
 

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vistream.pipeline.bus.kafka import MAX_MESSAGE_BYTES
-from vistream.pipeline.envelope import MAX_FRAME_BYTES
+from vistream.stages.records import MAX_FRAME_BYTES
 
 
 class ConfigError(ValueError):

@@ -10,8 +10,17 @@ poisoned frame cannot take its neighbours down; only the messages that fail alon
 ``<input topic>.dlq``, with the reason in the ``dlq_reason`` header and the original key,
 value and headers kept.
 
+Positions belong to the runner, not to the stage. It keeps, per input partition, one past the
+last offset of each batch it handled. For a stage with ``stateful = True`` those positions ride
+in the stage's snapshots as the opaque carry ``{"positions": [[topic, partition, offset], ...]}``
+(Bytewax-style resume state): at start-up the runner asks the stage to ``restore()`` and seeks
+each newly assigned partition to the restored position, or to offset 0 where it has none,
+because such a stage's state is not in the group's committed offsets. After each batch, and
+once on shutdown, it snapshots the stage when ``snapshot_due`` says so. A stateless stage
+resumes at the group's committed offsets.
+
 Shutdown (SIGTERM/SIGINT set the stop event): the current batch finishes, is committed, then
-the consumer leaves its group and the stage is closed.
+the consumer leaves its group, a stateful stage gets its last snapshot and the stage is closed.
 """
 
 from __future__ import annotations
@@ -20,12 +29,15 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from vistream.pipeline.bus import Bus, commit_positions
-from vistream.pipeline.envelope import MAX_FRAME_BYTES, InvalidRecord, Message, Record, decode_message
+from vistream.pipeline.bus import Bus, TopicPartition, commit_positions
 from vistream.pipeline.metrics import StageMetrics
+from vistream.pipeline.wire import Record, decode_message, encode_message
 from vistream.stages.base import Stage
+from vistream.stages.records import MAX_FRAME_BYTES, InvalidRecord, Message
 
 log = logging.getLogger("vistream.runner")
 
@@ -73,14 +85,22 @@ class StageRunner:
         self._producer = None
         self._last_lag_check = 0.0
         self.idle_since = time.monotonic()
+        #: per input partition, the next offset to read: one past the last handled batch
+        self.positions: dict[TopicPartition, int] = {}
+        #: the positions the stage's snapshot restored at :meth:`open` (stateful stages)
+        self.restored_positions: dict[TopicPartition, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
         if self._consumer is None:
             self.stage.setup()
+            on_assign = None
+            if self.stage.stateful:
+                self.restored_positions = positions_from_carry(self.stage.restore())
+                self.positions = dict(self.restored_positions)
+                on_assign = self.start_positions
             self._producer = self.bus.producer()
-            self._consumer = self.bus.consumer(self.inputs, self.group_id,
-                                               on_assign=self.stage.start_offsets)
+            self._consumer = self.bus.consumer(self.inputs, self.group_id, on_assign=on_assign)
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -90,7 +110,25 @@ class StageRunner:
             self._producer.flush()
             self._producer.close()
             self._producer = None
-            self.stage.close()
+            try:
+                self._maybe_snapshot(closing=True)
+            finally:
+                self.stage.close()
+
+    # -- positions and snapshots ----------------------------------------------------------
+    def start_positions(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where a stateful stage reads newly assigned partitions: where its state ends, or
+        the start of a partition its state has never seen."""
+        return {tp: self.positions.get(tp, 0) for tp in partitions}
+
+    def carry(self) -> dict[str, Any]:
+        """The opaque resume state a stateful stage stores with its snapshot."""
+        return {"positions": [[tp.topic, tp.partition, off]
+                              for tp, off in sorted(self.positions.items())]}
+
+    def _maybe_snapshot(self, closing: bool) -> None:
+        if self.stage.stateful and self.stage.snapshot_due(closing):
+            self.stage.snapshot(self.carry())
 
     def lag(self) -> int:
         return self._consumer.lag() if self._consumer is not None else 0
@@ -136,12 +174,15 @@ class StageRunner:
 
         outputs = self._process(accepted, dead)
         for msg in outputs:
-            out = msg.to_record()
+            out = encode_message(msg)
             self._producer.send(self.routes[msg.kind], out.value, out.key, out.headers)
         for rec, reason, error in dead:
             self._dead_letter(rec, reason, error)
         self._producer.flush()
-        self._consumer.commit(commit_positions(records))
+        handled = commit_positions(records)
+        self._consumer.commit(handled)
+        self.positions.update(handled)
+        self._maybe_snapshot(closing=False)
 
         self.stats.batches += 1
         self.stats.records_in += len(records)
@@ -210,3 +251,10 @@ class StageRunner:
                 self.metrics.consumer_lag.set(self.lag())
             except Exception as exc:  # lag is informative; never fail a batch for it
                 log.debug("lag unavailable: %s", exc)
+
+
+def positions_from_carry(carry: Mapping[str, Any] | None) -> dict[TopicPartition, int]:
+    """The positions a carry made by :meth:`StageRunner.carry` holds (none for None)."""
+    if not carry:
+        return {}
+    return {TopicPartition(str(t), int(p)): int(o) for t, p, o in carry.get("positions", [])}

@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field
 
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.store import SearchResult
-from vistream.pipeline.envelope import (
+from vistream.stages.records import (
     JPEG,
     PNG,
     InvalidRecord,
@@ -230,7 +230,7 @@ class StageExtractor:
         return cls(create_stage(feats[0].type, feats[0].params))
 
     def extract(self, images) -> np.ndarray:
-        from vistream.pipeline.envelope import Frame
+        from vistream.stages.records import Frame
 
         frames = [Frame.from_image(np.asarray(im), "query", i, timestamp_ms=0, content_type=PNG)
                   for i, im in enumerate(images)]
@@ -448,7 +448,7 @@ class LivePipeline:
         return target
 
     def _feed(self) -> None:
-        from vistream.stages.ingest import ingest
+        from vistream.pipeline.ingest import ingest
 
         with self.bus.producer() as producer:
             for src in self.cfg.sources:

@@ -1,8 +1,9 @@
 """What a stage is, and the registry that names them.
 
-A stage is plain code: it gets a batch of messages (frames or typed results) and returns the
-messages it derives from them. It never touches the bus: :class:`pipeline.runner.StageRunner`
-polls, decodes, routes outputs, dead-letters, commits and measures.
+A stage is plain code: it gets a batch of messages (frames or typed results, see
+:mod:`vistream.stages.records`) and returns the messages it derives from them. It never touches
+the bus and never sees a position on it: :class:`vistream.pipeline.runner.StageRunner` polls,
+decodes, routes outputs, dead-letters, commits, measures and keeps the offsets.
 
 Rules a stage follows:
 
@@ -11,6 +12,13 @@ Rules a stage follows:
 * it is idempotent by frame id: delivery is at least once, so a frame may come twice;
 * it may raise: the runner then retries the batch one message at a time and dead-letters
   only the messages that still fail, with the exception as the reason.
+
+State. A stage whose state lives only in its own memory and snapshots (not in what it emits)
+sets ``stateful = True`` and implements :meth:`Stage.snapshot` / :meth:`Stage.restore`. The
+runner then owns the positions the state covers: it hands them to ``snapshot`` as an opaque,
+JSON-serialisable *carry* that the stage stores verbatim with its state, gets them back from
+``restore`` at start-up and starts reading there; a partition no snapshot covers starts at its
+oldest record, since the group's committed offsets say nothing about the stage's memory.
 
 Parameters are a pydantic model (``Params``) so a YAML typo is a readable error at start-up.
 A new stage is a module in ``stages/`` with a ``@register_stage("name")`` class; it is found
@@ -21,15 +29,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 import vistream.stages
 from vistream.models.registry import Registry
-from vistream.pipeline.bus.base import TopicPartition
-from vistream.pipeline.envelope import Message
+from vistream.stages.records import Message
 
 
 class StageParams(BaseModel):
@@ -43,6 +50,10 @@ class Stage:
     accepts: ClassVar[tuple[str, ...]] = ("frame",)
     emits: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type[StageParams]] = StageParams
+    #: True when the stage keeps state outside the group's committed offsets: the runner then
+    #: restores it at start-up, snapshots it when :meth:`snapshot_due` says so, and replays a
+    #: partition without a snapshot from its start.
+    stateful: ClassVar[bool] = False
 
     def __init__(self, params: StageParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -54,16 +65,24 @@ class Stage:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Flush and release; called once on shutdown (after the last commit)."""
+        """Flush and release; called once on shutdown (after the last commit and, for a
+        stateful stage, after the last snapshot)."""
 
-    def start_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """Where to start reading newly assigned input partitions.
+    # -- state (stateful stages only) --------------------------------------------------
+    def snapshot_due(self, closing: bool) -> bool:
+        """The stage's own snapshot policy, asked after every batch (``closing`` False) and
+        once on shutdown (``closing`` True): every N records, every T seconds, on close..."""
+        return False
 
-        The default (empty) resumes at the group's committed offsets. A stage that keeps its
-        own snapshots returns the offsets its snapshot covers, so a restart replays from there;
-        each message carries ``origin`` = (topic, partition, offset) to track them.
-        """
-        return {}
+    def snapshot(self, carry: Mapping[str, Any]) -> None:
+        """Persist the state together with ``carry``, atomically: a snapshot either holds
+        both or is not there. ``carry`` is the runner's, JSON-serialisable, stored verbatim."""
+        raise NotImplementedError(f"stage {self.name!r} is stateful but cannot snapshot")
+
+    def restore(self) -> Mapping[str, Any] | None:
+        """Load the last snapshot, if any, and return the carry stored with it (None when
+        there is none: the stage starts empty). Called once, after :meth:`setup`."""
+        return None
 
 
 #: every stage type by name (a :class:`models.registry.Registry`), filled by ``@register_stage``

@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import Field
 
 from vistream.models.deblur import SHIPPED_WEIGHTS
-from vistream.pipeline.envelope import Caption, Frame, Message, encode_image
+from vistream.stages.records import Caption, Frame, Message, encode_image
 from vistream.stages.base import Stage, StageParams, register_stage
 
 DEFAULT_WEIGHTS = SHIPPED_WEIGHTS["s3e"]

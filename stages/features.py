@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from vistream.pipeline.envelope import Features, Frame, Message, Tracks
+from vistream.stages.records import Features, Frame, Message, Tracks
 from vistream.stages.base import Stage, StageParams, register_stage
 
 

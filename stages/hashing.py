@@ -1,10 +1,11 @@
 """The index stage: online hashing of feature records into a live FAISS binary index.
 
 It consumes ``features`` records (frame id, vector, optional label) and ``label`` records
-(joined by frame id) and feeds them to a :class:`pipeline.index.LiveIndex`, which learns the
-hash model (SDOH by default) in chunks of labelled features, re-encodes in the background and
-swaps atomically. ``caption``, ``tracks`` and ``frame_summary`` records become metadata joined
-to the frame id (caption text, tracked boxes; a frame summary gives the capture timestamp).
+(joined by frame id) and feeds them to a :class:`~vistream.models.hashing.live.LiveIndex`,
+which learns the hash model (SDOH by default) in chunks of labelled features, re-encodes in the
+background and swaps atomically. ``caption``, ``tracks`` and ``frame_summary`` records become
+metadata joined to the frame id (caption text, tracked boxes; a frame summary gives the capture
+timestamp).
 Any record kind that carries a ``timestamp_ms`` attribute sets the frame's timestamp.
 
 It emits nothing: it is a sink whose output is the index (served by ``vistream serve``).
@@ -12,22 +13,27 @@ It emits nothing: it is a sink whose output is the index (served by ``vistream s
 Delivery and restarts
     Everything is idempotent by frame id, so a redelivered record changes nothing. Messages of a
     batch are applied in their order (runs of feature records as one ``add``), so the learning
-    queue does not depend on how the runner cut batches. The stage remembers, per input
-    partition, one past the last offset it applied; that is what :meth:`start_offsets` returns,
-    and what every snapshot stores. A partition it has no record of starts at offset 0 (the
-    oldest retained record), because the index state lives only in memory and snapshots, not in
-    the group's committed offsets: a restart without a snapshot rebuilds from the topic.
+    queue does not depend on how the runner cut batches.
 
-    With ``snapshot_dir`` set, it loads the last snapshot at start-up, snapshots every
-    ``snapshot_every_records`` applied records or ``snapshot_every_seconds`` (checked after each
-    batch) and on close. One index per consumer group member: run one replica per group (give
-    each query server its own group so that each holds the whole index).
+    The index lives only in memory and snapshots, not in the group's committed offsets, so the
+    stage is ``stateful``: the runner restores it at start-up and replays each partition from
+    where the restored snapshot ends (from its oldest record when there is none), so a restart
+    without a snapshot rebuilds from the topic. The positions are the runner's: they arrive as
+    the opaque carry of :meth:`HashingStage.snapshot`, stored verbatim with the index, and go
+    back from :meth:`HashingStage.restore`.
+
+    With ``snapshot_dir`` set, :meth:`HashingStage.restore` loads the last snapshot, and
+    :meth:`HashingStage.snapshot_due` asks for one every ``snapshot_every_records`` applied
+    records or ``snapshot_every_seconds`` (checked after each batch) and on close. One index per
+    consumer group member: run one replica per group (give each query server its own group so
+    that each holds the whole index).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,9 +42,8 @@ from pydantic import Field, model_validator
 
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.snapshot import resolve_snapshot
-from vistream.pipeline.bus.base import TopicPartition
-from vistream.pipeline.envelope import Caption, Features, FrameSummary, Label, Message, Tracks
 from vistream.stages.base import Stage, StageParams, register_stage
+from vistream.stages.records import Caption, Features, FrameSummary, Label, Message, Tracks
 
 log = logging.getLogger("vistream.stages.hashing")
 
@@ -87,11 +92,11 @@ class HashingStage(Stage):
     accepts = ("features", "label", "caption", "tracks", "frame_summary")
     emits = ()
     Params = HashingParams
+    stateful = True
 
     def __init__(self, params: StageParams | None = None) -> None:
         super().__init__(params)
         self.index: LiveIndex | None = None
-        self._applied: dict[TopicPartition, int] = {}
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
 
@@ -100,46 +105,48 @@ class HashingStage(Stage):
         if self.index is not None:
             return
         p: HashingParams = self.params  # type: ignore[assignment]
-        snap_dir = Path(p.snapshot_dir) if p.snapshot_dir else None
-        if snap_dir is not None and resolve_snapshot(snap_dir) is not None:
-            self.index = LiveIndex.load(snap_dir, background=p.background,
-                                        train_chunk=p.train_chunk)
-            self._applied = {TopicPartition(t, pt): o for t, pt, o in
-                             (self.index.loaded_carry or {}).get("positions", [])}
-            if self.index.configured_model != p.model:
-                log.warning("the snapshot's hash model is %s, the config says %s: keeping the "
-                            "snapshot's", self.index.configured_model, p.model)
-            log.info("index restored from snapshot", extra={"frames": len(self.index),
-                                                           "offsets": str(self._applied)})
-        else:
-            self.index = LiveIndex(p.model, n_bits=p.n_bits, seed=p.seed,
-                                   model_params=p.model_params, train_chunk=p.train_chunk,
-                                   background=p.background)
+        self.index = LiveIndex(p.model, n_bits=p.n_bits, seed=p.seed,
+                               model_params=p.model_params, train_chunk=p.train_chunk,
+                               background=p.background)
         self._last_snapshot = time.monotonic()
 
     def close(self) -> None:
-        if self.index is None:
-            return
-        if self.params.snapshot_dir and self._since_snapshot:
-            self.snapshot()
-        self.index.close()
+        if self.index is not None:
+            self.index.close()
 
-    def start_offsets(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: self._applied.get(tp, 0) for tp in partitions}
-
-    @property
-    def applied_offsets(self) -> dict[TopicPartition, int]:
-        return dict(self._applied)
-
-    def snapshot(self) -> Path | None:
+    # ------------------------------------------------------------------ state
+    def restore(self) -> Mapping[str, Any] | None:
         p: HashingParams = self.params  # type: ignore[assignment]
-        if not p.snapshot_dir or self.index is None:
+        snap_dir = Path(p.snapshot_dir) if p.snapshot_dir else None
+        if snap_dir is None or resolve_snapshot(snap_dir) is None:
             return None
-        positions = [[tp.topic, tp.partition, o] for tp, o in sorted(self._applied.items())]
-        path = self.index.snapshot(p.snapshot_dir, {"positions": positions}, keep=p.snapshot_keep)
+        loaded = LiveIndex.load(snap_dir, background=p.background, train_chunk=p.train_chunk)
+        if self.index is not None:
+            self.index.close()
+        self.index = loaded
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
-        return path
+        if loaded.configured_model != p.model:
+            log.warning("the snapshot's hash model is %s, the config says %s: keeping the "
+                        "snapshot's", loaded.configured_model, p.model)
+        log.info("index restored from snapshot", extra={"frames": len(loaded),
+                                                       "carry": str(loaded.loaded_carry)})
+        return loaded.loaded_carry
+
+    def snapshot_due(self, closing: bool) -> bool:
+        p: HashingParams = self.params  # type: ignore[assignment]
+        if not p.snapshot_dir or self.index is None or not self._since_snapshot:
+            return False
+        return (closing or self._since_snapshot >= p.snapshot_every_records
+                or time.monotonic() - self._last_snapshot >= p.snapshot_every_seconds)
+
+    def snapshot(self, carry: Mapping[str, Any]) -> None:
+        p: HashingParams = self.params  # type: ignore[assignment]
+        if not p.snapshot_dir or self.index is None:
+            return
+        self.index.snapshot(p.snapshot_dir, carry, keep=p.snapshot_keep)
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
 
     # ------------------------------------------------------------------ records
     def process(self, batch: list[Message]) -> list[Message]:
@@ -166,11 +173,9 @@ class HashingStage(Stage):
                 self._add_features(run)
                 run = []
             self._apply_other(msg)
-            self._mark(msg)
         if run:
             self._add_features(run)
         self._since_snapshot += len(batch)
-        self._maybe_snapshot()
         return []
 
     def _add_features(self, run: list[Features]) -> None:
@@ -180,8 +185,6 @@ class HashingStage(Stage):
                        stream_ids=[m.stream_id for m in run],
                        timestamps=[getattr(m, "timestamp_ms", None) or None for m in run],
                        model_id=run[0].model_id or "")
-        for m in run:
-            self._mark(m)
 
     def _apply_other(self, msg: Message) -> None:
         index = self.index
@@ -200,19 +203,3 @@ class HashingStage(Stage):
             index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts)
         else:  # pragma: no cover - the runner only passes accepted kinds
             raise TypeError(f"the index stage does not take {msg.kind!r} records")
-
-    def _mark(self, msg: Message) -> None:
-        origin = msg.origin
-        if origin is None:
-            return
-        tp = TopicPartition(origin[0], origin[1])
-        if origin[2] + 1 > self._applied.get(tp, 0):
-            self._applied[tp] = origin[2] + 1
-
-    def _maybe_snapshot(self) -> None:
-        p: HashingParams = self.params  # type: ignore[assignment]
-        if not p.snapshot_dir or not self._since_snapshot:
-            return
-        if (self._since_snapshot >= p.snapshot_every_records
-                or time.monotonic() - self._last_snapshot >= p.snapshot_every_seconds):
-            self.snapshot()

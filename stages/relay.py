@@ -5,7 +5,7 @@ no-work stage of ``vistream bench bus`` (which measures the bus, not a model).""
 
 from __future__ import annotations
 
-from vistream.pipeline.envelope import Message
+from vistream.stages.records import Message
 from vistream.stages.base import Stage, register_stage
 
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from vistream.pipeline.envelope import FrameSummary, Message, decode_image
+from vistream.stages.records import FrameSummary, Message, decode_image
 from vistream.stages.base import Stage, StageParams, register_stage
 from vistream.stages.thumbnail import summarize_frame
 

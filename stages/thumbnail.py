@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from vistream.pipeline.envelope import Frame, FrameSummary, Message, encode_image
+from vistream.stages.records import Frame, FrameSummary, Message, encode_image
 from vistream.stages.base import Stage, StageParams, register_stage
 
 

@@ -6,7 +6,7 @@ Records
   ``boxes[i]`` (x, y, w, h pixels) becomes target ``target_ids[i]`` *in the frame*
   ``frame_id`` (sequence number ``seq`` when known, -1 otherwise); ``drop_ids`` stops
   targets; ``replace=True`` stops every target not listed. A detector, an operator or a
-  test produces these. The existing :class:`~pipeline.envelope.Tracks` record is accepted
+  test produces these. The existing :class:`~vistream.stages.records.Tracks` record is accepted
   too and read as a detection record (``track_ids`` -> target ids, no drops).
 * :class:`TrackState` (kind ``track_state``, out): one record per frame of a stream with
   targets, keyed like every result by stream id and carrying the frame id; one row per
@@ -18,11 +18,11 @@ Records
   checks every type's outputs against its routes; plain ``track`` emits ``track_state``
   only):
 
-  - ``track_boxes`` also emits the standard :class:`~pipeline.envelope.Tracks` record per
+  - ``track_boxes`` also emits the standard :class:`~vistream.stages.records.Tracks` record per
     frame (the tracked, not lost, targets: ``track_ids`` = target ids). The features stage
     with ``crops: true`` reads it next to the frame topic and cuts the crops itself from the
     frames it already decodes: no second JPEG per target. This is the recommended wiring.
-  - ``track_crops`` also emits a crop :class:`~pipeline.envelope.Frame` per tracked target
+  - ``track_crops`` also emits a crop :class:`~vistream.stages.records.Frame` per tracked target
     and frame, ``frame_id = f"{frame_id}#t{target_id}"``, same stream id, sequence number
     and timestamp as the source frame (box plus ``crop_margin`` context, optionally resized
     to ``crop_size``): any stage that takes frames can consume them; the crop's box is the
@@ -71,7 +71,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vistream.pipeline.envelope import JPEG, PNG, Frame, Message, Result, Tracks
+from vistream.stages.records import JPEG, PNG, Frame, Message, Result, Tracks
 from vistream.stages.base import Stage, StageParams, register_stage
 
 log = logging.getLogger("vistream.stages.track")

@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 import pytest
 
-from vistream.pipeline.envelope import Frame
+from vistream.stages.records import Frame
 
 KAFKA_BOOTSTRAP = os.environ.get("VISTREAM_BOOTSTRAP")
 REQUIRE_KAFKA = os.environ.get("VISTREAM_REQUIRE_KAFKA") == "1"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from vistream.pipeline.envelope import Headers, Record
+from vistream.pipeline.wire import Headers, Record
 
 
 class TopicPartition(NamedTuple):
@@ -35,8 +35,8 @@ class TopicSpec:
 
 #: Called with the partitions a consumer has just been given (on Kafka's eager protocol: all
 #: of its partitions after every rebalance); returns where to start reading some of them
-#: (the others start at the group's committed offset). Stages that keep their own
-#: snapshots use it to replay from the snapshot instead of from the last commit.
+#: (the others start at the group's committed offset). The runner uses it for stateful stages,
+#: to replay from where their snapshot ends instead of from the last commit.
 OnAssign = Callable[[set[TopicPartition]], dict[TopicPartition, int]]
 
 

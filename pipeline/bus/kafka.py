@@ -27,7 +27,7 @@ from vistream.pipeline.bus.base import (
     TopicPartition,
     TopicSpec,
 )
-from vistream.pipeline.envelope import Headers, Record
+from vistream.pipeline.wire import Headers, Record
 
 log = logging.getLogger("vistream.bus.kafka")
 

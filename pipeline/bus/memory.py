@@ -36,7 +36,8 @@ from vistream.pipeline.bus.base import (
     TopicPartition,
     TopicSpec,
 )
-from vistream.pipeline.envelope import Headers, Record, now_ms
+from vistream.pipeline.wire import Headers, Record
+from vistream.stages.records import now_ms
 
 log = logging.getLogger("vistream.bus.memory")
 

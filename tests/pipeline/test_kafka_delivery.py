@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from vistream.pipeline.bus import TopicSpec, make_bus
-from vistream.pipeline.envelope import Frame
+from vistream.pipeline.wire import encode_message
+from vistream.stages.records import Frame
 from tests.conftest import kafka_bootstrap, random_image
 
 pytestmark = [pytest.mark.kafka]
@@ -79,7 +80,7 @@ stages:
         bus.create_topics([TopicSpec(frames, 2), TopicSpec(sums, 2)])
         with bus.producer() as p:
             for i in range(n):
-                rec = Frame.from_image(random_image(270, 480, i), f"cam{i % 3}", i).to_record()
+                rec = encode_message(Frame.from_image(random_image(270, 480, i), f"cam{i % 3}", i))
                 p.send(frames, rec.value, rec.key, rec.headers)
             p.flush()
 

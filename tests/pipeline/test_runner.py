@@ -9,10 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from vistream.pipeline.bus import TopicPartition, TopicSpec
-from vistream.pipeline.envelope import Frame, Message, Tracks
 from vistream.pipeline.metrics import StageMetrics
-from vistream.pipeline.runner import StageRunner
+from vistream.pipeline.runner import StageRunner, positions_from_carry
+from vistream.pipeline.wire import encode_message
 from vistream.stages.base import Stage
+from vistream.stages.records import Frame, Message, Tracks
 from vistream.stages.relay import RelayStage
 from tests.conftest import make_frame
 
@@ -39,7 +40,7 @@ def produce(bus, topic: str, records) -> None:
 
 
 def frame_rec(seq: int):
-    r = make_frame(seq).to_record()
+    r = encode_message(make_frame(seq))
     return r.key, r.value, r.headers
 
 
@@ -47,10 +48,10 @@ def test_bad_records_go_to_dlq_with_reason_and_neighbours_pass(make_bus, topic_n
     bus = make_bus()
     tin, tout = topic_name, topic_name + "-out"
     bus.create_topics([TopicSpec(tin, 1), TopicSpec(tout, 1), TopicSpec(tin + ".dlq", 1)])
-    good = make_frame(1).to_record()
+    good = encode_message(make_frame(1))
     truncated = good.value[: len(good.value) // 2]
     wrong_type = [(k, v if k != "content_type" else b"text/plain") for k, v in good.headers]
-    result = Tracks("f", "cam").to_record()
+    result = encode_message(Tracks("f", "cam"))
     records = [
         frame_rec(0),
         (b"cam", truncated, good.headers),                  # truncated JPEG
@@ -59,7 +60,7 @@ def test_bad_records_go_to_dlq_with_reason_and_neighbours_pass(make_bus, topic_n
         (b"cam", good.value, wrong_type),                   # wrong content type
         (result.key, result.value, result.headers),         # a tracks record on a frame topic
         frame_rec(6),
-        (b"cam", make_frame(7, h=200, w=300).to_record().value, good.headers),  # oversized
+        (b"cam", encode_message(make_frame(7, h=200, w=300)).value, good.headers),  # oversized
         (None, b"hello, not an image", []),                 # bare garbage, no headers
         frame_rec(9),
     ]
@@ -184,24 +185,98 @@ def test_runner_refuses_a_stage_without_routes():
         StageRunner(RelayStage(), MemoryBus(), ["in"], {})
 
 
-def test_stage_start_offsets_replay_and_messages_carry_origin(topic_name):
+class Remembers(RelayStage):
+    """A stateful relay: its state is the sequence numbers it has seen; its snapshots go to
+    ``store``, carry included, and ``restore`` reads them back."""
+
+    stateful = True
+
+    def __init__(self, store: dict, due=lambda closing: closing):
+        super().__init__()
+        self.store = store
+        self.due = due
+        self.seen: list[int] = []
+        self.due_calls: list[bool] = []
+
+    def process(self, batch):
+        self.seen += [m.seq for m in batch]
+        return super().process(batch)
+
+    def snapshot_due(self, closing):
+        self.due_calls.append(closing)
+        return self.due(closing)
+
+    def snapshot(self, carry):
+        self.store.update(carry=carry, seen=list(self.seen), snapshots=self.store.get(
+            "snapshots", 0) + 1)
+
+    def restore(self):
+        if "carry" not in self.store:
+            return None
+        self.seen = list(self.store["seen"])
+        return self.store["carry"]
+
+
+def quiet_runner(stage, bus, inputs, **kw) -> StageRunner:
+    return StageRunner(stage, bus, inputs, {"frame": "out"},
+                       metrics=StageMetrics("t", CollectorRegistry()), **kw)
+
+
+def test_a_stateful_stage_restore_decides_where_reading_starts(topic_name):
     from vistream.pipeline.bus.memory import MemoryBus
 
     bus = MemoryBus()
     produce(bus, topic_name, [frame_rec(i) for i in range(10)])
-
-    class FromSeven(RelayStage):
-        origins: list = []
-
-        def start_offsets(self, partitions):
-            return {tp: 7 for tp in partitions}
-
-        def process(self, batch):
-            self.origins += [m.origin for m in batch]
-            return super().process(batch)
-
-    stage = FromSeven()
-    runner = StageRunner(stage, bus, [topic_name], {"frame": "out"},
-                         metrics=StageMetrics("t", CollectorRegistry()))
+    store = {"carry": {"positions": [[topic_name, 0, 7]]}, "seen": [0, 1, 2, 3, 4, 5, 6]}
+    stage = Remembers(store)
+    runner = quiet_runner(stage, bus, [topic_name])
     run_until_idle(runner, idle=0.3)
-    assert stage.origins == [(topic_name, 0, 7), (topic_name, 0, 8), (topic_name, 0, 9)]
+    assert stage.seen == list(range(10)), "read from 7 on, after the restored state"
+    assert runner.restored_positions == {TopicPartition(topic_name, 0): 7}
+    # The final snapshot carries the runner's positions, verbatim and JSON-ready.
+    assert store["carry"] == {"positions": [[topic_name, 0, 10]]}
+    assert positions_from_carry(store["carry"]) == runner.positions
+
+
+def test_a_stateful_stage_without_a_snapshot_replays_what_the_group_committed(topic_name):
+    from vistream.pipeline.bus.memory import MemoryBus
+
+    bus = MemoryBus()
+    other = topic_name + "-b"
+    produce(bus, topic_name, [frame_rec(i) for i in range(10)])
+    produce(bus, other, [frame_rec(100 + i) for i in range(5)])
+    group = "g-" + topic_name
+    run_until_idle(quiet_runner(RelayStage(), bus, [topic_name, other], group_id=group), idle=0.3)
+    assert sum(bus.committed(group).values()) == 15
+
+    # A stateless stage resumes at the group's commits: nothing left.
+    relay = Remembers({})
+    relay.stateful = False
+    run_until_idle(quiet_runner(relay, bus, [topic_name, other], group_id=group), idle=0.3)
+    assert relay.seen == [] and relay.due_calls == []
+
+    # A stateful one restores positions for one topic only: the other starts at offset 0.
+    store = {"carry": {"positions": [[topic_name, 0, 8]]}, "seen": []}
+    stage = Remembers(store)
+    run_until_idle(quiet_runner(stage, bus, [topic_name, other], group_id=group), idle=0.3)
+    assert sorted(stage.seen) == [8, 9, 100, 101, 102, 103, 104]
+
+
+def test_snapshots_follow_the_stage_policy_after_whole_batches(topic_name):
+    from vistream.pipeline.bus.memory import MemoryBus
+
+    bus = MemoryBus()
+    produce(bus, topic_name, [frame_rec(i) for i in range(10)])
+    store: dict = {}
+    stage = Remembers(store, due=lambda closing: False)
+    runner = quiet_runner(stage, bus, [topic_name], batch_size=4)
+    runner.open()
+    assert runner.step() == 4 and "carry" not in store
+    stage.due = lambda closing: True
+    assert runner.step() == 4
+    assert store["carry"] == {"positions": [[topic_name, 0, 8]]} and store["seen"] == list(range(8))
+    stage.due = lambda closing: closing
+    runner.step()
+    runner.close()
+    assert stage.due_calls == [False, False, False, True]
+    assert store["carry"] == {"positions": [[topic_name, 0, 10]]} and store["snapshots"] == 2

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from vistream.models.backbones.extractor import BackboneExtractor, FeatureExtractor, l2_normalize
 from vistream.models.hashing.live import LiveIndex
-from vistream.pipeline.envelope import encode_image
+from vistream.stages.records import encode_image
 from vistream.pipeline.service import ServiceLimits, create_app, image_size
 from tests.conftest import random_image
 

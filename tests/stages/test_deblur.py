@@ -10,10 +10,11 @@ import pytest
 from vistream.models.data.blur import VOCAB, make_sample
 from vistream.models.deblur.evaluate import psnr
 from vistream.pipeline.bus import TopicSpec, make_bus
-from vistream.pipeline.envelope import JPEG, PNG, Caption, Frame, Record, decode_message
 from vistream.pipeline.runner import StageRunner
+from vistream.pipeline.wire import Record, decode_message, encode_message
 from vistream.stages.base import create_stage
 from vistream.stages.deblur import DEFAULT_WEIGHTS, DeblurParams, DeblurStage, blur_score
+from vistream.stages.records import JPEG, PNG, Caption, Frame
 
 STAGE = None
 
@@ -111,7 +112,7 @@ def test_runner_routes_outputs_and_dead_letters_bad_frames():
     garbage = Frame("cam:bad2", "cam", 3, 0, b"\xff\xd8\xff" + b"\x00junk" * 40 + b"\xff\xd9", JPEG)
     with bus.producer() as p:
         for m in (good[0], truncated, garbage, good[1]):
-            r = m.to_record()
+            r = encode_message(m)
             p.send("frames", r.value, r.key, r.headers)
         p.flush()
     st = create_stage("deblur", {"batch_size": 4})

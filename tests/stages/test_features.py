@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vistream.pipeline.envelope import Features, Tracks
+from vistream.pipeline.wire import result_from_bytes, result_to_bytes
+from vistream.stages.records import Features, Tracks
 from vistream.stages.base import create_stage, stage_types
 from tests.conftest import make_frame
 
@@ -21,7 +22,7 @@ def test_features_from_random_backbone_and_artifact(tmp_path):
     assert out[0].model_id == "resnet20-random-seed0"
     # the capture time travels with the vector, so the index can show it without a join
     assert [o.timestamp_ms for o in out] == [f.timestamp_ms for f in frames]
-    assert Features.from_bytes(out[0].to_bytes()).timestamp_ms == frames[0].timestamp_ms
+    assert result_from_bytes(result_to_bytes(out[0])).timestamp_ms == frames[0].timestamp_ms
 
     from vistream.models.artifacts import export_artifact
     from vistream.models.backbones import create_model
@@ -34,7 +35,7 @@ def test_features_from_random_backbone_and_artifact(tmp_path):
     out2 = st2.process(frames)
     assert out2[0].model_id == man["model_id"] and out2[0].vector.shape == (32,)
     # round trip through the wire format
-    assert np.array_equal(Features.from_bytes(out2[0].to_bytes()).vector, out2[0].vector)
+    assert np.array_equal(result_from_bytes(result_to_bytes(out2[0])).vector, out2[0].vector)
 
 
 def test_crops_from_tracks():

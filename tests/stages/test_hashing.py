@@ -10,10 +10,11 @@ import pytest
 
 from vistream.pipeline.bus import TopicPartition, TopicSpec, make_bus
 from vistream.pipeline.config import load_config
-from vistream.pipeline.envelope import Caption, Features, FrameSummary, Label, Tracks
-from vistream.pipeline.runner import StageRunner
+from vistream.pipeline.runner import StageRunner, positions_from_carry
+from vistream.pipeline.wire import encode_message
 from vistream.stages.base import create_stage, get_stage_class
 from vistream.stages.hashing import HashingStage
+from vistream.stages.records import Caption, Features, FrameSummary, Label, Tracks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ def meta_records(n: int):
 def produce(bus, topic: str, msgs) -> None:
     with bus.producer() as p:
         for m in msgs:
-            r = m.to_record()
+            r = encode_message(m)
             p.send(topic, r.value, r.key, r.headers)
         p.flush()
 
@@ -109,7 +110,8 @@ def test_stage_indexes_joins_metadata_and_learns():
     produce(bus, "feats", feats)
     produce(bus, "meta", meta_records(60))
     st = stage()
-    run_idle(runner_for(bus, st))
+    runner = runner_for(bus, st)
+    run_idle(runner)
     index = st.index
     assert len(index) == 60
     assert index.model_name == "sdoh" and index.model_version >= 1 and not index.warm_start
@@ -124,8 +126,8 @@ def test_stage_indexes_joins_metadata_and_learns():
     assert (odd.frame_id, odd.timestamp_ms) == ("cam1:00000005", 1005)
     assert index.label("cam1:00000003") == y[3]  # from a separate label record
     assert index.feature_model_id == "m1"
-    assert st.applied_offsets == {TopicPartition("feats", 0): len(feats),
-                                  TopicPartition("meta", 0): 90}
+    assert runner.positions == {TopicPartition("feats", 0): len(feats),
+                                TopicPartition("meta", 0): 90}
 
 
 def test_redelivery_never_duplicates_results():
@@ -138,9 +140,9 @@ def test_redelivery_never_duplicates_results():
     runner.open()
     while runner.step():
         pass
-    assert st.start_offsets({TopicPartition("feats", 0)}) == {TopicPartition("feats", 0): 65}
+    assert runner.start_positions({TopicPartition("feats", 0)}) == {TopicPartition("feats", 0): 65}
     # Everything is delivered once more (as after a crash before a commit): still one entry each.
-    st._applied.clear()
+    # A new runner without a snapshot to restore starts the stateful stage at offset 0.
     run_idle(runner_for(bus, st, group="other-group"))
     index = st.index
     assert len(index) == 40
@@ -175,9 +177,12 @@ def test_bad_records_are_dead_lettered_and_neighbours_pass():
 
 def test_unknown_partitions_start_at_zero():
     st = stage()
-    st.setup()
+    runner = runner_for(new_bus(), st)
+    runner.open()
     tps = {TopicPartition("feats", 0), TopicPartition("meta", 2)}
-    assert st.start_offsets(tps) == {tp: 0 for tp in tps}
+    assert st.stateful and st.restore() is None
+    assert runner.start_positions(tps) == {tp: 0 for tp in tps}
+    runner.close()
 
 
 @pytest.mark.parametrize("crash_after_steps", [3, 9])
@@ -204,16 +209,17 @@ def test_restart_from_snapshot_and_replay_equals_a_twin(tmp_path, crash_after_st
     for _ in range(crash_after_steps):
         runner.step()
     committed = bus.committed("idx")
-    snap_offsets = dict(first.index.loaded_offsets)  # empty: it started fresh
-    assert not snap_offsets
-    first.close = lambda: None  # a crash: no final snapshot
+    snap_offsets = dict(runner.restored_positions)  # empty: it started fresh
+    assert not snap_offsets and first.index.loaded_carry is None
+    first.snapshot_due = lambda closing: False  # a crash: no final snapshot
     runner.close()
     assert sum(committed.values()) > 0
 
     second = stage(**params)
     runner2 = runner_for(bus, second, batch_size=11)
     run_idle(runner2)
-    restored = second.index.loaded_offsets
+    restored = runner2.restored_positions
+    assert positions_from_carry(second.index.loaded_carry) == restored
     # It really resumed from the snapshot, behind the committed offsets.
     assert sum(restored.values()) < sum(committed.values()) or crash_after_steps < 4
     assert_same(state(second.index), state(twin.index))
@@ -228,16 +234,17 @@ def test_close_snapshots_and_a_restart_resumes_without_rereading(tmp_path):
     st = stage(snapshot_dir=str(tmp_path))
     run_idle(runner_for(bus, st))  # closes the stage: final snapshot
     again = stage(snapshot_dir=str(tmp_path))
-    again.setup()
+    runner = runner_for(bus, again)
+    runner.open()  # setup, then restore
     assert len(again.index) == 50
-    assert again.start_offsets({TopicPartition("feats", 0)}) == {TopicPartition("feats", 0):
-                                                                 len(feats)}
+    assert runner.start_positions({TopicPartition("feats", 0)}) == {TopicPartition("feats", 0):
+                                                                    len(feats)}
     assert_same(state(again.index), state(st.index))
 
 
 def test_restart_replays_from_the_snapshot_on_either_bus(backend, tmp_path):
     """The same crash-and-restart on the memory bus and on a real broker (``kafka`` marker):
-    the snapshot offsets reach the consumer through ``on_assign``."""
+    the positions restored with the snapshot reach the consumer through ``on_assign``."""
     import time
     import uuid
 
@@ -265,16 +272,16 @@ def test_restart_replays_from_the_snapshot_on_either_bus(backend, tmp_path):
         r1 = runner(first, "idx", 10)
         r1.open()
         deadline = time.monotonic() + 60
-        while sum(first.applied_offsets.values()) < 70 and time.monotonic() < deadline:
+        while sum(r1.positions.values()) < 70 and time.monotonic() < deadline:
             r1.step()
-        first.close = lambda: None  # crash: no final snapshot
+        first.snapshot_due = lambda closing: False  # crash: no final snapshot
         r1.close()
-        applied_at_crash = sum(first.applied_offsets.values())
+        applied_at_crash = sum(r1.positions.values())
 
         second = stage(**params)
         r2 = runner(second, "idx", 7)
         r2.open()
-        restored = sum(second.index.loaded_offsets.values())
+        restored = sum(r2.restored_positions.values())
         assert 0 < restored < applied_at_crash  # it must replay what the snapshot missed
         r2.run(threading.Event(), idle_timeout=1.0)
         assert_same(state(second.index), state(twin.index))

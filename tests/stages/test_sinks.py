@@ -1,6 +1,6 @@
 import json
 
-from vistream.pipeline.envelope import Frame
+from vistream.stages.records import Frame
 from vistream.stages.sinks import SummaryParams, SummarySink
 from vistream.stages.thumbnail import summarize_frame
 from tests.conftest import make_frame, random_image
@@ -36,6 +36,6 @@ def test_thumbnail_keeps_aspect_and_identity():
     f = Frame.from_image(random_image(90, 160), "cam", 3)
     s = summarize_frame(f, width=80)
     assert (s.frame_id, s.width, s.height) == (f.frame_id, 160, 90)
-    from vistream.pipeline.envelope import decode_image
+    from vistream.stages.records import decode_image
 
     assert decode_image(s.thumbnail.tobytes()).shape == (45, 80, 3)

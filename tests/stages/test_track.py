@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from vistream.models.data import TrackingSpec, render
-from vistream.pipeline.envelope import PNG, Frame, Record, Tracks, decode_message
+from vistream.pipeline.wire import Record, decode_message, encode_message
+from vistream.stages.records import PNG, Frame, Tracks
 from vistream.stages.track import (
     TrackBoxesStage,
     TrackCropStage,
@@ -60,7 +61,7 @@ def test_records_round_trip():
     init = TrackInit(frame_id="cam:00000001", stream_id="cam", seq=1, boxes=[[1, 2, 3, 4]],
                      target_ids=[7], drop_ids=[3], replace=True)
     for msg in (st, init):
-        out = msg.to_record()
+        out = encode_message(msg)
         rec = Record("t", 0, 5, out.key, out.value, tuple(out.headers))
         back = decode_message(rec, accept=("track_state", "track_init"))
         assert type(back) is type(msg) and back.frame_id == msg.frame_id
@@ -173,11 +174,11 @@ def test_stage_through_the_runner_on_the_memory_bus():
     runner = StageRunner(stage, bus, ["frames", "inits"], {"track_state": "tracks"},
                          batch_size=4, poll_timeout=0.05)
     with bus.producer() as prod:
-        init = TrackInit(frame_id="cam:00000000", stream_id="cam", seq=0,
-                         boxes=seq.boxes[0], target_ids=[1, 2]).to_record()
+        init = encode_message(TrackInit(frame_id="cam:00000000", stream_id="cam", seq=0,
+                         boxes=seq.boxes[0], target_ids=[1, 2]))
         prod.send("inits", init.value, init.key, init.headers)
         for f in frames():
-            r = f.to_record()
+            r = encode_message(f)
             prod.send("frames", r.value, r.key, r.headers)
         prod.flush()
     stop = threading.Event()

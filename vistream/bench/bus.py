@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from vistream.pipeline.bus import Bus, TopicSpec, make_bus
-from vistream.pipeline.envelope import Frame, OutRecord
+from vistream.pipeline.wire import OutRecord, frame_to_record
+from vistream.stages.records import Frame
 
 WIDTH, HEIGHT = 640, 360
 TARGET_KAFKA_FPS = 400
@@ -42,7 +43,7 @@ def sample_frames(n_distinct: int = 64, seed: int = 0) -> list[OutRecord]:
         dx, dy = rng.integers(0, 64, 2)
         img = base[dy:dy + HEIGHT, dx:dx + WIDTH].astype(np.int16)
         img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-        out.append(Frame.from_image(img, "bench", i, timestamp_ms=i).to_record())
+        out.append(frame_to_record(Frame.from_image(img, "bench", i, timestamp_ms=i)))
     return out
 
 

@@ -72,7 +72,7 @@ def _tracking_report(bus, video) -> str:
     """Centre error of the tracked boxes against the video's ground truth."""
     import numpy as np
 
-    from vistream.pipeline.envelope import Record, decode_message
+    from vistream.pipeline.wire import Record, decode_message
 
     errors: dict[int, list[float]] = {}
     with bus.consumer(["track_states"], "demo-report") as c:

@@ -107,7 +107,7 @@ def ingest(
     from vistream.pipeline.app import install_stop_signals
     from vistream.pipeline.bus import TopicSpec, make_bus
     from vistream.pipeline.sources import open_source
-    from vistream.stages.ingest import ingest as run_ingest
+    from vistream.pipeline.ingest import ingest as run_ingest
 
     _logging(log_format)
     stop = threading.Event()

@@ -1,7 +1,17 @@
+"""The wire format: frames and results to bus records and back, and the reasons a record is
+refused."""
+
 import numpy as np
 import pytest
 
-from vistream.pipeline.envelope import (
+from vistream.pipeline.wire import (
+    Record,
+    decode_message,
+    encode_message,
+    frame_to_record,
+    result_to_bytes,
+)
+from vistream.stages.records import (
     PNG,
     Caption,
     Codes,
@@ -9,10 +19,8 @@ from vistream.pipeline.envelope import (
     Frame,
     InvalidRecord,
     Label,
-    Record,
     Result,
     Tracks,
-    decode_message,
 )
 from tests.conftest import make_frame, random_image
 
@@ -24,12 +32,12 @@ def as_record(out, topic="t", partition=0, offset=0) -> Record:
 def test_frame_round_trip_keeps_identity_and_pixels():
     img = random_image(40, 60, 3)
     f = Frame.from_image(img, "cam-7", 42, timestamp_ms=1700, content_type=PNG)
-    back = decode_message(as_record(f.to_record()))
+    back = decode_message(as_record(encode_message(f)))
     assert isinstance(back, Frame)
     assert (back.frame_id, back.stream_id, back.seq, back.timestamp_ms) == (
         "cam-7:00000042", "cam-7", 42, 1700)
     assert np.array_equal(back.image, img), "PNG is lossless"
-    assert f.to_record().key == b"cam-7"
+    assert frame_to_record(f).key == b"cam-7"
 
 
 def test_headerless_jpeg_gets_identity_from_the_record():
@@ -38,6 +46,13 @@ def test_headerless_jpeg_gets_identity_from_the_record():
     assert (f.frame_id, f.stream_id, f.seq, f.timestamp_ms, f.content_type) == (
         "frames/3/99", "frames", 99, 555, "image/jpeg")
     assert f.image.shape == (36, 64, 3)
+
+
+def test_decoded_messages_carry_no_bus_position():
+    rec = as_record(encode_message(make_frame(3)), topic="frames", partition=2, offset=41)
+    msg = decode_message(rec)
+    assert not hasattr(msg, "origin")
+    assert rec.source_id == "frames/2/41"
 
 
 @pytest.mark.parametrize("result", [
@@ -50,7 +65,7 @@ def test_headerless_jpeg_gets_identity_from_the_record():
     Label("f5", "s", label=9),
 ])
 def test_results_round_trip(result: Result):
-    back = decode_message(as_record(result.to_record()), accept=("*",))
+    back = decode_message(as_record(encode_message(result)), accept=("*",))
     assert type(back) is type(result)
     for name, value in vars(result).items():
         got = getattr(back, name)
@@ -62,7 +77,7 @@ def test_results_round_trip(result: Result):
 
 def test_feature_record_is_compact():
     feats = Features("f", "s", vector=np.zeros(512, np.float32), model_id="m")
-    assert len(feats.to_bytes()) < 512 * 4 + 300
+    assert len(result_to_bytes(feats)) < 512 * 4 + 300
 
 
 @pytest.mark.parametrize("mutate, reason", [
@@ -78,20 +93,20 @@ def test_feature_record_is_compact():
      "schema version 99"),
 ])
 def test_invalid_frames_say_why(mutate, reason):
-    out = make_frame(1).to_record()
+    out = encode_message(make_frame(1))
     value, headers = mutate(out)
     with pytest.raises(InvalidRecord, match=reason):
         decode_message(Record("t", 0, 0, out.key, value, tuple(headers)))
 
 
 def test_oversized_frame_is_refused():
-    out = make_frame(1).to_record()
+    out = encode_message(make_frame(1))
     with pytest.raises(InvalidRecord, match="oversized"):
         decode_message(as_record(out), max_frame_bytes=len(out.value) - 1)
 
 
 def test_malformed_result_payloads():
-    good = Features("f", "s", vector=np.ones(16, np.float32)).to_record()
+    good = encode_message(Features("f", "s", vector=np.ones(16, np.float32)))
     truncated = Record("t", 0, 0, good.key, good.value[:-8], tuple(good.headers))
     with pytest.raises(InvalidRecord, match="truncated"):
         decode_message(truncated, accept=("*",))

@@ -1,6 +1,6 @@
 """Ingest: read a video file, a camera or an image folder and produce frame records.
 
-Each frame is JPEG-encoded (``quality``) into a :class:`~pipeline.envelope.Frame` keyed by the
+Each frame is JPEG-encoded (``quality``) into a :class:`~vistream.stages.records.Frame` keyed by the
 stream id, so one stream stays ordered on one partition. The capture timestamp is the wall
 clock when ingest started plus the frame's position in the source (for files), or the wall
 clock at capture (cameras, folders). ``fps`` paces sending to that rate (a recorded video
@@ -18,8 +18,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vistream.pipeline.bus import Producer
-from vistream.pipeline.envelope import Frame, now_ms
 from vistream.pipeline.sources import FrameSource, open_source
+from vistream.pipeline.wire import frame_to_record
+from vistream.stages.records import Frame, now_ms
 
 log = logging.getLogger("vistream.ingest")
 
@@ -61,7 +62,7 @@ def ingest(
 ) -> IngestReport:
     """Send the frames of ``source`` (a path, a camera index or an opened source) to ``topic``.
 
-    Raises :class:`pipeline.sources.SourceError` when the source cannot be read.
+    Raises :class:`vistream.pipeline.sources.SourceError` when the source cannot be read.
     """
     if not 1 <= quality <= 100:
         raise ValueError("JPEG quality must be between 1 and 100")
@@ -91,7 +92,7 @@ def ingest(
                       if frame.timestamp is not None else now_ms())
                 env = Frame.from_image(frame.image, stream, seq=frame.index, timestamp_ms=ts,
                                        quality=quality)
-                rec = env.to_record()
+                rec = frame_to_record(env)
                 producer.send(topic, rec.value, rec.key, rec.headers)
                 sent += 1
                 nbytes += len(rec.value)

@@ -1,0 +1,249 @@
+"""The typed records stages take and emit: frames and derived results.
+
+A :class:`Frame` is one encoded image of a stream (JPEG by default, PNG for lossless) with its
+identity: frame id, stream id, sequence number and capture time. A :class:`Result` (tracks,
+captions, features, codes, labels, frame summaries, ...) is a small dataclass that keeps the
+frame id, so every result joins back to its frame; its ndarray fields are its bulk data.
+
+Records know nothing about the bus: no topic, partition or offset rides on them, and how they
+become bytes on a topic is :mod:`vistream.pipeline.wire`'s business. A stage module may define
+its own result kinds by subclassing :class:`Result` with a new ``kind``; the subclass is
+registered on import, so the wire format can decode it by name.
+
+Validation raises :class:`InvalidRecord` whose message is the reason that ends up in the
+dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = [
+    "FRAME_CONTENT_TYPES", "JPEG", "MAX_FRAME_BYTES", "PNG", "Caption", "Codes", "Features",
+    "Frame", "FrameSummary", "InvalidRecord", "Label", "Message", "Result", "Tracks",
+    "check_image_bytes", "decode_image", "encode_image", "make_frame_id", "now_ms",
+    "result_type", "sniff_content_type",
+]
+
+#: Frames larger than this are refused. The bus is sized for 20 MiB records (the Kafka broker,
+#: producer and consumer settings), so a 16 MiB frame plus its headers always fits.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+JPEG = "image/jpeg"
+PNG = "image/png"
+FRAME_CONTENT_TYPES = (JPEG, PNG)
+
+_JPEG_SOI = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND\xaeB`\x82"
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot be accepted; the message says why (it goes to the DLQ)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------- image bytes
+
+
+def sniff_content_type(data: bytes) -> str | None:
+    if data.startswith(_JPEG_SOI):
+        return JPEG
+    if data.startswith(_PNG_MAGIC):
+        return PNG
+    return None
+
+
+def check_image_bytes(data: bytes | None, content_type: str, max_bytes: int = MAX_FRAME_BYTES) -> None:
+    """Cheap structural checks that catch empty, oversized, mislabelled and truncated images.
+
+    Truncation is checked by the end marker because OpenCV happily decodes the top part of a
+    truncated JPEG and fills the rest with grey.
+    """
+    if not data:
+        raise InvalidRecord("empty value: a frame record must carry an encoded image")
+    if len(data) > max_bytes:
+        raise InvalidRecord(f"oversized frame: {len(data)} bytes > limit {max_bytes}")
+    if content_type not in FRAME_CONTENT_TYPES:
+        raise InvalidRecord(
+            f"unsupported content type {content_type!r}: frames must be one of {FRAME_CONTENT_TYPES}"
+        )
+    actual = sniff_content_type(data)
+    if actual != content_type:
+        raise InvalidRecord(
+            f"content type {content_type!r} does not match the data "
+            f"(looks like {actual or 'neither JPEG nor PNG'})"
+        )
+    if content_type == JPEG and not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+        raise InvalidRecord("truncated JPEG: no end-of-image marker")
+    if content_type == PNG and not data.endswith(_PNG_IEND):
+        raise InvalidRecord("truncated PNG: no IEND chunk")
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode JPEG/PNG bytes into a BGR uint8 array (OpenCV convention)."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InvalidRecord("image data could not be decoded")
+    return img
+
+
+def encode_image(image: np.ndarray, content_type: str = JPEG, quality: int = 90) -> bytes:
+    import cv2
+
+    if content_type == JPEG:
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    elif content_type == PNG:
+        ok, buf = cv2.imencode(".png", image)
+    else:
+        raise ValueError(f"cannot encode to {content_type!r}")
+    if not ok:
+        raise ValueError("OpenCV failed to encode the image")
+    return buf.tobytes()
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def make_frame_id(stream_id: str, seq: int) -> str:
+    return f"{stream_id}:{seq:08d}"
+
+
+@dataclass(eq=False)
+class Frame:
+    """One encoded video frame. ``image`` decodes lazily (and once)."""
+
+    kind: ClassVar[str] = "frame"
+
+    frame_id: str
+    stream_id: str
+    seq: int
+    timestamp_ms: int
+    data: bytes
+    content_type: str = JPEG
+    _image: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_image(
+        cls,
+        image: np.ndarray,
+        stream_id: str,
+        seq: int,
+        timestamp_ms: int | None = None,
+        content_type: str = JPEG,
+        quality: int = 90,
+        frame_id: str | None = None,
+    ) -> Frame:
+        data = encode_image(image, content_type, quality)
+        return cls(
+            frame_id=frame_id or make_frame_id(stream_id, seq),
+            stream_id=stream_id,
+            seq=seq,
+            timestamp_ms=now_ms() if timestamp_ms is None else timestamp_ms,
+            data=data,
+            content_type=content_type,
+        )
+
+    @property
+    def image(self) -> np.ndarray:
+        if self._image is None:
+            self._image = decode_image(self.data)
+        return self._image
+
+
+# --------------------------------------------------------------------------- results
+
+_RESULT_TYPES: dict[str, type[Result]] = {}
+
+
+@dataclass(eq=False)
+class Result:
+    """Base of derived records. Subclasses are dataclasses with a ``kind`` of their own; they
+    register themselves under it when their module is imported."""
+
+    kind: ClassVar[str] = "result"
+
+    frame_id: str
+    stream_id: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            _RESULT_TYPES[cls.kind] = cls
+
+
+def result_type(kind: str) -> type[Result]:
+    """The result class registered under ``kind``; KeyError when none is."""
+    return _RESULT_TYPES[kind]
+
+
+@dataclass(eq=False)
+class Tracks(Result):
+    """Boxes of tracked objects in one frame: ``boxes`` (N, 4) as x, y, w, h in pixels."""
+
+    kind: ClassVar[str] = "tracks"
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    track_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+@dataclass(eq=False)
+class Caption(Result):
+    kind: ClassVar[str] = "caption"
+    text: str = ""
+
+
+@dataclass(eq=False)
+class Features(Result):
+    """A feature vector of a frame. In crop mode the features stage emits one per tracked box,
+    in box order, with ``label`` set to the track id."""
+
+    kind: ClassVar[str] = "features"
+    vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    model_id: str = ""
+    label: int | None = None
+    #: capture time of the frame (ms since the epoch), so the index can show it without a join
+    timestamp_ms: int | None = None
+
+
+@dataclass(eq=False)
+class Codes(Result):
+    """Packed binary hash code (uint8, bits = 8 * len) of a frame."""
+
+    kind: ClassVar[str] = "codes"
+    code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    model_version: int = 0
+
+
+@dataclass(eq=False)
+class Label(Result):
+    """A ground-truth class label for a frame (feeds supervised online hashing)."""
+
+    kind: ClassVar[str] = "label"
+    label: int = 0
+
+
+@dataclass(eq=False)
+class FrameSummary(Result):
+    """Light per-frame statistics (the foundation's thumbnail/summary stage emits these)."""
+
+    kind: ClassVar[str] = "frame_summary"
+    width: int = 0
+    height: int = 0
+    timestamp_ms: int = 0
+    mean_bgr: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))
+    #: JPEG bytes of a small thumbnail, as a uint8 array so it travels in the binary part.
+    thumbnail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+
+
+Message = Frame | Result
