@@ -101,7 +101,7 @@ def register_stage(name: str) -> Callable[[S], S]:
     return deco
 
 
-_NOT_STAGES = {"base", "ingest", "records"}
+_NOT_STAGES = {"base", "records"}
 
 
 def _load_builtin_stages() -> None:
