@@ -27,7 +27,7 @@ def bench_frames(n: int, width: int, height: int, seed: int):
     import numpy as np
 
     from vistream.models.data.blur import make_sample
-    from vistream.pipeline.envelope import JPEG, Frame
+    from vistream.stages.records import JPEG, Frame
 
     frames, kernels = [], []
     for i in range(n):
@@ -46,7 +46,7 @@ def bench_deblur(frames: int = 48, width: int = 320, height: int = 240, batch: i
     import torch
 
     from vistream.models.deblur.evaluate import wiener
-    from vistream.pipeline.envelope import Frame, encode_image
+    from vistream.stages.records import Frame, encode_image
     from vistream.stages.deblur import DeblurParams, DeblurStage
 
     torch.set_num_threads(threads)
