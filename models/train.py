@@ -26,7 +26,10 @@ from vistream.models.data import DataBundle, Split, batches
 
 
 @dataclass
-class TrainConfig:
+class BackboneTrainConfig:
+    """How :func:`train` trains a backbone classifier (also the base of
+    :class:`models.binary.train.BinaryTrainConfig`)."""
+
     epochs: int = 30
     lr: float = 0.1
     momentum: float = 0.9
@@ -81,7 +84,7 @@ def evaluate_loss(model, split: Split, mean, std, batch_size: int = 256,
     return total / max(n, 1)
 
 
-def _lr_at(cfg: TrainConfig, epoch: int) -> float:
+def _lr_at(cfg: BackboneTrainConfig, epoch: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
     if cfg.schedule == "step":
@@ -96,7 +99,7 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def epoch_batches(train_split: Split, data: DataBundle, cfg: TrainConfig, epoch: int):
+def epoch_batches(train_split: Split, data: DataBundle, cfg: BackboneTrainConfig, epoch: int):
     """(shuffled, augmented batch iterator of one epoch, its length), seeded by seed and epoch;
     shared by every training loop so all methods see the same batches."""
     n_batches = math.ceil(len(train_split) / cfg.batch_size)
@@ -107,7 +110,7 @@ def epoch_batches(train_split: Split, data: DataBundle, cfg: TrainConfig, epoch:
     return it, n_batches
 
 
-def train(model, data: DataBundle, cfg: TrainConfig, ckpt_dir: str | Path | None = None,
+def train(model, data: DataBundle, cfg: BackboneTrainConfig, ckpt_dir: str | Path | None = None,
           resume: bool = False, progress: bool = True, eval_val: bool = True) -> TrainResult:
     """Train ``model`` in place on ``data.train``; validation accuracy after every epoch."""
     if cfg.threads:

@@ -17,7 +17,7 @@ from torch import nn
 from vistream.models.backbones import create_model
 from vistream.models.binary.layers import binary_convs
 from vistream.models.data import DataBundle
-from vistream.models.train import TrainConfig, load_checkpoint_model, train
+from vistream.models.train import BackboneTrainConfig, load_checkpoint_model, train
 
 
 @torch.no_grad()
@@ -76,8 +76,8 @@ def float_twin(data: DataBundle, cfg: Any, seed: int = 0, progress: bool = True,
     if not done.exists():
         torch.manual_seed(seed)
         model = create_model(arch, num_classes=data.num_classes, base=cfg.base)
-        fcfg = TrainConfig(epochs=epochs, lr=cfg.float_lr, batch_size=64, seed=seed,
-                           threads=cfg.threads, train_subset=cfg.train_subset)
+        fcfg = BackboneTrainConfig(epochs=epochs, lr=cfg.float_lr, batch_size=64, seed=seed,
+                                   threads=cfg.threads, train_subset=cfg.train_subset)
         train(model, data, fcfg, ckpt_dir=folder, resume=True, progress=progress)
         done.write_text("ok\n")
     return load_checkpoint_model(folder / "best.pt").eval()

@@ -36,13 +36,20 @@ from vistream.models.binary import bonn, cbcn, gbcn, rbcn, xnor  # noqa: F401
 from vistream.models.binary.methods import METHODS
 from vistream.models.binary.teacher import float_twin, init_from_float
 from vistream.models.data import DataBundle
-from vistream.models.train import TrainConfig, TrainResult, _lr_at, _save_atomic, epoch_batches, evaluate
+from vistream.models.train import (
+    BackboneTrainConfig,
+    TrainResult,
+    _lr_at,
+    _save_atomic,
+    epoch_batches,
+    evaluate,
+)
 
 ABLATION_FLAGS = {"xnor": "", "cbcn": "circulant", "bonn": "bayes", "rbcn": "gan", "gbcn": "bga"}
 
 
 @dataclass
-class BinaryTrainConfig(TrainConfig):
+class BinaryTrainConfig(BackboneTrainConfig):
     epochs: int = 8
     lr: float = 1e-2
     batch_size: int = 32

@@ -63,7 +63,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vistream.models.pruning.surgery import FlopsTable, base_widths, genes_to_widths, prune
-from vistream.models.train import TrainConfig, evaluate, evaluate_loss, recalibrate_bn, train
+from vistream.models.train import BackboneTrainConfig, evaluate, evaluate_loss, recalibrate_bn, train
 
 PAPER_DEFAULTS = {"food_number": 10, "max_cycle": 10, "limit": 5, "changes": 2,
                   "fitness_epochs": 2}
@@ -129,8 +129,8 @@ def finetune(model, data, epochs: int, lr: float = 0.01, seed: int = 0, ckpt_dir
              resume: bool = False, progress: bool = True, batch_size: int = 64):
     """Fine-tune a pruned model (SGD momentum 0.9, wd 5e-4, cosine from ``lr``); returns
     (model, TrainResult). The paper's CIFAR schedule is lr 0.01, steps at 50/100, 150 epochs."""
-    res = train(model, data, TrainConfig(epochs=epochs, lr=lr, seed=seed, schedule="cosine",
-                                         batch_size=batch_size),
+    res = train(model, data, BackboneTrainConfig(epochs=epochs, lr=lr, seed=seed, schedule="cosine",
+                                                 batch_size=batch_size),
                 ckpt_dir=ckpt_dir, resume=resume, progress=progress, eval_val=False)
     recalibrate_bn(model, data, 20, batch_size, seed)
     res.best_val = evaluate(model, data.val, data.mean, data.std)
@@ -214,9 +214,10 @@ class ABCPruner:
         c = self.cfg
         cand = prune(self.model, widths, c.select, c.seed)
         recalibrate_bn(cand, self.data, c.bn_batches, c.batch_size, c.seed)
-        train(cand, self.data, TrainConfig(epochs=c.fitness_epochs, lr=c.fitness_lr,
-                                           schedule="constant", seed=c.seed,
-                                           batch_size=c.batch_size, train_subset=c.fitness_subset),
+        train(cand, self.data, BackboneTrainConfig(epochs=c.fitness_epochs, lr=c.fitness_lr,
+                                                   schedule="constant", seed=c.seed,
+                                                   batch_size=c.batch_size,
+                                                   train_subset=c.fitness_subset),
               progress=False, eval_val=False)
         recalibrate_bn(cand, self.data, c.bn_batches, c.batch_size, c.seed)
         if c.fitness_metric == "loss":

@@ -4,7 +4,7 @@ import numpy as np
 
 from vistream.models.backbones import create_model
 from vistream.models.data import DataBundle, Split
-from vistream.models.train import TrainConfig, evaluate, load_checkpoint_model, train
+from vistream.models.train import BackboneTrainConfig, evaluate, load_checkpoint_model, train
 
 
 def tiny_data(n=24):
@@ -19,9 +19,10 @@ def tiny_data(n=24):
 def test_train_checkpoint_resume(tmp_path):
     data = tiny_data()
     m = create_model("resnet20", num_classes=3, widths=[4] * 9, base=4)
-    r = train(m, data, TrainConfig(epochs=1, lr=0.05, batch_size=8), ckpt_dir=tmp_path, progress=False)
+    r = train(m, data, BackboneTrainConfig(epochs=1, lr=0.05, batch_size=8), ckpt_dir=tmp_path,
+              progress=False)
     assert r.epochs_run == 1 and (tmp_path / "last.pt").exists() and (tmp_path / "best.pt").exists()
-    r2 = train(m, data, TrainConfig(epochs=2, lr=0.05, batch_size=8, schedule="step"),
+    r2 = train(m, data, BackboneTrainConfig(epochs=2, lr=0.05, batch_size=8, schedule="step"),
                ckpt_dir=tmp_path, resume=True, progress=False)
     assert r2.epochs_run == 1 and [h["epoch"] for h in r2.history] == [0, 1]
     back = load_checkpoint_model(tmp_path / "last.pt")
@@ -40,7 +41,7 @@ def test_train_backbone_init_transfers_weights_and_refuses_another_architecture(
     src = create_model("resnet20", num_classes=10)
     with torch.no_grad():
         src.stem[0].weight.fill_(0.125)  # a mark that only a transfer can carry over
-    train(src, tiny_data(20), TrainConfig(epochs=1, lr=0.0, schedule="constant", batch_size=10),
+    train(src, tiny_data(20), BackboneTrainConfig(epochs=1, lr=0.0, schedule="constant", batch_size=10),
           ckpt_dir=tmp_path / "src", progress=False)
 
     def cli(*args):
