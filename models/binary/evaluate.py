@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,44 @@ def format_table(result: dict[str, Any]) -> str:
                  f"{c['weight_bytes'] / 1024:.1f}", f"{fp_bytes / c['weight_bytes']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+DOCS_START, DOCS_END = "<!-- binary-table:start -->", "<!-- binary-table:end -->"
+
+
+def write_docs(path: Path, table: str, command: str, result: dict[str, Any]) -> None:
+    """Put ``table`` (with the command and when it was measured) between the table markers of
+    the Markdown file ``path``, replacing what was there, or append it."""
+    block = (f"{DOCS_START}\nMeasured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in "
+             f"{result['seconds'] / 60:.1f} min with\n\n```bash\n{command}\n```\n\n{table}\n{DOCS_END}")
+    text = path.read_text() if path.exists() else "# 1-bit networks\n\n"
+    if DOCS_START in text and DOCS_END in text:
+        pre, rest = text.split(DOCS_START, 1)
+        text = pre + block + rest.split(DOCS_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def run_evaluation(names: list[str], cfg: BinaryTrainConfig, seeds: dict[str, int], out: Path,
+                   command: str, docs: Path | None = None, json_path: Path | None = None,
+                   jobs: int = 1, progress: bool = True,
+                   echo: Callable[[str], None] = _print) -> dict[str, Any]:
+    """``vistream eval binary``: :func:`evaluate_binary`, then echo the table and the ordering
+    check, write the table into ``docs`` and the figures to ``json_path`` (when given);
+    returns the figures."""
+    result = evaluate_binary(names, cfg, seeds, out, jobs=jobs, progress=progress, echo=echo)
+    table = format_table(result)
+    result["command"] = command
+    echo(table)
+    for name, checks in result["ordering"].items():
+        held = [m for m, ok in checks.items() if ok]
+        echo(f"{name}: FP > method > XNOR holds for {', '.join(held) or 'none'}; "
+             f"not for {', '.join(m for m in checks if m not in held) or 'none'}")
+    if docs:
+        write_docs(docs, table, command, result)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=1))
+    return result

@@ -79,6 +79,28 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
     return model, rec
 
 
+def compress_abc(base, data, flops_target: float, cfg, seed: int, finetune_epochs: int,
+                 finetune_lr: float, out: Path, progress: bool = True, resume: bool = False,
+                 channel_multiple: int = 8, echo=print) -> dict:
+    """``vistream compress abc``: ABCPruner on the trained backbone ``base`` (its search log and
+    convergence plot under ``out``), fine-tune the best structure, export it as
+    ``out/abc-ARCH.vsa`` and write ``out/result.json``. Returns the figures of the last line."""
+    arch = base.config["arch"]
+    pruned, rec = run_method("abc", base, data, flops_target, seed, finetune_epochs, finetune_lr,
+                             cfg, out, progress=progress, resume=resume,
+                             channel_multiple=channel_multiple)
+    art = out / f"abc-{arch}.vsa"
+    man = export_artifact(pruned, art, method="abc", data=data,
+                          metrics={k: rec[k] for k in ("val_acc", "test_acc", "search_epochs",
+                                                       "finetune_epochs", "total_epochs")},
+                          extra={"search": rec["search"], "base_flops_target": flops_target})
+    (out / "result.json").write_text(json.dumps(rec, indent=1))
+    echo(f"search log {out}/abc-s{seed}/evaluations.jsonl, plot {out}/abc-s{seed}/convergence.png")
+    return {"artifact": str(art), "model_id": man["model_id"],
+            **{k: rec[k] for k in ("widths", "flops", "flops_ratio", "params", "val_acc",
+                                   "test_acc", "search_epochs", "finetune_epochs", "total_epochs")}}
+
+
 def _mean_sd(vals: list[float]) -> tuple[float, float]:
     return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
 

@@ -160,9 +160,8 @@ def compress_abc(
     export it. Logs every structure (evaluations.jsonl) and draws convergence.png."""
     import torch
 
-    from vistream.models.artifacts import export_artifact
     from vistream.models.data import load_dataset
-    from vistream.models.pruning import load_base, run_method
+    from vistream.models.pruning import compress_abc as run, load_base
 
     torch.set_num_threads(1)
     data = load_dataset(dataset)
@@ -173,20 +172,10 @@ def compress_abc(
         raise ValueError(f"--base is a {model.config['arch']}, not {arch}")
     cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, seed,
                       flops_target, fitness_metric)
-    pruned, rec = run_method("abc", model, data, flops_target, seed, finetune_epochs, finetune_lr,
-                             cfg, out, progress=progress, resume=resume,
-                             channel_multiple=channel_multiple)
-    art = out / f"abc-{arch}.vsa"
-    man = export_artifact(pruned, art, method="abc", data=data,
-                          metrics={k: rec[k] for k in ("val_acc", "test_acc", "search_epochs",
-                                                       "finetune_epochs", "total_epochs")},
-                          extra={"search": rec["search"], "base_flops_target": flops_target})
-    (out / "result.json").write_text(json.dumps(rec, indent=1))
-    typer.echo(f"search log {out}/abc-s{seed}/evaluations.jsonl, plot {out}/abc-s{seed}/convergence.png")
-    typer.echo(json.dumps({"artifact": str(art), "model_id": man["model_id"],
-                           **{k: rec[k] for k in ("widths", "flops", "flops_ratio", "params",
-                                                  "val_acc", "test_acc", "search_epochs",
-                                                  "finetune_epochs", "total_epochs")}}))
+    result = run(model, data, flops_target, cfg, seed, finetune_epochs, finetune_lr, out,
+                 progress=progress, resume=resume, channel_multiple=channel_multiple,
+                 echo=typer.echo)
+    typer.echo(json.dumps(result))
 
 
 # ----------------------------------------------------------------------------- eval

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-from datetime import datetime, UTC
 from pathlib import Path
 
 import typer
@@ -13,7 +12,6 @@ import typer
 from vistream.cli.main import eval_app, train_app
 
 METHOD_NAMES = ("xnor", "cbcn", "bonn", "rbcn", "gbcn")
-DOCS_START, DOCS_END = "<!-- binary-table:start -->", "<!-- binary-table:end -->"
 
 
 def _depth(arch: str) -> int:
@@ -121,19 +119,6 @@ def _seeds(text: str, names: list[str]) -> dict[str, int]:
     return out
 
 
-def _write_docs(path: Path, table: str, command: str, result: dict) -> None:
-    block = (f"{DOCS_START}\nMeasured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in "
-             f"{result['seconds'] / 60:.1f} min with\n\n```bash\n{command}\n```\n\n{table}\n{DOCS_END}")
-    text = path.read_text() if path.exists() else "# 1-bit networks\n\n"
-    if DOCS_START in text and DOCS_END in text:
-        pre, rest = text.split(DOCS_START, 1)
-        text = pre + block + rest.split(DOCS_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 @eval_app.command("binary")
 def eval_binary(
     dataset: str = typer.Option("digits", "--dataset",
@@ -155,7 +140,7 @@ def eval_binary(
     """FP and XNOR rows, CBCN / BONN / RBCN / GBCN and one ablation row each: top-1 on the test
     split (mean ± sd over seeds where two rows are within a point), binary ops, float FLOPs,
     weight memory. Prints one table, then the JSON figures as the last line."""
-    from vistream.models.binary.evaluate import evaluate_binary, format_table
+    from vistream.models.binary.evaluate import run_evaluation
     from vistream.models.binary.train import BinaryTrainConfig
     depth = _depth(arch)
     names = [d.strip() for d in dataset.split(",") if d.strip()]
@@ -170,20 +155,9 @@ def eval_binary(
         per = {n: 1 for n in names}
         out = out / "quick"
         cfg.out_root = str(out)
-    result = evaluate_binary(names, cfg, per, out, jobs=jobs, progress=progress, echo=typer.echo)
-    table = format_table(result)
     command = "vistream eval binary " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["eval", "binary"] \
         else "vistream eval binary"
-    result["command"] = command
-    typer.echo(table)
-    for name, checks in result["ordering"].items():
-        held = [m for m, ok in checks.items() if ok]
-        typer.echo(f"{name}: FP > method > XNOR holds for {', '.join(held) or 'none'}; "
-                   f"not for {', '.join(m for m in checks if m not in held) or 'none'}")
     docs = docs or (None if quick else Path("docs/binary.md"))
-    if docs:
-        _write_docs(docs, table, command, result)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=1))
+    result = run_evaluation(names, cfg, per, out, command, docs, json_path, jobs=jobs,
+                            progress=progress, echo=typer.echo)
     typer.echo(json.dumps(result))
