@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from vistream.models.deblur.s3e import TrainConfig, export_weights, generator_sizes, model_from_checkpoint, train
+from vistream.models.deblur.s3e import export_weights
+from vistream.models.deblur.train import DeblurTrainConfig, generator_sizes, model_from_checkpoint, train
 
 
 def main() -> None:
@@ -39,9 +40,9 @@ def main() -> None:
         # convolutions of a fixed size: let cuDNN pick its fastest kernels; TF32 for matmuls
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = TrainConfig(steps=100_000, batch=a.batch, lr=a.lr, seed=a.seed, device=a.device,
-                      workers=a.workers, checkpoint_every=250, **generator_sizes(a.generator),
-                      init=a.init, ablation_init=a.ablation_init)
+    cfg = DeblurTrainConfig(steps=100_000, batch=a.batch, lr=a.lr, seed=a.seed, device=a.device,
+                            workers=a.workers, checkpoint_every=250, **generator_sizes(a.generator),
+                            init=a.init, ablation_init=a.ablation_init)
     run = {"s3e": a.out / "run" / "s3e", "ablation": a.out / "run" / "ablation"}
     res = train(cfg, run["s3e"], resume=False, progress=False, max_seconds=a.seconds,
                 ablation_dir=run["ablation"], fit_schedule=True)

@@ -328,8 +328,9 @@ def load_model(path: Path | None, which: str, semantic: bool):
     """The model in ``path`` (exported weights or a training checkpoint ``.pt``), or the
     shipped weights ``which`` (a key of ``SHIPPED_WEIGHTS``) when ``path`` is None; its
     semantic switch set to ``semantic``. Raises FileNotFoundError when the file is missing."""
-    # s3e imports torch: only loading a model needs it
-    from vistream.models.deblur.s3e import load_weights, model_from_checkpoint
+    # s3e and train import torch: only loading a model needs it
+    from vistream.models.deblur.s3e import load_weights
+    from vistream.models.deblur.train import model_from_checkpoint
 
     p = path or SHIPPED_WEIGHTS[which]
     if not p.exists():

@@ -13,17 +13,14 @@ from vistream.models.data.blur import (
 from vistream.models.deblur.evaluate import bleu4
 from vistream.models.deblur.s3e import (
     Critic,
-    LossWeights,
     S3EConfig,
     S3EDeblur,
-    critic_loss,
     export_weights,
-    feature_consistency_loss,
-    generator_losses,
     load_weights,
     parse_tree,
     tree_masks,
 )
+from vistream.models.deblur.train import LossWeights, critic_loss, feature_consistency_loss, generator_losses
 
 torch.set_num_threads(1)  # the machine is shared: oversubscribed threads only slow tests down
 SMALL = dict(c1=8, c2=12, blocks=2, enc=16, hidden=32, emb=8, node=16)
@@ -172,7 +169,7 @@ def test_object_maps_cover_each_captioned_object_in_caption_order():
 
 
 def test_grounding_loss_prefers_attention_on_the_object_and_skips_absent_ones():
-    from vistream.models.deblur.s3e import grounding_loss
+    from vistream.models.deblur.train import grounding_loss
 
     target = torch.zeros(1, 2, 4)
     target[0, 0, :2] = 0.5                     # object 0 covers cells 0 and 1; object 1 absent
@@ -184,9 +181,9 @@ def test_grounding_loss_prefers_attention_on_the_object_and_skips_absent_ones():
 
 
 def test_training_batches_are_a_function_of_seed_and_step():
-    from vistream.models.deblur.s3e import TrainConfig, TrainingBatches
+    from vistream.models.deblur.train import DeblurTrainConfig, TrainingBatches
 
-    cfg = TrainConfig(steps=10, batch=2, size=32, seed=4)
+    cfg = DeblurTrainConfig(steps=10, batch=2, size=32, seed=4)
     item = TrainingBatches(cfg)[7]
     again = training_batch(np.random.default_rng([4, 7]), 2, 32, cfg.severe_fraction, cfg.augment,
                            TRAINING_POOLS[cfg.photos])
@@ -198,9 +195,9 @@ def test_training_batches_are_a_function_of_seed_and_step():
 def test_lockstep_pair_trains_s3e_and_ablation_and_resumes_together(tmp_path):
     import json
 
-    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.train import DeblurTrainConfig, model_from_checkpoint, train
 
-    cfg = TrainConfig(steps=4, batch=2, size=32, checkpoint_every=2, workers=1)
+    cfg = DeblurTrainConfig(steps=4, batch=2, size=32, checkpoint_every=2, workers=1)
     res = train(cfg, tmp_path / "s3e", progress=False, ablation_dir=tmp_path / "abl", log=lambda m: None)
     assert res["step"] == 4 and [h["step"] for h in res["ablation"]["history"]] == [2, 4]
     assert json.loads((tmp_path / "abl" / "config.json").read_text())["semantic"] is False
@@ -210,7 +207,7 @@ def test_lockstep_pair_trains_s3e_and_ablation_and_resumes_together(tmp_path):
     # same start, same batches, different embedding: the trained weights have parted
     assert not torch.equal(s3e.generator.head.weight, abl.generator.head.weight)
 
-    cfg = TrainConfig(steps=6, batch=2, size=32, checkpoint_every=2)
+    cfg = DeblurTrainConfig(steps=6, batch=2, size=32, checkpoint_every=2)
     logs: list[str] = []
     res = train(cfg, tmp_path / "s3e", progress=False, ablation_dir=tmp_path / "abl", log=logs.append)
     assert res["step"] == 6 and sum("resumed" in m for m in logs) == 2
@@ -220,23 +217,23 @@ def test_lockstep_pair_trains_s3e_and_ablation_and_resumes_together(tmp_path):
 
 
 def test_a_run_can_start_from_exported_weights_of_its_own_kind_and_size(tmp_path):
-    from vistream.models.deblur.s3e import TrainConfig, train
+    from vistream.models.deblur.train import DeblurTrainConfig, train
 
     torch.manual_seed(3)
     small = dict(c1=8, c2=12, blocks=2)
-    start = S3EDeblur(S3EConfig(**small))  # TrainConfig builds the default captioner
+    start = S3EDeblur(S3EConfig(**small))  # DeblurTrainConfig builds the default captioner
     path = str(export_weights(start, tmp_path / "start.safetensors"))
-    cfg = TrainConfig(steps=1, batch=1, size=32, lr=0.0, critic_lr=0.0, init=path, **small)
+    cfg = DeblurTrainConfig(steps=1, batch=1, size=32, lr=0.0, critic_lr=0.0, init=path, **small)
     logs: list[str] = []
     train(cfg, tmp_path / "run", progress=False, log=logs.append)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     assert any("starts from" in m for m in logs)
     assert all(torch.equal(state[k], v) for k, v in start.state_dict().items())  # lr 0: unchanged
     with pytest.raises(ValueError, match="generator of size"):
-        train(TrainConfig(steps=1, batch=1, size=32, init=path, c1=8, c2=16, blocks=2),
+        train(DeblurTrainConfig(steps=1, batch=1, size=32, init=path, c1=8, c2=16, blocks=2),
               tmp_path / "other", progress=False, log=logs.append)
     with pytest.raises(ValueError, match="S3E weights"):
-        train(TrainConfig(steps=1, batch=1, size=32, semantic=False, ablation_init=path, **small),
+        train(DeblurTrainConfig(steps=1, batch=1, size=32, semantic=False, ablation_init=path, **small),
               tmp_path / "abl", progress=False, log=logs.append)
 
 
@@ -253,10 +250,10 @@ def _trained_looking_start(tmp_path, seed: int) -> tuple[S3EDeblur, str]:
 
 
 def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_path):
-    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.train import DeblurTrainConfig, model_from_checkpoint, train
 
     start, path = _trained_looking_start(tmp_path, 4)
-    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, paint_half=True, **GROW_BASE)
+    cfg = DeblurTrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, paint_half=True, **GROW_BASE)
     train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     tuned = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert tuned.cfg.paint_half and tuned.generator.paint_half.weight.abs().sum() > 0  # it learned
@@ -271,7 +268,7 @@ def test_a_half_resolution_paint_starts_at_zero_and_then_carries_the_tree(tmp_pa
 
 
 def test_a_1_8_level_grows_onto_weights_without_it_and_starts_as_the_start(tmp_path):
-    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.train import DeblurTrainConfig, model_from_checkpoint, train
 
     start, path = _trained_looking_start(tmp_path, 5)
     blurred, _, _ = _batch(2)
@@ -279,21 +276,21 @@ def test_a_1_8_level_grows_onto_weights_without_it_and_starts_as_the_start(tmp_p
     grown.load_state_dict(start.state_dict(), strict=False)
     assert torch.allclose(grown.deblur(blurred)[0], start.deblur(blurred)[0], atol=1e-6)
     logs: list[str] = []
-    cfg = TrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, c3=16, blocks8=1, **GROW_BASE)
+    cfg = DeblurTrainConfig(steps=3, batch=2, size=32, lr=1e-2, init=path, c3=16, blocks8=1, **GROW_BASE)
     train(cfg, tmp_path / "run", progress=False, log=logs.append)
     assert any("1/8 level added" in m for m in logs)
     tuned = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert tuned.cfg.c3 == 16 and tuned.generator.deep[-2].weight.abs().sum() > 0  # it learned
     # growing only adds the 1/8 level: another size at 1/4 is still refused
     with pytest.raises(ValueError, match="generator of size"):
-        train(TrainConfig(steps=1, batch=1, size=32, init=path, c1=8, c2=16, blocks=2, c3=16,
+        train(DeblurTrainConfig(steps=1, batch=1, size=32, init=path, c1=8, c2=16, blocks=2, c3=16,
                           blocks8=1), tmp_path / "other", progress=False, log=logs.append)
 
 
 def test_fit_schedule_shortens_the_run_to_the_time_budget(tmp_path):
-    from vistream.models.deblur.s3e import TrainConfig, train
+    from vistream.models.deblur.train import DeblurTrainConfig, train
 
-    cfg = TrainConfig(steps=100_000, batch=1, size=32, checkpoint_every=10_000)
+    cfg = DeblurTrainConfig(steps=100_000, batch=1, size=32, checkpoint_every=10_000)
     logs: list[str] = []
     res = train(cfg, tmp_path, progress=False, max_seconds=20, fit_schedule=True, log=logs.append)
     assert any("schedule shortened" in m for m in logs)
@@ -303,9 +300,9 @@ def test_fit_schedule_shortens_the_run_to_the_time_budget(tmp_path):
 
 
 def test_a_larger_generator_trains_exports_and_refuses_resume_at_another_size(tmp_path):
-    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.train import DeblurTrainConfig, model_from_checkpoint, train
 
-    cfg = TrainConfig(steps=2, batch=1, size=32, checkpoint_every=2, c1=16, c2=24, blocks=4)
+    cfg = DeblurTrainConfig(steps=2, batch=1, size=32, checkpoint_every=2, c1=16, c2=24, blocks=4)
     train(cfg, tmp_path, progress=False, log=lambda m: None)
     model = model_from_checkpoint(tmp_path / "checkpoint.pt")
     assert (model.cfg.c1, model.cfg.c2, model.cfg.blocks) == (16, 24, 4)
@@ -321,7 +318,7 @@ def test_a_larger_generator_trains_exports_and_refuses_resume_at_another_size(tm
 
 
 def test_a_generator_with_a_one_eighth_level_keeps_any_frame_size_and_its_config(tmp_path):
-    from vistream.models.deblur.s3e import TrainConfig, model_from_checkpoint, train
+    from vistream.models.deblur.train import DeblurTrainConfig, model_from_checkpoint, train
 
     torch.manual_seed(0)
     model = S3EDeblur(S3EConfig(**(SMALL | dict(c3=20, blocks8=2)))).eval()
@@ -332,7 +329,7 @@ def test_a_generator_with_a_one_eighth_level_keeps_any_frame_size_and_its_config
     # the zero-initialised tail makes an untrained generator the identity
     assert torch.allclose(out, x.clamp(0, 1), atol=1e-6)
 
-    cfg = TrainConfig(steps=2, batch=1, size=32, checkpoint_every=2, c1=8, c2=12, blocks=2,
+    cfg = DeblurTrainConfig(steps=2, batch=1, size=32, checkpoint_every=2, c1=8, c2=12, blocks=2,
                       c3=20, blocks8=2)
     train(cfg, tmp_path, progress=False, log=lambda m: None)
     rebuilt = model_from_checkpoint(tmp_path / "checkpoint.pt")
@@ -351,7 +348,7 @@ def test_weights_from_before_the_one_eighth_level_load_without_it():
 
 
 def test_the_joint_captioner_pass_gives_the_losses_of_separate_passes():
-    from vistream.models.deblur.s3e import caption_loss, content_loss
+    from vistream.models.deblur.train import caption_loss, content_loss
 
     torch.manual_seed(0)
     model, critic = S3EDeblur(S3EConfig(**SMALL)), Critic()
@@ -369,7 +366,7 @@ def test_the_joint_captioner_pass_gives_the_losses_of_separate_passes():
 
 
 def test_generator_sizes_read_three_or_five_positive_integers():
-    from vistream.models.deblur.s3e import generator_sizes
+    from vistream.models.deblur.train import generator_sizes
 
     assert generator_sizes("32,48,3") == dict(c1=32, c2=48, blocks=3, c3=0, blocks8=0)
     assert generator_sizes("32,64,4,96,4") == dict(c1=32, c2=64, blocks=4, c3=96, blocks8=4)

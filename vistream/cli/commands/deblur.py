@@ -62,9 +62,9 @@ def train_deblur(
     --ablation-out trains the no-semantic ablation beside it on the very same batches."""
     import torch
 
-    from vistream.models.deblur.s3e import (
-        TrainConfig,
-        export_weights,
+    from vistream.models.deblur.s3e import export_weights
+    from vistream.models.deblur.train import (
+        DeblurTrainConfig,
         generator_sizes,
         model_from_checkpoint,
         plot_training,
@@ -100,11 +100,11 @@ def train_deblur(
         if not resume and (d / "checkpoint.pt").exists():
             typer.echo(f"starting afresh: {d / 'checkpoint.pt'} is replaced (use --resume to continue it)")
             (d / "checkpoint.pt").unlink()
-    cfg = TrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
-                      threads=threads, device=device, workers=workers, **sizes, paint_half=paint_half,
-                      grounding=grounding, augment=augment, photos=photos,
-                      init=str(init or "") if semantic else "",
-                      ablation_init=str(ablation_init or "") if semantic else str(init or ""))
+    cfg = DeblurTrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
+                            threads=threads, device=device, workers=workers, **sizes, paint_half=paint_half,
+                            grounding=grounding, augment=augment, photos=photos,
+                            init=str(init or "") if semantic else "",
+                            ablation_init=str(ablation_init or "") if semantic else str(init or ""))
     try:
         res = train(cfg, out, resume=resume, progress=progress,
                     max_seconds=None if max_minutes is None else 60 * max_minutes, log=typer.echo,
