@@ -1,7 +1,8 @@
 """The query service: a FastAPI app over a :class:`models.hashing.live.LiveIndex`.
 
-``create_app(index, extractor, limits)`` builds the app; ``vistream serve`` runs it with uvicorn,
-either next to the live index stage (sharing the index object) or over a read-only snapshot.
+``create_app(index, extractor, limits)`` builds the app; :mod:`pipeline.serve` runs it with
+uvicorn (``vistream serve``), either next to the live index stage (sharing the index object) or
+over a read-only snapshot.
 
 Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
 
@@ -196,51 +197,6 @@ def check_upload(data: bytes, limits: ServiceLimits) -> np.ndarray:
         raise HTTPException(code, str(exc)) from None
 
 
-# --------------------------------------------------------------------------- extractors
-
-
-class StageExtractor:
-    """A :class:`~models.backbones.extractor.FeatureExtractor` that runs a pipeline's own
-    ``features`` stage (same artifact or seeded backbone, same preprocessing), so that query
-    images land in exactly the feature space of the indexed frames. Images go in through the
-    stage's public ``process`` as lossless PNG frame records."""
-
-    def __init__(self, stage) -> None:
-        import threading
-
-        self.stage = stage
-        self._lock = threading.Lock()  # a stage is not meant to be called by several threads
-        self.dim = 0
-        stage.setup()
-        self.model_id = str(getattr(stage, "model_id", ""))
-        self.dim = int(self.extract([np.zeros((8, 8, 3), np.uint8)]).shape[1])
-
-    @classmethod
-    def from_config(cls, cfg, index_stage: str | None = None) -> StageExtractor | None:
-        """The ``features`` stage whose output feeds ``index_stage`` (or the only one)."""
-        from vistream.stages.base import create_stage
-
-        feats = [s for s in cfg.stages if s.type == "features"]
-        if index_stage is not None:
-            inputs = set(cfg.stage(index_stage).inputs)
-            feeding = [s for s in feats if s.outputs.get("features") in inputs]
-            feats = feeding or feats
-        if not feats:
-            return None
-        return cls(create_stage(feats[0].type, feats[0].params))
-
-    def extract(self, images) -> np.ndarray:
-        from vistream.stages.records import Frame
-
-        frames = [Frame.from_image(np.asarray(im), "query", i, timestamp_ms=0, content_type=PNG)
-                  for i, im in enumerate(images)]
-        with self._lock:
-            out = self.stage.process(frames)
-        if not out:
-            return np.zeros((0, self.dim), np.float32)
-        return np.stack([np.asarray(m.vector, np.float32) for m in out])
-
-
 # --------------------------------------------------------------------------- metrics
 
 
@@ -283,6 +239,15 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     app.state.index = index
     app.state.extractor = extractor
     app.state.limits = limits
+    registry = _instrument(app, index, limits)
+    _add_status_routes(app, index, extractor, registry)
+    _add_search_routes(app, index, extractor, limits)
+    return app
+
+
+def _instrument(app: FastAPI, index: LiveIndex, limits: ServiceLimits) -> CollectorRegistry:
+    """Per-app request counts, latencies and index gauges; uploads over the limit (or without
+    a Content-Length) are refused here, before the body is read."""
     registry = CollectorRegistry()
     registry.register(_IndexCollector(index))
     requests = Counter("vistream_api_requests", "API requests", ["endpoint", "status"],
@@ -315,11 +280,11 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
         latency.labels(endpoint).observe(time.perf_counter() - t0)
         return response
 
-    def check_k(k: int) -> int:
-        if not 1 <= k <= limits.max_k:
-            raise HTTPException(422, f"k must be between 1 and {limits.max_k}, got {k}")
-        return k
+    return registry
 
+
+def _add_status_routes(app: FastAPI, index: LiveIndex, extractor: Any | None,
+                       registry: CollectorRegistry) -> None:
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/docs")
@@ -339,25 +304,39 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
         body = generate_latest(REGISTRY) + generate_latest(registry)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+
+def _check_k(k: int, limits: ServiceLimits) -> int:
+    if not 1 <= k <= limits.max_k:
+        raise HTTPException(422, f"k must be between 1 and {limits.max_k}, got {k}")
+    return k
+
+
+def _check_extractor(extractor: Any | None, index: LiveIndex) -> None:
+    """409 unless ``extractor`` makes features of the model and length the index holds."""
+    if extractor is None:
+        raise HTTPException(409, "image search is not configured: the service has no "
+                                 "feature extractor (start it with --backbone)")
+    if index.dim is not None and extractor.dim != index.dim:
+        raise HTTPException(409, f"the extractor makes {extractor.dim}-d features but the "
+                                 f"index holds {index.dim}-d features")
+    if index.feature_model_id and extractor.model_id != index.feature_model_id:
+        raise HTTPException(409, f"the index holds features of {index.feature_model_id!r} "
+                                 f"but this service extracts {extractor.model_id!r}: image "
+                                 "queries would land in another feature space (serve with "
+                                 "the pipeline config that holds the features stage)")
+
+
+def _add_search_routes(app: FastAPI, index: LiveIndex, extractor: Any | None,
+                       limits: ServiceLimits) -> None:
     @app.post("/search/image", response_model=SearchResponse, responses=_ERRORS)
     def search_image(image: UploadFile = File(..., description="a JPEG or PNG image"),
                      k: int = Query(10, description="how many neighbours")) -> SearchResponse:
         """Search by an uploaded image: backbone features -> hash code -> top-k."""
         t0 = time.perf_counter()
-        check_k(k)
+        _check_k(k, limits)
         data = image.file.read(limits.max_upload_bytes + 1)
         img = check_upload(data, limits)
-        if extractor is None:
-            raise HTTPException(409, "image search is not configured: the service has no "
-                                     "feature extractor (start it with --backbone)")
-        if index.dim is not None and extractor.dim != index.dim:
-            raise HTTPException(409, f"the extractor makes {extractor.dim}-d features but the "
-                                     f"index holds {index.dim}-d features")
-        if index.feature_model_id and extractor.model_id != index.feature_model_id:
-            raise HTTPException(409, f"the index holds features of {index.feature_model_id!r} "
-                                     f"but this service extracts {extractor.model_id!r}: image "
-                                     "queries would land in another feature space (serve with "
-                                     "the pipeline config that holds the features stage)")
+        _check_extractor(extractor, index)
         vec = extractor.extract([img])[0]
         try:
             result = index.search_vector(vec, k)
@@ -370,7 +349,7 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
                      k: int = Query(10, description="how many neighbours")) -> SearchResponse:
         """Neighbours of an indexed frame (the frame itself comes first, at distance 0)."""
         t0 = time.perf_counter()
-        check_k(k)
+        _check_k(k, limits)
         try:
             result = index.search_frame(frame_id, k)
         except KeyError:
@@ -381,7 +360,7 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     def search_vector(q: VectorQuery = Body(...)) -> SearchResponse:
         """Search by a raw feature vector (same feature space as the indexed frames)."""
         t0 = time.perf_counter()
-        check_k(q.k)
+        _check_k(q.k, limits)
         if len(q.vector) > limits.max_vector_dims:
             raise HTTPException(422, f"vector has {len(q.vector)} dims; at most "
                                      f"{limits.max_vector_dims}")
@@ -390,78 +369,3 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return _response("vector", q.k, result, t0)
-
-    return app
-
-
-# --------------------------------------------------------------------------- serving next to the stage
-
-
-class LivePipeline:
-    """The index stage of a pipeline config, run by its StageRunner in background threads, so
-    that the query API shares its :class:`LiveIndex`.
-
-    On Kafka only the named stage runs here (the other stages run as their own processes). On
-    the memory bus (one process) every stage of the config runs here and its sources are fed
-    once; the API keeps serving after they are exhausted.
-    """
-
-    def __init__(self, cfg, stage_name: str, group: str | None = None) -> None:
-        import threading
-
-        from vistream.pipeline.app import build_runner, bus_from_config, create_topics
-        from vistream.stages.base import create_stage
-
-        settings = cfg.stage(stage_name)
-        if settings.type != "hashing":
-            raise ValueError(f"stage {stage_name!r} is a {settings.type!r} stage; `serve` needs a "
-                             "'hashing' (index) stage")
-        if group:
-            settings = settings.model_copy(update={"group": group})
-        self.cfg = cfg
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.bus = bus_from_config(cfg)
-        create_topics(cfg, self.bus)
-        others = [s for s in cfg.stages if s.name != stage_name] if cfg.bus.backend == "memory" else []
-        stage = create_stage(settings.type, settings.params)
-        self.runner = build_runner(cfg, settings, self.bus, stage=stage)
-        self.runners = [self.runner] + [build_runner(cfg, s, self.bus) for s in others
-                                        for _ in range(s.replicas)]
-        for r in self.runners:
-            r.open()  # the index stage loads its snapshot here
-        self.index: LiveIndex = stage.index
-        self.threads = [threading.Thread(target=self._guard(r.run, self.stop),
-                                         name=f"stage-{r.name}", daemon=True)
-                        for r in self.runners]
-        if cfg.bus.backend == "memory" and cfg.sources:
-            self.threads.append(threading.Thread(target=self._guard(self._feed), name="sources",
-                                                 daemon=True))
-
-    def _guard(self, fn, *args):
-        def target() -> None:
-            try:
-                fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - reported by close()
-                log.exception("%s failed", fn)
-                self.errors.append(exc)
-        return target
-
-    def _feed(self) -> None:
-        from vistream.pipeline.ingest import ingest
-
-        with self.bus.producer() as producer:
-            for src in self.cfg.sources:
-                ingest(src.source, producer, src.topic, src.stream_id, src.fps, src.quality,
-                       src.limit, False, self.stop)
-
-    def start(self) -> LivePipeline:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def close(self, timeout: float = 60) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=timeout)
-        self.bus.close()

@@ -283,7 +283,8 @@ def test_live_pipeline_on_the_memory_bus_serves_its_own_frames(tmp_path):
     import vistream.stages.features  # noqa: F401  (registers the stage type)
     import vistream.stages.hashing  # noqa: F401
     from vistream.pipeline.config import parse_config
-    from vistream.pipeline.service import LivePipeline, StageExtractor
+    from vistream.pipeline.app import InProcessPipeline
+    from vistream.pipeline.serve import StageExtractor
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -300,7 +301,7 @@ def test_live_pipeline_on_the_memory_bus_serves_its_own_frames(tmp_path):
             {"name": "index", "type": "hashing", "inputs": ["features"],
              "params": {"model": "sdoh", "n_bits": 32, "background": False}},
         ]})
-    live = LivePipeline(cfg, "index").start()
+    live = InProcessPipeline.serving(cfg, "index").start()
     try:
         deadline = time.monotonic() + 60
         while len(live.index) < 12 and time.monotonic() < deadline:

@@ -39,48 +39,17 @@ def serve(
     """Run the query API: next to a live index stage (`--config` and `--stage`: the stage runs
     through its StageRunner in a background thread and the API shares its index), or over a
     snapshot folder, read-only (`--snapshot`)."""
-    import uvicorn
-
-    from vistream.models.hashing.live import LiveIndex
-    from vistream.pipeline.service import LivePipeline, ServiceLimits, StageExtractor, create_app
+    # FastAPI, uvicorn (and FAISS through the index): loaded only by this command
+    from vistream.pipeline.serve import serve as run
+    from vistream.pipeline.service import ServiceLimits
 
     _logging(log_format)
     if snapshot is None and config is None:
         raise typer.BadParameter("give --config (with --stage) or --snapshot")
-    cfg = None
-    if config is not None:
-        from vistream.pipeline.config import load_config
-
-        cfg = load_config(config)
-        if stage is None and snapshot is None:
-            names = [s.name for s in cfg.stages if s.type == "hashing"]
-            if len(names) != 1:
-                raise typer.BadParameter(f"--stage is needed: index stages in the config: {names}")
-            stage = names[0]
-    # Image queries must be embedded like the indexed frames: the config's own features stage
-    # when it has one, else the --backbone (seeded random init: no trained weights exist yet).
-    extractor = None
-    if cfg is not None:
-        extractor = StageExtractor.from_config(cfg, stage)
-    if extractor is None and backbone and backbone.lower() != "none":
-        from vistream.models.backbones.extractor import BackboneExtractor
-
-        extractor = BackboneExtractor(backbone, input_size=input_size, seed=seed)
     limits = ServiceLimits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_k=max_k)
-    live = None
-    if snapshot is not None:
-        index = LiveIndex.load(snapshot, read_only=True, search_threads=threads)
-    else:
-        live = LivePipeline(cfg, stage, group=group).start()
-        index = live.index
-        index.search_threads = threads
-    api = create_app(index, extractor, limits)
-    typer.echo(f"serving {len(index)} frames on http://{host}:{port} (docs: /docs)", err=True)
-    try:
-        uvicorn.run(api, host=host, port=port, log_level="warning")
-    finally:
-        if live is not None:
-            live.close()
+    run(config, stage, snapshot, host=host, port=port, group=group, backbone=backbone,
+        input_size=input_size, seed=seed, limits=limits, threads=threads,
+        echo=lambda s: typer.echo(s, err=True))
 
 
 @app.command()

@@ -1,0 +1,113 @@
+"""Running the query service (``vistream serve``).
+
+The API of :mod:`pipeline.service` is served by uvicorn over one of two indexes: the live index
+of a pipeline's index stage, run here by :meth:`pipeline.app.InProcessPipeline.serving` (the
+API shares the stage's object), or a snapshot folder loaded read-only. Image queries must be
+embedded like the indexed frames: :class:`StageExtractor` runs the config's own ``features``
+stage for that; without one a seeded backbone stands in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+
+from vistream.models.hashing.live import LiveIndex
+from vistream.pipeline.app import InProcessPipeline
+from vistream.pipeline.config import PipelineConfig, load_config
+from vistream.pipeline.service import ServiceLimits, create_app
+from vistream.stages.base import create_stage
+from vistream.stages.records import PNG, Frame
+
+
+class StageExtractor:
+    """A :class:`~models.backbones.extractor.FeatureExtractor` that runs a pipeline's own
+    ``features`` stage (same artifact or seeded backbone, same preprocessing), so that query
+    images land in exactly the feature space of the indexed frames. Images go in through the
+    stage's public ``process`` as lossless PNG frame records."""
+
+    def __init__(self, stage) -> None:
+        self.stage = stage
+        self._lock = threading.Lock()  # a stage is not meant to be called by several threads
+        self.dim = 0
+        stage.setup()
+        self.model_id = str(getattr(stage, "model_id", ""))
+        self.dim = int(self.extract([np.zeros((8, 8, 3), np.uint8)]).shape[1])
+
+    @classmethod
+    def from_config(cls, cfg, index_stage: str | None = None) -> StageExtractor | None:
+        """The ``features`` stage whose output feeds ``index_stage`` (or the only one)."""
+        feats = [s for s in cfg.stages if s.type == "features"]
+        if index_stage is not None:
+            inputs = set(cfg.stage(index_stage).inputs)
+            feeding = [s for s in feats if s.outputs.get("features") in inputs]
+            feats = feeding or feats
+        if not feats:
+            return None
+        return cls(create_stage(feats[0].type, feats[0].params))
+
+    def extract(self, images) -> np.ndarray:
+        frames = [Frame.from_image(np.asarray(im), "query", i, timestamp_ms=0, content_type=PNG)
+                  for i, im in enumerate(images)]
+        with self._lock:
+            out = self.stage.process(frames)
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([np.asarray(m.vector, np.float32) for m in out])
+
+
+def index_stage_name(cfg: PipelineConfig, stage: str | None) -> str:
+    """``stage``, or the config's only index (``hashing``) stage."""
+    if stage is not None:
+        return stage
+    names = [s.name for s in cfg.stages if s.type == "hashing"]
+    if len(names) != 1:
+        raise ValueError(f"--stage is needed: index stages in the config: {names}")
+    return names[0]
+
+
+def query_extractor(cfg: PipelineConfig | None, stage: str | None, backbone: str | None,
+                    input_size: int = 224, seed: int = 0) -> Any | None:
+    """The config's own features stage when it has one, else ``backbone`` (seeded random
+    init: no trained weights exist yet); None when neither is there or backbone is 'none'."""
+    extractor = StageExtractor.from_config(cfg, stage) if cfg is not None else None
+    if extractor is None and backbone and backbone.lower() != "none":
+        # torch: loaded only when no features stage of the config embeds the queries
+        from vistream.models.backbones.extractor import BackboneExtractor
+
+        extractor = BackboneExtractor(backbone, input_size=input_size, seed=seed)
+    return extractor
+
+
+def serve(config: Path | None = None, stage: str | None = None, snapshot: Path | None = None,
+          host: str = "127.0.0.1", port: int = 8080, group: str | None = None,
+          backbone: str | None = "resnet18", input_size: int = 224, seed: int = 0,
+          limits: ServiceLimits | None = None, threads: int = 1,
+          echo: Callable[[str], None] = print) -> None:
+    """Serve the query API until uvicorn stops: over the live index stage of ``config``, or
+    over ``snapshot`` read-only (a ``config`` then only names the features stage)."""
+    if snapshot is None and config is None:
+        raise ValueError("give --config (with --stage) or --snapshot")
+    cfg = load_config(config) if config is not None else None
+    if cfg is not None and snapshot is None:
+        stage = index_stage_name(cfg, stage)
+    extractor = query_extractor(cfg, stage, backbone, input_size, seed)
+    live = None
+    if snapshot is not None:
+        index = LiveIndex.load(snapshot, read_only=True, search_threads=threads)
+    else:
+        live = InProcessPipeline.serving(cfg, stage, group=group).start()
+        index = live.index
+        index.search_threads = threads
+    api = create_app(index, extractor, limits or ServiceLimits())
+    echo(f"serving {len(index)} frames on http://{host}:{port} (docs: /docs)")
+    try:
+        uvicorn.run(api, host=host, port=port, log_level="warning")
+    finally:
+        if live is not None:
+            live.close()
