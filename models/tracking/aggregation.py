@@ -105,11 +105,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["AggregationParams", "AggregationTracker", "GlobalMotion", "Motion", "TrackOutput"]
+from vistream.models.tracking.motion import GlobalMotion, Motion
+from vistream.models.tracking.signature import BINS, LUMA, backproject, bin_index, lut_as_mat, smooth3
 
-_BINS = 8
-_SHIFT = 5  # 256 / 8 = 32 = 1 << 5
-_RANGES = [0, 256, 0, 256, 0, 256]
+# GlobalMotion and Motion live in models.tracking.motion; callers import them from here too
+__all__ = ["AggregationParams", "AggregationTracker", "GlobalMotion", "Motion", "TrackOutput"]
 
 
 @dataclass
@@ -168,15 +168,6 @@ class AggregationParams:
 
 
 @dataclass(frozen=True, slots=True)
-class Motion:
-    """Camera shift of the current frame relative to the previous one (image pixels)."""
-
-    dx: float = 0.0
-    dy: float = 0.0
-    response: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class TrackOutput:
     """One frame's result: ``box`` = (x, y, w, h) in pixels, confidence in [0, 1], lost flag."""
 
@@ -185,111 +176,7 @@ class TrackOutput:
     lost: bool
 
 
-class GlobalMotion:
-    """Camera shift between consecutive frames by phase correlation of downsampled frames.
-
-    The green channel (a cheap stand-in for luminance) of every other pixel is
-    area-averaged to ``1/downsample`` of the frame size (80x60 for 640x480 with the default
-    8), made zero-mean, Hann-windowed and Fourier transformed; the previous frame's spectrum
-    is kept, so a frame costs one forward and one inverse DFT. The inverse of the
-    normalised cross-power spectrum peaks at the shift (sub-pixel: 3x3 centroid); the peak
-    value, the share of the spectrum that agrees with one shift, is the response, and below
-    ``min_response`` the shift is unreliable and reported as zero. At 1/8 scale a 120 px
-    jump is 15 px, well inside the unambiguous +-40x30 px range; on the benchmark clips the
-    error is ~0.1 px on average and < 1 px at the jumps. (``cv2.phaseCorrelate`` was 10x
-    less accurate at this scale: no mean removal, 5x5 centroid.) Share one instance per
-    stream among the trackers of its targets.
-    """
-
-    def __init__(self, downsample: int = 8, min_response: float = 0.08) -> None:
-        self.downsample = max(1, int(downsample))
-        self.min_response = float(min_response)
-        self._prev: np.ndarray | None = None
-        self._size: tuple[int, int] | None = None
-        self._window: np.ndarray | None = None
-        self._scale = (1.0, 1.0)
-
-    def reset(self) -> None:
-        self._prev = None
-
-    def _spectrum(self, image: np.ndarray) -> np.ndarray:
-        h, w = image.shape[:2]
-        if self._size != (w, h):
-            f = self.downsample
-            sw = cv2.getOptimalDFTSize(max(16, w // f))
-            sh = cv2.getOptimalDFTSize(max(16, h // f))
-            self._size, self._dsize = (w, h), (sw, sh)
-            self._window = cv2.createHanningWindow((sw, sh), cv2.CV_32F)
-            self._scale = (w / sw, h / sh)
-            self._prev = None
-        # every other pixel of the green channel (copying a strided view is much cheaper
-        # than resizing the whole frame), then area averaging
-        step = 2 if self.downsample >= 4 and min(h, w) >= 64 else 1
-        src = np.ascontiguousarray(image[::step, ::step, 1] if image.ndim == 3
-                                   else image[::step, ::step])
-        small = cv2.resize(src, self._dsize, interpolation=cv2.INTER_AREA).astype(np.float32)
-        # zero mean: the windowed DC term would otherwise bias the peak towards no motion
-        small -= np.float32(small.mean())
-        return cv2.dft(small * self._window, flags=cv2.DFT_COMPLEX_OUTPUT)
-
-    def estimate(self, image: np.ndarray) -> Motion:
-        """Shift of the scene from the previous frame to ``image`` (zero on the first)."""
-        spec = self._spectrum(image)
-        prev, self._prev = self._prev, spec
-        if prev is None:
-            return Motion()
-        cross = cv2.mulSpectrums(spec, prev, 0, conjB=True)
-        cross /= np.sqrt((cross * cross).sum(axis=2, keepdims=True)) + 1e-6
-        corr = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
-        _, peak, _, (px, py) = cv2.minMaxLoc(corr)
-        if not peak >= self.min_response:  # also catches NaN on flat frames
-            return Motion(0.0, 0.0, float(peak) if peak == peak else 0.0)
-        H, W = corr.shape
-        # sub-pixel: centroid of the 3x3 neighbourhood (the correlation wraps around)
-        nb = np.clip(np.roll(corr, (1 - py, 1 - px), axis=(0, 1))[:3, :3], 0.0, None)
-        tot = float(nb.sum()) or 1.0
-        ox = float(nb[:, 2].sum() - nb[:, 0].sum()) / tot
-        oy = float(nb[2].sum() - nb[0].sum()) / tot
-        sx = (px if px < W // 2 else px - W) + ox
-        sy = (py if py < H // 2 else py - H) + oy
-        return Motion(sx * self._scale[0], sy * self._scale[1], float(peak))
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _smooth3(h: np.ndarray) -> np.ndarray:
-    """[1, 2, 1]/4 smoothing along each axis of a 3-D histogram, edges replicated (one pad,
-    then three separable passes on slices: no BLAS, no per-axis copies)."""
-    p = np.pad(h, 1, mode="edge")
-    p = 0.25 * (p[:-2] + p[2:]) + 0.5 * p[1:-1]
-    p = 0.25 * (p[:, :-2] + p[:, 2:]) + 0.5 * p[:, 1:-1]
-    return 0.25 * (p[:, :, :-2] + p[:, :, 2:]) + 0.5 * p[:, :, 1:-1]
-
-
-def _lut_mat(lut: np.ndarray):
-    """The 8x8x8 likelihood table as a 3-D cv2.Mat: a plain (8, 8, 8) ndarray would reach
-    OpenCV as an 8x8 image with 8 channels, and calcBackProject would read it wrongly."""
-    mat = getattr(cv2, "Mat", None)
-    if mat is None:
-        return None
-    try:
-        return mat(lut, wrap_channels=False)
-    except TypeError:
-        return None
-
-
-def _backproject(image: np.ndarray, lut: np.ndarray, lut_mat) -> np.ndarray:
-    """uint8 map of ``lut`` (0..255) looked up at each pixel's colour bin."""
-    if lut_mat is not None:
-        return cv2.calcBackProject([image], [0, 1, 2], lut_mat, _RANGES, 1.0)
-    q = image.astype(np.int32) >> _SHIFT
-    return lut[q[..., 0], q[..., 1], q[..., 2]].astype(np.uint8)
-
-
-def _bin_index(pixels: np.ndarray) -> np.ndarray:
-    p = pixels.reshape(-1, 3).astype(np.int32) >> _SHIFT
-    return (p[:, 0] * _BINS + p[:, 1]) * _BINS + p[:, 2]
 
 
 def _crop(image: np.ndarray, cx: float, cy: float, w: int, h: int, k: float) -> np.ndarray:
@@ -312,9 +199,6 @@ def _sharpness(x: np.ndarray) -> float:
     """How clearly a response map peaks: (max - mean) / (std + 0.05)."""
     mean, std = cv2.meanStdDev(x)
     return (cv2.minMaxLoc(x)[1] - float(mean[0, 0])) / (float(std[0, 0]) + 0.05)
-
-
-_LUMA = np.array([0.114, 0.587, 0.299], np.float32)  # BGR
 
 
 @dataclass
@@ -412,23 +296,23 @@ class AggregationTracker:
             # blended with luminance so that structure inside the target is kept.
             diff = (weights[:, None] * fgp).sum(axis=0) / weights.sum() - mu
             n = float(np.linalg.norm(diff))
-            d = _LUMA / np.linalg.norm(_LUMA) + (diff / n if n > 1e-3 else 0.0)
+            d = LUMA / np.linalg.norm(LUMA) + (diff / n if n > 1e-3 else 0.0)
             self.proj = (d / np.linalg.norm(d)).reshape(1, 3).astype(np.float32)
-        n3 = _BINS ** 3
-        fg = np.bincount(_bin_index(fgp.astype(np.uint8)), weights=weights, minlength=n3)
-        bg = np.bincount(_bin_index(pix[self._ring]), minlength=n3).astype(np.float64)
-        fg = _smooth3(fg.reshape(_BINS, _BINS, _BINS))
-        bg = _smooth3(bg.reshape(_BINS, _BINS, _BINS))
+        n3 = BINS ** 3
+        fg = np.bincount(bin_index(fgp.astype(np.uint8)), weights=weights, minlength=n3)
+        bg = np.bincount(bin_index(pix[self._ring]), minlength=n3).astype(np.float64)
+        fg = smooth3(fg.reshape(BINS, BINS, BINS))
+        bg = smooth3(bg.reshape(BINS, BINS, BINS))
         return fg / max(fg.sum(), 1e-9), bg / max(bg.sum(), 1e-9)
 
     def _likelihood(self) -> None:
         lk = self.h_fg / (self.h_fg + self.h_bg + 1e-3)
         self.lut = np.ascontiguousarray(255.0 * lk, dtype=np.float32)
-        self.lut_mat = _lut_mat(self.lut)
+        self.lut_mat = lut_as_mat(self.lut)
 
     def _sig_map(self, win: np.ndarray) -> np.ndarray:
         """Mean likelihood over the target box at each template position of ``win``."""
-        bp = _backproject(win, self.lut, self.lut_mat)
+        bp = backproject(win, self.lut, self.lut_mat)
         ii = cv2.integral(bp, sdepth=cv2.CV_32F)
         H, W = win.shape[:2]
         nr, nc = H - self.th + 1, W - self.tw + 1
@@ -519,7 +403,7 @@ class AggregationTracker:
             H, W = image.shape[:2]
             img = cv2.resize(image, (max(1, round(W / self.k)), max(1, round(H / self.k))),
                              interpolation=cv2.INTER_AREA)
-        bp = _backproject(img, self.lut, self.lut_mat)
+        bp = backproject(img, self.lut, self.lut_mat)
         s = cv2.boxFilter(bp, cv2.CV_32F, (self.bw, self.bh))
         floor = 0.5 * 255.0 * self.sig_ref
         out: list[tuple[float, float]] = []
