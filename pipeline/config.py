@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vistream.pipeline.bus.kafka import MAX_MESSAGE_BYTES
+from vistream.stages.base import stage_types
 from vistream.stages.records import MAX_FRAME_BYTES
 
 
@@ -100,8 +101,6 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _stages_exist_and_params_valid(self) -> PipelineConfig:
-        from vistream.stages.base import stage_types
-
         types = stage_types()
         problems = []
         for i, s in enumerate(self.stages):

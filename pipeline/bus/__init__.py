@@ -15,6 +15,8 @@ from vistream.pipeline.bus.base import (
     TopicSpec,
     commit_positions,
 )
+from vistream.pipeline.bus.kafka import KafkaBus
+from vistream.pipeline.bus.memory import MemoryBus
 
 __all__ = [
     "Bus", "BusError", "Consumer", "Producer", "TopicPartition", "TopicSpec",
@@ -24,11 +26,7 @@ __all__ = [
 
 def make_bus(backend: str = "memory", bootstrap: str = "127.0.0.1:9092", **kwargs) -> Bus:
     if backend == "memory":
-        from vistream.pipeline.bus.memory import MemoryBus
-
         return MemoryBus(**kwargs)
     if backend == "kafka":
-        from vistream.pipeline.bus.kafka import KafkaBus
-
         return KafkaBus(bootstrap=bootstrap, **kwargs)
     raise ValueError(f"unknown bus backend {backend!r}: choose 'memory' or 'kafka'")

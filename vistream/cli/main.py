@@ -277,19 +277,28 @@ def _load_command_modules() -> None:
 _load_command_modules()
 
 
-def main() -> None:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported as one line, exit code 2. Called only once an exception reaches
+    :func:`main`: importing these modules (numpy, pydantic, cv2) up front would cost every
+    command, ``vistream --help`` included, half a second."""
     from vistream.pipeline.broker import BrokerError
     from vistream.pipeline.bus import BusError
     from vistream.pipeline.config import ConfigError
     from vistream.pipeline.sources import SourceError
 
+    return ConfigError, SourceError, BrokerError, BusError, KeyError, ValueError
+
+
+def main() -> None:
     # Before any tensor exists: every stage, benchmark and evaluation runs with it.
     from vistream.pipeline.allocator import retain_freed_memory
 
     retain_freed_memory()
     try:
         app()
-    except (ConfigError, SourceError, BrokerError, BusError, KeyError, ValueError) as exc:
+    except Exception as exc:  # SystemExit (--help, typer's exits) passes by untouched
+        if not isinstance(exc, _user_errors()):
+            raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         typer.echo(f"error: {msg}", err=True)
         sys.exit(2)
