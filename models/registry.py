@@ -60,8 +60,8 @@ class Registry(Generic[T]):
         ``@reg.register("name")`` and ``@reg.register(name="name")`` return a decorator."""
         if target is None or isinstance(target, str):
             explicit = name if target is None else target
-            return lambda obj: self._add(explicit or obj.__name__, obj)
-        return self._add(name or target.__name__, target)
+            return lambda obj: self._add(obj.__name__ if explicit is None else explicit, obj)
+        return self._add(target.__name__ if name is None else name, target)
 
     def _add(self, name: str, obj: T) -> T:
         if not name:
