@@ -22,7 +22,8 @@ import numpy as np
 
 from vistream.models.deblur import SHIPPED_WEIGHTS
 from vistream.models.data.blur import (EVAL_SETS, Sample, decode_caption, eval_set, gopro_pairs, load_pair,
-                                       make_sample)
+                                       make_sample, object_maps)
+from vistream.models.stats import paired_differences
 
 WIENER_BALANCES = (0.003, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0)
 RL_ITERATIONS = (3, 5, 10, 20, 30, 50)
@@ -166,9 +167,9 @@ def attention_on_objects(model, samples: list[Sample], batch: int = 32) -> dict[
     """Where the tree's spatial features point: the share of each object node's attention map
     (captioner reading the blurred image, teacher-forced with the true caption) that falls on
     the grid cells its object covers, against the share a uniform map would put there."""
+    # torch and s3e (which imports torch) only here: the metrics above stay numpy-only
     import torch
 
-    from vistream.models.data.blur import object_maps
     from vistream.models.deblur.s3e import tree_masks
 
     on, chance = [], []
@@ -216,8 +217,6 @@ def paired_gain(sharp: list[np.ndarray], a: list[np.ndarray], b: list[np.ndarray
     spread of the differences over sqrt(n)) and the share of scenes on which ``a`` is ahead.
     Both run on the very same blurred scenes, so the pairing removes the scenes' own spread:
     a mean gain within about two standard errors of zero could be the draw of scenes."""
-    from vistream.models.stats import paired_differences
-
     g = paired_differences([psnr(s, x) - psnr(s, y) for s, x, y in zip(sharp, a, b)])
     return {"mean_db": round(g["mean"], 3), "se_db": float("nan") if g["se"] is None else round(g["se"], 3),
             "share_of_scenes_ahead": round(g["ahead"] / g["n"], 3)}
