@@ -3,7 +3,7 @@
 Settings chosen for frames:
 
 * producer, broker and consumer agree on a 20 MiB record cap (``MAX_MESSAGE_BYTES``, the same
-  constant the broker module writes into ``server.properties``), so any frame the envelope
+  constant the broker module writes into ``server.properties``), so any frame the wire format
   accepts (at most 16 MiB) fits;
 * the producer keeps kafka-python's safe defaults (``acks=all``, idempotence on) and batches up
   to 1 MiB with a 5 ms linger: JPEG frames are already compressed, so no compression;
