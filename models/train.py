@@ -10,6 +10,7 @@ Checkpoints hold only tensors and plain Python values and are read with
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from vistream.models.artifacts import export_artifact
 from vistream.models.backbones import create_model
 from vistream.models.data import DataBundle, Split, batches
 
@@ -211,3 +213,24 @@ def recalibrate_bn(model, data: DataBundle, n_batches: int = 20, batch_size: int
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.eval()
+
+
+def train_and_export(model, arch: str, data: DataBundle, cfg: BackboneTrainConfig, out: Path,
+                     resume: bool = False, progress: bool = True, export: Path | None = None,
+                     init: Path | None = None) -> dict:
+    """``vistream train backbone``: train ``model`` with checkpoints in ``out``, measure the best
+    epoch on the test split, export it to ``export`` when given (``init`` is only recorded);
+    writes ``out/summary.json`` and returns the summary."""
+    res = train(model, data, cfg, ckpt_dir=out, resume=resume, progress=progress)
+    best = load_checkpoint_model(out / "best.pt")
+    test = evaluate(best, data.test, data.mean, data.std)
+    summary = {"arch": arch, "dataset": data.name, "epochs": cfg.epochs, "best_val": res.best_val,
+               "best_epoch": res.best_epoch, "test_acc": test, "seconds": round(res.seconds, 1),
+               "checkpoint": str(out / "best.pt"), "init": str(init) if init else None}
+    if export:
+        export_artifact(best, export, method="baseline", data=data,
+                        metrics={"val_acc": res.best_val, "test_acc": test,
+                                 "train_epochs": cfg.epochs})
+        summary["artifact"] = str(export)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -23,7 +23,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,28 @@ def load_binary(path: str | Path, data: DataBundle, cfg: BinaryTrainConfig, meth
     model = build_model(method, data, cfg)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     return model.eval()
+
+
+def train_and_export(method: str, data: DataBundle, cfg: BinaryTrainConfig, arch: str,
+                     out: Path | None = None, ablate: bool = False, resume: bool = False,
+                     progress: bool = True, export: Path | None = None,
+                     exporter: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """``vistream train binary``: train one 1-bit network (checkpoints in ``out``, by default
+    ``out/binary/runs/<method>-<arch>-b<base>-<dataset>-s<seed>``), measure it on the test
+    split, write it with ``exporter`` to ``export`` when given; writes ``summary.json`` and
+    returns the summary."""
+    m = create_method(method, ablate=ablate)
+    tag = f"{method}{'-abl' if ablate else ''}-{arch}-b{cfg.base}-{data.name}-s{cfg.seed}"
+    out = out or Path("out/binary/runs") / tag
+    model, res = train_binary(m, data, cfg, ckpt_dir=out, resume=resume, progress=progress)
+    test = evaluate(model, data.test, data.mean, data.std)
+    summary = {"method": m.label(), "arch": arch, "base": cfg.base, "dataset": data.name,
+               "epochs": cfg.epochs, "seed": cfg.seed, "best_val": res.best_val,
+               "best_epoch": res.best_epoch, "test_acc": test, "seconds": round(res.seconds, 1),
+               "checkpoint": str(out / "best.pt")}
+    if exporter is not None and export is not None:
+        exporter(model, export, method=m.label(), data=data,
+                 metrics={"val_acc": res.best_val, "test_acc": test, "train_epochs": cfg.epochs})
+        summary["artifact"] = str(export)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -5,7 +5,7 @@
 :mod:`vistream.models.data.scene`). The writers put it on disk as a video file, a folder of
 images and a ground-truth file (JSON or CSV).
 
-Run ``python -m vistream.models.data.video --help`` for a small command-line front end.
+Run ``python -m vistream.models.data --help`` for a small command-line front end.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line front end: write a sample video, ground truth and optionally frames."""
     d = SceneSpec()
     p = argparse.ArgumentParser(
-        prog="python -m vistream.models.data.video",
+        prog="python -m vistream.models.data",
         description="Generate a seeded synthetic video with small moving objects and ground truth.",
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")

@@ -41,13 +41,12 @@ def train_backbone(
     --init transfers trained weights (fresh optimiser and schedule)."""
     from vistream.models.backbones import create_model
     from vistream.models.data import load_dataset
-    from vistream.models.train import BackboneTrainConfig, evaluate, load_checkpoint_model, train
+    from vistream.models.pruning import load_base
+    from vistream.models.train import BackboneTrainConfig, train_and_export
 
     data = load_dataset(dataset)
     model = create_model(arch, num_classes=data.num_classes)
     if init is not None:
-        from vistream.models.pruning import load_base
-
         try:
             model.load_state_dict(load_base(init).state_dict())
         except (FileNotFoundError, RuntimeError) as exc:  # RuntimeError: other shapes or layers
@@ -55,20 +54,8 @@ def train_backbone(
                                      f"{str(exc).splitlines()[0]}", param_hint="--init") from None
     cfg = BackboneTrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule, seed=seed,
                               threads=threads, device=device)
-    res = train(model, data, cfg, ckpt_dir=out, resume=resume, progress=progress)
-    best = load_checkpoint_model(out / "best.pt")
-    test = evaluate(best, data.test, data.mean, data.std)
-    summary = {"arch": arch, "dataset": data.name, "epochs": epochs, "best_val": res.best_val,
-               "best_epoch": res.best_epoch, "test_acc": test, "seconds": round(res.seconds, 1),
-               "checkpoint": str(out / "best.pt"), "init": str(init) if init else None}
-    if export:
-        from vistream.models.artifacts import export_artifact
-
-        export_artifact(best, export, method="baseline", data=data,
-                        metrics={"val_acc": res.best_val, "test_acc": test,
-                                 "train_epochs": epochs})
-        summary["artifact"] = str(export)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = train_and_export(model, arch, data, cfg, out, resume=resume, progress=progress,
+                               export=export, init=init)
     typer.echo(json.dumps(summary))
 
 

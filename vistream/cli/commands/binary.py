@@ -77,27 +77,14 @@ def train_binary_cmd(
         raise typer.BadParameter("cbcn's K-channel feature maps have no float twin: --init float "
                                  "applies to its ablation (--no-circulant) only", param_hint="--init")
     exporter = _exporter() if export else None
-    from vistream.models.binary.train import BinaryTrainConfig, create_method, train_binary
+    from vistream.models.binary.train import BinaryTrainConfig, train_and_export
     from vistream.models.data import load_dataset
-    from vistream.models.train import evaluate
 
     data = load_dataset(dataset)
-    ablate = any(flags.values())
-    m = create_method(method, ablate=ablate)
     cfg = BinaryTrainConfig(epochs=epochs, seed=seed, base=base, depth=depth, lr=lr,
                             optimizer=optimizer, batch_size=batch_size, threads=threads, init=init)
-    tag = f"{method}{'-abl' if ablate else ''}-{arch}-b{base}-{data.name}-s{seed}"
-    out = out or Path("out/binary/runs") / tag
-    model, res = train_binary(m, data, cfg, ckpt_dir=out, resume=resume, progress=progress)
-    test = evaluate(model, data.test, data.mean, data.std)
-    summary = {"method": m.label(), "arch": arch, "base": base, "dataset": data.name,
-               "epochs": epochs, "seed": seed, "best_val": res.best_val, "best_epoch": res.best_epoch,
-               "test_acc": test, "seconds": round(res.seconds, 1), "checkpoint": str(out / "best.pt")}
-    if exporter is not None:
-        exporter(model, export, method=m.label(), data=data,
-                 metrics={"val_acc": res.best_val, "test_acc": test, "train_epochs": epochs})
-        summary["artifact"] = str(export)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = train_and_export(method, data, cfg, arch, out, ablate=any(flags.values()),
+                               resume=resume, progress=progress, export=export, exporter=exporter)
     typer.echo(json.dumps(summary))
 
 
