@@ -86,3 +86,16 @@ def test_cli_eval_and_bench(tmp_path):
 
     res = runner.invoke(app, ["eval", "tracking", "--quick", "--trackers", "nope"])
     assert res.exit_code != 0
+
+
+def test_targets_compare_the_aggregation_tracker_with_the_best_baseline():
+    from vistream.models.tracking.evaluate import check_targets
+
+    groups = {"all": {"aggregation": {"success_auc": 0.6}, "kcf": {"success_auc": 0.5},
+                      "csrt": {"success_auc": 0.55}},
+              "shake": {"aggregation": {"precision20": 0.9}, "kcf": {"precision20": 0.6},
+                        "csrt": {"precision20": 0.75}}}
+    t = check_targets({"groups": groups})
+    assert t["overall_auc"] == 0.6 and t["best_baseline_auc"] == 0.55 and t["auc_above_all_baselines"]
+    assert t["drift_margin_points"] == 15.0 and not t["drift_margin_met"]
+    assert check_targets({"groups": {"all": {"kcf": {"success_auc": 0.5}}}}) == {}
