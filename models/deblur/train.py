@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vistream.models.data.blur import PAD, TRAINING_POOLS, training_batch
-from vistream.models.deblur.s3e import Captioner, Critic, S3EConfig, S3EDeblur, load_weights, tree_masks
+from vistream.models.deblur.s3e import (Captioner, Critic, S3EConfig, S3EDeblur, export_weights, load_weights,
+                                       tree_masks)
 
 
 # --------------------------------------------------------------------------- losses
@@ -422,3 +423,49 @@ def model_from_checkpoint(path: str | Path, semantic: bool | None = None) -> S3E
     model = S3EDeblur(S3EConfig(semantic=sem, **_saved_generator(saved)))
     model.load_state_dict(sd)
     return model.eval()
+
+
+def train_and_export(cfg: DeblurTrainConfig, out: Path, resume: bool = False, progress: bool = True,
+                     max_seconds: float | None = None, ablation_dir: Path | None = None,
+                     fit_schedule: bool = False, export: Path | None = None,
+                     ablation_export: Path | None = None, init: Path | None = None,
+                     ablation_init: Path | None = None, log=print) -> dict[str, Any]:
+    """``vistream train deblur``: start afresh unless ``resume`` (an old checkpoint is removed),
+    :func:`train`, export the weights files asked for, plot the losses; writes
+    ``out/summary.json`` and returns the summary. ``init``/``ablation_init`` are the starting
+    weights as given on the command line (recorded in the exports). ValueError when a
+    checkpoint or starting weights do not fit ``cfg``."""
+    for d in [out] + ([ablation_dir] if ablation_dir is not None else []):
+        if not resume and (d / "checkpoint.pt").exists():
+            log(f"starting afresh: {d / 'checkpoint.pt'} is replaced (use --resume to continue it)")
+            (d / "checkpoint.pt").unlink()
+    res = train(cfg, out, resume=resume, progress=progress, max_seconds=max_seconds, log=log,
+                ablation_dir=ablation_dir, fit_schedule=fit_schedule)
+    summary: dict[str, Any] = {"out": str(out), "semantic": cfg.semantic, "step": res["step"],
+                               "steps": res["steps"], "seconds": res["seconds"],
+                               "last": res["history"][-1] if res["history"] else None}
+    targets = [(out, cfg.semantic, export, init)]
+    if ablation_dir is not None:
+        summary["ablation"] = {"out": str(ablation_dir),
+                               "last": (res["ablation"]["history"] or [None])[-1]}
+        targets.append((ablation_dir, False, ablation_export, ablation_init))
+    generator = [getattr(cfg, k) for k in _SIZE_FIELDS if getattr(cfg, k)]
+    for folder, sem, path, start in targets:
+        if path is None:
+            continue
+        model = model_from_checkpoint(folder / "checkpoint.pt", semantic=sem)
+        name = "s3e" if sem else "ablation"
+        export_weights(model, path, extra={"model_id": f"{name}-{res['step']}steps-seed{cfg.seed}",
+                                           "train": {"steps": res["step"], "batch": cfg.batch,
+                                                     "size": cfg.size, "lr": cfg.lr, "seed": cfg.seed,
+                                                     "device": cfg.device, "generator": generator,
+                                                     "grounding": cfg.grounding,
+                                                     "augment": cfg.augment, "photos": cfg.photos,
+                                                     "init": str(start or "")}})
+        summary.setdefault("exports", []).append(str(path))
+    histories = {"s3e" if cfg.semantic else "ablation": res["history"]}
+    if ablation_dir is not None:
+        histories["ablation"] = res["ablation"]["history"]
+    summary["plot"] = str(plot_training(histories, out / "losses.png"))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

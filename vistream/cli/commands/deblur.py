@@ -62,14 +62,8 @@ def train_deblur(
     --ablation-out trains the no-semantic ablation beside it on the very same batches."""
     import torch
 
-    from vistream.models.deblur.s3e import export_weights
-    from vistream.models.deblur.train import (
-        DeblurTrainConfig,
-        generator_sizes,
-        model_from_checkpoint,
-        plot_training,
-        train,
-    )
+    from vistream.models.data.blur import TRAINING_POOLS
+    from vistream.models.deblur.train import DeblurTrainConfig, generator_sizes, train_and_export
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("CUDA is not available here (no GPU, or a CPU-only torch)",
@@ -84,8 +78,6 @@ def train_deblur(
     for flag, p in (("--init", init), ("--ablation-init", ablation_init)):
         if p is not None and not p.is_file():
             raise typer.BadParameter(f"{p} not found", param_hint=flag)
-    from vistream.models.data.blur import TRAINING_POOLS
-
     if photos not in TRAINING_POOLS:
         raise typer.BadParameter(f"{photos!r}: choose from {', '.join(TRAINING_POOLS)}",
                                  param_hint="--photos")
@@ -95,48 +87,20 @@ def train_deblur(
         sizes = generator_sizes(generator)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--generator") from None
-    dirs = [out] + ([ablation_out] if ablation_out is not None else [])
-    for d in dirs:
-        if not resume and (d / "checkpoint.pt").exists():
-            typer.echo(f"starting afresh: {d / 'checkpoint.pt'} is replaced (use --resume to continue it)")
-            (d / "checkpoint.pt").unlink()
     cfg = DeblurTrainConfig(steps=steps, batch=batch, size=size, lr=lr, seed=seed, semantic=semantic,
                             threads=threads, device=device, workers=workers, **sizes, paint_half=paint_half,
                             grounding=grounding, augment=augment, photos=photos,
                             init=str(init or "") if semantic else "",
                             ablation_init=str(ablation_init or "") if semantic else str(init or ""))
     try:
-        res = train(cfg, out, resume=resume, progress=progress,
-                    max_seconds=None if max_minutes is None else 60 * max_minutes, log=typer.echo,
-                    ablation_dir=ablation_out, fit_schedule=fit_schedule)
+        summary = train_and_export(cfg, out, resume=resume, progress=progress,
+                                   max_seconds=None if max_minutes is None else 60 * max_minutes,
+                                   ablation_dir=ablation_out, fit_schedule=fit_schedule, export=export,
+                                   ablation_export=ablation_export, init=init,
+                                   ablation_init=ablation_init, log=typer.echo)
     except ValueError as exc:  # a checkpoint or start that does not fit these settings
         hint = "--init" if "start" in str(exc) else "--resume"
         raise typer.BadParameter(str(exc), param_hint=hint) from None
-    summary = {"out": str(out), "semantic": semantic, "step": res["step"], "steps": res["steps"],
-               "seconds": res["seconds"], "last": res["history"][-1] if res["history"] else None}
-    targets = [(out, semantic, export)]
-    if ablation_out is not None:
-        summary["ablation"] = {"out": str(ablation_out), "last": (res["ablation"]["history"] or [None])[-1]}
-        targets.append((ablation_out, False, ablation_export))
-    for folder, sem, path in targets:
-        if path is None:
-            continue
-        model = model_from_checkpoint(folder / "checkpoint.pt", semantic=sem)
-        name = "s3e" if sem else "ablation"
-        export_weights(model, path, extra={"model_id": f"{name}-{res['step']}steps-seed{seed}",
-                                           "train": {"steps": res["step"], "batch": batch, "size": size,
-                                                     "lr": lr, "seed": seed, "device": device,
-                                                     "generator": [v for v in sizes.values() if v],
-                                                     "grounding": grounding,
-                                                     "augment": augment, "photos": photos,
-                                                     "init": str((init if folder == out else ablation_init)
-                                                                 or "")}})
-        summary.setdefault("exports", []).append(str(path))
-    histories = {"s3e" if semantic else "ablation": res["history"]}
-    if ablation_out is not None:
-        histories["ablation"] = res["ablation"]["history"]
-    summary["plot"] = str(plot_training(histories, out / "losses.png"))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     typer.echo(json.dumps(summary))
 
 
