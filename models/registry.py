@@ -18,6 +18,21 @@ different entry under a taken name is an error (registering the very same entry 
 no-op, so a decorator that runs twice on one object does no harm). An unknown name raises
 :class:`UnknownNameError`, whose message lists the known names.
 
+The registries built on it, each filled as its entries' modules are imported:
+
+==================  =====================================  ======================================
+what                registry                               helpers
+==================  =====================================  ======================================
+backbones           ``models.backbones.registry.MODELS``   ``register_model``, ``list_models``,
+                                                           ``create_model`` (records ``config``)
+hash models         ``models.hashing.base.HashModel``      a subclass with a ``name`` registers
+                    ``.registry``                          itself; ``models.hashing.registry``
+1-bit methods       ``models.binary.methods.METHODS``      ``@register_method``;
+                                                           ``models.binary.train.create_method``
+stage types         ``stages.base.STAGES``                 ``@register_stage("name")``,
+                                                           ``stage_types``, ``get_stage_class``
+==================  =====================================  ======================================
+
 This module imports nothing but the standard library, so every layer may use it.
 """
 
