@@ -1,5 +1,6 @@
 """One registry mechanism for everything the project looks up by name (after timm's
-``register_model``): backbones, hash models, 1-bit training methods and stage types.
+``register_model``): backbones, hash models, 1-bit training methods, stage types and the
+kinds of result records.
 
 A :class:`Registry` maps names to entries (a builder function or a class). Entries register
 as they are defined, with a decorator::
@@ -31,6 +32,8 @@ hash models         ``models.hashing.base.HashModel``      a subclass with a ``n
                                                            ``models.binary.train.create_method``
 stage types         ``stages.base.STAGES``                 ``@register_stage("name")``,
                                                            ``stage_types``, ``get_stage_class``
+result kinds        ``stages.records.RESULT_KINDS``        a ``Result`` subclass with a ``kind``
+                                                           registers itself; ``result_type``
 ==================  =====================================  ======================================
 
 This module imports nothing but the standard library, so every layer may use it.

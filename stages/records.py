@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vistream.models.registry import Registry
+
 __all__ = [
     "FRAME_CONTENT_TYPES", "JPEG", "MAX_FRAME_BYTES", "PNG", "Caption", "Codes", "Features",
     "Frame", "FrameSummary", "InvalidRecord", "Label", "Message", "Result", "Tracks",
@@ -163,7 +165,8 @@ class Frame:
 
 # --------------------------------------------------------------------------- results
 
-_RESULT_TYPES: dict[str, type[Result]] = {}
+#: Result kinds by name, so the wire format can rebuild a record from the kind it names.
+RESULT_KINDS: Registry[type[Result]] = Registry("result kind")
 
 
 @dataclass(eq=False)
@@ -179,12 +182,12 @@ class Result:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "kind" in cls.__dict__:
-            _RESULT_TYPES[cls.kind] = cls
+            RESULT_KINDS.register(cls, name=cls.kind)
 
 
 def result_type(kind: str) -> type[Result]:
     """The result class registered under ``kind``; KeyError when none is."""
-    return _RESULT_TYPES[kind]
+    return RESULT_KINDS.get(kind)
 
 
 @dataclass(eq=False)
