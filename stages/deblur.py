@@ -96,6 +96,7 @@ class DeblurStage(Stage):
         p: DeblurParams = self.params  # type: ignore[assignment]
         if p.threads:
             torch.set_num_threads(p.threads)
+        # deferred: s3e loads torch; listing stage types and validating configs stay light
         from vistream.models.deblur.s3e import S3EConfig, S3EDeblur, load_weights
 
         path = Path(p.weights) if p.weights else DEFAULT_WEIGHTS
@@ -172,6 +173,8 @@ class DeblurStage(Stage):
 
     def _run(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, list[str] | None]]:
         """Deblurred BGR float images (0-255) and their captions (None without semantics)."""
+        # deferred: torch, and the models.data package (it loads every data generator);
+        # listing stage types and validating configs stay light
         import torch
 
         from vistream.models.data.blur import decode_caption

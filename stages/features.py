@@ -61,6 +61,7 @@ class FeaturesStage(Stage):
         if p.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("features stage: device 'cuda' requested but CUDA is not available")
         if p.artifact:
+            # deferred: loads torch; listing stage types and validating configs stay light
             from vistream.models.artifacts import load_artifact
 
             self.model = load_artifact(p.artifact, device=p.device)
@@ -68,6 +69,7 @@ class FeaturesStage(Stage):
             self.norm = dict(self.model.normalization)
             self.model_id = self.model.model_id
         else:
+            # deferred: loads torch; listing stage types and validating configs stay light
             from vistream.models.backbones import create_model
 
             torch.manual_seed(p.seed)
@@ -77,6 +79,7 @@ class FeaturesStage(Stage):
             self.model_id = f"{p.arch}-random-seed{p.seed}"
         if p.input_size:
             self.spec["size"] = [p.input_size, p.input_size]
+        # deferred: loads torch; listing stage types and validating configs stay light
         from vistream.models.deploy import deployable, optimize_for_cpu
 
         self._nhwc = p.deploy and p.device == "cpu" and deployable(self.model)
@@ -87,6 +90,7 @@ class FeaturesStage(Stage):
         self._pending: OrderedDict[str, Tracks] = OrderedDict()
 
     def _embed(self, images: list[np.ndarray]) -> np.ndarray:
+        # deferred: loads torch; listing stage types and validating configs stay light
         import torch
 
         from vistream.models.artifacts import preprocess

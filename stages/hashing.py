@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from vistream.models.hashing.evaluate import sdoh_eval_lr
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.snapshot import resolve_snapshot
 from vistream.stages.base import Stage, StageParams, register_stage
@@ -68,8 +69,6 @@ class HashingParams(StageParams):
         # SDOH's paper defaults (lr 0.05) barely move W on unit-norm features; use the learning
         # rate picked on the digits validation split (docs/hashing.md) unless one is given.
         if self.model == "sdoh" and "lr" not in self.model_params:
-            from vistream.models.hashing.evaluate import sdoh_eval_lr
-
             self.model_params = {**self.model_params, "lr": sdoh_eval_lr(self.n_bits)}
         return self
 

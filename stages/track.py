@@ -71,6 +71,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from vistream.models.tracking.aggregation import AggregationParams, AggregationTracker
+from vistream.models.tracking.motion import GlobalMotion
 from vistream.stages.records import JPEG, PNG, Frame, Message, Result, Tracks
 from vistream.stages.base import Stage, StageParams, register_stage
 
@@ -155,8 +157,6 @@ class TrackParams(StageParams):
     @field_validator("tracker")
     @classmethod
     def _known(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from vistream.models.tracking.aggregation import AggregationParams
-
         known = set(AggregationParams.__dataclass_fields__)
         bad = sorted(set(value) - known)
         if bad:
@@ -208,20 +208,14 @@ class TrackStage(Stage):
 
     # -- helpers ------------------------------------------------------------------------
     def _tracker_params(self):
-        from vistream.models.tracking.aggregation import AggregationParams
-
         return AggregationParams(**self.params.tracker)
 
     def _new_tracker(self):
-        from vistream.models.tracking.aggregation import AggregationTracker
-
         return AggregationTracker(self._tracker_params(), motion=False)
 
     def _stream(self, stream_id: str) -> StreamState:
         st = self.streams.get(stream_id)
         if st is None:
-            from vistream.models.tracking.aggregation import GlobalMotion
-
             p = self._tracker_params()
             st = StreamState(motion=GlobalMotion(p.motion_downsample, p.motion_min_response),
                              buffer=deque(maxlen=self.params.buffer_frames))
@@ -300,8 +294,6 @@ class TrackStage(Stage):
         frames = list(st.buffer)[start:]
         if len(frames) < 2 or not trackers:
             return
-        from vistream.models.tracking.aggregation import GlobalMotion
-
         p = self._tracker_params()
         motion = GlobalMotion(p.motion_downsample, p.motion_min_response)
         motion.estimate(frames[0][2])

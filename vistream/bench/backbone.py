@@ -15,6 +15,12 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vistream.models.artifacts import load_artifact
+from vistream.models.backbones import create_model
+from vistream.models.flops import compare_latency, count_flops
+from vistream.models.pruning import load_base
+from vistream.pipeline.allocator import allocator_tuned
+
 TARGET = 0.8
 
 
@@ -23,12 +29,6 @@ def bench_backbone(artifacts: Sequence[Path], reference: str | None = None, batc
                    echo: Callable[[str], None] = print) -> dict:
     """Time each artifact and the reference; echo one JSON row per artifact and return the
     figures (the caller prints them as the last line)."""
-    from vistream.models.artifacts import load_artifact
-    from vistream.models.backbones import create_model
-    from vistream.models.flops import compare_latency, count_flops
-    from vistream.models.pruning import load_base
-    from vistream.pipeline.allocator import allocator_tuned
-
     models = [load_artifact(a) for a in artifacts]
     size = tuple(models[0].input_spec["size"])
     if reference:

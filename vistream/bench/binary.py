@@ -28,11 +28,29 @@ the minimum is the least disturbed run) and ``ratio`` = baseline min / packed mi
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from vistream.models.artifacts import export_artifact
+from vistream.models.backbones import create_model
+from vistream.models.binary.layers import BinaryConv2d, BinaryResNet, hard_sign
+from vistream.models.binary.packed import (
+    PackedBinaryConv2d,
+    export_binary_artifact,
+    kernel_info,
+    to_packed,
+)
+from vistream.models.deploy import optimize_for_cpu
+from vistream.models.flops import interleaved_timings
 
 TARGET_CONV = 8.0
 TARGET_NET = 4.0
@@ -57,8 +75,6 @@ def _summary(times: dict[str, list[float]], ours: str, base: str) -> dict:
 
 
 def _random_bn(model, seed: int) -> None:
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -68,12 +84,6 @@ def _random_bn(model, seed: int) -> None:
 
 
 def _conv_sweep_exact() -> tuple[int, int]:
-    import torch
-    import torch.nn.functional as F
-
-    from vistream.models.binary.layers import hard_sign
-    from vistream.models.binary.packed import PackedBinaryConv2d
-
     g = torch.Generator().manual_seed(0)
     ok = total = 0
     for c in (3, 63, 65, 130):
@@ -92,25 +102,6 @@ def _conv_sweep_exact() -> tuple[int, int]:
 
 def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
                  echo: Callable[[str], None] = print) -> dict:
-    import json
-
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-    from tqdm import tqdm
-
-    from vistream.models.artifacts import export_artifact
-    from vistream.models.backbones import create_model
-    from vistream.models.binary.layers import BinaryConv2d, BinaryResNet
-    from vistream.models.binary.packed import (
-        PackedBinaryConv2d,
-        export_binary_artifact,
-        kernel_info,
-        to_packed,
-    )
-    from vistream.models.deploy import optimize_for_cpu
-    from vistream.models.flops import interleaved_timings
-
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)

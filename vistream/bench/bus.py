@@ -21,22 +21,24 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
+from skimage import data as skimage_data
 
+from vistream.pipeline import broker
 from vistream.pipeline.bus import Bus, TopicSpec, make_bus
+from vistream.pipeline.runner import StageRunner
 from vistream.pipeline.wire import OutRecord, frame_to_record
 from vistream.stages.records import Frame
+from vistream.stages.relay import RelayStage
 
 WIDTH, HEIGHT = 640, 360
 TARGET_KAFKA_FPS = 400
 
 
 def sample_frames(n_distinct: int = 64, seed: int = 0) -> list[OutRecord]:
-    import cv2
-    from skimage import data
-
     rng = np.random.default_rng(seed)
-    base = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    base = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
     base = cv2.resize(base, (WIDTH + 64, HEIGHT + 64), interpolation=cv2.INTER_AREA)
     out = []
     for i in range(n_distinct):
@@ -100,9 +102,6 @@ def _read(consumer, n: int, timeout: float) -> None:
 
 
 def _memory_stage(bus: Bus) -> Callable[[str, str], Callable[[], None]]:
-    from vistream.pipeline.runner import StageRunner
-    from vistream.stages.relay import RelayStage
-
     def start(tin: str, tout: str) -> Callable[[], None]:
         stop = threading.Event()
         runner = StageRunner(RelayStage(), bus, [tin], {"frame": tout}, batch_size=64,
@@ -152,8 +151,6 @@ def bench_bus(frames: int = 2000, bootstrap: str | None = None, port: int = 9092
     echo(f"memory bus: {result['memory_fps']} frames/s")
     if kafka:
         if bootstrap is None:
-            from vistream.pipeline import broker
-
             bootstrap = broker.start(port=port).bootstrap
         with make_bus("kafka", bootstrap) as kbus, tempfile.TemporaryDirectory() as tmp:
             result["kafka_fps"] = round(_hop(kbus, recs, _kafka_stage(bootstrap, Path(tmp))), 1)

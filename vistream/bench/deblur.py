@@ -18,17 +18,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from vistream.models.data.blur import make_sample
+from vistream.models.deblur.evaluate import wiener
+from vistream.stages.deblur import DeblurParams, DeblurStage
+from vistream.stages.records import JPEG, Frame, encode_image
+
 TARGET_FPS = 15
 SEED_BASE = 77_000  # apart from the seeds of the evaluation sets and of training
 
 
 def bench_frames(n: int, width: int, height: int, seed: int):
     """``n`` severely blurred seeded scenes as JPEG frame records, and their true kernels."""
-    import numpy as np
-
-    from vistream.models.data.blur import make_sample
-    from vistream.stages.records import JPEG, Frame
-
     frames, kernels = [], []
     for i in range(n):
         s = make_sample(seed + i, "severe", width, height)
@@ -42,13 +45,6 @@ def bench_deblur(frames: int = 48, width: int = 320, height: int = 240, batch: i
                  threads: int = 1, weights: Path | None = None, mirror_ensemble: bool = False,
                  seed: int = 0, echo: Callable[[str], None] = print) -> dict:
     """Measure the four contenders; echo a readable summary and return the figures."""
-    import numpy as np
-    import torch
-
-    from vistream.models.deblur.evaluate import wiener
-    from vistream.stages.records import Frame, encode_image
-    from vistream.stages.deblur import DeblurParams, DeblurStage
-
     torch.set_num_threads(threads)
     fr, kernels = bench_frames(frames, width, height, SEED_BASE + seed)
 

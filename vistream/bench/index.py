@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import os
 import platform
 import socket
 import threading
@@ -40,12 +41,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import faiss
+import httpx
 import numpy as np
+import uvicorn
+from threadpoolctl import threadpool_limits
 
 from vistream.models.hashing.base import hamming_distances
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.registry import make_hash_model
 from vistream.models.hashing.store import BLOCK
+from vistream.pipeline.service import create_app
 
 TARGET_RATIO = 1.2
 TARGET_INGEST_P99_MS = 10.0
@@ -109,8 +115,6 @@ def _reencode_run(index: LiveIndex, model, qc: np.ndarray, k: int, qps: float | 
                   blas_threads: int) -> dict[str, object]:
     """``index.set_model(model)`` while a thread searches (``qps`` queries/s, 0 = back to back,
     None = no searches)."""
-    from threadpoolctl import threadpool_limits
-
     lat: list[tuple[float, float]] = []
     versions: set[tuple[str | None, int]] = set()
     stop = threading.Event()
@@ -168,11 +172,6 @@ def _free_port() -> int:
 
 
 def _bench_http(index: LiveIndex, frame_ids: list[str], k: int) -> dict[str, object]:
-    import httpx
-    import uvicorn
-
-    from vistream.pipeline.service import create_app
-
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(index), host="127.0.0.1", port=port,
                                            log_level="error", access_log=False))
@@ -208,8 +207,6 @@ def bench_index(n: int = 1_000_000, n_bits: int = 64, queries: int = 1000, k: in
                 threads: int = 1, reencode_threads: int = 1, reencode_qps: float = 100.0,
                 http: bool = True, seed: int = 0,
                 echo: Callable[[str], None] = print) -> dict[str, object]:
-    import faiss
-
     faiss.omp_set_num_threads(threads)
     out: dict[str, object] = {
         "bench": "index", "machine": _cpu_model(),
@@ -382,7 +379,5 @@ def _cpu_model() -> str:
 
 def _cpu_count() -> int | None:
     with contextlib.suppress(Exception):
-        import os
-
         return len(os.sched_getaffinity(0))
     return None

@@ -16,6 +16,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import cv2
+
+from vistream.models.data import TrackingSpec, render
+from vistream.models.tracking.evaluate import make_tracker
+
 TARGET_FPS = 300
 BACKGROUNDS = ("astronaut", "coffee", "rocket", "chelsea", "motorcycle", "grass")
 
@@ -30,11 +35,6 @@ def _loadavg() -> float | None:
 def bench_speed(trackers: Iterable[str] = ("aggregation", "csrt", "kcf"), n_sequences: int = 3,
                 n_frames: int = 150, seed: int = 7, repeats: int = 1) -> dict[str, Any]:
     """Update fps per target (wall-clock and CPU) of each tracker on the same sequences."""
-    import cv2
-
-    from vistream.models.data import TrackingSpec, render
-    from vistream.models.tracking.evaluate import make_tracker
-
     cv2.setNumThreads(1)
     names = list(trackers)
     seqs = [render(TrackingSpec(name=f"bench{j}", seed=seed + j, n_frames=n_frames,

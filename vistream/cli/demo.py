@@ -7,19 +7,21 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from vistream.models.data import SceneSpec, generate, write_ground_truth, write_video
+from vistream.models.data.blur import blur_image
+from vistream.pipeline.app import run_in_process
+from vistream.pipeline.bus.memory import MemoryBus
 from vistream.pipeline.config import expand_env, parse_config
+from vistream.pipeline.wire import Record, decode_message
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def run_demo(out: Path, frames: int = 150, seed: int = 0,
              echo: Callable[[str], None] = print) -> dict:
-    from vistream.pipeline.app import run_in_process
-    from vistream.pipeline.bus.memory import MemoryBus
-    from vistream.models.data import SceneSpec, generate, write_ground_truth, write_video
-
     out.mkdir(parents=True, exist_ok=True)
     shake = (frames // 2,) if frames > 1 else ()
     video = generate(SceneSpec(n_frames=frames, seed=seed, shake_frames=shake))
@@ -70,10 +72,6 @@ def run_demo(out: Path, frames: int = 150, seed: int = 0,
 
 def _tracking_report(bus, video) -> str:
     """Centre error of the tracked boxes against the video's ground truth."""
-    import numpy as np
-
-    from vistream.pipeline.wire import Record, decode_message
-
     errors: dict[int, list[float]] = {}
     with bus.consumer(["track_states"], "demo-report") as c:
         while recs := c.poll(1000, 0.1):
@@ -115,10 +113,6 @@ def _query_report(index, video) -> str:
 def _shake_blur(frames: list, shake: tuple[int, ...], seed: int, n: int = 4) -> list[int]:
     """Smear the ``n`` frames after each camera knock with a seeded camera-shake kernel and
     sensor noise (severe, as in the deblur data), so the deblur stage has work in the demo."""
-    import numpy as np
-
-    from vistream.models.data.blur import blur_image
-
     rng = np.random.default_rng(seed + 7)
     hit = [k for s in shake for k in range(s, min(s + n, len(frames)))]
     for k in hit:

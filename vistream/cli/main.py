@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import typer
+
+import vistream.cli.commands
+from vistream.pipeline.allocator import retain_freed_memory
+from vistream.pipeline.logs import setup_logging
 
 app = typer.Typer(
     help="vistream: a streaming vision pipeline on Kafka (or an embedded in-process bus).",
@@ -33,8 +40,6 @@ LOG_FORMAT = typer.Option("text", "--log-format", help="text or json (one object
 
 
 def _logging(fmt: str = "text", level: str = "INFO") -> None:
-    from vistream.pipeline.logs import setup_logging
-
     setup_logging(fmt, level)
 
 
@@ -49,6 +54,7 @@ def broker_start(port: int = PORT, data_dir: Path | None = DATA_DIR,
                  timeout: float = typer.Option(90, help="seconds to wait until it answers")) -> None:
     """Fetch the jars if needed, format KRaft storage once, start the broker in the background
     and wait until it accepts clients. An already running broker is reused."""
+    # deferred: the broker module loads the bus (numpy); --help stays instant
     from vistream.pipeline import broker
 
     _logging()
@@ -60,6 +66,7 @@ def broker_start(port: int = PORT, data_dir: Path | None = DATA_DIR,
 @broker_app.command("stop")
 def broker_stop(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
     """Stop the broker cleanly (SIGTERM, then SIGKILL after 30 s)."""
+    # deferred: the broker module loads the bus (numpy); --help stays instant
     from vistream.pipeline import broker
 
     _logging()
@@ -70,6 +77,7 @@ def broker_stop(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
 @broker_app.command("status")
 def broker_status(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
     """Say whether the broker runs; exit code 0 if it does, 1 if not."""
+    # deferred: the broker module loads the bus (numpy); --help stays instant
     from vistream.pipeline import broker
 
     info = broker.status(port=port, data_dir=data_dir)
@@ -83,6 +91,7 @@ def broker_status(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
 @broker_app.command("fetch")
 def broker_fetch() -> None:
     """Download the Kafka jars with Maven into the cache (done by `start` when needed)."""
+    # deferred: the broker module loads the bus (numpy); --help stays instant
     from vistream.pipeline import broker
 
     _logging()
@@ -104,6 +113,7 @@ def ingest(
     log_format: str = LOG_FORMAT,
 ) -> None:
     """Read frames from SOURCE, JPEG-encode them and produce them to a Kafka topic."""
+    # deferred: the runtime loads numpy, cv2 and pydantic; --help stays instant
     from vistream.pipeline.app import install_stop_signals
     from vistream.pipeline.bus import TopicSpec, make_bus
     from vistream.pipeline.sources import open_source
@@ -131,6 +141,7 @@ def run(config: Path = typer.Argument(..., help="pipeline YAML"),
         ) -> None:
     """Run a whole pipeline: on the memory bus as threads of this process (it ends when the
     sources are exhausted and drained); on Kafka as one process per stage replica."""
+    # deferred: the runtime loads numpy, cv2 and pydantic; --help stays instant
     from vistream.pipeline.app import install_stop_signals, run_in_process, run_processes
     from vistream.pipeline.config import load_config
 
@@ -152,6 +163,7 @@ def stage(name: str = typer.Argument(..., help="stage name from the config"),
           log_format: str | None = typer.Option(None, "--log-format")) -> None:
     """Run one stage of a Kafka pipeline in this process. Start more copies to scale out:
     they share the stage's consumer group and split its partitions."""
+    # deferred: the runtime loads numpy, cv2 and pydantic; --help stays instant
     from vistream.pipeline.app import install_stop_signals, run_stage
     from vistream.pipeline.config import ConfigError, load_config
 
@@ -169,6 +181,7 @@ def stage(name: str = typer.Argument(..., help="stage name from the config"),
 @app.command("check")
 def check_config(config: Path = typer.Argument(..., help="pipeline YAML")) -> None:
     """Validate a pipeline config and list its topics."""
+    # deferred: the config loads numpy, pydantic and yaml; --help stays instant
     from vistream.pipeline.config import load_config
 
     cfg = load_config(config)
@@ -181,6 +194,7 @@ def check_config(config: Path = typer.Argument(..., help="pipeline YAML")) -> No
 @app.command("stages")
 def list_stages() -> None:
     """List the stage types and their parameters."""
+    # deferred: the stage types load numpy, pydantic and cv2; --help stays instant
     from vistream.stages.base import stage_types
 
     for name, cls in sorted(stage_types().items()):
@@ -200,8 +214,7 @@ def dlq(topic: str = typer.Argument(..., help="a dead-letter topic, e.g. frames.
         bootstrap: str = typer.Option("127.0.0.1:9092", help="Kafka bootstrap servers"),
         limit: int = typer.Option(20, help="show at most N records")) -> None:
     """Show dead-lettered records with their reasons (reads without committing)."""
-    import uuid
-
+    # deferred: the bus loads numpy; --help stays instant
     from vistream.pipeline.bus import make_bus
 
     with make_bus("kafka", bootstrap) as bus, \
@@ -239,6 +252,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
          seed: int = typer.Option(0, help="seed of the sample video")) -> None:
     """Generate a sample video (scikit-image photos with small moving objects), ingest it and
     run the demo pipeline on the embedded bus, then print a summary."""
+    # deferred: the demo loads the runtime (numpy, cv2, pydantic); --help stays instant
     from vistream.cli.demo import run_demo
 
     _logging()
@@ -255,6 +269,7 @@ def bench_bus(frames: int = typer.Option(2000, min=10, help="frames per measurem
               ) -> None:
     """Frames/s of one hop (produce -> stage -> produce) of 640x360 JPEG frames, on the memory
     bus and on a real broker, and their ratio."""
+    # deferred: the benchmark loads the runtime, cv2 and skimage; --help stays instant
     from vistream.bench.bus import bench_bus as run
 
     _logging("text", "WARNING")
@@ -265,11 +280,6 @@ def bench_bus(frames: int = typer.Option(2000, min=10, help="frames per measurem
 def _load_command_modules() -> None:
     """Each module of ``pipeline/commands/`` adds its commands to ``app``, ``train_app``,
     ``bench_app`` or ``eval_app`` (import this module's apps and decorate), so feature areas stay apart."""
-    import importlib
-    import pkgutil
-
-    import vistream.cli.commands
-
     for info in pkgutil.iter_modules(vistream.cli.commands.__path__):
         importlib.import_module(f"vistream.cli.commands.{info.name}")
 
@@ -281,6 +291,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors reported as one line, exit code 2. Called only once an exception reaches
     :func:`main`: importing these modules (numpy, pydantic, cv2) up front would cost every
     command, ``vistream --help`` included, half a second."""
+    # deferred: loads numpy, pydantic and cv2, needed only once an error is raised
     from vistream.pipeline.broker import BrokerError
     from vistream.pipeline.bus import BusError
     from vistream.pipeline.config import ConfigError
@@ -291,8 +302,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main() -> None:
     # Before any tensor exists: every stage, benchmark and evaluation runs with it.
-    from vistream.pipeline.allocator import retain_freed_memory
-
     retain_freed_memory()
     try:
         app()

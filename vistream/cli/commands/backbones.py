@@ -39,6 +39,7 @@ def train_backbone(
     """Train a backbone (SGD momentum, cosine/step LR, checkpoint every epoch, --resume);
     prints val/test accuracy and, with --export, writes an artifact of the best epoch.
     --init transfers trained weights (fresh optimiser and schedule)."""
+    # deferred: loads torch; --help stays instant
     from vistream.models.backbones import create_model
     from vistream.models.data import load_dataset
     from vistream.models.pruning import load_base
@@ -72,6 +73,7 @@ def export_cmd(
 ) -> None:
     """Write one artifact file: JSON manifest (arch, channel config, method, input spec,
     normalisation, FLOPs, params, metrics, sha256) + safetensors weights (+ ONNX)."""
+    # deferred: loads torch; --help stays instant
     from vistream.models.artifacts import export_artifact, read_artifact
     from vistream.models.data import load_dataset
     from vistream.models.pruning import load_base
@@ -96,6 +98,7 @@ def export_cmd(
 # ----------------------------------------------------------------------------- compress
 def _abc_config(food: int, cycles: int, limit: int, fitness_epochs: int, fitness_subset: int | None,
                 fitness_lr: float, seed: int, target: float | None, fitness_metric: str = "accuracy"):
+    # deferred: loads torch; --help stays instant
     from vistream.models.pruning.abc import ABCConfig
 
     try:
@@ -145,6 +148,7 @@ def compress_abc(
     """ABCPruner: bee-colony search of per-layer widths at a FLOPs budget (weights inherited,
     fitness = val accuracy after a short training), then fine-tune the best structure and
     export it. Logs every structure (evaluations.jsonl) and draws convergence.png."""
+    # deferred: loads torch; --help stays instant
     import torch
 
     from vistream.models.data import load_dataset
@@ -193,6 +197,7 @@ def eval_pruning(
     """ABCPruner vs uniform / L1-norm / random structures at the same FLOPs: one table of
     test accuracy (mean ± sd over seeds), FLOPs, params, measured CPU latency, speedup and
     search cost in epochs, for each method and the unpruned model. Last line: JSON."""
+    # deferred: loads torch; --help stays instant
     import torch
 
     from vistream.models.data import load_dataset
@@ -232,6 +237,7 @@ def bench_backbone(
     form; the last line carries speedup and speedup / (1 / FLOPs ratio) (target: >= 0.8). The
     unpruned model is also timed in the other form, so ``speedup_vs_fastest_reference``
     compares against whichever form suits it best."""
+    # deferred: loads torch; --help stays instant
     from vistream.bench.backbone import bench_backbone as run
 
     for a in [*artifacts, *([Path(reference)] if reference else [])]:

@@ -25,6 +25,7 @@ def _depth(arch: str) -> int:
 def _exporter():
     """The packed runtime's exporter (models/binary/packed.py), imported only when asked for."""
     try:
+        # deferred: loads torch and the packed kernel; --help stays instant
         from vistream.models.binary.packed import export_binary_artifact
     except (ImportError, AttributeError) as e:
         typer.echo(f"error: --export needs models.binary.packed.export_binary_artifact (the bit-packed "
@@ -64,6 +65,7 @@ def train_binary_cmd(
         raise typer.BadParameter("--optimizer must be adam or sgd", param_hint="--optimizer")
     depth = _depth(arch)
     flags = {"circulant": no_circulant, "bayes": no_bayes, "gan": no_gan, "bga": no_bga}
+    # deferred: loads torch; --help stays instant
     from vistream.models.binary.train import ABLATION_FLAGS
 
     for flag, on in flags.items():
@@ -77,6 +79,7 @@ def train_binary_cmd(
         raise typer.BadParameter("cbcn's K-channel feature maps have no float twin: --init float "
                                  "applies to its ablation (--no-circulant) only", param_hint="--init")
     exporter = _exporter() if export else None
+    # deferred: loads torch; --help stays instant
     from vistream.models.binary.train import BinaryTrainConfig, train_and_export
     from vistream.models.data import load_dataset
 
@@ -127,8 +130,10 @@ def eval_binary(
     """FP and XNOR rows, CBCN / BONN / RBCN / GBCN and one ablation row each: top-1 on the test
     split (mean ± sd over seeds where two rows are within a point), binary ops, float FLOPs,
     weight memory. Prints one table, then the JSON figures as the last line."""
+    # deferred: loads torch; --help stays instant
     from vistream.models.binary.evaluate import run_evaluation
     from vistream.models.binary.train import BinaryTrainConfig
+
     depth = _depth(arch)
     names = [d.strip() for d in dataset.split(",") if d.strip()]
     known = ("digits", "digits-composite")

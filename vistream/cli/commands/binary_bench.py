@@ -19,6 +19,7 @@ def bench_binary(
     """One 3x3 256->256 binary conv at 14x14 and a whole 1-bit ResNet-18 at 224x224, packed vs
     torch float32, measured interleaved in the same run; exactness; artifact bytes 1-bit vs fp32.
     The last line holds the figures (targets: conv >= 8x, ResNet-18 >= 4x)."""
+    # deferred: loads torch; --help stays instant
     from vistream.bench.binary import bench_binary as run
 
     result = run(threads=threads, repeats=repeats, quick=quick, echo=typer.echo)

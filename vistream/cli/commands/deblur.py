@@ -60,6 +60,7 @@ def train_deblur(
     """Co-train captioner, S3-tree and generator (WGAN-GP critic) on seeded scenes;
     checkpoint every 200 steps, --resume continues, --export writes the stage's weights file.
     --ablation-out trains the no-semantic ablation beside it on the very same batches."""
+    # deferred: loads torch; --help stays instant
     import torch
 
     from vistream.models.data.blur import TRAINING_POOLS
@@ -108,6 +109,7 @@ train_app.command("deblur")(train_deblur)
 
 
 def _load(path: Path | None, which: str, semantic: bool):
+    # deferred: loads cv2 (and torch once a model loads); --help stays instant
     from vistream.models.deblur.evaluate import load_model
 
     try:
@@ -138,6 +140,7 @@ def eval_deblur(
 ) -> None:
     """PSNR/SSIM of blurred input, RL and Wiener (true kernel), the ablation and S3E;
     BLEU-4 of captions on blurred vs deblurred input; a PNG grid; results.json."""
+    # deferred: loads torch; --help stays instant
     import torch
 
     from vistream.models.data.blur import EVAL_SETS
@@ -178,6 +181,7 @@ def bench_deblur(
     """Frames/s of the deblur stage on severely blurred JPEG frames (decode, gate, S3E,
     re-encode, caption), with the unguided generator and skimage Wiener (true kernel) as
     baselines measured in the same run. JSON last line."""
+    # deferred: loads torch; --help stays instant
     from vistream.bench.deblur import bench_deblur as run
 
     if weights is not None and not weights.exists():

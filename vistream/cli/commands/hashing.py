@@ -44,6 +44,7 @@ def eval_hashing(
     database is re-encoded and 100-per-class queries are searched by Hamming ranking. Prints a
     table of mAP, mAP@1000 and precision within radius 2; writes JSON, a Markdown table and
     mAP-per-chunk curves (PNG)."""
+    # deferred: loads numpy and the hash models; --help stays instant
     from vistream.models.hashing.evaluate import run_evaluation
 
     sdoh = {k: v for k, v in {"lr": sdoh_lr, "sigma": sdoh_sigma, "threshold": sdoh_threshold,

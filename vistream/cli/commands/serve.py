@@ -39,7 +39,7 @@ def serve(
     """Run the query API: next to a live index stage (`--config` and `--stage`: the stage runs
     through its StageRunner in a background thread and the API shares its index), or over a
     snapshot folder, read-only (`--snapshot`)."""
-    # FastAPI, uvicorn (and FAISS through the index): loaded only by this command
+    # deferred: FastAPI, uvicorn (and FAISS through the index); --help stays instant
     from vistream.pipeline.serve import serve as run
     from vistream.pipeline.service import ServiceLimits
 
@@ -111,6 +111,7 @@ def bench_index(
     """Top-k latency of the live index's search path vs a bare FAISS IndexBinaryFlat (same
     codes, same queries), exactness vs brute force, latency while ingesting, and the re-encode
     and swap after a model update. Prints JSON; the last line holds the figures."""
+    # deferred: loads FAISS, FastAPI and uvicorn; --help stays instant
     from vistream.bench.index import bench_index as run
 
     _logging("text", "WARNING")

@@ -16,6 +16,7 @@ DEFAULT_TRACKERS = "aggregation,csrt,kcf,mil,medianflow"
 
 
 def _tracker_list(text: str) -> list[str]:
+    # deferred: loads cv2; --help stays instant
     from vistream.models.tracking.evaluate import TRACKERS
 
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
@@ -43,6 +44,7 @@ def eval_tracking(
     """Precision@20px and success AUC (OTB protocol), per attribute, and fps of the
     aggregation-signature tracker and OpenCV's trackers on the same sequences; writes
     results.json, results.md and success/precision plots (PNG) to --out."""
+    # deferred: loads cv2; --help stays instant
     from vistream.models.tracking.evaluate import NoTracksError, run_evaluation
 
     names = _tracker_list(trackers)
@@ -69,6 +71,7 @@ def bench_tracking(
     they share the machine's load). Wall-clock and thread CPU time are both reported; the
     JSON last line holds the figures and the load average before/after, since on a shared
     machine wall-clock time includes waiting for a core."""
+    # deferred: loads cv2; --help stays instant
     from vistream.bench.tracking import bench_tracking as run
 
     result = run(_tracker_list(trackers), sequences=sequences, frames=frames, repeats=repeats,
