@@ -1,14 +1,31 @@
 """The index stage: online hashing of feature records into a live FAISS binary index.
 
 It consumes ``features`` records (frame id, vector, optional label) and ``label`` records
-(joined by frame id) and feeds them to a :class:`~vistream.models.hashing.live.LiveIndex`,
-which learns the hash model (SDOH by default) in chunks of labelled features, re-encodes in the
+(by frame id or by track id, with a class name or an integer) and feeds them to a
+:class:`~vistream.models.hashing.live.LiveIndex`, which learns the hash model (SDOH by default) in chunks of labelled features, re-encodes in the
 background and swaps atomically. ``caption``, ``tracks`` and ``frame_summary`` records become
 metadata joined to the frame id (caption text, tracked boxes; a frame summary gives the capture
 timestamp).
 Any record kind that carries a ``timestamp_ms`` attribute sets the frame's timestamp.
 
 It emits nothing: it is a sink whose output is the index (served by ``vistream serve``).
+
+Labels
+    A ``label`` record names a frame id, or a track (``track_id`` of ``stream_id``; empty
+    stream: any), and a class by name (the index keeps the name <-> id map in its snapshots)
+    or by integer. A track's label applies to every row of that track, including rows that
+    arrive later. A label whose frame or track is not indexed yet waits for it until it
+    expires (``label_ttl_records`` more rows, or ``label_ttl_seconds``); counted, never an
+    error. A malformed label (no target or two, no class or two, a negative id) raises
+    :class:`~vistream.stages.records.InvalidRecord`: the runner dead-letters it with the reason.
+
+Crops (``feature_label: track``)
+    The features stage in crop mode sets a feature record's ``label`` to the *track id* of the
+    box, not to a class. With ``feature_label: track`` the stage reads it so: the row is the
+    crop ``<frame_id>#t<track_id>`` (the crops of one frame share its frame id), it belongs to
+    track ``(stream_id, track_id)`` and takes that track's class label when one is given. With
+    the default ``class`` the ``label`` of a feature record is its class. A feature record
+    with a ``track_id`` attribute of its own is read as a crop either way.
 
 Delivery and restarts
     Everything is idempotent by frame id, so a redelivered record changes nothing. Messages of a
@@ -63,6 +80,14 @@ class HashingParams(StageParams):
     snapshot_every_records: int = Field(50_000, ge=1)
     snapshot_every_seconds: float = Field(300.0, gt=0)
     snapshot_keep: int = Field(2, ge=1, description="snapshots kept on disk")
+    feature_label: Literal["class", "track"] = Field(
+        "class", description="what a feature record's `label` is: its class, or the track id "
+                             "of a crop (features stage with crops: true)")
+    label_ttl_records: int | None = Field(100_000, ge=1, description="a label for an unknown "
+                                          "frame or track expires after this many more rows "
+                                          "(null: never)")
+    label_ttl_seconds: float | None = Field(None, gt=0, description="... or after this many "
+                                            "seconds (null: never)")
 
     @model_validator(mode="after")
     def _tuned_sdoh_defaults(self) -> HashingParams:
@@ -106,7 +131,8 @@ class HashingStage(Stage):
         p: HashingParams = self.params  # type: ignore[assignment]
         self.index = LiveIndex(p.model, n_bits=p.n_bits, seed=p.seed,
                                model_params=p.model_params, train_chunk=p.train_chunk,
-                               background=p.background)
+                               background=p.background, label_ttl_records=p.label_ttl_records,
+                               label_ttl_seconds=p.label_ttl_seconds)
         self._last_snapshot = time.monotonic()
 
     def close(self) -> None:
@@ -120,6 +146,7 @@ class HashingStage(Stage):
         if snap_dir is None or resolve_snapshot(snap_dir) is None:
             return None
         loaded = LiveIndex.load(snap_dir, background=p.background, train_chunk=p.train_chunk)
+        loaded.set_label_ttl(p.label_ttl_records, p.label_ttl_seconds)
         if self.index is not None:
             self.index.close()
         self.index = loaded
@@ -147,6 +174,28 @@ class HashingStage(Stage):
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
 
+    def metrics(self) -> dict[str, float]:
+        """Figures of the index as gauges (``pipeline.metrics.StageGauges`` exports them):
+        model version, codes indexed, labelled rows, label records pending/matched/expired,
+        classes, and when the model was last fitted and swapped (s since the epoch, 0: never)."""
+        if self.index is None:
+            return {}
+        st = self.index.label_stats()
+        figures = {k: float(st[k] or 0) for k in (
+            "model_version", "codes_indexed", "labelled", "labels_pending", "labels_matched",
+            "labels_expired", "training_queue", "model_updates", "swaps", "last_fit_at",
+            "last_swap_at")}
+        figures["classes"] = float(len(st["classes"]))
+        figures["warm_start"] = float(st["warm_start"])
+        return figures
+
+    def model_info(self) -> dict[str, str]:
+        """The hash model's name (answering searches, and the one learned), for an info gauge."""
+        if self.index is None:
+            return {}
+        return {"model": str(self.index.model_name), "configured_model":
+                self.index.configured_model}
+
     # ------------------------------------------------------------------ records
     def process(self, batch: list[Message]) -> list[Message]:
         assert self.index is not None, "setup() was not called"
@@ -158,8 +207,8 @@ class HashingStage(Stage):
                 index.validate_vectors(np.asarray(msg.vector).reshape(1, -1))
                 if msg.label is not None and int(msg.label) < 0:
                     raise ValueError(f"label must be >= 0, got {msg.label}")
-            elif isinstance(msg, Label) and int(msg.label) < 0:
-                raise ValueError(f"label must be >= 0, got {msg.label}")
+            elif isinstance(msg, Label):
+                msg.check()
         run: list[Features] = []
         for msg in batch:
             if isinstance(msg, Features):
@@ -177,21 +226,38 @@ class HashingStage(Stage):
         self._since_snapshot += len(batch)
         return []
 
+    def _track_of(self, m: Features) -> int | None:
+        tid = getattr(m, "track_id", None)
+        if tid is None and self.params.feature_label == "track":  # type: ignore[attr-defined]
+            tid = m.label
+        return None if tid is None else int(tid)
+
     def _add_features(self, run: list[Features]) -> None:
         X = np.stack([np.asarray(m.vector, np.float32).reshape(-1) for m in run])
-        self.index.add([m.frame_id for m in run], X,
-                       labels=[None if m.label is None else int(m.label) for m in run],
+        tids = [self._track_of(m) for m in run]
+        if all(t is None for t in tids):
+            ids, labels, tracks = [m.frame_id for m in run], [m.label for m in run], None
+        else:  # crops: one row per (frame, track); the label field held the track id
+            ids = [m.frame_id if t is None else f"{m.frame_id}#t{t}" for m, t in zip(run, tids)]
+            labels = [m.label if t is None else None for m, t in zip(run, tids)]
+            tracks = [None if t is None else (m.stream_id, t) for m, t in zip(run, tids)]
+        self.index.add(ids, X, labels=[None if lab is None else int(lab) for lab in labels],
                        stream_ids=[m.stream_id for m in run],
                        timestamps=[getattr(m, "timestamp_ms", None) or None for m in run],
-                       model_id=run[0].model_id or "")
+                       model_id=run[0].model_id or "", tracks=tracks)
 
     def _apply_other(self, msg: Message) -> None:
         index = self.index
         ts = getattr(msg, "timestamp_ms", None)
         ts = int(ts) if ts else None  # 0 means "unknown" in records that default it
         if isinstance(msg, Label):
-            index.set_labels([msg.frame_id], [int(msg.label)])
-            index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts)
+            if msg.track_id is not None:
+                index.apply_label(track_id=msg.track_id, stream_id=msg.stream_id,
+                                  label=msg.label, class_name=msg.class_name)
+            else:
+                index.apply_label(frame_id=msg.frame_id, label=msg.label,
+                                  class_name=msg.class_name)
+                index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts)
         elif isinstance(msg, Caption):
             index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts,
                            caption=msg.text)

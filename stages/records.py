@@ -25,8 +25,8 @@ import numpy as np
 from vistream.models.registry import Registry
 
 __all__ = [
-    "FRAME_CONTENT_TYPES", "JPEG", "MAX_FRAME_BYTES", "PNG", "Caption", "Codes", "Features",
-    "Frame", "FrameSummary", "InvalidRecord", "Label", "Message", "Result", "Tracks",
+    "FRAME_CONTENT_TYPES", "JPEG", "MAX_CLASS_NAME", "MAX_FRAME_BYTES", "PNG", "Caption",
+    "Codes", "Features", "Frame", "FrameSummary", "InvalidRecord", "Label", "Message", "Result", "Tracks",
     "check_image_bytes", "decode_image", "encode_image", "make_frame_id", "now_ms",
     "result_type", "sniff_content_type",
 ]
@@ -228,12 +228,49 @@ class Codes(Result):
     model_version: int = 0
 
 
+#: Longest class name a label may carry.
+MAX_CLASS_NAME = 200
+
+
 @dataclass(eq=False)
 class Label(Result):
-    """A ground-truth class label for a frame (feeds supervised online hashing)."""
+    """A ground-truth class label (feeds supervised online hashing) for one frame, or for every
+    feature of one track.
+
+    Target: ``frame_id`` names a frame, or ``track_id`` names a track of ``stream_id`` (its
+    ``frame_id`` is then empty; an empty ``stream_id`` means that track id in any stream).
+    Class: ``class_name`` (the index keeps the name <-> id map) or the integer ``label`` (the
+    only field of records written before names existed; they still decode). Exactly one of
+    each pair. :meth:`check` says what is wrong; the index stage raises it, so the runner
+    dead-letters a malformed label with that reason.
+    """
 
     kind: ClassVar[str] = "label"
-    label: int = 0
+    label: int | None = None
+    track_id: int | None = None
+    class_name: str | None = None
+
+    def check(self) -> Label:
+        """Raise :class:`InvalidRecord` (the DLQ reason) unless this is a usable label."""
+        has_frame, has_track = bool(self.frame_id), self.track_id is not None
+        if has_frame == has_track:
+            raise InvalidRecord("a label names a frame_id or a track_id (exactly one)")
+        if has_track and (isinstance(self.track_id, bool) or not isinstance(self.track_id, int)
+                          or self.track_id < 0):
+            raise InvalidRecord(f"track_id must be an integer >= 0, got {self.track_id!r}")
+        if (self.label is None) == (self.class_name is None):
+            raise InvalidRecord("a label carries a class_name or an integer label (exactly one)")
+        if self.label is not None and (isinstance(self.label, bool)
+                                       or not isinstance(self.label, int)):
+            raise InvalidRecord(f"label must be an integer, got {self.label!r}")
+        if self.label is not None and self.label < 0:
+            raise InvalidRecord(f"label must be >= 0, got {self.label}")
+        if self.class_name is not None and (not isinstance(self.class_name, str)
+                                            or not self.class_name.strip()
+                                            or len(self.class_name) > MAX_CLASS_NAME):
+            raise InvalidRecord(f"class_name must be a non-empty string of at most "
+                                f"{MAX_CLASS_NAME} characters, got {self.class_name!r}")
+        return self
 
 
 @dataclass(eq=False)

@@ -10,7 +10,8 @@ It is a facade over three parts, one concern each:
 
 * :mod:`models.hashing.store`: rows, ids, label and metadata joins, the FAISS views, search;
 * :mod:`models.hashing.online`: the warm start, the threaded learner, re-encode and swap;
-* :mod:`models.hashing.snapshot`: snapshots on disk and loading them.
+* :mod:`models.hashing.snapshot`: snapshots on disk and loading them;
+* :mod:`models.hashing.labels`: class names, labels by track, labels waiting for a match.
 
 The index knows nothing of where its input came from: a caller that must resume a stream
 passes a *carry* to :meth:`LiveIndex.snapshot` and gets it back as :attr:`LiveIndex.loaded_carry`
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vistream.models.hashing.base import HashModel
+from vistream.models.hashing.labels import LabelOutcome, TrackKey
 from vistream.models.hashing.online import OnlineLearner
 from vistream.models.hashing.registry import make_hash_model
 from vistream.models.hashing.snapshot import (
@@ -57,7 +59,8 @@ class LiveIndex:
                  model_params: dict[str, Any] | None = None, train_chunk: int = 2000,
                  background: bool = True, tail_min: int = 4096, tail_fraction: float = 1 / 128,
                  read_only: bool = False, search_threads: int | None = None,
-                 warm_n: int = 256) -> None:
+                 warm_n: int = 256, label_ttl_records: int | None = 100_000,
+                 label_ttl_seconds: float | None = None) -> None:
         if isinstance(model, str):
             model = make_hash_model(model, n_bits=n_bits, seed=seed, **(model_params or {}))
         self.store = CodeStore(model.n_bits, None if model.W is None else int(model.W.shape[0]),
@@ -65,6 +68,7 @@ class LiveIndex:
                                tail_fraction=tail_fraction, search_threads=search_threads)
         self.learner = OnlineLearner(self.store, model, train_chunk=train_chunk,
                                      background=background, warm_n=warm_n, read_only=read_only)
+        self.set_label_ttl(label_ttl_records, label_ttl_seconds)
         self.n_bits = model.n_bits
         self.code_size = self.n_bits // 8
         self.read_only = read_only
@@ -157,6 +161,28 @@ class LiveIndex:
         """Stored feature rows (all of them when ``ids`` is None), as a new array."""
         return self.store.features(ids)
 
+    def class_names(self) -> dict[str, int]:
+        """Class name -> the integer label the index learns from."""
+        return dict(self.store.book.classes)
+
+    def class_name(self, label: int | None) -> str | None:
+        return self.store.book.class_name(label)
+
+    def label_stats(self) -> dict[str, Any]:
+        """What ``GET /stats`` shows: the model answering searches and the one learned, codes
+        indexed, labels (rows labelled; label records pending, matched, expired), class names,
+        and when the model was last fitted and swapped (s since the epoch, None: never)."""
+        v, book, stats = self.store.view, self.store.book, self.stats
+        return {"model": v.model_name, "model_version": v.model_version,
+                "configured_model": self.learner.primary.name, "warm_start": v.warm_start,
+                "n_bits": self.n_bits, "codes_indexed": v.n, "labelled": stats.labels,
+                "labels_pending": book.pending, "labels_matched": book.matched,
+                "labels_expired": book.expired, "training_queue": len(self.learner.pending),
+                "classes": sorted(book.classes, key=book.classes.__getitem__),
+                "model_updates": stats.model_updates, "swaps": stats.swaps,
+                "last_fit_at": stats.last_fit_at, "last_swap_at": stats.last_swap_at,
+                "updating": self.learner.updating}
+
     def info(self) -> dict[str, Any]:
         v, learner = self.store.view, self.learner
         return {"frames": v.n, "dim": self.store.dim, "n_bits": self.n_bits,
@@ -180,16 +206,20 @@ class LiveIndex:
             labels: Sequence[int | None] | None = None,
             stream_ids: Sequence[str | None] | None = None,
             timestamps: Sequence[int | None] | None = None,
-            model_id: str = "") -> int:
-        """Index new frames; returns how many were new (redeliveries are no-ops)."""
+            model_id: str = "", tracks: Sequence[TrackKey | None] | None = None) -> int:
+        """Index new frames; returns how many were new (redeliveries are no-ops). ``tracks``
+        gives the ``(stream_id, track_id)`` of rows that are crops of a track: they take the
+        track's label, now or when it comes."""
         self._check_writable()
         store, learner = self.store, self.learner
         X = store.validate_vectors(vectors)
         if len(frame_ids) != X.shape[0]:
             raise ValueError(f"{len(frame_ids)} frame ids for {X.shape[0]} vectors")
         with store.lock:
-            new, labelled = store.insert(frame_ids, X, labels, stream_ids, timestamps, model_id)
+            new, labelled = store.insert(frame_ids, X, labels, stream_ids, timestamps, model_id,
+                                         tracks)
             learner.enqueue(labelled)
+            store.book.expire(store.n)
             if new is None:
                 return 0
             learner.encode_new(new)
@@ -205,12 +235,47 @@ class LiveIndex:
         store, learner = self.store, self.learner
         with store.lock:
             for fid, lab in zip(frame_ids, labels):
-                i = store.set_label(fid, int(lab))
-                if i is not None:
-                    learner.enqueue([i])
+                learner.enqueue(store.label_frame(fid, int(lab))[1])
+            store.book.expire(store.n)
             trigger = learner.should_train()
         if trigger:
             learner.request_training()
+
+    def set_label_ttl(self, records: int | None = 100_000, seconds: float | None = None) -> None:
+        """How long a label for an unknown frame or track waits: ``records`` more indexed rows
+        or ``seconds`` (None: no limit of that kind)."""
+        self.store.book.ttl_records = None if records is None else int(records)
+        self.store.book.ttl_seconds = None if seconds is None else float(seconds)
+
+    def apply_label(self, *, frame_id: str | None = None, track_id: int | None = None,
+                    stream_id: str | None = None, label: int | None = None,
+                    class_name: str | None = None, now: float | None = None) -> LabelOutcome:
+        """One label record: for ``frame_id``, or for every row of track ``track_id`` of
+        ``stream_id`` (empty: any stream) now and later; the class as ``class_name`` (mapped
+        to an integer id kept by the index) or ``label``. A label whose frame or track is not
+        indexed yet waits for it (see :mod:`models.hashing.labels`); never an error for that.
+        ValueError for a malformed label."""
+        self._check_writable()
+        if (frame_id is None) == (track_id is None):
+            raise ValueError("a label names a frame_id or a track_id (exactly one)")
+        if (label is None) == (class_name is None):
+            raise ValueError("a label carries a class_name or an integer label (exactly one)")
+        if class_name is not None and not class_name.strip():
+            raise ValueError("class_name must not be empty")
+        store, learner = self.store, self.learner
+        with store.lock:
+            lab = (int(label) if class_name is None
+                   else store.book.class_id(class_name, store.max_label()))
+            if frame_id is not None:
+                status, rows = store.label_frame(frame_id, lab, now)
+            else:
+                status, rows = store.label_track((stream_id or "", int(track_id)), lab, now)
+            learner.enqueue(rows)
+            store.book.expire(store.n, now)
+            trigger = learner.should_train()
+        if trigger:
+            learner.request_training()
+        return LabelOutcome(status, len(rows), lab, store.book.class_name(lab))
 
     def set_meta(self, frame_id: str, **fields: Any) -> None:
         """Join metadata to a frame id (it may arrive before or after the features).
@@ -284,7 +349,8 @@ class LiveIndex:
                 centre_pending=learner.centre_pending, feature_model_id=store.feature_model_id,
                 blocks=blocks, frame_ids=list(store.frame_id_list), labels=store.labels[:n].copy(),
                 pending=np.array(learner.pending, np.int64), meta=dict(store.meta_by_frame),
-                orphan_labels=dict(store.orphan_labels), primary=learner.primary,
+                orphan_labels=store.orphan_labels, label_book=store.book.to_json(),
+                primary=learner.primary,
                 warm=learner.warm, active=view.model, codes=view.codes[: view.n],
                 warm_start=view.warm_start, epoch=view.epoch,
                 stats=dataclasses.asdict(self.stats), carry=carry)
@@ -307,7 +373,7 @@ class LiveIndex:
         learner.pending = [int(i) for i in s.pending]
         store.feature_model_id = s.feature_model_id
         store.dim = s.dim
-        store.restore(s.blocks, s.frame_ids, s.labels, s.meta, s.orphan_labels)
+        store.restore(s.blocks, s.frame_ids, s.labels, s.meta, s.orphan_labels, s.label_book)
         n = s.n
         codes = grow(s.codes, code_capacity(n))
         store.view = View(store.build_flat(codes, n), n, codes, n, s.active, s.warm_start,

@@ -25,6 +25,10 @@ Before the first fit
     made their codes (``model``, ``model_version``, ``warm_start``). If the configured model is
     ``lsh`` itself, it is its own warm start, centred the same way.
 
+Times
+    ``stats.last_fit_at`` and ``stats.last_swap_at`` record the wall clock (s since the epoch)
+    when the last fit ended and when the last re-encoded view was swapped in (``GET /stats``).
+
 A training update in flight is never half-applied: its chunk stays queued until the swap, so a
 snapshot taken meanwhile still holds it and a restored index redoes it.
 """
@@ -173,6 +177,7 @@ class OnlineLearner:
                 old_version = model.version
                 model.partial_fit(X, y)
                 stats.last_fit_s = time.perf_counter() - t0
+                stats.last_fit_at = time.time()
                 stats.model_updates += 1
                 if model.version == old_version and not store.view.warm_start:
                     with store.lock:  # nothing changed (e.g. LSH): just consume the chunk
@@ -246,6 +251,7 @@ class OnlineLearner:
             del self.pending[:consumed]
             stats.swaps += 1
             stats.last_reencode_s = time.perf_counter() - t0
+            stats.last_swap_at = time.time()
         log.info("hash model %s v%d in use: %d codes re-encoded in %.2f s", model.name,
                  model.version, n, stats.last_reencode_s)
 

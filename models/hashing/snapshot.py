@@ -9,7 +9,8 @@ Layout
 What a snapshot holds
     Features in append-only blocks of ``BLOCK`` rows (``features/BBBBBB-ROWS.npy`` with the
     frame ids of its rows in ``.ids.json``), labels, the learning queue, codes, metadata,
-    orphan labels, the models (``primary.npz``, ``warm.npz``) and ``manifest.json``: counters,
+    orphan labels and the label book (class names, labels by track, pending labels with their
+    age), the models (``primary.npz``, ``warm.npz``) and ``manifest.json``: counters,
     model versions and the caller's *carry*. A full block that the previous snapshot of the
     same index (same ``uid``) already holds is hard-linked, not rewritten, so frequent
     snapshots of a large index cost little.
@@ -71,6 +72,9 @@ class SnapshotState:
     epoch: int
     stats: dict[str, Any] = field(default_factory=dict)
     carry: dict[str, Any] | None = None
+    #: the label book (class names, track labels, pending labels; ``LabelBook.to_json``);
+    #: None in snapshots written before it existed
+    label_book: dict[str, Any] | None = None
 
     @property
     def n(self) -> int:
@@ -151,7 +155,7 @@ def write_snapshot(root: str | Path, s: SnapshotState, keep: int = 2) -> Path:
         _save_npy(tmp / "codes.npy", s.codes)
         _write_bytes(tmp / "meta.json", json.dumps(
             {"frames": {f: meta_to_json(m) for f, m in s.meta.items()},
-             "orphan_labels": s.orphan_labels}).encode())
+             "orphan_labels": s.orphan_labels, "label_book": s.label_book}).encode())
         _save_model(tmp / "primary.npz", s.primary)
         if s.warm is not None:
             _save_model(tmp / "warm.npz", s.warm)
@@ -231,7 +235,7 @@ def read_snapshot(root: str | Path, mmap: bool = True) -> tuple[Path, SnapshotSt
         orphan_labels={f: int(v) for f, v in meta["orphan_labels"].items()},
         primary=primary, warm=warm, active=active, codes=codes,
         warm_start=bool(man["warm_start"]), epoch=int(man["epoch"]),
-        stats=dict(man.get("stats", {})), carry=carry)
+        stats=dict(man.get("stats", {})), carry=carry, label_book=meta.get("label_book"))
     return snap, state
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from vistream.models.hashing.base import HashModel
+from vistream.models.hashing.labels import LabelBook, TrackKey
 
 log = logging.getLogger("vistream.index")
 
@@ -130,6 +131,9 @@ class IndexStats:
     last_fit_s: float = 0.0
     last_reencode_s: float = 0.0
     last_error: str | None = None
+    #: wall clock (s since the epoch) of the last model fit and of the last model swap
+    last_fit_at: float | None = None
+    last_swap_at: float | None = None
 
 
 def grow(arr: np.ndarray, need: int, fill: Any = None) -> np.ndarray:
@@ -188,7 +192,8 @@ class CodeStore:
         self.frame_id_list: list[str] = []
         self.ids: dict[str, int] = {}
         self.meta_by_frame: dict[str, FrameMeta] = {}
-        self.orphan_labels: dict[str, int] = {}
+        #: class names, labels by track and labels waiting for their frame or track
+        self.book = LabelBook()
         self.view = View(None, 0, np.empty((0, self.code_size), np.uint8), 0, model, False, 0)
 
     # ------------------------------------------------------------------ reads
@@ -205,10 +210,16 @@ class CodeStore:
     def meta(self, frame_id: str) -> FrameMeta | None:
         return self.meta_by_frame.get(frame_id)
 
+    @property
+    def orphan_labels(self) -> dict[str, int]:
+        """Labels waiting for their frame id, by frame id."""
+        return {f: p.label for f, p in self.book.pending_frames.items()}
+
     def label(self, frame_id: str) -> int | None:
         i = self.ids.get(frame_id)
         if i is None:
-            return self.orphan_labels.get(frame_id)
+            p = self.book.pending_frames.get(frame_id)
+            return None if p is None else p.label
         lab = int(self.labels[i])
         return None if lab < 0 else lab
 
@@ -239,10 +250,12 @@ class CodeStore:
                labels: Sequence[int | None] | None = None,
                stream_ids: Sequence[str | None] | None = None,
                timestamps: Sequence[int | None] | None = None,
-               model_id: str = "") -> tuple[np.ndarray | None, list[int]]:
+               model_id: str = "", tracks: Sequence[TrackKey | None] | None = None
+               ) -> tuple[np.ndarray | None, list[int]]:
         """Store the rows of ``X`` whose frame ids are new (not yet encoded: the caller encodes
         and publishes them). Returns those rows (None if none was new) and the ids that got
-        their first label, in the order they got it. Caller holds ``lock``."""
+        their first label, in the order they got it. ``tracks`` names the track of each row
+        (a crop), whose label it then takes. Caller holds ``lock``."""
         if model_id and self.feature_model_id and model_id != self.feature_model_id:
             raise ValueError(f"features come from model {model_id!r} but this index holds "
                              f"features of {self.feature_model_id!r}; use a new index")
@@ -284,23 +297,27 @@ class CodeStore:
             fid = frame_ids[i]
             self.frame_id_list.append(fid)
             self.ids[fid] = start + r
-            lab = self.orphan_labels.pop(fid, None)  # the first label wins
+            lab = self.book.take_frame(fid)  # the first label wins
             if lab is None and labels is not None:
                 lab = labels[i]
+            key = None if tracks is None else tracks[i]
+            if key is not None:
+                track_lab = self.book.add_row((str(key[0]), int(key[1])), start + r)
+                lab = track_lab if lab is None else lab
             if lab is not None:
                 self.labels[start + r] = int(lab)
                 labelled.append(start + r)
                 self.stats.labels += 1
         return Xn, labelled
 
-    def set_label(self, fid: str, lab: int) -> int | None:
+    def set_label(self, fid: str, lab: int, now: float | None = None) -> int | None:
         """Join a label to a frame id; returns the id it newly labelled (None for an orphan
         kept for later, or when the frame already has one: the first label wins)."""
         if lab < 0:
             raise ValueError(f"labels must be >= 0, got {lab}")
         i = self.ids.get(fid)
         if i is None:
-            self.orphan_labels.setdefault(fid, lab)
+            self.book.hold_frame(fid, lab, self.n, now)
             return None
         if self.labels[i] >= 0:
             if self.labels[i] != lab:
@@ -309,6 +326,35 @@ class CodeStore:
         self.labels[i] = lab
         self.stats.labels += 1
         return i
+
+    def label_frame(self, fid: str, lab: int, now: float | None = None) -> tuple[str, list[int]]:
+        """A label record for a frame id: ``("applied", [row])``, ``("pending", [])`` (kept
+        until the frame arrives) or ``("unchanged", [])`` (the frame has a label already)."""
+        if fid not in self.ids:
+            self.set_label(fid, lab, now)
+            return "pending", []
+        row = self.set_label(fid, lab, now)
+        if row is None:
+            return "unchanged", []
+        self.book.matched += 1
+        return "applied", [row]
+
+    def label_track(self, key: TrackKey, lab: int, now: float | None = None
+                    ) -> tuple[str, list[int]]:
+        """A label record for a track: every row of it not labelled yet takes ``lab``, and so
+        will its later rows. Returns the status and the rows newly labelled."""
+        if lab < 0:
+            raise ValueError(f"labels must be >= 0, got {lab}")
+        status, rows = self.book.label_track(key, lab, self.n, now)
+        fresh = [r for r in rows if self.labels[r] < 0]
+        for r in fresh:
+            self.labels[r] = lab
+        self.stats.labels += len(fresh)
+        return status, fresh
+
+    def max_label(self) -> int:
+        """The largest integer label any row holds (-1 when none)."""
+        return int(self.labels[: self.n].max()) if self.n else -1
 
     def merge_meta(self, fid: str, stream_id: str | None = None, timestamp_ms: int | None = None,
                    caption: str | None = None, tracks: Iterable[dict[str, Any]] | None = None
@@ -370,7 +416,8 @@ class CodeStore:
         return codes
 
     def restore(self, blocks: list[np.ndarray], frame_ids: list[str], labels: np.ndarray,
-                meta: dict[str, FrameMeta], orphan_labels: dict[str, int]) -> None:
+                meta: dict[str, FrameMeta], orphan_labels: dict[str, int],
+                book: dict[str, Any] | None = None) -> None:
         """Take rows and joins read from a snapshot (before anything else touches the store).
         A partial last block gets a writable full-size buffer; full blocks are kept as given
         (possibly read-only memory maps, copied on the first write)."""
@@ -387,7 +434,11 @@ class CodeStore:
         self.ids = {f: i for i, f in enumerate(frame_ids)}
         self.labels = grow(labels, max(n, 1024), fill=-1)
         self.meta_by_frame = meta
-        self.orphan_labels = orphan_labels
+        if book is not None:
+            self.book = LabelBook.from_json(book)
+        else:  # a snapshot from before the label book: its orphans start their TTL now
+            for fid, lab in orphan_labels.items():
+                self.book.hold_frame(fid, int(lab), n)
 
     # ------------------------------------------------------------------ views
     def build_flat(self, codes: np.ndarray, n: int):
