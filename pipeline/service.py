@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.store import SearchResult
+from vistream.pipeline.api_labels import router as labels_router
 from vistream.stages.records import (
     JPEG,
     PNG,
@@ -242,6 +243,7 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     registry = _instrument(app, index, limits)
     _add_status_routes(app, index, extractor, registry)
     _add_search_routes(app, index, extractor, limits)
+    app.include_router(labels_router)  # POST /labels, GET /stats
     return app
 
 
