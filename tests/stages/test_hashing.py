@@ -288,3 +288,116 @@ def test_restart_replays_from_the_snapshot_on_either_bus(backend, tmp_path):
         assert second.index.stats.duplicates == 0  # replayed records were new to the snapshot
     finally:
         bus.close()
+
+
+# --------------------------------------------------------------------------- labels (issue 23)
+
+
+def crop_records(n_tracks: int, per_track: int, d: int = 8, seed: int = 0, stream: str = "cam0",
+                 start: int = 0):
+    """Features as the features stage emits them in crop mode: one per box, ``label`` = the
+    track id, several crops sharing a frame id. Track t's features lie around centre t % 3."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((3, d)).astype(np.float32) * 3
+    recs = []
+    for f in range(start, start + per_track):
+        fid = f"{stream}:{f:08d}"
+        for t in range(n_tracks):
+            vec = centres[t % 3] + rng.standard_normal(d).astype(np.float32) * 0.3
+            recs.append(Features(fid, stream, vector=vec, model_id="m1", label=t))
+    return recs
+
+
+CLASSES = ["car", "bus", "bike"]
+
+
+def test_crops_are_rows_of_their_track_and_learn_from_track_labels():
+    bus = new_bus()
+    labels = [Label("", "cam0", track_id=t, class_name=CLASSES[t % 3]) for t in range(3)]
+    # the label of track 5 comes before its crops, the others after their first crops
+    early = [Label("", "cam0", track_id=5, class_name="bike")]
+    produce(bus, "meta", early)
+    produce(bus, "feats", crop_records(6, 4) + labels + crop_records(6, 4, start=4, seed=1))
+    st = stage(feature_label="track", train_chunk=20)
+    run_idle(runner_for(bus, st))
+    index = st.index
+    assert len(index) == 48  # 8 frames x 6 crops: crops of one frame are distinct rows
+    names = index.class_names()  # ids by first appearance; the two topics interleave
+    assert sorted(names.values()) == [0, 1, 2]
+    assert index.label("cam0:00000000#t1") == names["bus"] == index.label("cam0:00000007#t1")
+    assert index.label("cam0:00000007#t5") == names["bike"] == index.label("cam0:00000000#t2")
+    assert index.label("cam0:00000000#t3") is None  # track 3 has no label
+    s = index.label_stats()
+    assert sorted(s["classes"]) == ["bike", "bus", "car"] and s["labelled"] == 32
+    assert s["labels_matched"] == 4 and s["labels_pending"] == 0
+    assert s["model"] == "sdoh" and s["model_version"] >= 1 and s["swaps"] >= 1
+    m = st.metrics()
+    assert m["labelled"] == 32 and m["classes"] == 3 and m["last_swap_at"] > 0
+    assert st.model_info()["model"] == "sdoh"
+
+
+def test_without_feature_label_track_a_crop_label_is_a_class():
+    st = stage()
+    st.setup()
+    st.process(crop_records(2, 1))
+    assert len(st.index) == 1 and st.index.label("cam0:00000000") == 0  # the old reading
+
+
+def test_labels_for_unknown_frames_and_tracks_wait_and_expire():
+    st = stage(label_ttl_records=5)
+    st.setup()
+    st.process([Label("cam0:00000099", "cam0", class_name="car"),
+                Label("", "", track_id=9, class_name="bus")])
+    assert st.index.label_stats()["labels_pending"] == 2
+    st.process(feature_records(5, label_records=False)[0])
+    s = st.index.label_stats()
+    assert (s["labels_pending"], s["labels_expired"], s["labels_matched"]) == (0, 2, 0)
+
+
+def test_malformed_label_records_are_dead_lettered_with_their_reason():
+    bus = new_bus()
+    good, _ = feature_records(6, label_records=False)
+    bad = [
+        Label("", "cam0", class_name="car"),                          # no target
+        Label("cam0:00000001", "cam0", track_id=3, class_name="car"),  # two targets
+        Label("cam0:00000001", "cam0"),                               # no class
+        Label("cam0:00000001", "cam0", label=1, class_name="car"),    # two classes
+        Label("", "cam0", track_id=-2, class_name="car"),             # negative track
+        Label("cam0:00000001", "cam0", class_name=""),                # empty class
+    ]
+    produce(bus, "meta", bad)
+    produce(bus, "feats", good)
+    with bus.producer() as p:  # a label record whose fields do not decode
+        p.send("meta", b'{"kind":"label","schema":1,"fields":{"frame_id":"f","stream_id":"s",'
+                       b'"colour":"red"},"arrays":[]}\n', b"s",
+               [("content_type", b"application/x-vistream-label")])
+        p.flush()
+    st = stage()
+    runner = runner_for(bus, st)
+    run_idle(runner)
+    assert len(st.index) == 6 and runner.stats.dead_lettered == 7
+    with bus.consumer(["meta.dlq"], "dlq-reader") as c:
+        reasons = [dict(r.headers)["dlq_reason"].decode() for r in c.poll(100, 1.0)]
+    assert len(reasons) == 7
+    assert sum("frame_id or a track_id" in r for r in reasons) == 2
+    assert sum("class_name or an integer label" in r for r in reasons) == 2
+    assert any("track_id must be" in r for r in reasons)
+    assert any("class_name must be" in r for r in reasons)
+    assert any("malformed label record" in r for r in reasons)
+    assert st.index.label_stats()["labels_pending"] == 0
+
+
+def test_labels_and_class_names_survive_a_restart(tmp_path):
+    bus = new_bus()
+    produce(bus, "feats", crop_records(3, 2))
+    produce(bus, "meta", [Label("", "cam0", track_id=1, class_name="bus"),
+                          Label("", "cam0", track_id=7, class_name="truck")])
+    first = stage(feature_label="track", snapshot_dir=str(tmp_path))
+    run_idle(runner_for(bus, first))  # closing writes a snapshot
+    produce(bus, "feats", crop_records(8, 1, start=5))
+    second = stage(feature_label="track", snapshot_dir=str(tmp_path))
+    run_idle(runner_for(bus, second))
+    index = second.index
+    assert index.class_names() == {"bus": 0, "truck": 1}
+    assert index.label("cam0:00000005#t1") == 0 and index.label("cam0:00000005#t7") == 1
+    assert index.label_stats()["labels_matched"] == 2
