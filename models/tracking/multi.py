@@ -1,0 +1,326 @@
+"""Many small targets at once: discovery, one aggregation tracker per target, and a lifecycle.
+
+:class:`MultiTracker` runs the :class:`~vistream.models.tracking.discovery.MotionDetector`
+(or takes detections from the caller) and an
+:class:`~vistream.models.tracking.aggregation.AggregationTracker` per target, with one camera
+transform per frame (:class:`~vistream.models.tracking.discovery.Registration`) shared by all:
+each tracker gets the camera's displacement *at its own position*, so rotation and zoom
+reach it too.
+
+Lifecycle, per frame
+--------------------
+1. every track's tracker updates; a tracker that reports ``lost`` makes its track **lost**
+   (the tracker's own confidence is the confirmation; the detector cannot confirm a target
+   that has stopped moving). A lost track keeps running its tracker's own re-detection for
+   ``self_search_frames`` frames, then only follows the camera (cheap) and waits to be
+   re-acquired; after ``max_lost`` lost frames in a row it **ends** (its id is never used
+   again);
+2. a detection is *covered* when a tracked track's box overlaps it (IoU > ``cover_iou``) or
+   their centres are closer than ``max(cover_px, cover_factor * track size)``; covered
+   detections count as confirmations of that track;
+3. an uncovered detection is a candidate: its aggregation signature (the saliency-weighted
+   colour histogram, computed by initialising a tracker on it) is compared with each lost
+   track's signature by the Bhattacharyya coefficient. A lost track whose signature is
+   similar enough (``reacquire_similarity`` within ``reacquire_radius`` of where the camera
+   moved it, ``reacquire_similarity_far`` anywhere) and whose size is within
+   ``reacquire_size_ratio`` is **re-acquired**: it keeps its id and continues on the fresh
+   tracker. Otherwise the detection becomes a **new** track with the next id;
+4. two tracked tracks on the same target (IoU > ``duplicate_iou``): the younger one is
+   ended (stable ids favour the older);
+5. a track the detector started must be confirmed (covered) ``confirm_hits`` times within its
+   first ``confirm_window`` frames, or it is dropped as a false start (manual tracks are
+   exempt).
+
+``step`` returns the boxes and ids of the tracked (not lost) tracks; ``tracks`` holds all
+live ones (tracked and lost) and ``events`` what happened in the last step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vistream.models.tracking.aggregation import AggregationParams, AggregationTracker
+from vistream.models.tracking.discovery import (
+    DiscoveryParams,
+    MotionDetector,
+    Registration,
+    displacement,
+)
+from vistream.models.tracking.motion import Motion
+
+__all__ = ["MultiTracker", "MultiTrackerParams", "Track", "iou"]
+
+
+@dataclass
+class MultiTrackerParams:
+    """Settings of :class:`MultiTracker` (pixels are full-resolution)."""
+
+    #: run the motion detector (False: detections come from the caller, or none)
+    detect: bool = True
+    discovery: DiscoveryParams = field(default_factory=DiscoveryParams)
+    tracker: AggregationParams = field(default_factory=AggregationParams)
+    max_tracks: int = 32
+    #: a lost track ends after this many lost frames in a row
+    max_lost: int = 60
+    #: lost tracks run their tracker's own re-detection for this many frames
+    self_search_frames: int = 10
+    #: coverage of a detection by a tracked track
+    cover_iou: float = 0.1
+    cover_px: float = 8.0
+    cover_factor: float = 1.0
+    #: re-acquisition of a lost track by signature (Bhattacharyya coefficient)
+    reacquire_similarity: float = 0.7
+    reacquire_similarity_far: float = 0.85
+    reacquire_radius: float = 80.0
+    reacquire_size_ratio: float = 2.5
+    #: two tracked tracks overlapping this much are one target
+    duplicate_iou: float = 0.4
+    #: a detector-started track needs confirm_hits coverages in its first confirm_window frames
+    confirm_window: int = 15
+    confirm_hits: int = 3
+
+
+@dataclass
+class Track:
+    """One target: its tracker and lifecycle state."""
+
+    track_id: int
+    tracker: AggregationTracker
+    manual: bool = False
+    lost: bool = False
+    lost_frames: int = 0
+    age: int = 0
+    hits: int = 1
+    score: float = 1.0
+    fresh: bool = True  # started on the current frame: no update this frame
+    reacquired: int = 0
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return self.tracker.box
+
+
+def iou(a, b) -> float:
+    """IoU of two x, y, w, h boxes."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = min(ax + aw, bx + bw) - max(ax, bx)
+    ih = min(ay + ah, by + bh) - max(ay, by)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return float(inter / (aw * ah + bw * bh - inter))
+
+
+def _similarity(a: AggregationTracker, b: AggregationTracker) -> float:
+    """Bhattacharyya coefficient of two trackers' foreground signatures (1 = identical)."""
+    return float(np.sqrt(np.clip(a.h_fg, 0, None) * np.clip(b.h_fg, 0, None)).sum())
+
+
+class MultiTracker:
+    """Detector + one aggregation tracker per target + lifecycle (module docstring).
+
+    ``step(frame_bgr)`` -> ((N, 4) float32 x, y, w, h, (N,) int64 ids) of the tracked
+    targets in this frame. ``start(box)`` starts a target by hand (on the last frame seen,
+    or on the next one before any frame), ``stop(track_id)`` ends one, ``reset()`` forgets
+    everything.
+    """
+
+    def __init__(self, params: MultiTrackerParams | None = None) -> None:
+        self.p = params or MultiTrackerParams()
+        d = self.p.discovery
+        self.registration = Registration(d.similarity, d.motion_downsample, d.motion_min_response)
+        self.detector = MotionDetector(d, registration=self.registration) if self.p.detect else None
+        self.reset()
+
+    def reset(self) -> None:
+        self.registration.reset()
+        if self.detector is not None:
+            self.detector.reset()
+        self.tracks: dict[int, Track] = {}
+        self._next_id = 1
+        self._frame: np.ndarray | None = None
+        self._pending: list[tuple[int, tuple[float, ...]]] = []
+        self.frames = 0
+        self.events: list[tuple[str, int]] = []
+        self.transform = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        self.detections = np.zeros((0, 4), np.float32)
+
+    # -- manual control -------------------------------------------------------------------
+    def _new_tracker(self, image: np.ndarray, box) -> AggregationTracker:
+        tr = AggregationTracker(self.p.tracker, motion=False)
+        tr.init(image, tuple(float(v) for v in box))
+        return tr
+
+    def start(self, box, track_id: int | None = None, image: np.ndarray | None = None) -> int:
+        """Start (or restart, when ``track_id`` is live) a target at ``box`` = x, y, w, h in
+        ``image`` (default: the last frame seen; before any frame, the next one). Returns its
+        id. A hand-started track is never dropped as a false start."""
+        x, y, w, h = (float(v) for v in box)
+        if not (w > 0 and h > 0) or not all(map(math.isfinite, (x, y, w, h))):
+            raise ValueError(f"box must be finite with a positive size, got {box!r}")
+        tid = self._next_id if track_id is None else int(track_id)
+        if tid not in self.tracks and len(self.tracks) >= self.p.max_tracks:
+            raise ValueError(f"already {self.p.max_tracks} tracks (max_tracks)")
+        self._next_id = max(self._next_id, tid + 1)
+        image = self._frame if image is None else image
+        if image is None:
+            self._pending.append((tid, (x, y, w, h)))
+            return tid
+        self.tracks[tid] = Track(tid, self._new_tracker(image, (x, y, w, h)), manual=True)
+        self.events.append(("start", tid))
+        return tid
+
+    def stop(self, track_id: int) -> bool:
+        """End a track; False when no such live track."""
+        self._pending = [pt for pt in self._pending if pt[0] != track_id]
+        if self.tracks.pop(int(track_id), None) is None:
+            return False
+        self.events.append(("stop", int(track_id)))
+        return True
+
+    # -- per frame ------------------------------------------------------------------------
+    def step(self, frame_bgr: np.ndarray, detections: np.ndarray | None = None,
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Track into ``frame_bgr``. ``detections`` (M, 4): boxes from elsewhere, used
+        instead of (detector on) or without (detector off) the motion detector's."""
+        self.frames += 1
+        self.events = []
+        a = self.registration.estimate(frame_bgr)
+        self.transform = a
+        if detections is not None:
+            dets = np.asarray(detections, np.float32).reshape(-1, 4)
+            if self.detector is not None:  # keep its history and candidates in step
+                self.detector.update(frame_bgr, transform=a)
+        elif self.detector is not None:
+            dets = self.detector.update(frame_bgr, transform=a)
+        else:
+            dets = np.zeros((0, 4), np.float32)
+        self.detections = dets
+        self._frame = frame_bgr
+        for tid, box in self._pending:
+            self.tracks[tid] = Track(tid, self._new_tracker(frame_bgr, box), manual=True)
+            self.events.append(("start", tid))
+        self._pending = []
+        self._update_tracks(frame_bgr, a)
+        self._use_detections(frame_bgr, dets, a)
+        self._dedupe()
+        self._expire()
+        return self.output()
+
+    def output(self) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes and ids of the tracked (not lost) tracks, by id."""
+        live = [t for _, t in sorted(self.tracks.items()) if not t.lost]
+        if not live:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        return (np.asarray([t.box for t in live], np.float32).reshape(-1, 4),
+                np.asarray([t.track_id for t in live], np.int64))
+
+    def _update_tracks(self, frame: np.ndarray, a: np.ndarray) -> None:
+        for t in self.tracks.values():
+            if t.fresh:
+                t.fresh = False
+                continue
+            t.age += 1
+            tr = t.tracker
+            dx, dy = displacement(a, tr.cx, tr.cy)
+            if not t.lost or t.lost_frames < self.p.self_search_frames:
+                out = tr.update(frame, motion=Motion(dx, dy, 1.0))
+                lost, t.score = out.lost, out.score
+            else:  # waiting for re-acquisition: follow the camera, nothing else
+                tr.cx += dx
+                tr.cy += dy
+                lost, t.score = True, 0.0
+            if lost:
+                if not t.lost:
+                    self.events.append(("lost", t.track_id))
+                t.lost = True
+                t.lost_frames += 1
+            else:
+                if t.lost:
+                    self.events.append(("recovered", t.track_id))
+                t.lost, t.lost_frames = False, 0
+
+    def _covering(self, box) -> Track | None:
+        bx, by, bw, bh = (float(v) for v in box)
+        cx, cy = bx + bw / 2, by + bh / 2
+        best, best_d = None, math.inf
+        for t in self.tracks.values():
+            if t.lost:
+                continue
+            x, y, w, h = t.box
+            d = math.hypot(x + w / 2 - cx, y + h / 2 - cy)
+            gate = max(self.p.cover_px, self.p.cover_factor * max(w, h))
+            if (d <= gate or iou(t.box, box) > self.p.cover_iou) and d < best_d:
+                best, best_d = t, d
+        return best
+
+    def _use_detections(self, frame: np.ndarray, dets: np.ndarray, a: np.ndarray) -> None:
+        p = self.p
+        for box in dets:
+            t = self._covering(box)
+            if t is not None:
+                t.hits += 1
+                continue
+            try:
+                cand = self._new_tracker(frame, box)
+            except ValueError:
+                continue
+            owner = self._reacquire(cand, box)
+            if owner is not None:
+                owner.tracker = cand
+                owner.lost, owner.lost_frames, owner.fresh = False, 0, True
+                owner.reacquired += 1
+                owner.hits += 1
+                self.events.append(("reacquired", owner.track_id))
+                continue
+            if len(self.tracks) >= p.max_tracks:
+                continue
+            tid = self._next_id
+            self._next_id += 1
+            self.tracks[tid] = Track(tid, cand)
+            self.events.append(("new", tid))
+
+    def _reacquire(self, cand: AggregationTracker, box) -> Track | None:
+        p = self.p
+        bx, by, bw, bh = (float(v) for v in box)
+        cx, cy = bx + bw / 2, by + bh / 2
+        best, best_s = None, -1.0
+        for t in self.tracks.values():
+            if not t.lost:
+                continue
+            tr = t.tracker
+            ratio = max(tr.w, tr.h) / max(bw, bh)
+            if not 1.0 / p.reacquire_size_ratio <= ratio <= p.reacquire_size_ratio:
+                continue
+            s = _similarity(cand, tr)
+            near = math.hypot(tr.cx - cx, tr.cy - cy) <= p.reacquire_radius
+            need = p.reacquire_similarity if near else p.reacquire_similarity_far
+            if s >= need and s > best_s:
+                best, best_s = t, s
+        return best
+
+    def _dedupe(self) -> None:
+        live = sorted((t for t in self.tracks.values() if not t.lost), key=lambda t: t.track_id)
+        gone: set[int] = set()
+        for i, t in enumerate(live):
+            if t.track_id in gone:
+                continue
+            for u in live[i + 1:]:
+                if u.track_id not in gone and iou(t.box, u.box) > self.p.duplicate_iou:
+                    gone.add(u.track_id)  # the younger (higher id) one goes
+        for tid in gone:
+            del self.tracks[tid]
+            self.events.append(("ended", tid))
+
+    def _expire(self) -> None:
+        p = self.p
+        for tid, t in list(self.tracks.items()):
+            false_start = (not t.manual and t.age == p.confirm_window
+                           and t.hits < p.confirm_hits)
+            if t.lost_frames > p.max_lost or false_start:
+                del self.tracks[tid]
+                self.events.append(("ended", tid))
