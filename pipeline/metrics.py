@@ -1,9 +1,20 @@
-"""Prometheus metrics, one set per stage (label ``stage``), served on a configurable port."""
+"""Prometheus metrics, one set per stage (label ``stage``), served on a configurable port.
+
+Besides the runner's counters, a stage may report figures of its own: a ``metrics()`` method
+returning ``{figure: number}`` (and optionally ``model_info()`` returning ``{label: text}``).
+:func:`watch_stage` exports them as gauges ``vistream_stage_<figure>{stage=...}`` (and
+``vistream_stage_model_info{stage, ...} 1``), read from the stage at scrape time, so nothing
+is copied while it runs. The index stage reports its hash model, codes indexed, labels and the
+times of its last fit and swap this way.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -13,6 +24,7 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger("vistream.metrics")
 
@@ -35,6 +47,11 @@ class StageMetrics:
         self.dead_lettered = m["dead_lettered"].labels(stage)
         self.batch_latency = m["batch_latency"].labels(stage)
         self.consumer_lag = m["consumer_lag"].labels(stage)
+        self.registry = registry
+
+    def watch_stage(self, stage: Any) -> None:
+        """Export ``stage``'s own figures under this stage name (see :func:`watch_stage`)."""
+        watch_stage(self.stage, stage, self.registry)
 
     @staticmethod
     def _create(registry: CollectorRegistry) -> dict[str, object]:
@@ -56,6 +73,59 @@ class StageMetrics:
                                   "Records not yet consumed in assigned partitions", ["stage"],
                                   registry=registry),
         }
+
+
+class StageGauges:
+    """A collector of the figures stages report (``metrics()``, ``model_info()``), by stage
+    name; one per registry. A stage object watched under a name already taken replaces the
+    old one (a restarted runner), so no series is registered twice."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families: dict[str, GaugeMetricFamily] = {}
+        infos: list[tuple[str, dict[str, str]]] = []
+        for name, stage in sorted(self.stages.items()):
+            try:
+                figures = dict(stage.metrics())
+                info = dict(stage.model_info()) if hasattr(stage, "model_info") else {}
+            except Exception as exc:  # a scrape must never fail because of one stage
+                log.debug("stage %s: figures unavailable: %s", name, exc)
+                continue
+            for key, value in figures.items():
+                fam = families.get(key)
+                if fam is None:
+                    fam = families[key] = GaugeMetricFamily(
+                        f"vistream_stage_{key}", f"Stage figure {key!r}", labels=["stage"])
+                fam.add_metric([name], float(value))
+            if info:
+                infos.append((name, info))
+        yield from families.values()
+        if infos:  # one family: the union of the label names, "" where a stage has none
+            keys = sorted({k for _, info in infos for k in info})
+            fam = GaugeMetricFamily("vistream_stage_model_info", "The stage's model, as labels",
+                                    labels=["stage", *keys])
+            for name, info in infos:
+                fam.add_metric([name, *(str(info.get(k, "")) for k in keys)], 1.0)
+            yield fam
+
+
+_gauges: dict[int, StageGauges] = {}
+_gauges_lock = threading.Lock()
+
+
+def watch_stage(name: str, stage: Any, registry: CollectorRegistry = REGISTRY) -> StageGauges:
+    """Export the figures of ``stage`` (its ``metrics()``) as gauges labelled ``stage=name``
+    in ``registry``; a stage without ``metrics()`` is ignored."""
+    with _gauges_lock:
+        gauges = _gauges.get(id(registry))
+        if gauges is None:
+            gauges = _gauges[id(registry)] = StageGauges()
+            registry.register(gauges)
+        if callable(getattr(stage, "metrics", None)):
+            gauges.stages[name] = stage
+    return gauges
 
 
 _served_ports: set[int] = set()
