@@ -26,7 +26,8 @@ from vistream.models.registry import Registry
 
 __all__ = [
     "FRAME_CONTENT_TYPES", "JPEG", "MAX_CLASS_NAME", "MAX_FRAME_BYTES", "PNG", "Caption",
-    "Codes", "Features", "Frame", "FrameSummary", "InvalidRecord", "Label", "Message", "Result", "Tracks",
+    "Codes", "Features", "Frame", "FrameSummary", "InvalidRecord", "Label", "Message", "Result",
+    "TrackInit", "Tracks",
     "check_image_bytes", "decode_image", "encode_image", "make_frame_id", "now_ms",
     "result_type", "sniff_content_type",
 ]
@@ -198,6 +199,32 @@ class Tracks(Result):
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     track_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+@dataclass(eq=False)
+class TrackInit(Result):
+    """Start (or restart) ``target_ids[i]`` at ``boxes[i]`` (x, y, w, h px) in frame
+    ``frame_id`` (sequence number ``seq``, -1 when unknown); ``drop_ids`` stops targets;
+    ``replace`` stops every target not listed. A *negative* target id marks a detection
+    (the ``detect`` stage's): the track stage decides whether it is covered by a live
+    track, re-acquires a lost one (which keeps its id) or starts a new one. Produced by the
+    detect stage, ``vistream track start|stop`` and ``POST /tracks``; consumed by the track
+    stage."""
+
+    kind: ClassVar[str] = "track_init"
+    seq: int = -1
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    target_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    drop_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    replace: bool = False
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        self.target_ids = np.asarray(self.target_ids, np.int64).reshape(-1)
+        self.drop_ids = np.asarray(self.drop_ids, np.int64).reshape(-1)
+        if len(self.boxes) != len(self.target_ids):
+            raise ValueError(f"track_init has {len(self.boxes)} boxes but "
+                             f"{len(self.target_ids)} target ids")
 
 
 @dataclass(eq=False)

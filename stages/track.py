@@ -2,11 +2,14 @@
 
 Records
 -------
-* :class:`TrackInit` (kind ``track_init``, in): start, restart or stop targets of one stream:
-  ``boxes[i]`` (x, y, w, h pixels) becomes target ``target_ids[i]`` *in the frame*
-  ``frame_id`` (sequence number ``seq`` when known, -1 otherwise); ``drop_ids`` stops
-  targets; ``replace=True`` stops every target not listed. A detector, an operator or a
-  test produces these. The existing :class:`~vistream.stages.records.Tracks` record is accepted
+* :class:`~vistream.stages.records.TrackInit` (kind ``track_init``, in; defined in
+  :mod:`vistream.stages.records` since the ``detect`` stage emits it): start, restart or stop
+  targets of one stream: ``boxes[i]`` (x, y, w, h pixels) becomes target ``target_ids[i]``
+  *in the frame* ``frame_id`` (sequence number ``seq`` when known, -1 otherwise);
+  ``drop_ids`` stops targets; ``replace=True`` stops every target not listed. A *negative*
+  target id is a detection (the ``detect`` stage's): see "Lifecycle" below. The detect
+  stage, an operator (``vistream track start|stop``, ``POST /tracks``) or a test produces
+  these. The existing :class:`~vistream.stages.records.Tracks` record is accepted
   too and read as a detection record (``track_ids`` -> target ids, no drops).
 * :class:`TrackState` (kind ``track_state``, out): one record per frame of a stream with
   targets, keyed like every result by stream id and carrying the frame id; one row per
@@ -27,6 +30,18 @@ Records
     and timestamp as the source frame (box plus ``crop_margin`` context, optionally resized
     to ``crop_size``): any stage that takes frames can consume them; the crop's box is the
     TrackState row of that frame id and target id.
+
+Lifecycle (:class:`~vistream.models.tracking.multi.MultiTracker`, one per stream)
+---------------------------------------------------------------------------------
+Ids are stable: a target keeps its id while it is tracked. A target whose tracker loses it
+is reported ``lost`` (its box is the camera-compensated last position); after ``max_lost``
+lost frames in a row it *ends*: it gets no more rows and its id is not reused. A detection
+(negative target id) that no live target covers is compared by aggregation signature with
+the lost targets: a match re-acquires the lost target, which keeps its id; otherwise it
+starts a new target with the next free id. A detection is applied on its own frame: if that
+frame was already processed, coverage is judged against the targets' boxes remembered for
+that frame, and a new or re-acquired target catches up through the newer buffered frames.
+With ``discover: true`` the stage runs the motion detector itself (no detect stage needed).
 
 State, restarts and redelivery
 ------------------------------
@@ -71,9 +86,11 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vistream.models.tracking.aggregation import AggregationParams, AggregationTracker
-from vistream.models.tracking.motion import GlobalMotion
-from vistream.stages.records import JPEG, PNG, Frame, Message, Result, Tracks
+from vistream.models.tracking.aggregation import AggregationParams
+from vistream.models.tracking.discovery import DiscoveryParams, Registration, displacement
+from vistream.models.tracking.motion import Motion
+from vistream.models.tracking.multi import MultiTracker, MultiTrackerParams
+from vistream.stages.records import JPEG, PNG, Frame, Message, Result, TrackInit, Tracks
 from vistream.stages.base import Stage, StageParams, register_stage
 
 log = logging.getLogger("vistream.stages.track")
@@ -83,26 +100,6 @@ __all__ = ["TrackBoxesStage", "TrackCropStage", "TrackInit", "TrackParams", "Tra
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(eq=False)
-class TrackInit(Result):
-    """Start (or restart) ``target_ids[i]`` at ``boxes[i]`` in frame ``frame_id``."""
-
-    kind: ClassVar[str] = "track_init"
-    seq: int = -1
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    target_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    drop_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    replace: bool = False
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
-        self.target_ids = np.asarray(self.target_ids, np.int64).reshape(-1)
-        self.drop_ids = np.asarray(self.drop_ids, np.int64).reshape(-1)
-        if len(self.boxes) != len(self.target_ids):
-            raise ValueError(f"track_init has {len(self.boxes)} boxes but "
-                             f"{len(self.target_ids)} target ids")
 
 
 @dataclass(eq=False)
@@ -137,6 +134,11 @@ class TrackTarget(BaseModel):
         return box
 
 
+_LIFECYCLE = ("max_lost", "self_search_frames", "cover_iou", "cover_px", "cover_factor",
+              "reacquire_similarity", "reacquire_similarity_far", "reacquire_radius",
+              "reacquire_size_ratio", "duplicate_iou", "confirm_window", "confirm_hits")
+
+
 class TrackParams(StageParams):
     targets: list[TrackTarget] = Field(default_factory=list,
                                        description="boxes to start from, per stream and frame")
@@ -145,8 +147,16 @@ class TrackParams(StageParams):
     remember_frames: int = Field(64, ge=1, le=100_000,
                                  description="outputs kept per stream to answer redeliveries")
     max_targets: int = Field(32, ge=1, le=1024, description="targets per stream")
+    max_lost: int = Field(100, ge=1, le=100_000,
+                          description="a target lost this many frames in a row ends")
+    discover: bool = Field(False, description="run the motion detector in this stage too "
+                                              "(no detect stage needed)")
     tracker: dict[str, Any] = Field(default_factory=dict,
                                     description="AggregationParams overrides")
+    lifecycle: dict[str, Any] = Field(default_factory=dict,
+                                      description=f"MultiTrackerParams overrides: {_LIFECYCLE}")
+    discovery: dict[str, Any] = Field(default_factory=dict,
+                                      description="DiscoveryParams overrides (discover: true)")
     crop_margin: float = Field(0.5, ge=0, le=10,
                                description="track_crops: context around the box, per side, "
                                            "as a share of the box size")
@@ -163,6 +173,32 @@ class TrackParams(StageParams):
             raise ValueError(f"unknown tracker settings {bad}; known: {sorted(known)}")
         return value
 
+    @field_validator("lifecycle")
+    @classmethod
+    def _known_lifecycle(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(set(value) - set(_LIFECYCLE))
+        if bad:
+            raise ValueError(f"unknown lifecycle settings {bad}; known: {list(_LIFECYCLE)}")
+        return value
+
+    @field_validator("discovery")
+    @classmethod
+    def _known_discovery(cls, value: dict[str, Any]) -> dict[str, Any]:
+        known = set(DiscoveryParams.__dataclass_fields__)
+        bad = sorted(set(value) - known)
+        if bad:
+            raise ValueError(f"unknown discovery settings {bad}; known: {sorted(known)}")
+        return value
+
+    def multi_params(self) -> MultiTrackerParams:
+        disc = dict(self.discovery)
+        if "refs" in disc:
+            disc["refs"] = tuple(disc["refs"])
+        return MultiTrackerParams(detect=self.discover, discovery=DiscoveryParams(**disc),
+                                  tracker=AggregationParams(**self.tracker),
+                                  max_tracks=self.max_targets,
+                                  **{"max_lost": self.max_lost, **self.lifecycle})
+
 
 # --------------------------------------------------------------------------- state
 
@@ -177,14 +213,18 @@ class _Pending:
 class StreamState:
     """Everything the stage keeps for one stream (lost on restart)."""
 
-    motion: Any
-    trackers: dict[int, Any] = field(default_factory=dict)
+    multi: MultiTracker
     last_seq: int = -1
     buffer: deque = field(default_factory=deque)  # (seq, frame_id, image)
     pending: list[_Pending] = field(default_factory=list)
     remembered: OrderedDict = field(default_factory=OrderedDict)  # frame_id -> outputs
     configured: dict[int, TrackTarget] = field(default_factory=dict)  # not started yet
     frames: int = 0
+
+    @property
+    def trackers(self) -> dict[int, Any]:
+        """The live targets' trackers by target id (tracked and lost)."""
+        return {tid: t.tracker for tid, t in self.multi.tracks.items()}
 
 
 # --------------------------------------------------------------------------- stage
@@ -205,29 +245,29 @@ class TrackStage(Stage):
         self.streams: dict[str, StreamState] = {}
         self.redeliveries = 0
         self.late_inits = 0
+        self.events: dict[str, int] = {}
 
     # -- helpers ------------------------------------------------------------------------
-    def _tracker_params(self):
-        return AggregationParams(**self.params.tracker)
-
-    def _new_tracker(self):
-        return AggregationTracker(self._tracker_params(), motion=False)
-
     def _stream(self, stream_id: str) -> StreamState:
         st = self.streams.get(stream_id)
         if st is None:
-            p = self._tracker_params()
-            st = StreamState(motion=GlobalMotion(p.motion_downsample, p.motion_min_response),
+            st = StreamState(multi=MultiTracker(self.params.multi_params()),
                              buffer=deque(maxlen=self.params.buffer_frames))
             st.configured = {t.target_id: t for t in self.params.targets if t.stream == stream_id}
             self.streams[stream_id] = st
         return st
 
     def summary(self) -> dict[str, Any]:
-        return {"streams": {s: {"frames": st.frames, "targets": sorted(st.trackers),
+        return {"streams": {s: {"frames": st.frames, "targets": sorted(st.multi.tracks),
+                                "lost": sorted(t for t, tr in st.multi.tracks.items() if tr.lost),
                                 "waiting": sorted(st.configured)}
                             for s, st in self.streams.items()},
-                "redeliveries": self.redeliveries, "late_inits": self.late_inits}
+                "redeliveries": self.redeliveries, "late_inits": self.late_inits,
+                "events": dict(self.events)}
+
+    def _count(self, events: list[tuple[str, int]]) -> None:
+        for kind, _ in events:
+            self.events[kind] = self.events.get(kind, 0) + 1
 
     # -- processing -----------------------------------------------------------------------
     def process(self, batch: list[Message]) -> list[Message]:
@@ -244,26 +284,36 @@ class TrackStage(Stage):
                 raise TypeError(f"track stage cannot handle a {msg.kind!r} message")
         return out
 
-    def _start(self, st: StreamState, init: TrackInit, image: np.ndarray) -> list[Any]:
-        """Apply an init record on ``image``; returns the trackers started."""
+    def _start(self, st: StreamState, init: TrackInit, image: np.ndarray,
+               cover: np.ndarray | None = None) -> list[int]:
+        """Apply an init record on ``image``; returns the ids of the targets (re)started.
+        ``cover``: the targets' boxes in ``image`` when it is an older frame (detections
+        are judged against them)."""
+        mt = st.multi
         if init.replace:
             keep = set(init.target_ids.tolist())
-            for tid in [t for t in st.trackers if t not in keep]:
-                del st.trackers[tid]
+            for tid in [t for t in mt.tracks if t not in keep]:
+                mt.stop(tid)
         for tid in init.drop_ids.tolist():
-            st.trackers.pop(int(tid), None)
+            mt.stop(int(tid))
             st.configured.pop(int(tid), None)
         started = []
         for box, tid in zip(init.boxes, init.target_ids.tolist()):
             tid = int(tid)
-            if tid not in st.trackers and len(st.trackers) >= self.params.max_targets:
+            if tid < 0:  # a detection: the lifecycle decides (covered, re-acquired, new)
+                before = {t: tr.tracker for t, tr in mt.tracks.items()}
+                got = mt.detection(image, box, cover=cover)
+                if got is not None and got >= 0 and before.get(got) is not mt.tracks[got].tracker:
+                    started.append(got)
+                continue
+            if tid not in mt.tracks and len(mt.tracks) >= self.params.max_targets:
                 raise ValueError(f"stream {init.stream_id!r} already tracks "
                                  f"{self.params.max_targets} targets (max_targets)")
-            tr = self._new_tracker()
-            tr.init(image, tuple(float(v) for v in box))
-            st.trackers[tid] = tr
+            mt.start(box, track_id=tid, image=image)
             st.configured.pop(tid, None)
-            started.append(tr)
+            started.append(tid)
+        self._count(mt.events)
+        mt.events = []
         return started
 
     def _on_init(self, init: TrackInit) -> None:
@@ -272,8 +322,10 @@ class TrackStage(Stage):
                     if fid == init.frame_id or (init.seq >= 0 and seq == init.seq)]
         if buffered:
             i = buffered[0]
-            started = self._start(st, init, st.buffer[i][2])
+            cover = self._remembered_boxes(st, st.buffer[i][1])
+            started = self._start(st, init, st.buffer[i][2], cover=cover)
             self._catch_up(st, started, i)
+            self._settle(st, started)
             return
         unseen = st.last_seq < 0 or (init.seq > st.last_seq if init.seq >= 0 else True)
         if unseen:
@@ -285,22 +337,73 @@ class TrackStage(Stage):
                     "applied to the newest frame %s", init.stream_id, init.frame_id,
                     len(st.buffer), st.buffer[-1][1] if st.buffer else "(none)")
         if st.buffer:
-            self._start(st, init, st.buffer[-1][2])
+            self._settle(st, self._start(st, init, st.buffer[-1][2]))
         else:
             st.pending.append(_Pending(init))
 
-    def _catch_up(self, st: StreamState, trackers: list[Any], start: int) -> None:
-        """Bring freshly started trackers through the buffered frames after ``start``."""
+    @staticmethod
+    def _remembered_boxes(st: StreamState, frame_id: str) -> np.ndarray | None:
+        """The tracked targets' boxes output for ``frame_id`` (None: the newest frame, whose
+        state is the trackers' own)."""
+        if st.buffer and st.buffer[-1][1] == frame_id:
+            return None
+        boxes = [o.boxes[~o.lost] for o in st.remembered.get(frame_id, ())
+                 if isinstance(o, TrackState)]
+        return np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+
+    def _catch_up(self, st: StreamState, ids: list[int], start: int) -> None:
+        """Bring targets started on buffered frame ``start`` through the newer ones."""
         frames = list(st.buffer)[start:]
+        trackers = [st.multi.tracks[t].tracker for t in ids if t in st.multi.tracks]
         if len(frames) < 2 or not trackers:
             return
-        p = self._tracker_params()
-        motion = GlobalMotion(p.motion_downsample, p.motion_min_response)
-        motion.estimate(frames[0][2])
+        reg = Registration(st.multi.registration.similarity)
+        reg.estimate(frames[0][2])
         for _, _, image in frames[1:]:
-            m = motion.estimate(image)
+            a = reg.estimate(image)
             for tr in trackers:
-                tr.update(image, motion=m)
+                tr.update(image, motion=Motion(*displacement(a, tr.cx, tr.cy), 1.0))
+
+    @staticmethod
+    def _settle(st: StreamState, ids: list[int]) -> None:
+        """Targets started on an already processed frame are up to date with the newest
+        one: the next frame must update them (a target started on the frame being processed
+        is not updated on it)."""
+        for t in ids:
+            if t in st.multi.tracks:
+                st.multi.tracks[t].fresh = False
+
+    def _due_inits(self, st: StreamState, frame: Frame, image: np.ndarray) -> np.ndarray:
+        """Apply the init records due at this frame; returns the detections among them
+        (negative ids), which the lifecycle takes after the trackers moved."""
+        still: list[_Pending] = []
+        dets = []
+        for pend in st.pending:
+            init = pend.init
+            mine = init.frame_id == frame.frame_id or (init.seq >= 0 and init.seq == frame.seq)
+            overdue = (init.seq >= 0 and init.seq < frame.seq) or (
+                init.seq < 0 and pend.frames_waited >= self.params.buffer_frames)
+            if mine or overdue:
+                if overdue:
+                    self.late_inits += 1
+                    log.warning("track_init for %s frame %s never matched a frame: applied to "
+                                "frame %s", init.stream_id, init.frame_id, frame.frame_id)
+                neg = init.target_ids < 0
+                dets.append(init.boxes[neg])
+                self._start(st, TrackInit(frame_id=init.frame_id, stream_id=init.stream_id,
+                                          seq=init.seq, boxes=init.boxes[~neg],
+                                          target_ids=init.target_ids[~neg],
+                                          drop_ids=init.drop_ids, replace=init.replace), image)
+            else:
+                pend.frames_waited += 1
+                still.append(pend)
+        st.pending = still
+        for tid, tgt in list(st.configured.items()):
+            if tgt.seq == frame.seq:
+                self._start(st, TrackInit(frame_id=frame.frame_id, stream_id=frame.stream_id,
+                                          seq=frame.seq, boxes=np.asarray([tgt.box]),
+                                          target_ids=np.asarray([tid])), image)
+        return np.concatenate(dets) if dets else np.zeros((0, 4), np.float32)
 
     def _on_frame(self, frame: Frame) -> list[Message]:
         st = self._stream(frame.stream_id)
@@ -314,46 +417,17 @@ class TrackStage(Stage):
             return []
         image = frame.image
         st.frames += 1
-        motion = st.motion.estimate(image)
-
-        # Inits for this frame (or overdue), then configured boxes for this frame.
-        fresh: set[int] = set()
-        still: list[_Pending] = []
-        for pend in st.pending:
-            init = pend.init
-            mine = init.frame_id == frame.frame_id or (init.seq >= 0 and init.seq == frame.seq)
-            overdue = (init.seq >= 0 and init.seq < frame.seq) or (
-                init.seq < 0 and pend.frames_waited >= self.params.buffer_frames)
-            if mine or overdue:
-                if overdue:
-                    self.late_inits += 1
-                    log.warning("track_init for %s frame %s never matched a frame: applied to "
-                                "frame %s", init.stream_id, init.frame_id, frame.frame_id)
-                fresh.update(int(t) for t in init.target_ids.tolist())
-                self._start(st, init, image)
-            else:
-                pend.frames_waited += 1
-                still.append(pend)
-        st.pending = still
-        for tid, tgt in list(st.configured.items()):
-            if tgt.seq == frame.seq:
-                self._start(st, TrackInit(frame_id=frame.frame_id, stream_id=frame.stream_id,
-                                          seq=frame.seq, boxes=np.asarray([tgt.box]),
-                                          target_ids=np.asarray([tid])), image)
-                fresh.add(tid)
-
+        dets = self._due_inits(st, frame, image)
+        mt = st.multi
+        mt.step(image, detections=dets)
+        self._count(mt.events)
         ids, boxes, scores, lost = [], [], [], []
-        for tid in sorted(st.trackers):
-            tr = st.trackers[tid]
-            if tid in fresh:
-                box, score, is_lost = tr.box, 1.0, False
-            else:
-                o = tr.update(image, motion=motion)
-                box, score, is_lost = o.box, o.score, o.lost
+        for tid, t in mt.tracks.items():
             ids.append(tid)
-            boxes.append(box)
-            scores.append(score)
-            lost.append(is_lost)
+            boxes.append(t.box)
+            scores.append(1.0 if t.fresh else t.score)
+            lost.append(t.lost)
+            t.fresh = False
         for tid, tgt in sorted(st.configured.items()):
             if tgt.seq < frame.seq:  # its frame is gone: waiting for an explicit init
                 ids.append(tid)

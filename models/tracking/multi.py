@@ -185,20 +185,16 @@ class MultiTracker:
     # -- per frame ------------------------------------------------------------------------
     def step(self, frame_bgr: np.ndarray, detections: np.ndarray | None = None,
              ) -> tuple[np.ndarray, np.ndarray]:
-        """Track into ``frame_bgr``. ``detections`` (M, 4): boxes from elsewhere, used
-        instead of (detector on) or without (detector off) the motion detector's."""
+        """Track into ``frame_bgr``. ``detections`` (M, 4): boxes found elsewhere (another
+        detector, a detect stage), used before the motion detector's own (when it runs)."""
         self.frames += 1
         self.events = []
         a = self.registration.estimate(frame_bgr)
         self.transform = a
-        if detections is not None:
-            dets = np.asarray(detections, np.float32).reshape(-1, 4)
-            if self.detector is not None:  # keep its history and candidates in step
-                self.detector.update(frame_bgr, transform=a)
-        elif self.detector is not None:
-            dets = self.detector.update(frame_bgr, transform=a)
-        else:
-            dets = np.zeros((0, 4), np.float32)
+        dets = (np.zeros((0, 4), np.float32) if detections is None
+                else np.asarray(detections, np.float32).reshape(-1, 4))
+        if self.detector is not None:
+            dets = np.concatenate([dets, self.detector.update(frame_bgr, transform=a)])
         self.detections = dets
         self._frame = frame_bgr
         for tid, box in self._pending:
@@ -244,45 +240,65 @@ class MultiTracker:
                     self.events.append(("recovered", t.track_id))
                 t.lost, t.lost_frames = False, 0
 
-    def _covering(self, box) -> Track | None:
+    def _covers(self, track_box, box) -> bool:
+        x, y, w, h = (float(v) for v in track_box)
         bx, by, bw, bh = (float(v) for v in box)
-        cx, cy = bx + bw / 2, by + bh / 2
+        if not all(map(math.isfinite, (x, y, w, h))):
+            return False
+        d = math.hypot(x + w / 2 - bx - bw / 2, y + h / 2 - by - bh / 2)
+        return d <= max(self.p.cover_px, self.p.cover_factor * max(w, h)) or (
+            iou(track_box, box) > self.p.cover_iou)
+
+    def _covering(self, box) -> Track | None:
+        """The tracked track nearest to ``box`` among those that cover it."""
+        bx, by, bw, bh = (float(v) for v in box)
         best, best_d = None, math.inf
         for t in self.tracks.values():
-            if t.lost:
+            if t.lost or not self._covers(t.box, box):
                 continue
             x, y, w, h = t.box
-            d = math.hypot(x + w / 2 - cx, y + h / 2 - cy)
-            gate = max(self.p.cover_px, self.p.cover_factor * max(w, h))
-            if (d <= gate or iou(t.box, box) > self.p.cover_iou) and d < best_d:
+            d = math.hypot(x + w / 2 - bx - bw / 2, y + h / 2 - by - bh / 2)
+            if d < best_d:
                 best, best_d = t, d
         return best
 
     def _use_detections(self, frame: np.ndarray, dets: np.ndarray, a: np.ndarray) -> None:
-        p = self.p
         for box in dets:
+            self.detection(frame, box)
+
+    def detection(self, image: np.ndarray, box, cover: np.ndarray | None = None) -> int | None:
+        """Use one detection found in ``image``: covered by a live track (its id is
+        returned and the track counts a confirmation), else the id of the lost track it
+        re-acquires by signature, else the id of a new track; None when it cannot be used
+        (degenerate box, ``max_tracks`` reached). ``cover``: (K, 4) boxes that cover instead
+        of the live tracks' current boxes (a caller applying a detection on an older frame
+        passes the tracks' boxes in that frame); a covered detection then returns -1."""
+        if cover is None:
             t = self._covering(box)
             if t is not None:
                 t.hits += 1
-                continue
-            try:
-                cand = self._new_tracker(frame, box)
-            except ValueError:
-                continue
-            owner = self._reacquire(cand, box)
-            if owner is not None:
-                owner.tracker = cand
-                owner.lost, owner.lost_frames, owner.fresh = False, 0, True
-                owner.reacquired += 1
-                owner.hits += 1
-                self.events.append(("reacquired", owner.track_id))
-                continue
-            if len(self.tracks) >= p.max_tracks:
-                continue
-            tid = self._next_id
-            self._next_id += 1
-            self.tracks[tid] = Track(tid, cand)
-            self.events.append(("new", tid))
+                return t.track_id
+        elif any(self._covers(c, box) for c in np.asarray(cover, np.float32).reshape(-1, 4)):
+            return -1
+        try:
+            cand = self._new_tracker(image, box)
+        except ValueError:
+            return None
+        owner = self._reacquire(cand, box)
+        if owner is not None:
+            owner.tracker = cand
+            owner.lost, owner.lost_frames, owner.fresh = False, 0, True
+            owner.reacquired += 1
+            owner.hits += 1
+            self.events.append(("reacquired", owner.track_id))
+            return owner.track_id
+        if len(self.tracks) >= self.p.max_tracks:
+            return None
+        tid = self._next_id
+        self._next_id += 1
+        self.tracks[tid] = Track(tid, cand)
+        self.events.append(("new", tid))
+        return tid
 
     def _reacquire(self, cand: AggregationTracker, box) -> Track | None:
         p = self.p
@@ -304,14 +320,17 @@ class MultiTracker:
         return best
 
     def _dedupe(self) -> None:
+        """Two tracked tracks on one target: the younger (higher id) goes, unless it was
+        started by hand and the older was not (then the older goes); two hand-started
+        tracks are both kept (the operator asked for both)."""
         live = sorted((t for t in self.tracks.values() if not t.lost), key=lambda t: t.track_id)
         gone: set[int] = set()
         for i, t in enumerate(live):
-            if t.track_id in gone:
-                continue
             for u in live[i + 1:]:
-                if u.track_id not in gone and iou(t.box, u.box) > self.p.duplicate_iou:
-                    gone.add(u.track_id)  # the younger (higher id) one goes
+                if t.track_id in gone or u.track_id in gone or (t.manual and u.manual):
+                    continue
+                if iou(t.box, u.box) > self.p.duplicate_iou:
+                    gone.add(t.track_id if u.manual else u.track_id)
         for tid in gone:
             del self.tracks[tid]
             self.events.append(("ended", tid))
