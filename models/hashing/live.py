@@ -163,15 +163,21 @@ class LiveIndex:
 
     def class_names(self) -> dict[str, int]:
         """Class name -> the integer label the index learns from."""
-        return dict(self.store.book.classes)
+        with self.store.lock:  # the book changes under the lock; a reader copies under it too
+            return dict(self.store.book.classes)
 
     def class_name(self, label: int | None) -> str | None:
-        return self.store.book.class_name(label)
+        with self.store.lock:
+            return self.store.book.class_name(label)
 
     def label_stats(self) -> dict[str, Any]:
         """What ``GET /stats`` shows: the model answering searches and the one learned, codes
         indexed, labels (rows labelled; label records pending, matched, expired), class names,
         and when the model was last fitted and swapped (s since the epoch, None: never)."""
+        with self.store.lock:  # a consistent set of figures, and no dict changing mid-read
+            return self._label_stats()
+
+    def _label_stats(self) -> dict[str, Any]:
         v, book, stats = self.store.view, self.store.book, self.stats
         return {"model": v.model_name, "model_version": v.model_version,
                 "configured_model": self.learner.primary.name, "warm_start": v.warm_start,
@@ -273,9 +279,10 @@ class LiveIndex:
             learner.enqueue(rows)
             store.book.expire(store.n, now)
             trigger = learner.should_train()
+            name = store.book.class_name(lab)
         if trigger:
             learner.request_training()
-        return LabelOutcome(status, len(rows), lab, store.book.class_name(lab))
+        return LabelOutcome(status, len(rows), lab, name)
 
     def set_meta(self, frame_id: str, **fields: Any) -> None:
         """Join metadata to a frame id (it may arrive before or after the features).
