@@ -2,10 +2,10 @@
 
 It consumes ``features`` records (frame id, vector, optional label) and ``label`` records
 (by frame id or by track id, with a class name or an integer) and feeds them to a
-:class:`~vistream.models.hashing.live.LiveIndex`, which learns the hash model (SDOH by default) in chunks of labelled features, re-encodes in the
-background and swaps atomically. ``caption``, ``tracks`` and ``frame_summary`` records become
-metadata joined to the frame id (caption text, tracked boxes; a frame summary gives the capture
-timestamp).
+:class:`~vistream.models.hashing.live.LiveIndex`, which learns the hash model (SDOH by
+default) in chunks of labelled features, re-encodes in the background and swaps atomically.
+``caption``, ``tracks`` and ``frame_summary`` records become metadata joined to the frame id
+(caption text, tracked boxes; a frame summary gives the capture timestamp).
 Any record kind that carries a ``timestamp_ms`` attribute sets the frame's timestamp.
 
 It emits nothing: it is a sink whose output is the index (served by ``vistream serve``).
