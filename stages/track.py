@@ -194,10 +194,13 @@ class TrackParams(StageParams):
         disc = dict(self.discovery)
         if "refs" in disc:
             disc["refs"] = tuple(disc["refs"])
+        # A detect stage announces a mover once (it passed its persistence filter there),
+        # not every frame: no false-start confirmation unless this stage detects itself.
+        confirm = {} if self.discover else {"confirm_hits": 0}
         return MultiTrackerParams(detect=self.discover, discovery=DiscoveryParams(**disc),
                                   tracker=AggregationParams(**self.tracker),
                                   max_tracks=self.max_targets,
-                                  **{"max_lost": self.max_lost, **self.lifecycle})
+                                  **{"max_lost": self.max_lost, **confirm, **self.lifecycle})
 
 
 # --------------------------------------------------------------------------- state

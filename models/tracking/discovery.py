@@ -39,6 +39,9 @@ Choices made, and why
   its own earlier footprint differs only at its leading and trailing edges), blobs closer
   than half their size are merged; ``cv2.connectedComponentsWithStats``; boxes must lie
   within ``[min_size, max_size]`` px and have ``min_area`` pixels.
+  The reported box spans the blob's pixels above half its peak difference (``box_level``):
+  blur and the overlap of the two ghosts widen the thresholded blob beyond the object. The
+  outer ``border`` pixels are ignored (resampling and content entering the view).
 * **Persistence**: detections feed light candidate tracks (position, scene velocity,
   size); a candidate moves with the camera transform plus its own velocity and takes the
   nearest detection within a gate. It is *confirmed* once it was matched in ``k`` of the
@@ -87,6 +90,10 @@ class DiscoveryParams:
     min_area: int = 2
     #: foreground fragments closer than this (half-resolution px) are one blob
     join_px: int = 2
+    #: the box spans the blob's pixels above this share of its peak difference
+    box_level: float = 0.5
+    #: ignore this many half-resolution pixels at the frame edge
+    border: int = 3
     #: persistence: matched in persist_k of the last persist_n frames
     persist_k: int = 3
     persist_n: int = 5
@@ -292,6 +299,12 @@ class MotionDetector:
         mask = (diff > self.threshold).astype(np.uint8)
         if mask.mean() > self.p.max_foreground:
             return None
+        b = self.p.border
+        if b > 0:  # resampling and new content at the frame edge are not movers
+            mask[:b] = 0
+            mask[-b:] = 0
+            mask[:, :b] = 0
+            mask[:, -b:] = 0
         r = self.p.join_px
         joined = cv2.dilate(mask, np.ones((2 * r + 1, 2 * r + 1), np.uint8))
         n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
@@ -308,8 +321,17 @@ class MotionDetector:
                 & (area >= self.p.min_area))
         strength = np.zeros(len(st), np.float32)
         for i in np.flatnonzero(keep):
-            x0, y0, ww, hh = stats[i + 1, :4]
-            strength[i] = float(diff[y0:y0 + hh, x0:x0 + ww].max()) / self.threshold
+            x0, y0, ww, hh = (int(v) for v in stats[i + 1, :4])
+            patch = diff[y0:y0 + hh, x0:x0 + ww]
+            peak = float(patch.max())
+            strength[i] = peak / self.threshold
+            # tight box: the pixels above half the blob's peak (blur and the overlap of the
+            # two ghosts make the thresholded blob larger than the object)
+            ys, xs = np.nonzero((patch > max(self.threshold, self.p.box_level * peak))
+                                & (labels[y0:y0 + hh, x0:x0 + ww] == i + 1))
+            if len(xs):
+                boxes[i] = (2 * (x0 + xs.min()), 2 * (y0 + ys.min()),
+                            2 * (xs.max() - xs.min() + 1), 2 * (ys.max() - ys.min() + 1))
         out = _merge_near(np.concatenate([boxes, strength[:, None]], 1)[keep])
         order = np.argsort(-out[:, 4], kind="stable")
         return out[order][: self.p.max_candidates]
