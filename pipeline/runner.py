@@ -80,6 +80,8 @@ class StageRunner:
         self.poll_timeout = poll_timeout
         self.max_frame_bytes = max_frame_bytes
         self.metrics = metrics or StageMetrics(self.name)
+        # a stage with figures of its own (the index: model version, labels) exports them too
+        self.metrics.watch_stage(stage)
         self.stats = RunnerStats()
         self._consumer = None
         self._producer = None

@@ -1,9 +1,13 @@
 import socket
 import urllib.request
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
+from vistream.pipeline.bus.memory import MemoryBus
 from vistream.pipeline.metrics import StageMetrics, serve_metrics
+from vistream.pipeline.runner import StageRunner
+from vistream.stages.hashing import HashingParams, HashingStage
 
 
 def free_port() -> int:
@@ -31,3 +35,16 @@ def test_port_zero_disables_and_registries_are_separate():
     StageMetrics("s", b).records_out.inc(3)
     assert a.get_sample_value("vistream_records_out_total", {"stage": "s"}) == 2
     assert b.get_sample_value("vistream_records_out_total", {"stage": "s"}) == 3
+
+
+def test_a_runner_exports_its_stage_figures():
+    registry = CollectorRegistry()
+    stage = HashingStage(HashingParams(model="lsh", n_bits=16, background=False))
+    runner = StageRunner(stage, MemoryBus(), ["features"], name="index-gauges",
+                         metrics=StageMetrics("index-gauges", registry))
+    runner.open()
+    try:
+        stage.index.add(["a", "b", "c"], np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32))
+        assert registry.get_sample_value("vistream_stage_codes_indexed", {"stage": "index-gauges"}) == 3
+    finally:
+        runner.close()
