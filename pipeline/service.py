@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.store import SearchResult
 from vistream.pipeline.api_labels import router as labels_router
+from vistream.pipeline.api_tracks import router as tracks_router
 from vistream.stages.records import (
     JPEG,
     PNG,
@@ -244,6 +245,7 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     _add_status_routes(app, index, extractor, registry)
     _add_search_routes(app, index, extractor, limits)
     app.include_router(labels_router)  # POST /labels, GET /stats
+    app.include_router(tracks_router)  # POST /tracks, DELETE /tracks/{id} (api_tracks)
     return app
 
 

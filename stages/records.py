@@ -204,14 +204,18 @@ class Tracks(Result):
 @dataclass(eq=False)
 class TrackInit(Result):
     """Start (or restart) ``target_ids[i]`` at ``boxes[i]`` (x, y, w, h px) in frame
-    ``frame_id`` (sequence number ``seq``, -1 when unknown); ``drop_ids`` stops targets;
-    ``replace`` stops every target not listed. A *negative* target id marks a detection
-    (the ``detect`` stage's): the track stage decides whether it is covered by a live
-    track, re-acquires a lost one (which keeps its id) or starts a new one. Produced by the
-    detect stage, ``vistream track start|stop`` and ``POST /tracks``; consumed by the track
-    stage."""
+    ``frame_id`` (sequence number ``seq``, -1 when unknown; an empty ``frame_id`` with
+    ``seq`` -1 means the stream's next frame); ``drop_ids`` stops targets; ``replace`` stops
+    every target not listed. Negative ids let the track stage choose the id:
+    :attr:`DETECTION` (-1) is a detection (the ``detect`` stage's): covered by a live target
+    it is dropped, else it re-acquires a lost target by signature (which keeps its id) or
+    starts a new one; :attr:`NEW` (-2) is a hand-started target with the next free id.
+    Produced by the detect stage, ``vistream track start|stop`` and ``POST /tracks``;
+    consumed by the track stage."""
 
     kind: ClassVar[str] = "track_init"
+    DETECTION: ClassVar[int] = -1
+    NEW: ClassVar[int] = -2
     seq: int = -1
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     target_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))

@@ -287,7 +287,7 @@ class TrackStage(Stage):
                 raise TypeError(f"track stage cannot handle a {msg.kind!r} message")
         return out
 
-    def _start(self, st: StreamState, init: TrackInit, image: np.ndarray,
+    def _start(self, st: StreamState, init: TrackInit, image: np.ndarray | None,
                cover: np.ndarray | None = None) -> list[int]:
         """Apply an init record on ``image``; returns the ids of the targets (re)started.
         ``cover``: the targets' boxes in ``image`` when it is an older frame (detections
@@ -303,6 +303,9 @@ class TrackStage(Stage):
         started = []
         for box, tid in zip(init.boxes, init.target_ids.tolist()):
             tid = int(tid)
+            if tid == TrackInit.NEW:  # by hand, the next free id
+                started.append(mt.start(box, image=image))
+                continue
             if tid < 0:  # a detection: the lifecycle decides (covered, re-acquired, new)
                 before = {t: tr.tracker for t, tr in mt.tracks.items()}
                 got = mt.detection(image, box, cover=cover)
@@ -321,6 +324,9 @@ class TrackStage(Stage):
 
     def _on_init(self, init: TrackInit) -> None:
         st = self._stream(init.stream_id)
+        if not len(init.boxes):  # stops only: nothing to place on a frame, apply now
+            self._start(st, init, None)
+            return
         buffered = [i for i, (seq, fid, _) in enumerate(st.buffer)
                     if fid == init.frame_id or (init.seq >= 0 and seq == init.seq)]
         if buffered:
@@ -384,14 +390,15 @@ class TrackStage(Stage):
         for pend in st.pending:
             init = pend.init
             mine = init.frame_id == frame.frame_id or (init.seq >= 0 and init.seq == frame.seq)
+            now = not init.frame_id and init.seq < 0  # "the next frame"
             overdue = (init.seq >= 0 and init.seq < frame.seq) or (
                 init.seq < 0 and pend.frames_waited >= self.params.buffer_frames)
-            if mine or overdue:
-                if overdue:
+            if mine or now or overdue:
+                if overdue and not (mine or now):
                     self.late_inits += 1
                     log.warning("track_init for %s frame %s never matched a frame: applied to "
                                 "frame %s", init.stream_id, init.frame_id, frame.frame_id)
-                neg = init.target_ids < 0
+                neg = init.target_ids == TrackInit.DETECTION
                 dets.append(init.boxes[neg])
                 self._start(st, TrackInit(frame_id=init.frame_id, stream_id=init.stream_id,
                                           seq=init.seq, boxes=init.boxes[~neg],
