@@ -195,8 +195,8 @@ class TrackParams(StageParams):
         if "refs" in disc:
             disc["refs"] = tuple(disc["refs"])
         # A detect stage announces a mover once (it passed its persistence filter there),
-        # not every frame: no false-start confirmation unless this stage detects itself.
-        confirm = {} if self.discover else {"confirm_hits": 0}
+        # not every frame: no confirmation by detections unless this stage detects itself.
+        confirm = {} if self.discover else {"confirm_hits": 0, "max_unconfirmed": 0}
         return MultiTrackerParams(detect=self.discover, discovery=DiscoveryParams(**disc),
                                   tracker=AggregationParams(**self.tracker),
                                   max_tracks=self.max_targets,

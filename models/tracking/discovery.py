@@ -79,6 +79,8 @@ class DiscoveryParams:
     similarity: bool = True
     #: compare with the frames this many frames back (their minimum difference counts)
     refs: tuple[int, ...] = (4, 10)
+    #: a share of the reference's local 3x3 contrast that a difference must exceed too
+    edge_tolerance: float = 0.1
     #: threshold = max(min_threshold, n_sigma * noise sigma), grey levels at half resolution
     min_threshold: float = 10.0
     n_sigma: float = 4.0
@@ -132,6 +134,7 @@ class Registration:
         self.similarity = similarity
         self.motion = GlobalMotion(downsample, min_response)
         self.gray: np.ndarray | None = None
+        self.half: np.ndarray | None = None
         self._prev: np.ndarray | None = None
         self._grid: np.ndarray | None = None
         self.last_inliers = 0
@@ -141,14 +144,11 @@ class Registration:
         self._prev = None
         self.gray = None
 
-    @staticmethod
-    def half_gray(frame: np.ndarray) -> np.ndarray:
-        g = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        return cv2.pyrDown(g)
-
     def estimate(self, frame: np.ndarray) -> np.ndarray:
         m = self.motion.estimate(frame)
-        g = self.half_gray(frame)
+        # half resolution once: the detector reuses both (``half`` in colour, ``gray``)
+        self.half = cv2.pyrDown(frame)
+        g = self.half if frame.ndim == 2 else cv2.cvtColor(self.half, cv2.COLOR_BGR2GRAY)
         prev, self._prev, self.gray = self._prev, g, g
         a = np.array([[1.0, 0.0, m.dx], [0.0, 1.0, m.dy]])
         if prev is None or prev.shape != g.shape or not self.similarity:
@@ -170,7 +170,7 @@ class Registration:
         p0 = self._grid
         p1 = p0 + np.float32([dx, dy])
         p1, st, _ = cv2.calcOpticalFlowPyrLK(
-            prev, cur, p0, p1.copy(), winSize=(15, 15), maxLevel=2,
+            prev, cur, p0, p1.copy(), winSize=(11, 11), maxLevel=1,
             criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 0.03),
             flags=cv2.OPTFLOW_USE_INITIAL_FLOW)
         ok = st.reshape(-1).astype(bool)
@@ -281,13 +281,20 @@ class MotionDetector:
             hi = cv2.dilate(ref, kern)
             lo = cv2.erode(ref, kern)
             d = cv2.max(cv2.subtract(g, hi), cv2.subtract(lo, g))
-            if d.ndim == 3:  # the channel that differs most
-                d = d.max(axis=2)
+            if self.p.edge_tolerance > 0:
+                # sharp edges change with the sub-pixel phase of the view (interpolation,
+                # blur): allow a share of the reference's local contrast
+                d = cv2.scaleAdd(cv2.subtract(hi, lo), -self.p.edge_tolerance, d)
+            if d.ndim == 3:  # the channel that differs most (numpy's max over the last
+                # axis is ~10x slower than two element-wise maxima)
+                c0, c1, c2 = cv2.split(d)
+                d = cv2.max(cv2.max(c0, c1), c2)
             d = cv2.max(d, 0.0)
             # pixels the reference did not see (the camera moved) cannot be foreground
             d[cv2.erode(valid, kern, iterations=2) == 0] = 0.0
             diff = d if diff is None else cv2.min(diff, d)
-            plain = np.abs(g[::4, ::4] - ref[::4, ::4])
+            plain = np.abs(g[::4, ::4, 1] - ref[::4, ::4, 1]) if g.ndim == 3 else np.abs(
+                g[::4, ::4] - ref[::4, ::4])
             sigma = max(sigma, 1.4826 * float(np.median(plain)) / math.sqrt(2.0))
         if diff is None:
             return None
@@ -395,7 +402,7 @@ class MotionDetector:
         self.frames += 1
         if self.p.color and frame_bgr.ndim == 3:
             # colour: a target can match its ground in grey (green on brown) but not in BGR
-            src = cv2.pyrDown(frame_bgr)
+            src = self.registration.half
         else:
             src = self.registration.gray
         g = cv2.GaussianBlur(src, (3, 3), 0).astype(np.float32)

@@ -10,15 +10,18 @@ reach it too.
 Lifecycle, per frame
 --------------------
 1. every track's tracker updates; a tracker that reports ``lost`` makes its track **lost**
-   (the tracker's own confidence is the confirmation; the detector cannot confirm a target
-   that has stopped moving). A lost track keeps running its tracker's own re-detection for
-   ``self_search_frames`` frames, then only follows the camera (cheap) and waits to be
-   re-acquired; after ``max_lost`` lost frames in a row it **ends** (its id is never used
-   again);
+   (the tracker's own confidence is the first confirmation). A detector-started track that
+   no detection has covered for ``max_unconfirmed`` frames is lost too: a tracker started
+   on a poor box can lock onto background texture and stay confident there (a target that
+   stops moving is lost this way as well, and re-acquired when it moves again). A lost
+   track keeps running its tracker's own re-detection for ``self_search_frames`` frames,
+   then only follows the camera (cheap) and waits to be re-acquired; after ``max_lost``
+   lost frames in a row it **ends** (its id is never used again);
 2. a detection is *covered* when a tracked track's box overlaps it (IoU > ``cover_iou``) or
-   their centres are closer than ``max(cover_px, cover_factor * track size)``; covered
+   their centres are closer than ``max(cover_px, cover_factor * larger size)``; covered
    detections count as confirmations of that track;
-3. an uncovered detection is a candidate: its aggregation signature (the saliency-weighted
+3. detections are widened to ``min_box`` px a side (a thin fragment of a faint object is a
+   poor template); an uncovered detection is a candidate: its aggregation signature (the saliency-weighted
    colour histogram, computed by initialising a tracker on it) is compared with each lost
    track's signature by the Bhattacharyya coefficient. A lost track whose signature is
    similar enough (``reacquire_similarity`` within ``reacquire_radius`` of where the camera
@@ -81,6 +84,11 @@ class MultiTrackerParams:
     #: a detector-started track needs confirm_hits coverages in its first confirm_window frames
     confirm_window: int = 15
     confirm_hits: int = 3
+    #: a detector-started track not covered by a detection for this many frames is lost (it
+    #: may have locked onto background; 0 = never): it waits for re-acquisition
+    max_unconfirmed: int = 40
+    #: detections are widened to at least this many px a side before a tracker starts on them
+    min_box: float = 6.0
 
 
 @dataclass
@@ -97,6 +105,7 @@ class Track:
     score: float = 1.0
     fresh: bool = True  # started on the current frame: no update this frame
     reacquired: int = 0
+    unconfirmed: int = 0  # frames since a detection last covered it
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -221,8 +230,15 @@ class MultiTracker:
                 t.fresh = False
                 continue
             t.age += 1
+            t.unconfirmed += 1
             tr = t.tracker
             dx, dy = displacement(a, tr.cx, tr.cy)
+            mu = self.p.max_unconfirmed
+            if mu and not t.manual and not t.lost and t.unconfirmed > mu:
+                # no detection has covered it for a long time: it may follow background;
+                # lost, it waits for a detection to re-acquire it by signature
+                t.lost, t.lost_frames = True, self.p.self_search_frames
+                self.events.append(("lost", t.track_id))
             if not t.lost or t.lost_frames < self.p.self_search_frames:
                 out = tr.update(frame, motion=Motion(dx, dy, 1.0))
                 lost, t.score = out.lost, out.score
@@ -246,7 +262,7 @@ class MultiTracker:
         if not all(map(math.isfinite, (x, y, w, h))):
             return False
         d = math.hypot(x + w / 2 - bx - bw / 2, y + h / 2 - by - bh / 2)
-        return d <= max(self.p.cover_px, self.p.cover_factor * max(w, h)) or (
+        return d <= max(self.p.cover_px, self.p.cover_factor * max(w, h, bw, bh)) or (
             iou(track_box, box) > self.p.cover_iou)
 
     def _covering(self, box) -> Track | None:
@@ -273,10 +289,12 @@ class MultiTracker:
         (degenerate box, ``max_tracks`` reached). ``cover``: (K, 4) boxes that cover instead
         of the live tracks' current boxes (a caller applying a detection on an older frame
         passes the tracks' boxes in that frame); a covered detection then returns -1."""
+        box = self._widen(box)
         if cover is None:
             t = self._covering(box)
             if t is not None:
                 t.hits += 1
+                t.unconfirmed = 0
                 return t.track_id
         elif any(self._covers(c, box) for c in np.asarray(cover, np.float32).reshape(-1, 4)):
             return -1
@@ -290,6 +308,7 @@ class MultiTracker:
             owner.lost, owner.lost_frames, owner.fresh = False, 0, True
             owner.reacquired += 1
             owner.hits += 1
+            owner.unconfirmed = 0
             self.events.append(("reacquired", owner.track_id))
             return owner.track_id
         if len(self.tracks) >= self.p.max_tracks:
@@ -299,6 +318,17 @@ class MultiTracker:
         self.tracks[tid] = Track(tid, cand)
         self.events.append(("new", tid))
         return tid
+
+    def _widen(self, box) -> tuple[float, float, float, float]:
+        """At least ``min_box`` px a side, same centre: a 5x2 px fragment of a larger,
+        faint object makes a poor template."""
+        x, y, w, h = (float(v) for v in box)
+        m = self.p.min_box
+        if w < m:
+            x, w = x - (m - w) / 2, m
+        if h < m:
+            y, h = y - (m - h) / 2, m
+        return (x, y, w, h)
 
     def _reacquire(self, cand: AggregationTracker, box) -> Track | None:
         p = self.p
