@@ -28,8 +28,8 @@ Lifecycle, per frame
    moved it, ``reacquire_similarity_far`` anywhere) and whose size is within
    ``reacquire_size_ratio`` is **re-acquired**: it keeps its id and continues on the fresh
    tracker. Otherwise the detection becomes a **new** track with the next id;
-4. two tracked tracks on the same target (IoU > ``duplicate_iou``): the younger one is
-   ended (stable ids favour the older);
+4. two tracked tracks on the same target (IoU > ``duplicate_iou``, or one box 70 % inside
+   the other): the younger one is ended (stable ids favour the older);
 5. a track the detector started must be confirmed (covered) ``confirm_hits`` times within its
    first ``confirm_window`` frames, or it is dropped as a false start (manual tracks are
    exempt).
@@ -72,8 +72,8 @@ class MultiTrackerParams:
     self_search_frames: int = 10
     #: coverage of a detection by a tracked track
     cover_iou: float = 0.1
-    cover_px: float = 8.0
-    cover_factor: float = 1.0
+    cover_px: float = 12.0
+    cover_factor: float = 1.5
     #: re-acquisition of a lost track by signature (Bhattacharyya coefficient)
     reacquire_similarity: float = 0.7
     reacquire_similarity_far: float = 0.85
@@ -349,6 +349,15 @@ class MultiTracker:
                 best, best_s = t, s
         return best
 
+    def _same_target(self, a, b) -> bool:
+        """Boxes that overlap by ``duplicate_iou``, or one mostly inside the other (two
+        tracks started on two fragments of one faint object)."""
+        if iou(a, b) > self.p.duplicate_iou:
+            return True
+        iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+        ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+        return iw > 0 and ih > 0 and iw * ih > 0.7 * min(a[2] * a[3], b[2] * b[3])
+
     def _dedupe(self) -> None:
         """Two tracked tracks on one target: the younger (higher id) goes, unless it was
         started by hand and the older was not (then the older goes); two hand-started
@@ -359,7 +368,7 @@ class MultiTracker:
             for u in live[i + 1:]:
                 if t.track_id in gone or u.track_id in gone or (t.manual and u.manual):
                     continue
-                if iou(t.box, u.box) > self.p.duplicate_iou:
+                if self._same_target(t.box, u.box):
                     gone.add(t.track_id if u.manual else u.track_id)
         for tid in gone:
             del self.tracks[tid]
