@@ -33,8 +33,9 @@ Choices made, and why
 * **Threshold**: ``max(min_threshold, n_sigma * sigma)`` where ``sigma`` is the noise of the
   plain frame difference, estimated robustly (1.48 x median absolute difference on a
   strided subsample): adapts to sensor noise without a tuned constant per video. A frame
-  whose foreground share exceeds ``max_foreground`` (a registration failure, a camera jump
-  blurred by the exposure) is skipped: it reports nothing and does not count as a miss.
+  whose foreground share exceeds ``max_foreground`` (a registration failure) or whose
+  camera shift jumps by more than ``jump_px`` (the exposure blurred it along the jump) is
+  skipped: it reports nothing and does not count as a miss.
 * **Blobs**: a 5x5 dilation (``join_px``) joins fragments (a uniform object that overlaps
   its own earlier footprint differs only at its leading and trailing edges), blobs closer
   than half their size are merged; ``cv2.connectedComponentsWithStats``; boxes must lie
@@ -86,6 +87,9 @@ class DiscoveryParams:
     n_sigma: float = 4.0
     #: a frame with more foreground than this share is skipped (registration failed)
     max_foreground: float = 0.03
+    #: a frame whose camera shift differs from the previous one's by more than this (px) is
+    #: a jump, blurred by the motion: skipped
+    jump_px: float = 12.0
     #: size filter (full-resolution px) and the fewest foreground pixels (half resolution)
     min_size: float = 3.0
     max_size: float = 64.0
@@ -259,6 +263,7 @@ class MotionDetector:
         self.ids = np.zeros(0, np.int64)
         self.frames = 0
         self.skipped = 0
+        self._last_shift = np.zeros(2)
         self.threshold = 0.0
 
     # -- foreground -----------------------------------------------------------------------
@@ -414,7 +419,12 @@ class MotionDetector:
             self._hist[i] = (img, step @ a3)
         diff = self._foreground(g)
         self._hist.append((g, np.eye(3)))
-        blobs = None if diff is None else self._blobs(diff)
+        # A camera jump blurs its frame along the jump (the exposure saw the motion): its
+        # differences are unreliable, so it is skipped like a registration failure.
+        shift = np.asarray(self.transform[:, 2])
+        jumped = float(np.hypot(*(shift - self._last_shift))) > self.p.jump_px
+        self._last_shift = shift
+        blobs = None if diff is None or jumped else self._blobs(diff)
         if diff is not None and blobs is None:
             self.skipped += 1
         self._associate(blobs if diff is not None else np.zeros((0, 5), np.float32),
