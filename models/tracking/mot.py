@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import time
 import warnings
@@ -413,6 +414,20 @@ def check_targets(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def machine() -> dict[str, Any]:
+    """The CPU model, core count and load average (fps depend on them)."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    return {"cpu": model, "cores": os.cpu_count(), "load_average": [round(v, 2) for v in load]}
+
+
 def _clean(v: Any) -> Any:
     """JSON-safe: non-finite floats (a median over targets never tracked) become None."""
     if isinstance(v, dict):
@@ -449,6 +464,7 @@ def run_evaluation(out: Path, mot: Path | None = None, seed: int = 2019, val_per
         source = (f"seeded test split: {test_per_family} shake + {test_per_family} smooth "
                   f"sequences x {frames} frames at 640x480, 3-8 targets of 4-64 px, seed {seed}, "
                   f"IoU >= {IOU_SEEDED}")
+    before = machine()
     bar = tqdm(total=2 * n_val + n_test, desc="eval mot", unit="seq", disable=not progress)
     val = list(suite("val", val_per_family, frames, seed))
     p_ours, table_ours = tune(MultiTracker, ours_grid, val, IOU_SEEDED,
@@ -473,17 +489,23 @@ def run_evaluation(out: Path, mot: Path | None = None, seed: int = 2019, val_per
     if snaps:
         pngs.append(draw_snapshot(snaps, out / "frame.png"))
     targets = check_targets(summary)
+    after = machine()
+    speed = (f"fps: step() calls, one thread, wall clock, on {after['cpu'] or 'this CPU'} "
+             f"({after['cores']} cores; load average {before['load_average'][0]} before, "
+             f"{after['load_average'][0]} after)")
     doc = {"command": command, "source": source, "targets": targets,
+           "machine": {"before": before, "after": after},
            "tuning": {OURS: {"chosen": _describe(p_ours), "grid": table_ours},
                       BASE: {"chosen": _describe(p_base), "grid": table_base}},
            "summary": summary,
            "val_specs": [s.name for s in suite_specs("val", val_per_family, frames, seed)]}
     (out / "results.json").write_text(json.dumps(_clean(doc), indent=1, default=str) + "\n",
                                       encoding="utf-8")
-    (out / "results.md").write_text(f"Command: `{command}`\n\n{source}\n\n{tables}\n",
+    (out / "results.md").write_text(f"Command: `{command}`\n\n{source}\n\n{tables}\n{speed}\n",
                                     encoding="utf-8")
     echo(f"{source}\n")
     echo(tables)
+    echo(speed)
     echo("wrote " + ", ".join(str(p) for p in [out / "results.json", out / "results.md", *pngs]))
     o, b = summary[OURS]["all"], summary[BASE]["all"]
     result = {"eval": "mot", "idf1": round(o["idf1"], 4), "mota": round(o["mota"], 4),
