@@ -66,7 +66,7 @@ import numpy as np
 
 from vistream.models.tracking.motion import GlobalMotion
 
-__all__ = ["DiscoveryParams", "MotionDetector", "Registration", "displacement"]
+__all__ = ["DiscoveryParams", "MotionDetector", "Registration", "displacement", "refine_box"]
 
 
 @dataclass
@@ -218,6 +218,61 @@ def _merge_near(blobs: np.ndarray) -> np.ndarray:
             if merged:
                 break
     return np.asarray(b, np.float32).reshape(-1, 5)
+
+
+def refine_box(frame: np.ndarray, box, max_size: float = 64.0, grow: float = 1.0
+               ) -> tuple[float, float, float, float]:
+    """The extent of the object a detection box sits on, by colour: a moving uniform object
+    differs from the earlier frames mostly along its leading edge, so the difference blob of
+    a large or slow object is a crescent of it. The object's colour is the median of the
+    box's pixels that differ most from the surrounding ring's mean colour; the object is the
+    connected region, around the box, of pixels closer to that colour than to the ring's
+    (window: the box grown by ``grow`` times its size a side, and enough for an object of
+    ``max_size``). The
+    box is returned unchanged when the region is implausible (larger than ``max_size``, or
+    not covering the box's centre) or the colours do not separate."""
+    x, y, w, h = (float(v) for v in box)
+    H, W = frame.shape[:2]
+    # room for an object up to max_size around a crescent of it
+    m = max(4.0, grow * max(w, h), 0.75 * max_size - 0.5 * max(w, h))
+    x0, y0 = max(0, int(x - m)), max(0, int(y - m))
+    x1, y1 = min(W, int(math.ceil(x + w + m))), min(H, int(math.ceil(y + h + m)))
+    if x1 - x0 < 3 or y1 - y0 < 3 or frame.ndim != 3:
+        return (x, y, w, h)
+    win = frame[y0:y1, x0:x1].astype(np.float32)
+    bx0, by0 = int(x) - x0, int(y) - y0
+    bx1, by1 = int(math.ceil(x + w)) - x0, int(math.ceil(y + h)) - y0
+    inner = win[max(0, by0):by1, max(0, bx0):bx1].reshape(-1, 3)
+    ring = np.concatenate([win[0], win[-1], win[:, 0], win[:, -1]])
+    if len(inner) < 2:
+        return (x, y, w, h)
+    bg = np.median(ring, axis=0)
+    sal = np.linalg.norm(inner - bg, axis=1)
+    fg = np.median(inner[sal >= np.median(sal)], axis=0)
+    sep = float(np.linalg.norm(fg - bg))
+    if sep < 20.0:  # not separable by colour: keep the difference box
+        return (x, y, w, h)
+    d_fg = np.linalg.norm(win - fg, axis=2)
+    d_bg = np.linalg.norm(win - bg, axis=2)
+    mask = ((d_fg < d_bg) & (d_fg < 0.6 * sep)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    cx, cy = int(x + w / 2) - x0, int(y + h / 2) - y0
+    if not (0 <= cy < labels.shape[0] and 0 <= cx < labels.shape[1]):
+        return (x, y, w, h)
+    # the component under the box's centre, else the largest inside the box
+    lab = labels[cy, cx]
+    if lab == 0:
+        sub = labels[max(0, by0):by1, max(0, bx0):bx1]
+        counts = np.bincount(sub.ravel(), minlength=n)
+        counts[0] = 0
+        lab = int(np.argmax(counts)) if counts.max() > 0 else 0
+    if lab == 0:
+        return (x, y, w, h)
+    rx, ry, rw, rh, _ = stats[lab]
+    touches = rx == 0 or ry == 0 or rx + rw == x1 - x0 or ry + rh == y1 - y0
+    if max(rw, rh) > max_size or (touches and (x0 > 0 and y0 > 0 and x1 < W and y1 < H)):
+        return (x, y, w, h)  # runs into the background: not an object of its own
+    return (float(x0 + rx), float(y0 + ry), float(rw), float(rh))
 
 
 @dataclass

@@ -51,6 +51,7 @@ from vistream.models.tracking.discovery import (
     MotionDetector,
     Registration,
     displacement,
+    refine_box,
 )
 from vistream.models.tracking.motion import Motion
 
@@ -89,6 +90,9 @@ class MultiTrackerParams:
     max_unconfirmed: int = 40
     #: detections are widened to at least this many px a side before a tracker starts on them
     min_box: float = 6.0
+    #: a new or re-acquired track's box is the object's extent by colour around the
+    #: detection (:func:`~vistream.models.tracking.discovery.refine_box`)
+    refine: bool = True
 
 
 @dataclass
@@ -298,6 +302,8 @@ class MultiTracker:
                 return t.track_id
         elif any(self._covers(c, box) for c in np.asarray(cover, np.float32).reshape(-1, 4)):
             return -1
+        if self.p.refine:
+            box = self._widen(refine_box(image, box, self.p.discovery.max_size))
         try:
             cand = self._new_tracker(image, box)
         except ValueError:

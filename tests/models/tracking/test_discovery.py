@@ -118,3 +118,16 @@ def test_reset_forgets(scene_factory):
     det.reset()
     assert not det.candidates and det.frames == 0
     assert len(det.update(frames[0])) == 0
+
+
+def test_refine_box_grows_a_crescent_to_the_object():
+    from vistream.models.tracking.discovery import refine_box
+
+    img = np.full((200, 200, 3), 90, np.uint8)
+    img[::2, ::3] = 110  # some texture
+    cv2.circle(img, (100, 100), 20, (30, 200, 240), -1)  # a 41 px disc
+    x, y, w, h = refine_box(img, (112, 90, 8, 20))  # its leading edge only
+    assert abs(x - 80) <= 2 and abs(y - 80) <= 2 and abs(w - 41) <= 3 and abs(h - 41) <= 3
+    # not separable from its ground: the box is kept
+    flat = np.full((200, 200, 3), 90, np.uint8)
+    assert refine_box(flat, (112, 90, 8, 20)) == (112, 90, 8, 20)
