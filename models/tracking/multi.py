@@ -19,7 +19,10 @@ Lifecycle, per frame
    lost frames in a row it **ends** (its id is never used again);
 2. a detection is *covered* when a tracked track's box overlaps it (IoU > ``cover_iou``) or
    their centres are closer than ``max(cover_px, cover_factor * larger size)``; covered
-   detections count as confirmations of that track;
+   detections count as confirmations of that track. A covered detection that lies mostly
+   outside the track's box, on an object whose extent overlaps the box by less than
+   ``recentre_iou``, restarts the tracker there, same id (the tracker lags a fast large
+   target, or slid inside a uniform one);
 3. detections are widened to ``min_box`` px a side (a thin fragment of a faint object is a
    poor template); an uncovered detection is a candidate: its aggregation signature (the saliency-weighted
    colour histogram, computed by initialising a tracker on it) is compared with each lost
@@ -93,6 +96,10 @@ class MultiTrackerParams:
     #: a new or re-acquired track's box is the object's extent by colour around the
     #: detection (:func:`~vistream.models.tracking.discovery.refine_box`)
     refine: bool = True
+    #: a covered detection mostly outside its track's box restarts the tracker on the
+    #: object's extent when that overlaps the track's box less than this (0 = never)
+    recentre_iou: float = 0.5
+    recentre_every: int = 5
 
 
 @dataclass
@@ -110,6 +117,7 @@ class Track:
     fresh: bool = True  # started on the current frame: no update this frame
     reacquired: int = 0
     unconfirmed: int = 0  # frames since a detection last covered it
+    recentred: int = -1000  # age at the last recentring
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -216,6 +224,8 @@ class MultiTracker:
         self._pending = []
         self._update_tracks(frame_bgr, a)
         self._use_detections(frame_bgr, dets, a)
+        for t in self.tracks.values():  # all are at this frame now: the next one updates them
+            t.fresh = False
         self._dedupe()
         self._expire()
         return self.output()
@@ -299,6 +309,7 @@ class MultiTracker:
             if t is not None:
                 t.hits += 1
                 t.unconfirmed = 0
+                self._recentre(t, image, box)
                 return t.track_id
         elif any(self._covers(c, box) for c in np.asarray(cover, np.float32).reshape(-1, 4)):
             return -1
@@ -324,6 +335,32 @@ class MultiTracker:
         self.tracks[tid] = Track(tid, cand)
         self.events.append(("new", tid))
         return tid
+
+    def _recentre(self, t: Track, image: np.ndarray, box) -> None:
+        """A covered detection mostly outside the track's box: the tracker may lag or have
+        slid inside a large uniform object. When the object's extent around the detection
+        (:func:`refine_box`) overlaps the track's box by less than ``recentre_iou`` (but
+        does overlap it: a detection of a neighbour must not take the id), the tracker
+        restarts there (same id). At most every ``recentre_every`` frames."""
+        p = self.p
+        if not p.recentre_iou or t.age - t.recentred < p.recentre_every:
+            return
+        tb = t.box
+        bx, by, bw, bh = box
+        iw = min(tb[0] + tb[2], bx + bw) - max(tb[0], bx)
+        ih = min(tb[1] + tb[3], by + bh) - max(tb[1], by)
+        if max(iw, 0.0) * max(ih, 0.0) >= 0.5 * bw * bh:
+            return
+        rb = self._widen(refine_box(image, box, p.discovery.max_size)) if p.refine else box
+        overlap = iou(rb, tb)
+        if overlap >= p.recentre_iou or overlap <= 0.05:
+            return  # on it already, or another object (recentring would swap ids)
+        try:
+            t.tracker = self._new_tracker(image, rb)
+        except ValueError:
+            return
+        t.recentred = t.age
+        self.events.append(("recentred", t.track_id))
 
     def _widen(self, box) -> tuple[float, float, float, float]:
         """At least ``min_box`` px a side, same centre: a 5x2 px fragment of a larger,
