@@ -17,7 +17,10 @@ Choices made
   around them); detections are shifted back. Translation only, as the registration gives:
   rotation and zoom are left as residual motion. When the accumulated shift passes a quarter
   of the frame the model restarts from the current frame (its first ``warmup`` frames
-  yield no detections), as it does on the first frame.
+  yield no detections), as it does on the first frame. With compensation SORT also runs in
+  those stabilised coordinates (:class:`MogSort`; its tracks move with a restart), so its
+  constant-velocity prediction does not have to absorb the camera's motion: the help our
+  trackers get from the registration.
 * **Tracker** (:class:`Sort`): as in the paper and its reference code: one constant-velocity
   Kalman filter per track on ``[cx, cy, area, aspect]`` with the paper's noise settings, the
   Hungarian assignment (``scipy.optimize.linear_sum_assignment``) on IoU between predicted
@@ -186,16 +189,25 @@ class MogDetector:
         self._mog: cv2.BackgroundSubtractorMOG2 | None = None
         self._offset = np.zeros(2)
         self._since_reset = 0
+        #: the reference moved by this much in the last ``detect`` (a restart), else zero
+        self.rebased = np.zeros(2)
+
+    @property
+    def offset(self) -> np.ndarray:
+        """Image position of the reference frame's origin: image = stabilised + offset."""
+        return self._offset.copy()
 
     def _restart(self) -> None:
         self._mog = cv2.createBackgroundSubtractorMOG2(
             history=self.p.history, varThreshold=self.p.var_threshold, detectShadows=False)
+        self.rebased = self._offset.copy()
         self._offset[:] = 0.0
         self._since_reset = 0
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
         """Boxes (N, 4) x, y, w, h (float32) of the moving blobs of ``frame``."""
         h, w = frame.shape[:2]
+        self.rebased = np.zeros(2)
         if self._mog is None:
             self._restart()
         valid = None
@@ -249,4 +261,16 @@ class MogSort:
         self.sort = Sort(self.params.max_age, self.params.min_hits, self.params.iou_threshold)
 
     def step(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.sort.update(self.detector.detect(frame_bgr))
+        dets = self.detector.detect(frame_bgr)
+        if not self.params.compensate:
+            return self.sort.update(dets)
+        # track in the stabilised frame, so the Kalman filters see no camera motion
+        if self.detector.rebased.any():
+            for trk in self.sort.tracks:
+                trk.x[:2] += self.detector.rebased
+        off = self.detector.offset.astype(np.float32)
+        stab = dets.copy()
+        stab[:, :2] -= off
+        boxes, ids = self.sort.update(stab)
+        boxes[:, :2] += off
+        return boxes, ids

@@ -70,11 +70,13 @@ def test_sort_min_hits_max_age_and_a_new_id_after_a_long_gap():
 
 
 def _scene(t, shift=(0, 0)):
+    """A photo, a red 10 px square moving 4 px/frame in it, the camera moved by ``shift``
+    (rows, columns): the square moves with the scene."""
     bg = cv2.resize(load_background("coffee"), (640, 480), interpolation=cv2.INTER_AREA)
-    frame = np.roll(bg, shift, axis=(0, 1)).copy()
     x, y = 40 + 4 * t, 100
-    frame[y:y + 10, x:x + 10] = (0, 0, 255)
-    return frame, np.array([x, y, 10, 10], float)
+    bg[y:y + 10, x:x + 10] = (0, 0, 255)
+    frame = np.roll(bg, shift, axis=(0, 1)).copy()
+    return frame, np.array([x + shift[1], y + shift[0], 10, 10], float)
 
 
 def test_detector_finds_the_moving_square_with_and_without_camera_motion():
@@ -90,3 +92,18 @@ def test_detector_finds_the_moving_square_with_and_without_camera_motion():
             if t >= 5 and t % 5 > 1:  # a jump frame and the next may flood (registration error)
                 assert len(boxes) <= 3, (compensate, t, boxes)
         assert hits >= 15, (compensate, hits)
+
+
+def test_mogsort_keeps_one_id_through_camera_jumps_when_compensating():
+    from vistream.models.tracking.sort import MogSort
+
+    tracker = MogSort(MogSortParams(compensate=True, history=20, warmup=2, min_hits=2))
+    ids_seen = set()
+    for t in range(30):
+        frame, gt = _scene(t, (t // 6 * 9, t // 6 * -7))  # jumps of (-7, 9) px every 6 frames
+        boxes, ids = tracker.step(frame)
+        if len(ids):
+            best = iou_matrix(gt[None], boxes)[0]
+            if best.max() > 0.3:
+                ids_seen.add(int(ids[int(best.argmax())]))
+    assert len(ids_seen) == 1
