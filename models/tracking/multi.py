@@ -89,8 +89,9 @@ class MultiTrackerParams:
     confirm_window: int = 15
     confirm_hits: int = 3
     #: a detector-started track not covered by a detection for this many frames is lost (it
-    #: may have locked onto background; 0 = never): it waits for re-acquisition
-    max_unconfirmed: int = 40
+    #: may have locked onto background; 0 = never): it waits for re-acquisition. 10 rather
+    #: than 40: IDF1 0.67 vs 0.61 on eval mot's validation split
+    max_unconfirmed: int = 10
     #: detections are widened to at least this many px a side before a tracker starts on them
     min_box: float = 6.0
     #: a new or re-acquired track's box is the object's extent by colour around the
