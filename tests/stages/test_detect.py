@@ -132,3 +132,47 @@ def test_wire_round_trip_and_registration():
     assert DetectStage.emits == ("track_init",)
     with pytest.raises(ValidationError):
         DetectParams.model_validate({"discovery": {"no_such": 1}})
+
+
+def test_detect_and_track_through_runners_on_the_memory_bus():
+    import threading
+    import time
+
+    from vistream.pipeline.bus import TopicSpec
+    from vistream.pipeline.bus.memory import MemoryBus
+    from vistream.pipeline.runner import StageRunner
+
+    bus = MemoryBus()
+    bus.create_topics([TopicSpec(t, 1) for t in ("frames", "inits", "states")])
+    detect = StageRunner(DetectStage(), bus, ["frames"], {"track_init": "inits"},
+                         batch_size=4, poll_timeout=0.05)
+    track = StageRunner(TrackStage(TrackParams(buffer_frames=16)), bus, ["frames", "inits"],
+                        {"track_state": "states"}, batch_size=4, poll_timeout=0.05)
+    with bus.producer() as prod:
+        for f in frames():
+            r = encode_message(f)
+            prod.send("frames", r.value, r.key, r.headers)
+        prod.flush()
+    stop = threading.Event()
+    threads = [threading.Thread(target=r.run, args=(stop,), kwargs={"idle_timeout": 1.0})
+               for r in (detect, track)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    stop.set()
+    assert detect.stats.dead_lettered == 0 and track.stats.dead_lettered == 0
+    states = []
+    with bus.consumer(["states"], "check") as c:
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            got = c.poll(100, 0.2)
+            if not got and states:
+                break
+            states += [decode_message(r, accept=("track_state",)) for r in got]
+    last = max(states, key=lambda s: s.seq)
+    assert last.seq == 49
+    found = {near_target(b, 49) for b, lost in zip(last.boxes, last.lost) if not lost}
+    visible = set(np.flatnonzero(sequence().visible[49]).tolist())
+    assert len(visible) >= 2 and visible <= found, (found, visible, last.boxes)
+    assert len(set(last.target_ids.tolist())) == len(last.target_ids) <= 4
