@@ -323,6 +323,12 @@ class TrackStage(Stage):
         return started
 
     def _on_init(self, init: TrackInit) -> None:
+        # Refused here, on arrival, so that the runner dead-letters the init record with its
+        # reason; applied later, the error would take the frame it waited for with it.
+        b = init.boxes
+        if not np.isfinite(b).all() or (len(b) and not ((b[:, 2] > 0) & (b[:, 3] > 0)).all()):
+            raise ValueError(f"track_init for {init.stream_id!r} frame {init.frame_id!r} has "
+                             "a box that is not finite or not of positive size")
         st = self._stream(init.stream_id)
         if not len(init.boxes):  # stops only: nothing to place on a frame, apply now
             self._start(st, init, None)

@@ -176,3 +176,13 @@ def test_detect_and_track_through_runners_on_the_memory_bus():
     visible = set(np.flatnonzero(sequence().visible[49]).tolist())
     assert len(visible) >= 2 and visible <= found, (found, visible, last.boxes)
     assert len(set(last.target_ids.tolist())) == len(last.target_ids) <= 4
+
+
+def test_a_malformed_init_is_refused_on_arrival_not_with_its_frame():
+    track = TrackStage()
+    fr = frames()
+    for bad in ([[1, 2, float("nan"), 4]], [[1, 2, 0, 4]], [[1, 2, 5, -1]]):
+        with pytest.raises(ValueError):
+            track.process([TrackInit(frame_id=fr[1].frame_id, stream_id="cam", seq=1,
+                                     boxes=bad, target_ids=[-1])])
+    assert track.process(fr[:3]) == []  # the frames go on, nothing was queued
