@@ -48,7 +48,7 @@ from tqdm import tqdm
 from vistream.models.data.mot import suite, suite_specs
 from vistream.models.tracking.discovery import DiscoveryParams
 from vistream.models.tracking.multi import MultiTracker, MultiTrackerParams
-from vistream.models.tracking.sort import MogDetector, MogSort, MogSortParams, Sort, iou_matrix
+from vistream.models.tracking.sort import MogDetector, MogSort, MogSortParams, iou_matrix
 
 __all__ = ["BASELINE_GRID", "FolderSequence", "IOU_MOT", "IOU_SEEDED", "METRICS", "SeqRun",
            "accumulate", "frames_to_track", "load_mot_folder", "run_sequence", "summarize"]
@@ -257,22 +257,25 @@ def tune_baseline(sequences: Iterable[GroundTruthSequence], iou_threshold: float
                   progress: Callable[[], None] | None = None
                   ) -> tuple[MogSortParams, list[dict[str, Any]]]:
     """Run every configuration of ``grid`` on ``sequences``; the detector runs once per
-    detector setting and sequence, SORT once per configuration on its detections."""
+    detector setting and sequence, SORT (:meth:`MogSort.track`, as in a live run) once per
+    configuration on its detections."""
     grid = list(grid or BASELINE_GRID)
     accs: list[list[mm.MOTAccumulator]] = [[] for _ in grid]
     names: list[str] = []
     for seq in sequences:
         names.append(seq.name)
-        cache: dict[tuple, list[np.ndarray]] = {}
+        cache: dict[tuple, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         for j, p in enumerate(grid):
-            key = (p.var_threshold, p.history, p.compensate, p.min_area, p.max_area, p.warmup)
+            key = (p.var_threshold, p.history, p.compensate, p.min_area, p.max_area,
+                   p.max_detections, p.warmup)
             if key not in cache:
                 det = MogDetector(p)
-                cache[key] = [det.detect(seq.frames[t]) for t in range(seq.n_frames)]
-            sort = Sort(p.max_age, p.min_hits, p.iou_threshold)
+                cache[key] = [(det.detect(seq.frames[t]), det.offset, det.rebased.copy())
+                              for t in range(seq.n_frames)]
+            tracker = MogSort(p)
             acc = mm.MOTAccumulator(auto_id=False)
-            for t, dets in enumerate(cache[key]):
-                boxes, ids = sort.update(dets)
+            for t, (dets, offset, rebased) in enumerate(cache[key]):
+                boxes, ids = tracker.track(dets, offset, rebased)
                 accumulate(acc, t, *seq.ground_truth(t), ids, boxes, iou_threshold)
             accs[j].append(acc)
         if progress is not None:

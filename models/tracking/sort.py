@@ -262,13 +262,19 @@ class MogSort:
 
     def step(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dets = self.detector.detect(frame_bgr)
+        return self.track(dets, self.detector.offset, self.detector.rebased)
+
+    def track(self, dets: np.ndarray, offset: np.ndarray, rebased: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """SORT on one frame's detections (image coordinates), given the detector's
+        ``offset`` and ``rebased`` for that frame (so detections can be replayed)."""
         if not self.params.compensate:
             return self.sort.update(dets)
         # track in the stabilised frame, so the Kalman filters see no camera motion
-        if self.detector.rebased.any():
+        if np.any(rebased):
             for trk in self.sort.tracks:
-                trk.x[:2] += self.detector.rebased
-        off = self.detector.offset.astype(np.float32)
+                trk.x[:2] += rebased
+        off = np.asarray(offset, np.float32)
         stab = dets.copy()
         stab[:, :2] -= off
         boxes, ids = self.sort.update(stab)
