@@ -18,6 +18,8 @@ import numpy as np
 import uvicorn
 
 from vistream.models.hashing.live import LiveIndex
+from vistream.pipeline.api_tracks import DEFAULT_TOPIC as TRACK_TOPIC
+from vistream.pipeline.api_tracks import attach_producer
 from vistream.pipeline.app import InProcessPipeline
 from vistream.pipeline.config import PipelineConfig, load_config
 from vistream.pipeline.service import ServiceLimits, create_app
@@ -105,9 +107,25 @@ def serve(config: Path | None = None, stage: str | None = None, snapshot: Path |
         index = live.index
         index.search_threads = threads
     api = create_app(index, extractor, limits or ServiceLimits())
+    producer = _attach_track_producer(api, cfg, live)
     echo(f"serving {len(index)} frames on http://{host}:{port} (docs: /docs)")
     try:
         uvicorn.run(api, host=host, port=port, log_level="warning")
     finally:
+        if producer is not None:
+            producer.close()
         if live is not None:
             live.close()
+
+
+def _attach_track_producer(api, cfg: PipelineConfig | None, live: InProcessPipeline | None):
+    """``POST /tracks`` writes to the init topic of the config's track stage (the one that
+    reads ``track-inits``) on the pipeline's bus; without one it answers 503."""
+    if cfg is None or live is None:
+        return None
+    reads_inits = [s for s in cfg.stages if s.type.startswith("track") and TRACK_TOPIC in s.inputs]
+    if not reads_inits:
+        return None
+    producer = live.bus.producer()
+    attach_producer(api, producer, TRACK_TOPIC)
+    return producer
