@@ -8,6 +8,9 @@
   writers (video file, image folder, ground truth);
 * :mod:`~vistream.models.data.tracking`: seeded tracking sequences with per-track attributes
   (shake, occlusion, blur, ...), the data of the tracking benchmark;
+* :mod:`~vistream.models.data.mot`: seeded multi-target clips (targets entering and leaving,
+  rotating and zooming camera, motion blur, noise) for ``vistream eval mot``; its ``render``
+  and ``suite`` are used through the module, since the tracking sequences have their own;
 * :mod:`~vistream.models.data.otb`: tracking sequences from OTB-layout folders;
 * :mod:`~vistream.models.data.blur`: blurred/sharp pairs with captions for deblurring, and
   GoPro-layout folders.
@@ -49,6 +52,7 @@ from vistream.models.data.images import (
     load_dataset,
     split_indices,
 )
+from vistream.models.data.mot import MotSequence, MotSpec
 from vistream.models.data.otb import LazyFrames, load_otb
 from vistream.models.data.scene import (
     SceneSpec,
@@ -97,6 +101,8 @@ __all__ = [
     "write_image_folder", "write_video",
     # tracking
     "TargetLook", "TrackingSequence", "TrackingSpec", "default_suite", "render", "suite_specs",
+    # mot
+    "MotSequence", "MotSpec",
     # otb
     "LazyFrames", "load_otb",
     # blur
