@@ -80,6 +80,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -139,6 +140,14 @@ _LIFECYCLE = ("max_lost", "self_search_frames", "cover_iou", "cover_px", "cover_
               "reacquire_size_ratio", "duplicate_iou", "confirm_window", "confirm_hits")
 
 
+def _known_keys(value: dict[str, Any], known: Iterable[str], what: str) -> dict[str, Any]:
+    """A typo in a nested settings dict is an error naming the known keys, not a silent no-op."""
+    bad = sorted(set(value) - set(known))
+    if bad:
+        raise ValueError(f"unknown {what} settings {bad}; known: {sorted(known)}")
+    return value
+
+
 class TrackParams(StageParams):
     targets: list[TrackTarget] = Field(default_factory=list,
                                        description="boxes to start from, per stream and frame")
@@ -167,28 +176,18 @@ class TrackParams(StageParams):
     @field_validator("tracker")
     @classmethod
     def _known(cls, value: dict[str, Any]) -> dict[str, Any]:
-        known = set(AggregationParams.__dataclass_fields__)
-        bad = sorted(set(value) - known)
-        if bad:
-            raise ValueError(f"unknown tracker settings {bad}; known: {sorted(known)}")
-        return value
+        return _known_keys(value, AggregationParams.__dataclass_fields__, "tracker")
 
     @field_validator("lifecycle")
     @classmethod
     def _known_lifecycle(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = sorted(set(value) - set(_LIFECYCLE))
-        if bad:
-            raise ValueError(f"unknown lifecycle settings {bad}; known: {list(_LIFECYCLE)}")
-        return value
+        return _known_keys(value, _LIFECYCLE, "lifecycle")
 
     @field_validator("discovery")
     @classmethod
     def _known_discovery(cls, value: dict[str, Any]) -> dict[str, Any]:
-        known = set(DiscoveryParams.__dataclass_fields__)
-        bad = sorted(set(value) - known)
-        if bad:
-            raise ValueError(f"unknown discovery settings {bad}; known: {sorted(known)}")
-        return value
+        return _known_keys(value, DiscoveryParams.__dataclass_fields__, "discovery")
+
 
     def multi_params(self) -> MultiTrackerParams:
         disc = dict(self.discovery)

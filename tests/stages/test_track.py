@@ -3,6 +3,7 @@ import time
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from vistream.models.data import TrackingSpec, render
 from vistream.pipeline.wire import Record, decode_message, encode_message
@@ -196,3 +197,9 @@ def test_stage_through_the_runner_on_the_memory_bus():
     for o in got:
         for row in range(2):
             assert np.hypot(*(center(o.boxes[row]) - gt_center(o.seq, row))) < 5.0
+
+
+@pytest.mark.parametrize("field", ["tracker", "lifecycle", "discovery"])
+def test_a_typo_in_nested_settings_names_the_known_keys(field):
+    with pytest.raises(ValidationError, match=f"unknown {field} settings \\['bogus_key'\\]; known: \\["):
+        TrackParams(**{field: {"bogus_key": 1}})
