@@ -29,6 +29,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,3 +370,16 @@ def stop(port: int = 9092, data_dir: str | Path | None = None, timeout: float = 
             time.sleep(0.1)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+@contextmanager
+def running(port: int = 9092, data_dir: str | Path | None = None, **start_args) -> Iterator[BrokerInfo]:
+    """A broker for the length of a ``with`` block, for a command that needs one for itself:
+    started if none runs, and then stopped at the end (a 1 GB JVM nobody asked to keep);
+    reused, and left running, if one was already up."""
+    info = start(port, data_dir, **start_args)
+    try:
+        yield info
+    finally:
+        if not info.reused:
+            stop(port, data_dir)

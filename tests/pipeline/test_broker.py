@@ -180,3 +180,20 @@ def test_real_broker_roundtrip_17mib(tmp_path):
     assert stopped is True
     assert broker.status(port, data_dir).running is False
     assert not (data_dir / "broker.pid").exists()
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_running_stops_only_a_broker_it_started(monkeypatch, tmp_path, reused):
+    calls: list[tuple] = []
+
+    def fake_start(port, data_dir, **kw):
+        calls.append(("start", port))
+        return broker.BrokerInfo(True, 1, port, broker.bootstrap(port), tmp_path, tmp_path / "log",
+                                 reused=reused)
+
+    monkeypatch.setattr(broker, "start", fake_start)
+    monkeypatch.setattr(broker, "stop", lambda port, data_dir=None, **kw: calls.append(("stop", port)))
+    with pytest.raises(RuntimeError), broker.running(port=19500) as info:
+        assert info.bootstrap.endswith(":19500")
+        raise RuntimeError("the command failed")  # the broker is handled all the same
+    assert calls == ([("start", 19500)] if reused else [("start", 19500), ("stop", 19500)])

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import cv2
@@ -150,10 +151,11 @@ def bench_bus(frames: int = 2000, bootstrap: str | None = None, port: int = 9092
     result["memory_fps"] = round(_hop(mem, recs, _memory_stage(mem)), 1)
     echo(f"memory bus: {result['memory_fps']} frames/s")
     if kafka:
-        if bootstrap is None:
-            bootstrap = broker.start(port=port).bootstrap
-        with make_bus("kafka", bootstrap) as kbus, tempfile.TemporaryDirectory() as tmp:
-            result["kafka_fps"] = round(_hop(kbus, recs, _kafka_stage(bootstrap, Path(tmp))), 1)
+        with ExitStack() as own:
+            if bootstrap is None:  # a broker of our own, stopped when done unless one was up
+                bootstrap = own.enter_context(broker.running(port=port)).bootstrap
+            with make_bus("kafka", bootstrap) as kbus, tempfile.TemporaryDirectory() as tmp:
+                result["kafka_fps"] = round(_hop(kbus, recs, _kafka_stage(bootstrap, Path(tmp))), 1)
         echo(f"kafka ({bootstrap}): {result['kafka_fps']} frames/s")
         result["kafka_over_memory"] = round(result["kafka_fps"] / result["memory_fps"], 4)
         result["kafka_target_fps"] = TARGET_KAFKA_FPS
