@@ -28,7 +28,6 @@ holds).
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from typing import Any
 
@@ -49,6 +48,7 @@ from vistream.stages.records import (
     InvalidRecord,
     check_image_bytes,
     decode_image,
+    image_size,
     sniff_content_type,
 )
 
@@ -140,38 +140,6 @@ def _response(kind: str, k: int, r: SearchResult, t0: float) -> SearchResponse:
 # --------------------------------------------------------------------------- image checks
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding; None if unreadable."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        if len(data) >= 24 and data[12:16] == b"IHDR":
-            w, h = struct.unpack(">II", data[16:24])
-            return w, h
-        return None
-    if data.startswith(b"\xff\xd8"):
-        i, n = 2, len(data)
-        while i + 4 <= n:
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
-                i += 2
-                continue
-            seg_len = struct.unpack(">H", data[i + 2: i + 4])[0]
-            if seg_len < 2:
-                return None
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
-                if i + 9 > n:
-                    return None
-                h, w = struct.unpack(">HH", data[i + 5: i + 9])
-                return w, h
-            i += 2 + seg_len
-        return None
-    return None
-
-
 def check_upload(data: bytes, limits: ServiceLimits) -> np.ndarray:
     """Validate an uploaded image and decode it (BGR), or raise HTTPException (4xx)."""
     if not data:
@@ -192,7 +160,7 @@ def check_upload(data: bytes, limits: ServiceLimits) -> np.ndarray:
         raise HTTPException(413, f"image of {w} x {h} = {w * h} pixels exceeds the limit of "
                                  f"{limits.max_pixels} pixels")
     try:
-        check_image_bytes(data, ctype, limits.max_upload_bytes)
+        check_image_bytes(data, ctype, limits.max_upload_bytes, limits.max_pixels)
         return decode_image(data)
     except InvalidRecord as exc:
         code = 415 if "could not be decoded" in str(exc) else 400

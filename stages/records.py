@@ -16,6 +16,7 @@ dead-letter topic.
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,6 +36,9 @@ __all__ = [
 #: Frames larger than this are refused. The bus is sized for 20 MiB records (the Kafka broker,
 #: producer and consumer settings), so a 16 MiB frame plus its headers always fits.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: Frames with more pixels than this are refused from their header, before decoding: 8K video
+#: (33 Mpx) fits; a decompression bomb (a small PNG claiming 60000 x 60000) never allocates.
+MAX_FRAME_PIXELS = 40_000_000
 
 JPEG = "image/jpeg"
 PNG = "image/png"
@@ -65,11 +69,14 @@ def sniff_content_type(data: bytes) -> str | None:
     return None
 
 
-def check_image_bytes(data: bytes | None, content_type: str, max_bytes: int = MAX_FRAME_BYTES) -> None:
-    """Cheap structural checks that catch empty, oversized, mislabelled and truncated images.
+def check_image_bytes(data: bytes | None, content_type: str, max_bytes: int = MAX_FRAME_BYTES,
+                      max_pixels: int = MAX_FRAME_PIXELS) -> None:
+    """Cheap structural checks that catch empty, oversized, mislabelled, truncated and
+    decompression-bomb images, without decoding them.
 
     Truncation is checked by the end marker because OpenCV happily decodes the top part of a
-    truncated JPEG and fills the rest with grey.
+    truncated JPEG and fills the rest with grey. The pixel count comes from the header, so a
+    reason of ours (``too_many_pixels``) names the refusal rather than an OpenCV assertion.
     """
     if not data:
         raise InvalidRecord("empty value: a frame record must carry an encoded image")
@@ -89,6 +96,46 @@ def check_image_bytes(data: bytes | None, content_type: str, max_bytes: int = MA
         raise InvalidRecord("truncated JPEG: no end-of-image marker")
     if content_type == PNG and not data.endswith(_PNG_IEND):
         raise InvalidRecord("truncated PNG: no IEND chunk")
+    size = image_size(data)
+    if size is None:
+        raise InvalidRecord("unreadable_size: the image header gives no width and height")
+    w, h = size
+    if w == 0 or h == 0:
+        raise InvalidRecord(f"no_pixels: the image header says {w} x {h}")
+    if w * h > max_pixels:
+        raise InvalidRecord(f"too_many_pixels: {w} x {h} = {w * h} pixels > limit {max_pixels}")
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding; None if unreadable."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            w, h = struct.unpack(">II", data[16:24])
+            return w, h
+        return None
+    if data.startswith(b"\xff\xd8"):
+        i, n = 2, len(data)
+        while i + 4 <= n:
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+                i += 2
+                continue
+            seg_len = struct.unpack(">H", data[i + 2: i + 4])[0]
+            if seg_len < 2:
+                return None
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+                if i + 9 > n:
+                    return None
+                h, w = struct.unpack(">HH", data[i + 5: i + 9])
+                return w, h
+            i += 2 + seg_len
+        return None
+    return None
 
 
 def decode_image(data: bytes) -> np.ndarray:

@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from vistream.models.backbones.extractor import BackboneExtractor, FeatureExtractor, l2_normalize
 from vistream.models.hashing.live import LiveIndex
 from vistream.stages.records import encode_image
-from vistream.pipeline.service import ServiceLimits, create_app, image_size
+from vistream.pipeline.service import ServiceLimits, create_app
+from vistream.stages.records import image_size
 from tests.conftest import random_image
 
 

@@ -2,6 +2,8 @@
 Their bytes on the bus are tested in tests/pipeline/test_wire.py."""
 
 import dataclasses
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -70,3 +72,29 @@ def test_a_good_image_passes_and_garbage_does_not_decode():
     check_image_bytes(make_frame(1).data, JPEG)
     with pytest.raises(InvalidRecord, match="could not be decoded"):
         decode_image(b"\xff\xd8\xff not really a jpeg \xff\xd9")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` (a decompression bomb's shape)."""
+    ihdr = struct.pack(">II", width, height) + b"\x08\x02\x00\x00\x00"
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
+def test_pixel_bombs_are_refused_from_the_header_with_a_reason_of_ours():
+    with pytest.raises(InvalidRecord, match=r"^too_many_pixels: 60000 x 60000 = 3600000000 pixels"):
+        check_image_bytes(_png_claiming(60000, 60000), PNG)
+    with pytest.raises(InvalidRecord, match=r"^no_pixels: the image header says 0 x 5"):
+        check_image_bytes(_png_claiming(0, 5), PNG)
+    with pytest.raises(InvalidRecord, match=r"^too_many_pixels"):
+        check_image_bytes(_png_claiming(101, 100), PNG, max_pixels=100 * 100)
+    check_image_bytes(_png_claiming(100, 100), PNG, max_pixels=100 * 100)  # at the limit: taken
+
+
+def test_a_jpeg_without_a_frame_header_is_refused():
+    # start and end markers but no SOF segment: nothing says how big it is
+    with pytest.raises(InvalidRecord, match=r"^unreadable_size"):
+        check_image_bytes(b"\xff\xd8\xff\xe0\x00\x04ab\xff\xd9", JPEG)
+    frame = make_frame(seq=0)
+    check_image_bytes(frame.data, frame.content_type)  # a real JPEG passes
