@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -40,6 +39,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from vistream.stages.base import Stage, StageParams, register_stage
+from vistream.stages.replay import FrameReplay
 from vistream.stages.records import Frame, Message, TrackInit, Tracks
 
 log = logging.getLogger("vistream.stages.detect")
@@ -77,10 +77,9 @@ class DetectParams(StageParams):
 @dataclass
 class _Stream:
     detector: Any
-    last_seq: int = -1
+    replay: FrameReplay
     announced: dict[int, int] = field(default_factory=dict)  # candidate id -> seq
     covered: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    remembered: OrderedDict = field(default_factory=OrderedDict)
     frames: int = 0
 
 
@@ -133,7 +132,8 @@ class DetectStage(Stage):
         if st is None:
             if self._make is None:
                 self.setup()
-            st = self.streams[stream_id] = _Stream(self._make())
+            st = self.streams[stream_id] = _Stream(self._make(),
+                                                         FrameReplay(self.params.remember_frames))
         return st
 
     def process(self, batch: list[Message]) -> list[Message]:
@@ -153,14 +153,11 @@ class DetectStage(Stage):
 
     def _on_frame(self, frame: Frame) -> list[Message]:
         st = self._stream(frame.stream_id)
-        if frame.frame_id in st.remembered:
+        again = st.replay.answer(frame)
+        if again is not None:
             self.redeliveries += 1
-            return list(st.remembered[frame.frame_id])
-        if frame.seq <= st.last_seq:
-            self.redeliveries += 1
-            return []
+            return again
         st.frames += 1
-        st.last_seq = frame.seq
         boxes = st.detector.update(frame.image)
         new = []
         for box, cid in zip(boxes, st.detector.ids.tolist()):
@@ -182,7 +179,5 @@ class DetectStage(Stage):
             out.append(TrackInit(frame_id=frame.frame_id, stream_id=frame.stream_id,
                                  seq=frame.seq, boxes=np.asarray(new, np.float32),
                                  target_ids=np.full(len(new), -1, np.int64)))
-        st.remembered[frame.frame_id] = tuple(out)
-        while len(st.remembered) > self.params.remember_frames:
-            st.remembered.popitem(last=False)
+        st.replay.record(frame, out)
         return out

@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -93,6 +93,7 @@ from vistream.models.tracking.motion import Motion
 from vistream.models.tracking.multi import MultiTracker, MultiTrackerParams
 from vistream.stages.records import JPEG, PNG, Frame, Message, Result, TrackInit, Tracks
 from vistream.stages.base import Stage, StageParams, register_stage
+from vistream.stages.replay import FrameReplay
 
 log = logging.getLogger("vistream.stages.track")
 
@@ -216,10 +217,9 @@ class StreamState:
     """Everything the stage keeps for one stream (lost on restart)."""
 
     multi: MultiTracker
-    last_seq: int = -1
+    replay: FrameReplay
     buffer: deque = field(default_factory=deque)  # (seq, frame_id, image)
     pending: list[_Pending] = field(default_factory=list)
-    remembered: OrderedDict = field(default_factory=OrderedDict)  # frame_id -> outputs
     configured: dict[int, TrackTarget] = field(default_factory=dict)  # not started yet
     frames: int = 0
 
@@ -254,6 +254,7 @@ class TrackStage(Stage):
         st = self.streams.get(stream_id)
         if st is None:
             st = StreamState(multi=MultiTracker(self.params.multi_params()),
+                             replay=FrameReplay(self.params.remember_frames),
                              buffer=deque(maxlen=self.params.buffer_frames))
             st.configured = {t.target_id: t for t in self.params.targets if t.stream == stream_id}
             self.streams[stream_id] = st
@@ -341,7 +342,8 @@ class TrackStage(Stage):
             self._catch_up(st, started, i)
             self._settle(st, started)
             return
-        unseen = st.last_seq < 0 or (init.seq > st.last_seq if init.seq >= 0 else True)
+        last = st.replay.last_seq
+        unseen = last < 0 or (init.seq > last if init.seq >= 0 else True)
         if unseen:
             st.pending.append(_Pending(init))
             return
@@ -361,7 +363,7 @@ class TrackStage(Stage):
         state is the trackers' own)."""
         if st.buffer and st.buffer[-1][1] == frame_id:
             return None
-        boxes = [o.boxes[~o.lost] for o in st.remembered.get(frame_id, ())
+        boxes = [o.boxes[~o.lost] for o in st.replay.outputs.get(frame_id, ())
                  if isinstance(o, TrackState)]
         return np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
 
@@ -422,14 +424,13 @@ class TrackStage(Stage):
 
     def _on_frame(self, frame: Frame) -> list[Message]:
         st = self._stream(frame.stream_id)
-        if frame.frame_id in st.remembered:
+        again = st.replay.answer(frame)
+        if again is not None:
             self.redeliveries += 1
-            return list(st.remembered[frame.frame_id])
-        if frame.seq <= st.last_seq:
-            self.redeliveries += 1
-            log.info("skipping %s: already past seq %d of stream %s", frame.frame_id,
-                     st.last_seq, frame.stream_id)
-            return []
+            if not again:
+                log.info("skipping %s: already past seq %d of stream %s", frame.frame_id,
+                         st.replay.last_seq, frame.stream_id)
+            return again
         image = frame.image
         st.frames += 1
         dets = self._due_inits(st, frame, image)
@@ -469,10 +470,7 @@ class TrackStage(Stage):
                 out.extend(self._crops(frame, image, state))
 
         st.buffer.append((frame.seq, frame.frame_id, image))
-        st.last_seq = frame.seq
-        st.remembered[frame.frame_id] = tuple(out)
-        while len(st.remembered) > self.params.remember_frames:
-            st.remembered.popitem(last=False)
+        st.replay.record(frame, out)
         return out
 
     def _crops(self, frame: Frame, image: np.ndarray, state: TrackState) -> list[Message]:
