@@ -58,6 +58,7 @@ from vistream.models.data.scene import (
     SceneSpec,
     SyntheticObject,
     background_canvas,
+    blend_alpha,
     boxes_visible,
     camera_jumps,
     camera_path,
@@ -93,7 +94,7 @@ __all__ = [
     "digits_composite", "fingerprint", "generate_composite", "image_folder", "load_dataset",
     "split_indices",
     # scene
-    "SceneSpec", "SyntheticObject", "background_canvas", "boxes_visible", "camera_jumps",
+    "SceneSpec", "SyntheticObject", "background_canvas", "blend_alpha", "boxes_visible", "camera_jumps",
     "camera_path", "check_background", "composite", "load_background", "make_object",
     "object_alpha", "seeded_rng", "simulate_track", "view",
     # video

@@ -46,6 +46,7 @@ import numpy as np
 from vistream.models.data.scene import (
     SHAPES,
     SyntheticObject,
+    blend_alpha,
     load_background,
     object_alpha,
     seeded_rng,
@@ -258,17 +259,6 @@ def _simulate(i: int, spec: MotSpec, maps: np.ndarray) -> _Target:
     return _Target(obj, xy, birth, death)
 
 
-def _composite_alpha(frame: np.ndarray, alpha: np.ndarray, r0: int, c0: int,
-                     color: tuple[int, int, int]) -> None:
-    fh, fw = frame.shape[:2]
-    rr0, cc0 = max(r0, 0), max(c0, 0)
-    rr1, cc1 = min(r0 + alpha.shape[0], fh), min(c0 + alpha.shape[1], fw)
-    if rr0 >= rr1 or cc0 >= cc1:
-        return
-    a = alpha[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0, None]
-    frame[rr0:rr1, cc0:cc1] = frame[rr0:rr1, cc0:cc1] * (1 - a) + np.asarray(color, np.float32) * a
-
-
 def _draw(frame: np.ndarray, obj: SyntheticObject, box: np.ndarray, streak: np.ndarray) -> None:
     alpha, r0, c0 = object_alpha(obj, box)
     k = line_kernel(*(streak * _EXPOSURE))
@@ -277,7 +267,7 @@ def _draw(frame: np.ndarray, obj: SyntheticObject, box: np.ndarray, streak: np.n
         alpha = cv2.filter2D(cv2.copyMakeBorder(alpha, p, p, p, p, cv2.BORDER_CONSTANT, value=0),
                              -1, k, borderType=cv2.BORDER_CONSTANT)
         r0, c0 = r0 - p, c0 - p
-    _composite_alpha(frame, alpha, r0, c0, obj.color)
+    blend_alpha(frame, alpha, r0, c0, obj.color)
 
 
 # --------------------------------------------------------------------------- rendering

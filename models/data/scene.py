@@ -466,6 +466,13 @@ def object_alpha(obj: SyntheticObject, box: Sequence[float]) -> tuple[np.ndarray
 def composite(frame: np.ndarray, obj: SyntheticObject, box: np.ndarray) -> None:
     """Blend ``obj`` drawn at ``box`` into the float ``frame`` in place (clipped to the frame)."""
     alpha, r0, c0 = object_alpha(obj, box)
+    blend_alpha(frame, alpha, r0, c0, obj.color)
+
+
+def blend_alpha(frame: np.ndarray, alpha: np.ndarray, r0: int, c0: int,
+                color: tuple[int, int, int]) -> None:
+    """Blend ``color`` through the coverage ``alpha`` (top-left at row ``r0``, column ``c0``,
+    possibly outside) into the float ``frame`` in place, clipped to the frame."""
     fh, fw = frame.shape[:2]
     rr0, cc0 = max(r0, 0), max(c0, 0)
     rr1, cc1 = min(r0 + alpha.shape[0], fh), min(c0 + alpha.shape[1], fw)
@@ -473,8 +480,7 @@ def composite(frame: np.ndarray, obj: SyntheticObject, box: np.ndarray) -> None:
         return
     a = alpha[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0, None]
     patch = frame[rr0:rr1, cc0:cc1]
-    color = np.asarray(obj.color, np.float32)
-    frame[rr0:rr1, cc0:cc1] = patch * (1.0 - a) + color * a
+    frame[rr0:rr1, cc0:cc1] = patch * (1.0 - a) + np.asarray(color, np.float32) * a
 
 
 def boxes_visible(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
