@@ -18,14 +18,13 @@ from vistream.models.hashing.base import HashModel
 
 def hash_model_names() -> list[str]:
     """Names of every registered hash model, sorted."""
-    return sorted(HashModel.registry)
+    return HashModel.registry.list()
 
 
 def make_hash_model(name: str, n_bits: int = 64, seed: int = 0, **params: Any) -> HashModel:
-    """A fresh hash model from the registry (``sdoh``, ``lsh``, ...)."""
-    if name not in HashModel.registry:
-        raise ValueError(f"unknown hash model {name!r}; known: {', '.join(hash_model_names())}")
-    return HashModel.registry.get(name)(n_bits=n_bits, seed=seed, **params)
+    """A fresh hash model from the registry (``sdoh``, ``lsh``, ...); an unknown name raises
+    the registry's ValueError, which lists the known ones."""
+    return HashModel.registry.create(name, n_bits=n_bits, seed=seed, **params)
 
 
 def load_hash_model(path: str | Path) -> HashModel:
