@@ -1,5 +1,13 @@
 """Thumbnail stage: each frame becomes a small :class:`FrameSummary` (size, mean colour,
-thumbnail JPEG). It is the foundation's first real stage and a cheap probe of a stream."""
+thumbnail JPEG). It is the foundation's first real stage and a cheap probe of a stream.
+
+With ``store_dir`` set it also keeps every thumbnail in a :class:`ThumbnailStore` there
+(bounded by ``store_max_mb`` and ``store_max_frames``, oldest evicted first), which the web
+console of ``vistream serve`` reads. Routed ``tracks`` and ``caption`` records (from a track
+or deblur stage) are then attached to their frame in the store, so the console can draw a
+stream's latest boxes, ids and caption; they emit nothing. Redelivered records overwrite their
+own row: idempotent by frame id.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +15,67 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from vistream.stages.records import Frame, FrameSummary, Message, encode_image
 from vistream.stages.base import Stage, StageParams, register_stage
+from vistream.stages.records import (
+    Caption,
+    Frame,
+    FrameSummary,
+    Message,
+    Tracks,
+    encode_image,
+    image_size,
+)
+from vistream.stages.thumbstore import ThumbnailStore, tracks_meta
 
 
 class ThumbnailParams(StageParams):
     width: int = Field(160, ge=8, le=4096, description="thumbnail width in pixels")
     quality: int = Field(80, ge=1, le=100, description="JPEG quality of the thumbnail")
+    store_dir: str | None = Field(None, description="keep thumbnails (and routed tracks and "
+                                                    "captions) in a thumbnail store here")
+    store_max_mb: float = Field(256, gt=0, description="bound of the store's thumbnail bytes")
+    store_max_frames: int = Field(1_000_000, ge=1, description="bound of the store's frames")
 
 
 @register_stage("thumbnail")
 class ThumbnailStage(Stage):
-    accepts = ("frame",)
+    accepts = ("frame", "tracks", "caption")
     emits = ("frame_summary",)
     Params = ThumbnailParams
 
+    store: ThumbnailStore | None = None
+
+    def setup(self) -> None:
+        p = self.params
+        if p.store_dir:
+            self.store = ThumbnailStore(p.store_dir, max_bytes=int(p.store_max_mb * 1024 * 1024),
+                                        max_frames=p.store_max_frames)
+
     def process(self, batch: list[Message]) -> list[Message]:
-        return [summarize_frame(f, self.params.width, self.params.quality) for f in batch]
+        out = [summarize_frame(f, self.params.width, self.params.quality)
+               for f in batch if isinstance(f, Frame)]
+        if self.store is not None:
+            rows = []
+            for s in out:
+                jpeg = s.thumbnail.tobytes()
+                tw, th = image_size(jpeg) or (None, None)
+                rows.append({"frame_id": s.frame_id, "stream_id": s.stream_id, "jpeg": jpeg,
+                             "timestamp_ms": s.timestamp_ms or None, "width": s.width,
+                             "height": s.height, "thumb_width": tw, "thumb_height": th})
+            self.store.put_many(rows)
+            for m in batch:
+                ts = getattr(m, "timestamp_ms", None) or None
+                if isinstance(m, Tracks):
+                    self.store.set_tracks(m.frame_id, m.stream_id,
+                                          tracks_meta(m.boxes, m.track_ids, m.scores), ts)
+                elif isinstance(m, Caption):
+                    self.store.set_caption(m.frame_id, m.stream_id, m.text, ts)
+        return out
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
 
 def summarize_frame(frame: Message, width: int = 160, quality: int = 80) -> FrameSummary:
