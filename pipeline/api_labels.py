@@ -26,9 +26,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from vistream.pipeline.api_common import MAX_ID, error_responses, require_token
 from vistream.pipeline.bus import Producer
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import MAX_CLASS_NAME, Label
@@ -63,7 +64,8 @@ class LabelIn(BaseModel):
 
     frame_id: str | None = Field(None, min_length=1, max_length=1000,
                                  description="label this indexed frame (or crop) id")
-    track_id: StrictInt | None = Field(None, ge=0, description="... or every row of this track")
+    track_id: StrictInt | None = Field(None, ge=0, le=MAX_ID,
+                                       description="... or every row of this track")
     stream_id: str | None = Field(None, max_length=1000,
                                   description="the track's stream (none: the track id in any "
                                               "stream)")
@@ -93,9 +95,10 @@ class LabelOut(BaseModel):
     model_version: int
 
 
-@router.post("/labels", response_model=LabelOut, responses={
-    202: {"model": LabelOut, "description": "kept until its frame or track is indexed"},
-    409: {"description": "the index is read-only"}, 422: {"description": "malformed label"}})
+@router.post("/labels", response_model=LabelOut, dependencies=[Depends(require_token)],
+             responses={202: {"model": LabelOut,
+                              "description": "kept until its frame or track is indexed"},
+                        **error_responses(409, 422)})
 def post_label(request: Request, response: Response, body: LabelIn = Body(...)) -> LabelOut:
     """Label a frame id, or every row (now and later) of a track, with a class name."""
     index = request.app.state.index

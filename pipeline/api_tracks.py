@@ -29,10 +29,16 @@ from __future__ import annotations
 import json
 import math
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
+from vistream.pipeline.api_common import (
+    MAX_ID,
+    error_responses,
+    require_token,
+    validation_items,
+)
 from vistream.pipeline.bus import Producer
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import TrackInit
@@ -45,6 +51,8 @@ MAX_BOX_SIDE = 4096.0
 #: no frame is larger than this (px) in either direction
 MAX_COORD = 65536.0
 DEFAULT_TOPIC = "track-inits"
+#: the largest sequence number (an int64 on the wire)
+MAX_SEQ = 2**63 - 1
 
 
 # --------------------------------------------------------------------------- records
@@ -112,11 +120,11 @@ class TrackStartIn(BaseModel):
 
     stream_id: str = Field(min_length=1, max_length=1000)
     box: list[float] = Field(min_length=4, max_length=4, description="x, y, w, h in pixels")
-    track_id: StrictInt | None = Field(None, ge=0, description="restart this id (default: "
-                                                                "the stage picks a new one)")
+    track_id: StrictInt | None = Field(None, ge=0, le=MAX_ID, description="restart this id "
+                                       "(default: the stage picks a new one)")
     frame_id: str = Field("", max_length=1000, description="the frame the box belongs to "
                                                            "(default: the next frame)")
-    seq: StrictInt = Field(-1, ge=-1, description="its sequence number, if known")
+    seq: StrictInt = Field(-1, ge=-1, le=MAX_SEQ, description="its sequence number, if known")
 
     @field_validator("box")
     @classmethod
@@ -154,17 +162,10 @@ def _reject_constant(token: str) -> float:
     raise ValueError(f"{token} is not a number JSON allows")
 
 
-def _errors(exc: ValidationError) -> list[dict]:
-    """Validation errors without their input: a NaN or infinity echoed back would make the
-    error itself unencodable as JSON (a 500 instead of a 422)."""
-    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-
-
 @router.post("/tracks", response_model=TrackRecordOut, status_code=202, openapi_extra={
     "requestBody": {"required": True, "content": {
-        "application/json": {"schema": TrackStartIn.model_json_schema()}}}}, responses={
-    422: {"description": "bad box or body"}, 503: {"description": "no producer, or the bus "
-                                                                 "refused the record"}})
+        "application/json": {"schema": TrackStartIn.model_json_schema()}}}},
+             dependencies=[Depends(require_token)], responses=error_responses(422, 503))
 async def post_track(request: Request) -> TrackRecordOut:
     """Start (or restart) a target at a box; the track stage reads the record from the bus.
     Body: ``{"stream_id": "cam1", "box": [x, y, w, h], "track_id": 7 (optional),
@@ -176,7 +177,8 @@ async def post_track(request: Request) -> TrackRecordOut:
         raw = json.loads(await request.body(), parse_constant=_reject_constant)
         body = TrackStartIn.model_validate(raw)
     except ValidationError as exc:
-        raise HTTPException(422, _errors(exc)) from None
+        # without the input: a NaN or infinity echoed back could not be encoded (a 500)
+        raise HTTPException(422, validation_items(exc.errors())) from None
     except ValueError as exc:  # not JSON, or a non-finite constant
         raise HTTPException(422, f"malformed JSON body: {exc}") from None
     record = start_record(body.stream_id, body.box, body.track_id, body.frame_id, body.seq)
@@ -186,9 +188,9 @@ async def post_track(request: Request) -> TrackRecordOut:
                           topic=topic)
 
 
-@router.delete("/tracks/{track_id}", response_model=TrackRecordOut, status_code=202, responses={
-    422: {"description": "bad id or stream"}, 503: {"description": "no producer"}})
-def delete_track(request: Request, track_id: int = Path(..., ge=0),
+@router.delete("/tracks/{track_id}", response_model=TrackRecordOut, status_code=202,
+                dependencies=[Depends(require_token)], responses=error_responses(422, 503))
+def delete_track(request: Request, track_id: int = Path(..., ge=0, le=MAX_ID),
                  stream_id: str = Query(..., min_length=1, max_length=1000)) -> TrackRecordOut:
     """Stop a target; the track stage reads the record from the bus."""
     producer, topic = _producer(request)

@@ -16,23 +16,32 @@ Every search answers the top-k frame ids with their Hamming distance, stream id,
 label and the joined caption and tracks, plus the hash model (name, version, warm start) whose
 codes produced the answer: one answer always comes from one model version.
 
-Bad input is a 4xx, never a 5xx: 400 empty or truncated upload; 404 unknown frame id; 411 an
-image upload without Content-Length; 413 upload over ``max_upload_bytes`` or image over
-``max_pixels`` (read from the PNG/JPEG header before anything is decoded, so a decompression
-bomb never allocates); 415 not a JPEG/PNG (or undecodable); 422 ``k`` out of ``[1, max_k]``,
-a vector of the wrong length or with NaN, malformed JSON; 409 image search without a usable
-extractor (none configured, or it makes features of another model or length than the index
-holds).
+Bad input is a 4xx, never a 5xx, and every error body is one declared model
+(:class:`~vistream.pipeline.api_common.ErrorOut`): 400 empty or truncated upload, or a
+malformed Content-Length; 401 a write without the bearer token (when the app has one, see
+:mod:`pipeline.api_common`); 404 unknown frame id; 411 an image upload without
+Content-Length, or any chunked body without one; 413 upload over ``max_upload_bytes``, a JSON
+body over ``max_body_bytes``, or an image over ``max_pixels`` (read from the PNG/JPEG header
+before anything is decoded, so a decompression bomb never allocates); 415 not a JPEG/PNG (or
+undecodable); 422 ``k`` out of ``[1, max_k]``, a vector of the wrong length or with NaN,
+malformed JSON; 409 image search without a usable extractor (none configured, or it makes
+features of another model or length than the index holds).
+
+The OpenAPI schema tells the truth about these limits: ``k``'s range, the vector's length (the
+index's dimension once it is known: the schema is rebuilt when it changes), its float32 range,
+the upload's size and media types, the 401 and the bearer scheme of the write endpoints when a
+token is set (:func:`~vistream.pipeline.api_common.patch_openapi`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -40,6 +49,13 @@ from pydantic import BaseModel, Field
 
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.store import SearchResult
+from vistream.pipeline.api_common import (
+    ErrorOut,
+    check_token,
+    error_responses,
+    patch_openapi,
+    validation_items,
+)
 from vistream.pipeline.api_labels import router as labels_router
 from vistream.pipeline.api_tracks import router as tracks_router
 from vistream.stages.records import (
@@ -56,6 +72,9 @@ log = logging.getLogger("vistream.service")
 
 #: Room for the multipart framing around the image part.
 MULTIPART_OVERHEAD = 64 * 1024
+#: The largest finite float32: a vector component beyond it cannot be searched with.
+F32_MAX = 3.4e38
+__all__ = ["ErrorOut", "ServiceLimits", "check_upload", "create_app"]
 
 
 class ServiceLimits(BaseModel):
@@ -63,6 +82,7 @@ class ServiceLimits(BaseModel):
     max_pixels: int = Field(4096 * 4096, ge=1, description="largest image, width x height")
     max_k: int = Field(1000, ge=1, description="largest k a search may ask for")
     max_vector_dims: int = Field(65536, ge=1)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1, description="largest JSON request body")
 
 
 # --------------------------------------------------------------------------- responses
@@ -96,11 +116,6 @@ class SearchResponse(BaseModel):
     hits: list[HitOut]
 
 
-class VectorQuery(BaseModel):
-    vector: list[float] = Field(min_length=1)
-    k: int = 10
-
-
 class Health(BaseModel):
     status: str
     frames: int
@@ -116,12 +131,11 @@ class Health(BaseModel):
     extractor: str | None
 
 
-class ErrorOut(BaseModel):
-    detail: str
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    c: {"model": ErrorOut} for c in (400, 404, 409, 411, 413, 415, 422)}
+#: the errors each search can answer (a body's 400/411/413 are added to every operation that
+#: takes one: pipeline.api_common)
+_IMAGE_ERRORS = error_responses(400, 409, 411, 413, 415, 422)
+_FRAME_ERRORS = error_responses(404, 422)
+_VECTOR_ERRORS = error_responses(422)
 
 
 def _hit(h) -> HitOut:
@@ -200,8 +214,10 @@ class _IndexCollector:
 
 
 def create_app(index: LiveIndex, extractor: Any | None = None,
-               limits: ServiceLimits | None = None, title: str = "vistream retrieval") -> FastAPI:
-    """The query API over ``index``; ``extractor`` (a FeatureExtractor) enables image search."""
+               limits: ServiceLimits | None = None, title: str = "vistream retrieval",
+               api_token: str | None = None) -> FastAPI:
+    """The query API over ``index``; ``extractor`` (a FeatureExtractor) enables image search;
+    ``api_token`` (at least 16 characters) guards the write endpoints (bearer token)."""
     limits = limits or ServiceLimits()
     app = FastAPI(title=title, version="1",
                   description="Live retrieval over a FAISS binary index of online-hashed frame "
@@ -209,6 +225,9 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     app.state.index = index
     app.state.extractor = extractor
     app.state.limits = limits
+    app.state.api_token = check_token(api_token)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    patch_openapi(app, lambda: index.dim, lambda spec: _declare_limits(spec, index, limits))
     registry = _instrument(app, index, limits)
     _add_status_routes(app, index, extractor, registry)
     _add_search_routes(app, index, extractor, limits)
@@ -217,9 +236,36 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     return app
 
 
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": validation_items(exc.errors())}, 422)
+
+
+def _body_guard(request: Request, limits: ServiceLimits) -> JSONResponse | None:
+    """A 4xx for a body over its limit or of unknown length, before it is read; else None."""
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+        return None
+    upload = request.url.path == "/search/image"
+    length = request.headers.get("content-length")
+    if length is None:
+        if upload:
+            return JSONResponse({"detail": "an image upload needs a Content-Length"}, 411)
+        if "transfer-encoding" in request.headers:
+            return JSONResponse({"detail": "a request body needs a Content-Length"}, 411)
+        return None
+    if not length.isdigit():
+        return JSONResponse({"detail": "invalid Content-Length"}, 400)
+    limit = limits.max_upload_bytes + MULTIPART_OVERHEAD if upload else limits.max_body_bytes
+    if int(length) > limit:
+        what = "upload" if upload else "request body"
+        shown = limits.max_upload_bytes if upload else limit
+        return JSONResponse({"detail": f"{what} of {length} bytes exceeds the limit of "
+                                       f"{shown} bytes"}, 413)
+    return None
+
+
 def _instrument(app: FastAPI, index: LiveIndex, limits: ServiceLimits) -> CollectorRegistry:
-    """Per-app request counts, latencies and index gauges; uploads over the limit (or without
-    a Content-Length) are refused here, before the body is read."""
+    """Per-app request counts, latencies and index gauges; bodies over their limit (or of
+    unknown length) are refused here, before they are read."""
     registry = CollectorRegistry()
     registry.register(_IndexCollector(index))
     requests = Counter("vistream_api_requests", "API requests", ["endpoint", "status"],
@@ -234,19 +280,8 @@ def _instrument(app: FastAPI, index: LiveIndex, limits: ServiceLimits) -> Collec
         path = request.url.path
         endpoint = path if path in known else "other"
         t0 = time.perf_counter()
-        if path == "/search/image" and request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None:
-                response = JSONResponse({"detail": "an image upload needs a Content-Length"}, 411)
-            elif not length.isdigit():
-                response = JSONResponse({"detail": "invalid Content-Length"}, 400)
-            elif int(length) > limits.max_upload_bytes + MULTIPART_OVERHEAD:
-                response = JSONResponse(
-                    {"detail": f"upload of {length} bytes exceeds the limit of "
-                               f"{limits.max_upload_bytes} bytes"}, 413)
-            else:
-                response = await call_next(request)
-        else:
+        response = _body_guard(request, limits)
+        if response is None:
             response = await call_next(request)
         requests.labels(endpoint, str(response.status_code)).inc()
         latency.labels(endpoint).observe(time.perf_counter() - t0)
@@ -277,12 +312,6 @@ def _add_status_routes(app: FastAPI, index: LiveIndex, extractor: Any | None,
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-def _check_k(k: int, limits: ServiceLimits) -> int:
-    if not 1 <= k <= limits.max_k:
-        raise HTTPException(422, f"k must be between 1 and {limits.max_k}, got {k}")
-    return k
-
-
 def _check_extractor(extractor: Any | None, index: LiveIndex) -> None:
     """409 unless ``extractor`` makes features of the model and length the index holds."""
     if extractor is None:
@@ -298,14 +327,57 @@ def _check_extractor(extractor: Any | None, index: LiveIndex) -> None:
                                  "the pipeline config that holds the features stage)")
 
 
+def _vector_query(limits: ServiceLimits) -> type[BaseModel]:
+    """The body of ``POST /search/vector`` with this app's limits in its schema."""
+    component = Annotated[float, Field(ge=-F32_MAX, le=F32_MAX)]
+
+    class VectorQuery(BaseModel):
+        vector: list[component] = Field(  # type: ignore[valid-type]
+            min_length=1, max_length=limits.max_vector_dims,
+            description="a feature vector of the index's dimension (float32 range)")
+        k: int = Field(10, ge=1, le=limits.max_k, description="how many neighbours")
+
+    return VectorQuery
+
+
+#: the upload's media types, declared so that a client (or a fuzzer) knows what to send
+IMAGE_ENCODING = {"requestBody": {"content": {"multipart/form-data": {
+    "encoding": {"image": {"contentType": "image/jpeg, image/png"}}}}}}
+
+
+def _declare_limits(spec: dict, index: LiveIndex, limits: ServiceLimits) -> None:
+    """What the handlers check beyond FastAPI's models: the vector's length is the index's
+    dimension once it holds features; the upload is a non-empty JPEG or PNG within the limit."""
+    paths = spec["paths"]
+    schemas = spec["components"]["schemas"]
+
+    def body(path: str, media: str) -> dict | None:
+        ref = (paths.get(path, {}).get("post", {}).get("requestBody", {}).get("content", {})
+               .get(media, {}).get("schema", {}).get("$ref", ""))
+        return schemas.get(ref.rsplit("/", 1)[-1])
+
+    vq = body("/search/vector", "application/json")
+    if vq is not None and index.dim is not None:
+        vq["properties"]["vector"].update(minItems=index.dim, maxItems=index.dim)
+    upload = body("/search/image", "multipart/form-data")
+    if upload is not None:
+        upload["properties"]["image"].update(
+            minLength=1, maxLength=limits.max_upload_bytes,
+            description=f"a JPEG or PNG image, 1 to {limits.max_upload_bytes} bytes, at most "
+                        f"{limits.max_pixels} pixels")
+
+
 def _add_search_routes(app: FastAPI, index: LiveIndex, extractor: Any | None,
                        limits: ServiceLimits) -> None:
-    @app.post("/search/image", response_model=SearchResponse, responses=_ERRORS)
+    k_query = Query(10, ge=1, le=limits.max_k, description="how many neighbours")
+    VectorQuery = _vector_query(limits)  # noqa: N806 (a class)
+
+    @app.post("/search/image", response_model=SearchResponse, responses=_IMAGE_ERRORS,
+              openapi_extra=IMAGE_ENCODING)
     def search_image(image: UploadFile = File(..., description="a JPEG or PNG image"),
-                     k: int = Query(10, description="how many neighbours")) -> SearchResponse:
+                     k: int = k_query) -> SearchResponse:
         """Search by an uploaded image: backbone features -> hash code -> top-k."""
         t0 = time.perf_counter()
-        _check_k(k, limits)
         data = image.file.read(limits.max_upload_bytes + 1)
         img = check_upload(data, limits)
         _check_extractor(extractor, index)
@@ -316,28 +388,28 @@ def _add_search_routes(app: FastAPI, index: LiveIndex, extractor: Any | None,
             raise HTTPException(422, str(exc)) from None
         return _response("image", k, result, t0)
 
-    @app.get("/search/frame", response_model=SearchResponse, responses=_ERRORS)
+    @app.get("/search/frame", response_model=SearchResponse, responses=_FRAME_ERRORS)
     def search_frame(frame_id: str = Query(..., min_length=1, description="an indexed frame id"),
-                     k: int = Query(10, description="how many neighbours")) -> SearchResponse:
+                     k: int = k_query) -> SearchResponse:
         """Neighbours of an indexed frame (the frame itself comes first, at distance 0)."""
         t0 = time.perf_counter()
-        _check_k(k, limits)
         try:
             result = index.search_frame(frame_id, k)
         except KeyError:
             raise HTTPException(404, f"unknown frame id {frame_id!r}") from None
         return _response("frame", k, result, t0)
 
-    @app.post("/search/vector", response_model=SearchResponse, responses=_ERRORS)
     def search_vector(q: VectorQuery = Body(...)) -> SearchResponse:
         """Search by a raw feature vector (same feature space as the indexed frames)."""
         t0 = time.perf_counter()
-        _check_k(q.k, limits)
-        if len(q.vector) > limits.max_vector_dims:
-            raise HTTPException(422, f"vector has {len(q.vector)} dims; at most "
-                                     f"{limits.max_vector_dims}")
         try:
             result = index.search_vector(np.asarray(q.vector, np.float32), q.k)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return _response("vector", q.k, result, t0)
+
+    # the body's model is made here, with this app's limits: FastAPI reads it from the
+    # annotation, which must then be the class itself rather than its (postponed) name
+    search_vector.__annotations__["q"] = VectorQuery
+    app.post("/search/vector", response_model=SearchResponse,
+             responses=_VECTOR_ERRORS)(search_vector)
