@@ -22,6 +22,7 @@ from vistream.pipeline.api_tracks import DEFAULT_TOPIC as TRACK_TOPIC
 from vistream.pipeline.api_tracks import attach_producer
 from vistream.pipeline.app import InProcessPipeline
 from vistream.pipeline.config import PipelineConfig, load_config
+from vistream.pipeline.console import attach_console
 from vistream.pipeline.service import ServiceLimits, create_app
 from vistream.stages.base import create_stage
 from vistream.stages.records import PNG, Frame
@@ -107,8 +108,9 @@ def serve(config: Path | None = None, stage: str | None = None, snapshot: Path |
         index = live.index
         index.search_threads = threads
     api = create_app(index, extractor, limits or ServiceLimits())
+    attach_console(api, cfg, live)  # /console: the config's thumbnail store, this process's runners
     producer = _attach_track_producer(api, cfg, live)
-    echo(f"serving {len(index)} frames on http://{host}:{port} (docs: /docs)")
+    echo(f"serving {len(index)} frames on http://{host}:{port} (console: /console, docs: /docs)")
     try:
         uvicorn.run(api, host=host, port=port, log_level="warning")
     finally:

@@ -58,6 +58,7 @@ from vistream.pipeline.api_common import (
 )
 from vistream.pipeline.api_labels import router as labels_router
 from vistream.pipeline.api_tracks import router as tracks_router
+from vistream.pipeline.console import mount_console
 from vistream.stages.records import (
     JPEG,
     PNG,
@@ -219,7 +220,7 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     """The query API over ``index``; ``extractor`` (a FeatureExtractor) enables image search;
     ``api_token`` (at least 16 characters) guards the write endpoints (bearer token)."""
     limits = limits or ServiceLimits()
-    app = FastAPI(title=title, version="1",
+    app = FastAPI(title=title, version="1", docs_url=None, redoc_url=None,  # console: offline /docs
                   description="Live retrieval over a FAISS binary index of online-hashed frame "
                               "features (SDOH). See docs/retrieval.md.")
     app.state.index = index
@@ -233,6 +234,7 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     _add_search_routes(app, index, extractor, limits)
     app.include_router(labels_router)  # POST /labels, GET /stats
     app.include_router(tracks_router)  # POST /tracks, DELETE /tracks/{id} (api_tracks)
+    mount_console(app)  # /console (web console), /docs (Swagger UI from local files)
     return app
 
 
