@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 
 from collections.abc import Iterator
 from typing import Any
@@ -33,13 +34,14 @@ class StageMetrics:
     """The counters a runner updates. Several stages in one process share one registry."""
 
     _lock = threading.Lock()
-    _by_registry: dict[int, dict[str, object]] = {}
+    # by the registry itself, not its id(): a freed registry's id is reused by a new one
+    _by_registry: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __init__(self, stage: str, registry: CollectorRegistry = REGISTRY) -> None:
         with self._lock:
-            m = self._by_registry.get(id(registry))
+            m = self._by_registry.get(registry)
             if m is None:
-                m = self._by_registry[id(registry)] = self._create(registry)
+                m = self._by_registry[registry] = self._create(registry)
         self.stage = stage
         self.records_in = m["records_in"].labels(stage)
         self.records_out = m["records_out"].labels(stage)
@@ -47,6 +49,7 @@ class StageMetrics:
         self.dead_lettered = m["dead_lettered"].labels(stage)
         self.batch_latency = m["batch_latency"].labels(stage)
         self.consumer_lag = m["consumer_lag"].labels(stage)
+        self.broker_up = m["broker_up"].labels(stage)
         self.registry = registry
 
     def watch_stage(self, stage: Any) -> None:
@@ -72,6 +75,9 @@ class StageMetrics:
             "consumer_lag": Gauge("vistream_consumer_lag",
                                   "Records not yet consumed in assigned partitions", ["stage"],
                                   registry=registry),
+            "broker_up": Gauge("vistream_broker_up",
+                               "1 while the stage reaches its broker, 0 during an outage",
+                               ["stage"], registry=registry),
         }
 
 
@@ -111,7 +117,7 @@ class StageGauges:
             yield fam
 
 
-_gauges: dict[int, StageGauges] = {}
+_gauges: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # by registry
 _gauges_lock = threading.Lock()
 
 
@@ -119,9 +125,9 @@ def watch_stage(name: str, stage: Any, registry: CollectorRegistry = REGISTRY) -
     """Export the figures of ``stage`` (its ``metrics()``) as gauges labelled ``stage=name``
     in ``registry``; a stage without ``metrics()`` is ignored."""
     with _gauges_lock:
-        gauges = _gauges.get(id(registry))
+        gauges = _gauges.get(registry)
         if gauges is None:
-            gauges = _gauges[id(registry)] = StageGauges()
+            gauges = _gauges[registry] = StageGauges()
             registry.register(gauges)
         if callable(getattr(stage, "metrics", None)):
             gauges.stages[name] = stage

@@ -21,6 +21,15 @@ resumes at the group's committed offsets.
 
 Shutdown (SIGTERM/SIGINT set the stop event): the current batch finishes, is committed, then
 the consumer leaves its group, a stateful stage gets its last snapshot and the stage is closed.
+
+Broker outages of any length are ridden out (docs/reliability.md): a poll, a produce (flush)
+or a commit that finds no broker (:class:`BusUnavailable`) is retried with a backoff from
+0.2 s doubling to at most 2 s, so the stage notices the broker's return within 2 s. A batch
+is never committed before its outputs are acknowledged, so nothing is lost; a commit refused
+after the outage (the group moved on) lets the batch be redelivered, which the idempotent
+stages absorb. The runner logs one line when the broker goes away and one when it is back
+(with the outage's length), and sets the ``vistream_broker_up`` gauge to 0 or 1. A stop
+requested during an outage ends the stage at once, leaving the unfinished batch uncommitted.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vistream.pipeline.bus import Bus, TopicPartition, commit_positions
+from vistream.pipeline.bus import Bus, BusError, BusUnavailable, TopicPartition, commit_positions
 from vistream.pipeline.metrics import StageMetrics
 from vistream.pipeline.wire import Record, decode_message, encode_message
 from vistream.stages.base import Stage
@@ -42,6 +51,14 @@ from vistream.stages.records import MAX_FRAME_BYTES, InvalidRecord, Message
 log = logging.getLogger("vistream.runner")
 
 DLQ_SUFFIX = ".dlq"
+#: first and longest wait between two tries while the broker is away (seconds)
+BACKOFF_START, BACKOFF_MAX = 0.2, 2.0
+#: how often an idle runner checks that the broker still answers (seconds)
+PROBE_EVERY = 1.0
+
+
+class _Stopped(Exception):
+    """A stop was requested while waiting for the broker."""
 
 
 @dataclass
@@ -91,6 +108,13 @@ class StageRunner:
         self.positions: dict[TopicPartition, int] = {}
         #: the positions the stage's snapshot restored at :meth:`open` (stateful stages)
         self.restored_positions: dict[TopicPartition, int] = {}
+        #: False while the broker is away; see :meth:`_broker_down`
+        self.broker_up = True
+        self.outages = 0
+        self._down_since = 0.0
+        self._last_probe = 0.0
+        self._stop = threading.Event()
+        self.metrics.broker_up.set(1)
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
@@ -106,10 +130,18 @@ class StageRunner:
 
     def close(self) -> None:
         if self._consumer is not None:
-            self._consumer.close()
+            try:
+                self._consumer.close()
+            except BusError as exc:  # no broker to leave the group with: it times us out
+                log.warning("consumer closed without the broker: %s", exc,
+                            extra={"stage": self.name})
             self._consumer = None
         if self._producer is not None:
-            self._producer.flush()
+            try:
+                self._producer.flush(timeout=None if self.broker_up else 5.0)
+            except BusError as exc:  # those outputs' batch is uncommitted: it is redelivered
+                log.warning("outputs not delivered at close (their batch is redelivered): %s",
+                            exc, extra={"stage": self.name})
             self._producer.close()
             self._producer = None
             try:
@@ -135,30 +167,100 @@ class StageRunner:
     def lag(self) -> int:
         return self._consumer.lag() if self._consumer is not None else 0
 
+    # -- broker outages -------------------------------------------------------------------
+    def _broker_down(self, what: str, exc: BaseException) -> None:
+        if self.broker_up:
+            self.broker_up = False
+            self.outages += 1
+            self._down_since = time.monotonic()
+            self.metrics.broker_up.set(0)
+            log.warning("broker unreachable; retrying with backoff",
+                        extra={"stage": self.name, "during": what, "reason": str(exc)[:300]})
+
+    def _broker_back(self) -> None:
+        if not self.broker_up:
+            self.broker_up = True
+            self.metrics.broker_up.set(1)
+            log.info("broker reachable again",
+                     extra={"stage": self.name,
+                            "outage_s": round(time.monotonic() - self._down_since, 1)})
+
+    def _retry(self, what: str, call):
+        """``call()`` until it stops raising :class:`BusUnavailable`, waiting with a backoff in
+        between; raises :class:`_Stopped` when a stop is requested meanwhile."""
+        delay = BACKOFF_START
+        while True:
+            try:
+                result = call()
+            except BusUnavailable as exc:
+                self._broker_down(what, exc)
+                if self._stop.wait(delay):
+                    raise _Stopped(what) from None
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            self._broker_back()
+            return result
+
+    def _probe(self) -> None:
+        """After an empty poll: does the broker still answer? (A consumer keeps polling
+        quietly while its broker is away; this is how an idle stage notices.)"""
+        now = time.monotonic()
+        if now - self._last_probe < (PROBE_EVERY if self.broker_up else BACKOFF_START):
+            return
+        self._last_probe = now
+        if self.bus.reachable():
+            self._broker_back()
+        else:
+            self._broker_down("poll", BusUnavailable("no connection to the broker"))
+
     def run(self, stop: threading.Event, idle_timeout: float | None = None) -> RunnerStats:
         """Process batches until ``stop`` is set (or, with ``idle_timeout``, until nothing
         arrived for that many seconds and nothing is left to read)."""
+        self._stop = stop
         self.open()
         log.info("stage started", extra={"stage": self.name, "inputs": self.inputs,
                                          "group": self.group_id})
         try:
             while not stop.is_set():
-                n = self.step()
-                # Group lag, not this member's: right after a restart the group may still be
-                # rebalancing and this member owns nothing yet.
+                try:
+                    n = self.step()
+                except _Stopped:
+                    break
                 if (n == 0 and idle_timeout is not None
                         and time.monotonic() - self.idle_since >= idle_timeout
-                        and self.bus.group_lag(self.group_id, self.inputs) == 0):
+                        and self._drained()):
                     break
         finally:
             self.close()
             log.info("stage stopped", extra={"stage": self.name, **vars(self.stats)})
         return self.stats
 
+    def _drained(self) -> bool:
+        """The whole group has nothing left to read. Group lag, not this member's: right after
+        a restart the group may still be rebalancing and this member owns nothing yet."""
+        if not self.broker_up:
+            return False
+        try:
+            return self.bus.group_lag(self.group_id, self.inputs) == 0
+        except BusError as exc:  # broker away (or stuck): not drained, keep going
+            log.debug("group lag unavailable: %s", exc)
+            return False
+
     # -- one batch ------------------------------------------------------------------------
     def step(self) -> int:
+        """Handle one batch; returns the number of records read (0 when none came, or the
+        broker was away). Raises :class:`_Stopped` when a stop interrupts an outage's wait."""
         assert self._consumer is not None and self._producer is not None, "call open() first"
-        records = self._consumer.poll(self.batch_size, self.poll_timeout)
+        try:
+            records = self._consumer.poll(self.batch_size, self.poll_timeout)
+        except BusUnavailable as exc:
+            self._broker_down("poll", exc)
+            self._stop.wait(BACKOFF_START)
+            return 0
+        if records:
+            self._broker_back()
+        else:
+            self._probe()
         self._update_lag()
         if not records:
             return 0
@@ -180,9 +282,11 @@ class StageRunner:
             self._producer.send(self.routes[msg.kind], out.value, out.key, out.headers)
         for rec, reason, error in dead:
             self._dead_letter(rec, reason, error)
-        self._producer.flush()
+        # Outputs first, then the commit: each waits out an outage on its own, so an outage
+        # between the two neither loses the batch nor sends its outputs twice.
+        self._retry("produce", lambda: self._producer.flush(timeout=BACKOFF_MAX))
         handled = commit_positions(records)
-        self._consumer.commit(handled)
+        self._retry("commit", lambda: self._consumer.commit(handled))
         self.positions.update(handled)
         self._maybe_snapshot(closing=False)
 
@@ -245,12 +349,15 @@ class StageRunner:
         self._producer.send(rec.topic + DLQ_SUFFIX, rec.value or b"", rec.key, headers)
 
     def _update_lag(self) -> None:
-        # Lag costs a broker round trip on Kafka: refresh it at most once a second.
+        # Lag costs a broker round trip on Kafka: refresh it at most once a second, and not
+        # while the broker is away (each try would wait for it).
         now = time.monotonic()
-        if now - self._last_lag_check >= 1.0:
+        if self.broker_up and now - self._last_lag_check >= 1.0:
             self._last_lag_check = now
             try:
                 self.metrics.consumer_lag.set(self.lag())
+            except BusUnavailable as exc:
+                self._broker_down("lag", exc)
             except Exception as exc:  # lag is informative; never fail a batch for it
                 log.debug("lag unavailable: %s", exc)
 

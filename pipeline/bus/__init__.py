@@ -9,6 +9,7 @@ from __future__ import annotations
 from vistream.pipeline.bus.base import (
     Bus,
     BusError,
+    BusUnavailable,
     Consumer,
     Producer,
     TopicPartition,
@@ -19,7 +20,7 @@ from vistream.pipeline.bus.kafka import KafkaBus
 from vistream.pipeline.bus.memory import MemoryBus
 
 __all__ = [
-    "Bus", "BusError", "Consumer", "Producer", "TopicPartition", "TopicSpec",
+    "Bus", "BusError", "BusUnavailable", "Consumer", "Producer", "TopicPartition", "TopicSpec",
     "commit_positions", "make_bus",
 ]
 

@@ -44,6 +44,12 @@ class BusError(RuntimeError):
     """A delivery problem the caller cannot fix by retrying the same call."""
 
 
+class BusUnavailable(BusError):
+    """The broker cannot be reached (or did not answer in time): retrying later can succeed.
+    Nothing is lost: records a producer could not deliver stay queued for its next
+    :meth:`Producer.flush`, and a commit that failed leaves the last committed position."""
+
+
 class Producer(abc.ABC):
     @abc.abstractmethod
     def send(self, topic: str, value: bytes, key: bytes | None = None,
@@ -115,6 +121,10 @@ class Bus(abc.ABC):
     def group_lag(self, group_id: str, topics: list[str]) -> int:
         """Records of ``topics`` that ``group_id`` has not committed yet, over all partitions
         (owned by a member or not): zero means the whole group has nothing left to do."""
+
+    def reachable(self) -> bool:
+        """Whether the broker answers a connection now (the embedded bus always does)."""
+        return True
 
     def close(self) -> None:
         pass

@@ -9,18 +9,33 @@ Settings chosen for frames:
   to 1 MiB with a 5 ms linger: JPEG frames are already compressed, so no compression;
 * auto commit is off: the stage runner commits after its outputs are flushed (at least once);
 * kafka-python consumers are not thread safe: one consumer belongs to one runner thread.
+
+Broker outages (see docs/reliability.md): every client reconnects with a backoff capped at
+1 s (kafka-python's default cap is 30 s, which delayed the first batch after a broker's return
+by up to half a minute), heartbeats every second and times a session out after 10 s, so a
+consumer whose broker comes back re-joins its group within seconds. A producer never loses a
+record to an outage: :meth:`KafkaProducerAdapter.flush` re-sends whatever expired or could not
+be sent and raises :class:`BusUnavailable` while the broker stays away; polls, commits and lag
+queries raise :class:`BusUnavailable` too (never kafka-python's own errors), and the stage runner
+retries them with a backoff. kafka-python's own log lines about refused connections (several a
+second during an outage) are dropped unless the ``kafka`` logger is set to DEBUG: the runner
+logs one line when the broker goes away and one when it is back.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from vistream.pipeline.bus.base import (
     Bus,
     BusError,
+    BusUnavailable,
     Consumer,
     OnAssign,
     Producer,
@@ -33,6 +48,23 @@ log = logging.getLogger("vistream.bus.kafka")
 
 MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 
+#: Reconnection settings shared by every client: try again soon after a broker returns.
+RECONNECT = {"reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 1000,
+             "retry_backoff_ms": 200}
+#: How long one commit or offsets query may wait for the broker before it counts as down.
+REQUEST_WAIT_MS = 5_000
+
+
+class _QuietKafka(logging.Filter):
+    """Drops kafka-python's records unless the ``kafka`` logger asks for DEBUG: during an
+    outage it logs every refused connection; the runner reports the outage itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return logging.getLogger("kafka").isEnabledFor(logging.DEBUG)
+
+
+_QUIET = _QuietKafka()
+
 
 def _kafka():
     try:
@@ -42,7 +74,33 @@ def _kafka():
         import kafka.structs
     except ImportError as exc:  # pragma: no cover - kafka-python is a hard dependency
         raise BusError("the kafka backend needs kafka-python: pip install kafka-python") from exc
+    for name in list(logging.Logger.manager.loggerDict):
+        if name == "kafka" or name.startswith("kafka."):
+            lg = logging.getLogger(name)
+            if _QUIET not in lg.filters:
+                lg.addFilter(_QUIET)
     return kafka
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether a kafka-python error means "the broker is away, try again later"."""
+    errors = _kafka().errors
+    away = tuple(getattr(errors, n) for n in ("KafkaTimeoutError", "KafkaConnectionError",
+                                               "NoBrokersAvailable") if hasattr(errors, n))
+    return isinstance(exc, away) or bool(getattr(exc, "retriable", False))
+
+
+def _reachable(bootstrap: str, timeout: float = 0.5) -> bool:
+    """A TCP connection to any of the bootstrap servers succeeds."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                          timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 class KafkaBus(Bus):
@@ -62,7 +120,8 @@ class KafkaBus(Bus):
             k = _kafka()
             try:
                 self._admin = k.admin.KafkaAdminClient(
-                    bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
+                    bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin",
+                    **RECONNECT)
             except k.errors.KafkaError as exc:
                 raise BusError(
                     f"no Kafka broker answers at {self.bootstrap}; start one with "
@@ -92,7 +151,8 @@ class KafkaBus(Bus):
     def _offsets_client(self):
         if self._offsets is None:  # one group-less client, reused: connecting is slow
             self._offsets = _kafka().KafkaConsumer(bootstrap_servers=self.bootstrap,
-                                                   client_id=f"{self.client_id}-offsets")
+                                                   client_id=f"{self.client_id}-offsets",
+                                                   **RECONNECT)
         return self._offsets
 
     def _partitions(self, topic: str) -> list:
@@ -125,6 +185,9 @@ class KafkaBus(Bus):
                 lag += max(ends[tp] - max(pos, starts[tp]), 0)
             return lag
 
+    def reachable(self) -> bool:
+        return _reachable(self.bootstrap)
+
     def producer(self) -> Producer:
         return KafkaProducerAdapter(self)
 
@@ -141,9 +204,31 @@ class KafkaBus(Bus):
             self._admin = None
 
 
+@dataclass
+class _Queued:
+    """One record handed to :meth:`KafkaProducerAdapter.send`, kept until acknowledged."""
+    args: tuple[str, bytes, bytes | None, list]
+    future: Any = None  # kafka-python's FutureRecordMetadata, None while not yet sent
+
+
 class KafkaProducerAdapter(Producer):
+    """A producer that keeps every record until the broker acknowledges it.
+
+    ``send`` never blocks for long on a missing broker (1 s to find a topic's leader); a record
+    it could not hand to kafka-python, or one kafka-python gave up on (its delivery timeout
+    expired during an outage), is sent again by the next :meth:`flush`. ``flush(timeout)``
+    returns once everything queued is acknowledged, raises :class:`BusUnavailable` when the
+    timeout passes first (call it again later: nothing is dropped) and :class:`BusError` for a
+    record the broker refuses for good (too large, for instance).
+    """
+
+    #: how long ``flush()`` without a timeout waits for an absent broker before giving up
+    DEFAULT_FLUSH_TIMEOUT = 120.0
+
     def __init__(self, bus: KafkaBus) -> None:
         k = _kafka()
+        self._k = k
+        self.bootstrap = bus.bootstrap
         try:
             self._p = k.KafkaProducer(
                 bootstrap_servers=bus.bootstrap,
@@ -151,25 +236,68 @@ class KafkaProducerAdapter(Producer):
                 max_request_size=bus.max_message_bytes,
                 batch_size=1024 * 1024,
                 linger_ms=5,
+                max_block_ms=1_000,
+                **RECONNECT,
             )
         except k.errors.KafkaError as exc:
             raise BusError(f"no Kafka broker answers at {bus.bootstrap}: {exc}") from exc
-        self._pending: list = []
+        self._queued: list[_Queued] = []
+
+    def _try_send(self, item: _Queued) -> bool:
+        topic, value, key, headers = item.args
+        try:
+            item.future = self._p.send(topic, value=value, key=key, headers=headers)
+            return True
+        except self._k.errors.KafkaError as exc:
+            if not _unavailable(exc):
+                raise BusError(f"record for {topic!r} refused: {exc}") from exc
+            item.future = None
+            return False
 
     def send(self, topic: str, value: bytes, key: bytes | None = None,
              headers: Headers | None = None) -> None:
-        fut = self._p.send(topic, value=value, key=key, headers=list(headers or []))
-        self._pending.append(fut)
+        item = _Queued((topic, value, key, list(headers or [])))
+        # Once one send found no broker, queue the rest without waiting; flush sends them.
+        if not self._queued or self._queued[-1].future is not None:
+            self._try_send(item)
+        self._queued.append(item)
+
+    def _resend(self) -> None:
+        """Hand kafka-python what it does not hold: never sent, or failed but retriable."""
+        for item in self._queued:
+            fut = item.future
+            if fut is not None and not (fut.is_done and fut.failed()):
+                continue
+            if fut is not None and not _unavailable(fut.exception):
+                raise BusError(f"record for {item.args[0]!r} was not delivered: {fut.exception}")
+            if not self._try_send(item):
+                return  # no broker: leave the rest queued
+
+    def pending(self) -> int:
+        """Records queued and not yet acknowledged."""
+        return len(self._queued)
 
     def flush(self, timeout: float | None = None) -> None:
-        self._p.flush(timeout=timeout)
-        pending, self._pending = self._pending, []
-        failed = [f for f in pending if f.failed()]
-        if failed:
-            raise BusError(f"{len(failed)} record(s) were not delivered: {failed[0].exception}")
+        wait = self.DEFAULT_FLUSH_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            self._resend()
+            try:
+                self._p.flush(timeout=max(min(deadline - time.monotonic(), 5.0), 0.05))
+            except self._k.errors.KafkaTimeoutError:
+                pass
+            self._queued = [q for q in self._queued
+                            if q.future is None or not q.future.is_done or q.future.failed()]
+            if not self._queued:
+                return
+            if time.monotonic() >= deadline:
+                raise BusUnavailable(
+                    f"{len(self._queued)} record(s) not yet acknowledged by {self.bootstrap} "
+                    f"after {wait:.0f} s; they stay queued")
+            time.sleep(0.05)
 
     def close(self) -> None:
-        self._p.close()
+        self._p.close(timeout=5)
 
 
 def _seek_on_assign(consumer, on_assign: OnAssign):
@@ -207,13 +335,22 @@ class KafkaConsumerAdapter(Consumer):
                 session_timeout_ms=10_000,
                 heartbeat_interval_ms=1_000,
                 max_poll_interval_ms=300_000,
+                **RECONNECT,
             )
         except k.errors.KafkaError as exc:
             raise BusError(f"no Kafka broker answers at {bus.bootstrap}: {exc}") from exc
         self._c.subscribe(topics, listener=_seek_on_assign(self._c, on_assign) if on_assign else None)
 
+    def _unavailable(self, what: str, exc: Exception) -> BusUnavailable | BusError:
+        if _unavailable(exc):
+            return BusUnavailable(f"{what}: the broker does not answer ({type(exc).__name__}: {exc})")
+        return BusError(f"{what} failed: {type(exc).__name__}: {exc}")
+
     def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
-        batches = self._c.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        try:
+            batches = self._c.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        except self._k.errors.KafkaError as exc:
+            raise self._unavailable("poll", exc) from exc
         out: list[Record] = []
         for recs in batches.values():
             for r in recs:
@@ -222,17 +359,24 @@ class KafkaConsumerAdapter(Consumer):
         return out
 
     def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit, or raise :class:`BusUnavailable` when the broker does not answer within
+        5 s. A commit refused because the group moved on (rebalanced, or this member timed
+        out during an outage) is not an error: the partitions' next owner re-reads from the
+        last commit."""
         k = self._k
         try:
             if offsets is None:
-                self._c.commit()
+                self._c.commit(timeout_ms=REQUEST_WAIT_MS)
             elif offsets:
                 self._c.commit({k.TopicPartition(tp.topic, tp.partition):
                                 k.structs.OffsetAndMetadata(off, "", -1)
-                                for tp, off in offsets.items()})
-        except k.errors.CommitFailedError as exc:
-            # The group rebalanced under us; the new owner re-reads from the last commit.
-            log.warning("commit failed after a rebalance (records will be redelivered): %s", exc)
+                                for tp, off in offsets.items()}, timeout_ms=REQUEST_WAIT_MS)
+        except (k.errors.CommitFailedError, k.errors.IllegalGenerationError,
+                k.errors.UnknownMemberIdError, k.errors.RebalanceInProgressError) as exc:
+            log.warning("commit refused: the group moved on (records will be redelivered): %s",
+                        type(exc).__name__)
+        except k.errors.KafkaError as exc:
+            raise self._unavailable("commit", exc) from exc
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(tp.topic, tp.partition) for tp in self._c.assignment()}
@@ -241,8 +385,12 @@ class KafkaConsumerAdapter(Consumer):
         tps = list(self._c.assignment())
         if not tps:
             return 0
-        ends = self._c.end_offsets(tps)
-        return sum(max(ends[tp] - self._c.position(tp), 0) for tp in tps)
+        try:
+            ends = self._c.end_offsets(tps, timeout_ms=REQUEST_WAIT_MS)
+            return sum(max(ends[tp] - self._c.position(tp, timeout_ms=REQUEST_WAIT_MS), 0)
+                       for tp in tps)
+        except self._k.errors.KafkaError as exc:
+            raise self._unavailable("lag", exc) from exc
 
     def close(self) -> None:
-        self._c.close(autocommit=False)
+        self._c.close(autocommit=False, timeout_ms=REQUEST_WAIT_MS)
