@@ -14,7 +14,7 @@ from __future__ import annotations
 
 # Importing the families registers their models; the 1-bit twins (binary_resnet20/56/18)
 # share the registry so binary artifacts rebuild too.
-from vistream.models.backbones import resnet, resnet_cifar, vgg  # noqa: F401
+from vistream.models.backbones import onnx_net, resnet, resnet_cifar, vgg  # noqa: F401
 from vistream.models.backbones.registry import (
     MODELS,
     create_model,
