@@ -1,0 +1,191 @@
+"""Broker outages under a running pipeline (``vistream outage``, tests/pipeline/test_outage.py).
+
+:func:`outage_run` starts a broker of its own, a thumbnail stage and an idempotent summary sink
+as separate processes (``vistream stage``), and feeds frames at a steady rate while it stops
+the broker (SIGTERM: the JVM exits) for each requested outage, ``gap`` seconds apart, and starts
+it again on the same data. A sampler scrapes each stage's /metrics every 0.2 s. The report
+gives, per outage, how long the broker was away (stop to answering again) and how many seconds
+after its return each stage consumed again (its ``vistream_records_in_total`` grew: a batch was
+processed, produced and committed); whether each stage's ``vistream_broker_up`` gauge showed
+the outage; and over the whole run the frames lost in the output topic, duplicates there
+(allowed: at least once), entries and duplicates at the sink, the sink's absorbed redeliveries,
+the state-change log lines and tracebacks in the stage logs, and stage processes that exited.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vistream.pipeline import broker
+from vistream.pipeline.bus import Bus, TopicSpec, make_bus
+from vistream.pipeline.chaos import Supervisor, feed, run_config, scrape, synthetic_frames
+
+#: the seconds a broker restart takes here (JVM start, log recovery), for pacing the input
+RESTART_ALLOWANCE = 15.0
+
+
+def _base_config(run_dir: Path) -> Path:
+    path = run_dir / "base.yaml"
+    path.write_text(f"""name: outage
+bus: {{backend: kafka, bootstrap: "127.0.0.1:9092", partitions: 2}}
+stages:
+  - {{name: thumbs, type: thumbnail, inputs: [frames], outputs: {{frame_summary: summaries}},
+      batch_size: 8, params: {{width: 64}}}}
+  - {{name: sink, type: summary, inputs: [summaries], batch_size: 16,
+      params: {{out_dir: "{run_dir / 'sink'}", contact_sheet_max: 16}}}}
+""")
+    return path
+
+
+class _Sampler(threading.Thread):
+    """Every 0.2 s: (time, {process: (records_in, broker_up)}) for each stage process."""
+
+    def __init__(self, ports: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.ports = ports
+        self.samples: list[tuple[float, dict[str, tuple[float, float]]]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            row = {}
+            for name, port in self.ports.items():
+                f = scrape(port, timeout=0.5)
+                if f is not None:
+                    row[name] = (f.get("vistream_records_in_total", 0.0),
+                                 f.get("vistream_broker_up", 1.0))
+            self.samples.append((time.monotonic(), row))
+
+    def consumed_after(self, name: str, t: float) -> float | None:
+        """Seconds from ``t`` until ``name`` consumed records, judged against its count at ``t``."""
+        base = None
+        for ts, row in self.samples:
+            if name not in row:
+                continue
+            if ts <= t or base is None:
+                base = row[name][0]
+            elif row[name][0] > base:
+                return ts - t
+        return None
+
+    def saw_down(self, name: str, t0: float, t1: float) -> bool:
+        return any(row[name][1] == 0 for ts, row in self.samples if t0 <= ts <= t1 and name in row)
+
+
+def read_ids(bus: Bus, topic: str, timeout: float = 60) -> list[str]:
+    """The ``frame_id`` header of every record now in ``topic``."""
+    end = sum(bus.end_offsets(topic).values())
+    ids: list[str] = []
+    with bus.consumer([topic], f"outage-reader-{time.monotonic_ns()}") as c:
+        deadline = time.monotonic() + timeout
+        while len(ids) < end and time.monotonic() < deadline:
+            ids += [dict(r.headers).get("frame_id", b"").decode() for r in c.poll(500, 0.5)]
+    return ids
+
+
+def _sink_entries(run_dir: Path) -> list[str]:
+    return [json.loads(p.read_text())["frame_id"]
+            for p in sorted((run_dir / "sink" / "frames").glob("*.json"))]
+
+
+def _wait(sup: Supervisor, seconds: float, until: Callable[[], bool] | None = None) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sup.check()
+        if until is not None and until():
+            return True
+        time.sleep(0.2)
+    return until is None
+
+
+def _outages(sup: Supervisor, sampler: _Sampler, outages: list[float], gap: float, port: int,
+             data: Path, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    rows = []
+    for i, seconds in enumerate(outages):
+        if i:
+            _wait(sup, gap)
+        t_stop = time.monotonic()
+        broker.stop(port, data)
+        say(f"outage {i + 1}/{len(outages)}: broker stopped for {seconds:g} s")
+        _wait(sup, seconds)
+        broker.start(port, data)
+        rows.append({"outage_s": seconds, "t_stop": t_stop, "t_back": time.monotonic()})
+        say(f"broker back after {rows[-1]['t_back'] - t_stop:.1f} s")
+    return rows
+
+
+def outage_run(outages: list[float], gap: float = 5.0, frames: int = 200, port: int = 29692,
+               work_dir: str | Path = "out/outage", seed: int = 0,
+               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Outages of ``outages`` seconds under a running pipeline; returns the report."""
+    say = progress or (lambda _msg: None)
+    run_dir = Path(work_dir).resolve()
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    data = run_dir / "broker"
+    info = broker.start(port, data)
+    expected = list(synthetic_frames(frames, seed))
+    feed_s = 10 + sum(outages) + len(outages) * RESTART_ALLOWANCE + gap * (len(outages) - 1) + 10
+    try:
+        cfg, specs, ports = run_config(_base_config(run_dir), run_dir, info.bootstrap)
+        sup = Supervisor(specs, run_dir / "logs", None)
+        bus = make_bus("kafka", info.bootstrap)
+        bus.create_topics([TopicSpec("frames", 2), TopicSpec("summaries", 2),
+                           TopicSpec("frames.dlq", 1), TopicSpec("summaries.dlq", 1)])
+        sup.start_all()
+        sampler = _Sampler(ports)
+        sampler.start()
+        feeder = threading.Thread(target=feed, args=(bus, "frames", expected, feed_s), daemon=True)
+        feeder.start()
+        say(f"{frames} frames over {feed_s:.0f} s; waiting for the stream to flow")
+        _wait(sup, 120, lambda: len(_sink_entries(run_dir)) >= max(frames // 20, 1))
+        rows = _outages(sup, sampler, outages, gap, port, data, say)
+        say("waiting for every frame at the sink")
+        _wait(sup, 180 + feed_s, lambda: len(set(_sink_entries(run_dir))) >= frames)
+        feeder.join(timeout=30)
+        time.sleep(1.0)
+        sampler.stop.set()
+        codes = sup.stop_all()
+        ids = read_ids(bus, "summaries")
+        bus.close()
+    finally:
+        broker.stop(port, data)
+    return _report(outages, rows, sampler, sup, codes, ids, expected, run_dir)
+
+
+def _report(outages: list[float], rows: list[dict[str, Any]], sampler: _Sampler,
+            sup: Supervisor, codes: dict[str, int | None], ids: list[str], expected: list,
+            run_dir: Path) -> dict[str, Any]:
+    for r in rows:
+        r["broker_away_s"] = round(r["t_back"] - r["t_stop"], 1)
+        r["consuming_again_s"] = {}
+        r["broker_up_gauge_dropped"] = {}
+        for name in sampler.ports:
+            s = sampler.consumed_after(name, r["t_back"])
+            r["consuming_again_s"][name] = None if s is None else round(s, 1)
+            r["broker_up_gauge_dropped"][name] = sampler.saw_down(name, r["t_stop"], r["t_back"])
+        del r["t_stop"], r["t_back"]
+    fed = {f.frame_id for f in expected}
+    entries = _sink_entries(run_dir)
+    summary = run_dir / "sink" / "summary.json"
+    logs = "".join(p.read_text(errors="replace") for p in sorted((run_dir / "logs").glob("*.log")))
+    return {
+        "outages": rows, "frames": len(fed),
+        "lost": len(fed - set(ids)), "output_records": len(ids),
+        "topic_duplicates": len(ids) - len(set(ids)),
+        "sink_entries": len(entries), "sink_missing": len(fed - set(entries)),
+        "sink_duplicates": len(entries) - len(set(entries)),
+        "sink_redeliveries": (json.loads(summary.read_text()).get("redeliveries")
+                              if summary.exists() else None),
+        "log_lines": {"broker_unreachable": logs.count("broker unreachable"),
+                      "broker_back": logs.count("broker reachable again"),
+                      "tracebacks": logs.count("Traceback")},
+        "exits": sup.exits + [(n, c) for n, c in codes.items() if c],
+    }
