@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from vistream.pipeline.api_common import MAX_ID, error_responses, require_token
+from vistream.pipeline.api_common import MAX_ID, error_responses, integral, require_token
 from vistream.pipeline.bus import Producer
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import MAX_CLASS_NAME, Label
@@ -59,8 +59,23 @@ def send_label(producer: Producer, topic: str, label: Label) -> None:
 # --------------------------------------------------------------------------- POST /labels
 
 
+#: the characters Python's ``str.strip`` or JSON Schema's ``\\s`` count as blank: a class name
+#: needs one character outside them (one explicit set, so that the schema's pattern, pydantic
+#: and the strip that follows agree on every character)
+BLANK = ("\\t\\n\\v\\f\\r \\x1c-\\x1f\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f"
+         "\\u205f\\u3000\\ufeff")
+#: exactly one target: a frame id, or a track id (JSON Schema for what _one_target checks)
+ONE_TARGET = [
+    {"required": ["frame_id"], "properties": {
+        "frame_id": {"type": "string", "minLength": 1, "maxLength": 1000},
+        "track_id": {"type": "null"}}},
+    {"required": ["track_id"], "properties": {
+        "track_id": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+        "frame_id": {"type": "null"}}}]
+
+
 class LabelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": ONE_TARGET})
 
     frame_id: str | None = Field(None, min_length=1, max_length=1000,
                                  description="label this indexed frame (or crop) id")
@@ -69,13 +84,16 @@ class LabelIn(BaseModel):
     stream_id: str | None = Field(None, max_length=1000,
                                   description="the track's stream (none: the track id in any "
                                               "stream)")
-    class_name: str = Field(min_length=1, max_length=MAX_CLASS_NAME)
+    class_name: str = Field(min_length=1, max_length=MAX_CLASS_NAME, pattern=f"[^{BLANK}]",
+                            description="the class; blanks around it are dropped")
+
+    _integral = field_validator("track_id", mode="before")(integral)
 
     @model_validator(mode="after")
     def _one_target(self) -> LabelIn:
         if (self.frame_id is None) == (self.track_id is None):
             raise ValueError("give frame_id or track_id (exactly one)")
-        if not self.class_name.strip():
+        if not self.class_name.strip():  # the pattern refuses it first; kept for clarity
             raise ValueError("class_name must not be blank")
         return self
 

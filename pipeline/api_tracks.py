@@ -28,14 +28,24 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 from starlette.concurrency import run_in_threadpool
 
 from vistream.pipeline.api_common import (
     MAX_ID,
     error_responses,
+    integral,
     require_token,
     validation_items,
 )
@@ -51,8 +61,8 @@ MAX_BOX_SIDE = 4096.0
 #: no frame is larger than this (px) in either direction
 MAX_COORD = 65536.0
 DEFAULT_TOPIC = "track-inits"
-#: the largest sequence number (an int64 on the wire)
-MAX_SEQ = 2**63 - 1
+#: the largest sequence number taken (2**53: exact as a JSON number in any parser)
+MAX_SEQ = 2**53
 
 
 # --------------------------------------------------------------------------- records
@@ -115,21 +125,28 @@ def attach_producer(app: FastAPI, producer: Producer, topic: str = DEFAULT_TOPIC
 # --------------------------------------------------------------------------- endpoints
 
 
+#: a box's corner and side, as the schema declares them (check_box says the same in words)
+Coord = Annotated[StrictFloat, Field(ge=-MAX_COORD, le=MAX_COORD)]
+Side = Annotated[StrictFloat, Field(gt=0, le=MAX_BOX_SIDE)]
+
+
 class TrackStartIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stream_id: str = Field(min_length=1, max_length=1000)
-    box: list[float] = Field(min_length=4, max_length=4, description="x, y, w, h in pixels")
+    box: tuple[Coord, Coord, Side, Side] = Field(description="x, y, w, h in pixels")
     track_id: StrictInt | None = Field(None, ge=0, le=MAX_ID, description="restart this id "
                                        "(default: the stage picks a new one)")
     frame_id: str = Field("", max_length=1000, description="the frame the box belongs to "
                                                            "(default: the next frame)")
     seq: StrictInt = Field(-1, ge=-1, le=MAX_SEQ, description="its sequence number, if known")
 
+    _integral = field_validator("track_id", "seq", mode="before")(integral)
+
     @field_validator("box")
     @classmethod
-    def _box(cls, box: list[float]) -> list[float]:
-        return list(check_box(box))
+    def _box(cls, box: tuple[float, ...]) -> tuple[float, ...]:
+        return check_box(box)
 
 
 class TrackRecordOut(BaseModel):
@@ -184,7 +201,7 @@ async def post_track(request: Request) -> TrackRecordOut:
     record = start_record(body.stream_id, body.box, body.track_id, body.frame_id, body.seq)
     await run_in_threadpool(_send, producer, topic, record)
     return TrackRecordOut(status="queued", action="start", stream_id=body.stream_id,
-                          track_id=body.track_id, box=body.box, frame_id=body.frame_id,
+                          track_id=body.track_id, box=list(body.box), frame_id=body.frame_id,
                           topic=topic)
 
 

@@ -45,7 +45,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat
 
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.store import SearchResult
@@ -331,7 +331,7 @@ def _check_extractor(extractor: Any | None, index: LiveIndex) -> None:
 
 def _vector_query(limits: ServiceLimits) -> type[BaseModel]:
     """The body of ``POST /search/vector`` with this app's limits in its schema."""
-    component = Annotated[float, Field(ge=-F32_MAX, le=F32_MAX)]
+    component = Annotated[StrictFloat, Field(ge=-F32_MAX, le=F32_MAX)]
 
     class VectorQuery(BaseModel):
         vector: list[component] = Field(  # type: ignore[valid-type]
