@@ -74,8 +74,9 @@ class ClassedSpec:
             raise ValueError(f"n_classes must be within 1..10, got {self.n_classes}")
         if not 1 <= self.per_class <= 20:
             raise ValueError(f"per_class must be within 1..20, got {self.per_class}")
-        if self.n_frames < 10 or self.width < 64 or self.height < 64:
-            raise ValueError("need at least 10 frames of at least 64x64")
+        if self.n_frames < 24 or self.width < 64 or self.height < 64:
+            # (mot's target lives last at least 20 frames)
+            raise ValueError("need at least 24 frames of at least 64x64")
 
     def mot_spec(self) -> MotSpec:
         """The ``mot`` spec whose camera, scene and target motion this clip reuses."""

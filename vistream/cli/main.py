@@ -248,7 +248,7 @@ def _print_report(report) -> None:
 # ----------------------------------------------------------------------------- demo
 @app.command()
 def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
-         frames: int = typer.Option(150, min=20, help="frames in the sample video"),
+         frames: int = typer.Option(150, min=24, help="frames in the sample video"),
          seed: int = typer.Option(0, help="seed of the sample video"),
          artifact: str | None = typer.Option(None, help="1-bit backbone artifact for the crops "
                                              "(default: DEMO_ARTIFACT, else the shipped one)"),
