@@ -56,6 +56,7 @@ from vistream.models.backbones import create_model
 from vistream.models.backbones.extractor import IMAGENET_MEAN, IMAGENET_STD
 from vistream.models.backbones.onnx_net import MODULE_OPS, OPS, OnnxNet
 from vistream.models.backbones.resnet import STAGE_BLOCKS
+from vistream.models.pruning.surgery import channel_plan
 
 #: torchvision architecture name -> the project's equivalent (same layer order)
 TORCHVISION = {"resnet18": "resnet18", "resnet34": "resnet34"}
@@ -471,3 +472,25 @@ def summary(man: dict, path: str | Path) -> dict:
             "std": man["normalization"]["std"], "flops": man["flops"], "params": man["params"],
             "source": man["source"], "onnx_bytes": man["onnx"]["bytes"],
             "prunable": man["arch"] != "onnx_graph", "sha256": man["sha256"]}
+
+
+def prunable_base(model, num_classes: int, seed: int = 0, echo=print):
+    """``model`` ready for ``compress abc`` on a dataset of ``num_classes`` classes: refused
+    when no channel plan exists (an ``onnx_graph`` artifact), given a fresh seeded classifier
+    when its class count differs (an ImageNet head on another dataset)."""
+    try:
+        channel_plan(model)
+    except ValueError:
+        arch = model.config.get("arch")
+        raise ImportRefused(f"a {arch} artifact cannot be pruned: compress abc works on the project's "
+                            "ResNets and VGG-16 (an ONNX import that matched none of them runs in the "
+                            "features stage only)") from None
+    old = int(model.config.get("num_classes", num_classes))
+    if old != num_classes:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.fc = nn.Linear(model.fc.in_features, num_classes)
+        model.config["num_classes"] = num_classes
+        echo(f"the base has {old} classes, the dataset {num_classes}: a new seeded classifier "
+             "replaces its head (the backbone's weights are kept)")
+    return model

@@ -128,9 +128,10 @@ MULTIPLE = typer.Option(8, "--channel-multiple", min=1,
 
 @compress_app.command("abc")
 def compress_abc(
-    arch: str = typer.Option("resnet56", "--arch", help="backbone (must match --base)"),
-    base: Path = typer.Option(None, "--base", help="trained checkpoint/artifact "
-                              "(default out/backbones/ARCH-DATASET/best.pt)"),
+    arch: str = typer.Option(None, "--arch", help="backbone (must match --base; default: --base's "
+                             "architecture, else resnet56)"),
+    base: Path = typer.Option(None, "--base", help="trained checkpoint/artifact, e.g. one written by "
+                              "`vistream import` (default out/backbones/ARCH-DATASET/best.pt)"),
     dataset: str = DATASET,
     flops_target: float = typer.Option(0.5, "--flops-target", min=0.01, max=1.0,
                                        help="fraction of the original FLOPs to keep"),
@@ -154,13 +155,17 @@ def compress_abc(
     from vistream.models.data import load_dataset
     from vistream.models.pruning import compress_abc as run, load_base
 
+    from vistream.models.importer import prunable_base
+
     torch.set_num_threads(1)
     data = load_dataset(dataset)
-    base = base or Path(f"out/backbones/{arch}-{dataset}/best.pt")
-    out = out or Path(f"out/pruning/abc-{arch}-{dataset}")
+    base = base or Path(f"out/backbones/{arch or 'resnet56'}-{dataset}/best.pt")
     model = load_base(base)
+    arch = arch or model.config["arch"]
+    out = out or Path(f"out/pruning/abc-{arch}-{dataset}")
     if model.config["arch"] != arch:
         raise ValueError(f"--base is a {model.config['arch']}, not {arch}")
+    model = prunable_base(model, data.num_classes, seed, echo=typer.echo)  # e.g. an imported model
     cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, seed,
                       flops_target, fitness_metric)
     result = run(model, data, flops_target, cfg, seed, finetune_epochs, finetune_lr, out,
