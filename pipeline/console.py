@@ -225,9 +225,10 @@ def console_streams(request: Request) -> StreamsOut:
 
 @router.get("/console/thumbs/{frame_id:path}", response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no thumbnail"}})
-def console_thumb(frame_id: str, request: Request) -> Response:
+async def console_thumb(frame_id: str, request: Request) -> Response:
     """The thumbnail of a frame id (JPEG); 404 when the store has none (never stored, or
     evicted)."""
+    # async: one indexed SQLite read (~10 us) costs less than the hop to a worker thread
     store = _sources(request).store
     if store is None:
         raise HTTPException(404, "no thumbnail store: give the config's thumbnail stage a "

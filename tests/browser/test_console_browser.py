@@ -44,6 +44,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("console")
     app, _index, _store, frames = world.build(root)
     sock = socket.socket()
+    # uvicorn's own sockets have it; without it each keep-alive answer waits a delayed ACK (40 ms)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
