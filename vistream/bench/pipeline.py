@@ -104,7 +104,23 @@ def make_clip(frames: int, workdir: Path, seed: int = 0) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- the rigs
-class KafkaRig:
+class _Lags:
+    """Consumer lag and input counts of the stages of ``cfg`` on ``bus`` (both rigs)."""
+
+    cfg: PipelineConfig
+    bus: object
+
+    def lags(self) -> dict[str, int]:
+        """Stage -> records of its inputs its group has not committed."""
+        return {s.name: self.bus.group_lag(s.group_id, s.inputs) for s in self.cfg.stages}
+
+    def arrivals(self) -> dict[str, int]:
+        """Stage -> records written to its input topics so far."""
+        return {s.name: sum(sum(self.bus.end_offsets(t).values()) for t in s.inputs)
+                for s in self.cfg.stages}
+
+
+class KafkaRig(_Lags):
     """One process per stage replica; the index stage inside ``vistream serve``."""
 
     backend = "kafka"
@@ -168,14 +184,6 @@ class KafkaRig:
         r.raise_for_status()
         return True
 
-    def stage_lags(self) -> dict[str, tuple[int, int]]:
-        """Stage -> (lag of its group, records written to its inputs so far)."""
-        out = {}
-        for s in self.cfg.stages:
-            arrived = sum(sum(self.bus.end_offsets(t).values()) for t in s.inputs)
-            out[s.name] = (self.bus.group_lag(s.group_id, s.inputs), arrived)
-        return out
-
     def cpu(self) -> dict[str, float]:
         out = {name: sum(cpu_seconds(f"/proc/{p.pid}/stat") or 0.0 for p in ps)
                for name, ps in self.procs.items()}
@@ -201,7 +209,7 @@ class KafkaRig:
         self.ingest_bus.close()
 
 
-class MemoryRig:
+class MemoryRig(_Lags):
     """The same stages as threads of this process over the memory bus."""
 
     backend = "memory"
@@ -225,11 +233,6 @@ class MemoryRig:
 
     def searchable(self, frame_id: str) -> bool:
         return frame_id in self.index
-
-    def stage_lags(self) -> dict[str, tuple[int, int]]:
-        return {s.name: (self.bus.group_lag(s.group_id, s.inputs),
-                         sum(sum(self.bus.end_offsets(t).values()) for t in s.inputs))
-                for s in self.cfg.stages}
 
     def cpu(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -278,23 +281,33 @@ class Step:
         start = self.tracker.sent
         report: list = []
         stop = threading.Event()
-        sender = threading.Thread(target=lambda: report.append(ingest(
-            LoopSource(self.clip, self.frames), self.producer, self.topic, self.stream,
-            fps=self.rate, progress=False, stop=stop)), name="bench-ingest", daemon=True)
-        cpu0, lag0, t0 = self.rig.cpu(), self.rig.stage_lags(), time.monotonic()
-        samples: list[tuple[float, int, dict[str, tuple[int, int]]]] = []
+
+        def send() -> None:
+            try:
+                report.append(ingest(LoopSource(self.clip, self.frames), self.producer,
+                                     self.topic, self.stream, fps=self.rate, progress=False,
+                                     stop=stop))
+            except BaseException as exc:  # noqa: BLE001 - raised below, in the bench's thread
+                report.append(exc)
+
+        sender = threading.Thread(target=send, name="bench-ingest", daemon=True)
+        cpu0, in0, t0 = self.rig.cpu(), self.rig.arrivals(), time.monotonic()
+        samples: list[tuple[float, int, dict[str, int]]] = [
+            (0.0, self.tracker.sent - self.tracker.found, self.rig.lags())]
         sender.start()
         try:
             while sender.is_alive():
                 sender.join(SAMPLE_S)
                 self._check()
                 samples.append((time.monotonic() - t0, self.tracker.sent - self.tracker.found,
-                                self.rig.stage_lags()))
+                                self.rig.lags()))
         finally:
             stop.set()
             sender.join()
         wall = time.monotonic() - t0
-        cpu1, lag1 = self.rig.cpu(), self.rig.stage_lags()
+        if report and isinstance(report[0], BaseException):
+            raise RuntimeError(f"ingest failed: {report[0]!r}") from report[0]
+        cpu1, in1 = self.rig.cpu(), self.rig.arrivals()
         end = start + self.frames
         deadline = time.monotonic() + self.drain
         while self.tracker.found < end and time.monotonic() < deadline:
@@ -302,24 +315,24 @@ class Step:
             time.sleep(0.05)
         sent = report[0].frames_sent if report else self.tracker.sent - start
         sent_fps = sent / report[0].seconds if report and report[0].seconds > 0 else 0.0
-        return self._judge(start, end, wall, sent_fps, samples, (cpu0, cpu1), (lag0, lag1))
+        return self._judge(start, end, wall, sent_fps, samples, (cpu0, cpu1), (in0, in1))
 
     def _check(self) -> None:
         self.rig.check_alive()
         if self.tracker.error is not None:
             raise RuntimeError(f"the searchable probe failed: {self.tracker.error!r}")
 
-    def _judge(self, start: int, end: int, wall: float, sent_fps: float, samples, cpu, lag
+    def _judge(self, start: int, end: int, wall: float, sent_fps: float, samples, cpu, arrived
                ) -> dict:
         r = self.rate
         half = [s for s in samples if s[0] >= wall / 2] or samples[-1:]
         backlog_slope = _slope([s[0] for s in half], [s[1] for s in half])
-        backlog_end = samples[-1][1] if samples else 0
+        backlog_end = samples[-1][1]
         stages = {}
-        for name, (lag_start, arrived0) in lag[0].items():
-            lag_end, arrived1 = lag[1][name]
-            in_rate = max((arrived1 - arrived0) / wall, 1e-9)
-            growth = _slope([s[0] for s in half], [s[2][name][0] for s in half])
+        for name, arrived0 in arrived[0].items():
+            lag_start, lag_end = samples[0][2][name], samples[-1][2][name]
+            in_rate = max((arrived[1][name] - arrived0) / wall, 1e-9)
+            growth = _slope([s[0] for s in half], [s[2][name] for s in half])
             behind = growth > 0.05 * in_rate and lag_end > 2 * in_rate
             stages[name] = {"input_per_s": round(in_rate, 1), "lag_start": lag_start,
                             "lag_end": lag_end, "lag_growth": round(growth / in_rate, 3),
@@ -410,7 +423,7 @@ def _settle(rig, timeout: float) -> None:
     """Until every stage's group has nothing left to read (at most ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(lag == 0 for lag, _ in rig.stage_lags().values()):
+        if all(lag == 0 for lag in rig.lags().values()):
             return
         time.sleep(0.2)
 
