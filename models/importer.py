@@ -51,12 +51,13 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from vistream.models.artifact_format import read_artifact, write_artifact
-from vistream.models.artifacts import export_artifact
+from vistream.models.artifacts import export_artifact, load_artifact
 from vistream.models.backbones import create_model
 from vistream.models.backbones.extractor import IMAGENET_MEAN, IMAGENET_STD
 from vistream.models.backbones.onnx_net import MODULE_OPS, OPS, OnnxNet
 from vistream.models.backbones.resnet import STAGE_BLOCKS
 from vistream.models.pruning.surgery import channel_plan
+from vistream.models.train import load_checkpoint_model
 
 #: torchvision architecture name -> the project's equivalent (same layer order)
 TORCHVISION = {"resnet18": "resnet18", "resnet34": "resnet34"}
@@ -494,3 +495,49 @@ def prunable_base(model, num_classes: int, seed: int = 0, echo=print):
         echo(f"the base has {old} classes, the dataset {num_classes}: a new seeded classifier "
              "replaces its head (the backbone's weights are kept)")
     return model
+
+
+# ----------------------------------------------------------------------------- 1-bit starts
+#: float architecture -> the 1-bit twin's (depth, layout)
+BINARY_TWINS = {"resnet18": (18, "imagenet"), "resnet20": (20, "cifar"), "resnet56": (56, "cifar")}
+
+
+def _load_float(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise ImportRefused(f"--init {path}: no such file (give scratch, float or an artifact/checkpoint)")
+    if path.suffix == ".pt":
+        return load_checkpoint_model(path).eval()
+    return load_artifact(path)
+
+
+def binary_layout(path: str | Path) -> dict:
+    """The 1-bit network a float artifact (``vistream import``, ``vistream export``) can start:
+    ``{"arch", "depth", "layout", "base"}``; refused for architectures without a 1-bit twin or
+    with pruned (non-default) widths."""
+    model = _load_float(path)
+    arch, cfg = model.config["arch"], model.config
+    if arch not in BINARY_TWINS or getattr(model, "runs_as_deployed", False):
+        raise ImportRefused(f"--init {path}: a {arch} has no 1-bit twin; 1-bit networks start from "
+                            f"float {', '.join(BINARY_TWINS)}")
+    depth, layout = BINARY_TWINS[arch]
+    default = create_model(arch, base=int(cfg["base"]), num_classes=1).config["widths"]
+    if list(cfg["widths"]) != list(default):
+        raise ImportRefused(f"--init {path}: its block widths were pruned; a 1-bit network starts "
+                            "from a full-width model")
+    return {"arch": arch, "depth": depth, "layout": layout, "base": int(cfg["base"])}
+
+
+def binary_start(path: str | Path, student):
+    """The float model of ``path`` ready for :func:`models.binary.teacher.init_from_float` into
+    ``student``: same depth and width checked; a classifier of another class count is replaced
+    by the student's own (a new head, the backbone's weights transferred)."""
+    want = binary_layout(path)
+    cfg = student.config
+    if (cfg["depth"], cfg["layout"], cfg["base"]) != (want["depth"], want["layout"], want["base"]):
+        raise ImportRefused(f"--init {path} is a {want['arch']} of base {want['base']}; the 1-bit "
+                            f"network is depth {cfg['depth']} ({cfg['layout']}) of base {cfg['base']}")
+    teacher = _load_float(path)
+    if teacher.fc.weight.shape != student.fc.weight.shape:
+        teacher.fc = student.fc
+    return teacher

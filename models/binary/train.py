@@ -38,6 +38,7 @@ from vistream.models.binary import bonn, cbcn, gbcn, rbcn, xnor  # noqa: F401
 from vistream.models.binary.methods import METHODS
 from vistream.models.binary.teacher import float_twin, init_from_float
 from vistream.models.data import DataBundle
+from vistream.models.importer import binary_start
 from vistream.models.train import (
     BackboneTrainConfig,
     TrainResult,
@@ -63,6 +64,8 @@ class BinaryTrainConfig(BackboneTrainConfig):
     float_lr: float = 0.05         # SGD, batch 64, as models/train.py trains the zoo
     out_root: str = "out/binary"   # cache of float twins (teachers)
     init: str = "scratch"          # scratch | float: start from the trained float twin (seed 0)
+    #                                | a float artifact/checkpoint path (e.g. `vistream import`)
+    layout: str = "cifar"          # cifar | imagenet (resnet18's 1-bit twin)
 
 
 def list_methods(pattern: str = "*") -> list[str]:
@@ -80,21 +83,25 @@ def create_method(name: str, ablate: bool = False, **options: Any):
 
 
 def build_model(method, data: DataBundle, cfg: BinaryTrainConfig):
-    return method.build(data.num_classes, int(data.train.x.shape[1]), cfg.base, cfg.depth)
+    return method.build(data.num_classes, int(data.train.x.shape[1]), cfg.base, cfg.depth, cfg.layout)
 
 
 def train_binary(method, data: DataBundle, cfg: BinaryTrainConfig, ckpt_dir: str | Path | None = None,
-                 resume: bool = False, progress: bool = True):
+                 resume: bool = False, progress: bool = True, init_state: dict | None = None):
     """Train a fresh network of ``method`` on ``data``; returns ``(model, TrainResult)`` with
-    the model at its best validation epoch."""
+    the model at its best validation epoch. ``init_state``: start from these weights (a state
+    dict of the same method and width, e.g. trained on another dataset) instead of ``cfg.init``;
+    a resumed checkpoint still wins."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = build_model(method, data, cfg)
-    if cfg.init == "float":
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    elif cfg.init == "float":
         init_from_float(model, float_twin(data, cfg, seed=0, progress=progress))
-    elif cfg.init != "scratch":
-        raise ValueError(f"init must be float or scratch, got {cfg.init!r}")
+    elif cfg.init != "scratch":  # a float model from a file (models/importer.py checks it)
+        init_from_float(model, binary_start(cfg.init, model))
     method.epochs = cfg.epochs
     method.setup(model, data, cfg)
     opts = method.optimizers(model, cfg)

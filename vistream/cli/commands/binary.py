@@ -45,7 +45,9 @@ def train_binary_cmd(
     lr: float = typer.Option(1e-2, "--lr"),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam or sgd"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    init: str = typer.Option("scratch", "--init", help="scratch, or float: start from the float twin"),
+    init: str = typer.Option("scratch", "--init", help="scratch; float: start from the float twin; or "
+                             "a float artifact/checkpoint (e.g. from `vistream import`): the 1-bit "
+                             "net takes its architecture and width (resnet18/20/56)"),
     threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads"),
     out: Path = typer.Option(None, "--out", help="checkpoint folder (default out/binary/runs/...)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
@@ -63,7 +65,17 @@ def train_binary_cmd(
                                  param_hint="--method")
     if optimizer not in ("adam", "sgd"):
         raise typer.BadParameter("--optimizer must be adam or sgd", param_hint="--optimizer")
-    depth = _depth(arch)
+    layout = "cifar"
+    if init not in ("scratch", "float"):
+        # deferred: loads torch; --help stays instant
+        from vistream.models.importer import ImportRefused, binary_layout
+
+        try:
+            start = binary_layout(init)
+        except ImportRefused as e:
+            raise typer.BadParameter(str(e), param_hint="--init") from None
+        arch, base, layout = start["arch"], start["base"], start["layout"]
+    depth = int(arch.removeprefix("resnet")) if layout == "imagenet" else _depth(arch)
     flags = {"circulant": no_circulant, "bayes": no_bayes, "gan": no_gan, "bga": no_bga}
     # deferred: loads torch; --help stays instant
     from vistream.models.binary.train import ABLATION_FLAGS
@@ -73,9 +85,7 @@ def train_binary_cmd(
             raise typer.BadParameter(f"--no-{flag} does not apply to {method}"
                                      + (f" (its ablation flag is --no-{ABLATION_FLAGS[method]})"
                                         if ABLATION_FLAGS[method] else ""))
-    if init not in ("scratch", "float"):
-        raise typer.BadParameter("--init must be scratch or float", param_hint="--init")
-    if init == "float" and method == "cbcn" and not no_circulant:
+    if init != "scratch" and method == "cbcn" and not no_circulant:
         raise typer.BadParameter("cbcn's K-channel feature maps have no float twin: --init float "
                                  "applies to its ablation (--no-circulant) only", param_hint="--init")
     exporter = _exporter() if export else None
@@ -85,7 +95,8 @@ def train_binary_cmd(
 
     data = load_dataset(dataset)
     cfg = BinaryTrainConfig(epochs=epochs, seed=seed, base=base, depth=depth, lr=lr,
-                            optimizer=optimizer, batch_size=batch_size, threads=threads, init=init)
+                            optimizer=optimizer, batch_size=batch_size, threads=threads, init=init,
+                            layout=layout)
     summary = train_and_export(method, data, cfg, arch, out, ablate=any(flags.values()),
                                resume=resume, progress=progress, export=export, exporter=exporter)
     typer.echo(json.dumps(summary))
