@@ -20,8 +20,8 @@ import ipaddress
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from fastapi import HTTPException, Request
-from fastapi.routing import APIRoute
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 #: the environment variable ``vistream serve`` reads the write token from
@@ -72,17 +72,23 @@ def validation_items(errors: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------- the write token
 
 
-def require_token(request: Request) -> None:
+#: FastAPI's bearer scheme: it puts the scheme into the schema of the routes that depend on
+#: it (patch_openapi takes it out again when the app has no token); require_token checks
+_bearer = HTTPBearer(scheme_name=SCHEME, auto_error=False,
+                     description=f"the server's {TOKEN_ENV}; needed by the endpoints that write")
+
+
+def require_token(request: Request,
+                  credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     """Dependency of the write endpoints: 401 unless the request carries the app's token."""
     token = getattr(request.app.state, "api_token", None)
     if not token:
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    if credentials is None or not credentials.credentials.strip():
         raise HTTPException(401, "this endpoint changes the index: send 'Authorization: Bearer "
                                  f"<token>' (the server's {TOKEN_ENV})",
                             headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not hmac.compare_digest(credentials.credentials.strip().encode(), token.encode()):
         raise HTTPException(401, "wrong bearer token",
                             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
@@ -139,7 +145,9 @@ def _declare_errors(spec: dict) -> None:
         for op in ops.values():
             responses = op.setdefault("responses", {})
             for code, answer in responses.items():
-                if code[0] in "45" and "HTTPValidationError" in str(answer.get("content")):
+                # FastAPI's 422 model, or none (an HTTPException's body is an ErrorOut too)
+                content = answer.get("content")
+                if code[0] in "45" and (not content or "HTTPValidationError" in str(content)):
                     answer["content"] = _error_content()
             if "requestBody" in op:
                 for code in (400, 411, 413):
@@ -152,20 +160,23 @@ def _declare_errors(spec: dict) -> None:
             schemas.pop("ValidationError", None)
 
 
-def _declare_security(spec: dict, app: Any) -> None:
-    """The bearer scheme on every route that depends on :func:`require_token`."""
-    spec["components"].setdefault("securitySchemes", {})[SCHEME] = {
-        "type": "http", "scheme": "bearer",
-        "description": f"the server's {TOKEN_ENV}; needed by the endpoints that write"}
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not any(
-                d.dependency is require_token for d in route.dependencies):
-            continue
-        for method in route.methods:
-            op = spec["paths"].get(route.path_format, {}).get(method.lower())
-            if op is None:
+def _declare_security(spec: dict, has_token: bool) -> None:
+    """The routes that depend on :func:`require_token` carry the bearer scheme: with a token
+    they answer 401 without it (declared, with its header); without one they need nothing."""
+    schemes = spec.get("components", {}).get("securitySchemes", {})
+    if not has_token:
+        schemes.pop(SCHEME, None)
+        if not schemes:
+            spec.get("components", {}).pop("securitySchemes", None)
+    for ops in spec.get("paths", {}).values():
+        for op in ops.values():
+            if not any(SCHEME in req for req in op.get("security", ())):
                 continue
-            op["security"] = [{SCHEME: []}]
+            if not has_token:
+                op["security"] = [req for req in op["security"] if SCHEME not in req]
+                if not op["security"]:
+                    del op["security"]
+                continue
             op["responses"]["401"] = {
                 "description": _DESCRIPTIONS[401], "content": _error_content(),
                 "headers": {"WWW-Authenticate": {"description": "Bearer",
@@ -186,8 +197,7 @@ def patch_openapi(app: Any, key: Callable[[], Hashable],
             app.openapi_schema = None
             spec = build()
             _declare_errors(spec)
-            if now[1]:
-                _declare_security(spec, app)
+            _declare_security(spec, now[1])
             if fix is not None:
                 fix(spec)
             built["key"] = now

@@ -9,6 +9,7 @@ stage for that; without one a seeded backbone stands in.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import uvicorn
 
 from vistream.models.hashing.live import LiveIndex
+from vistream.pipeline.api_common import TOKEN_ENV, check_listen, check_token
 from vistream.pipeline.api_tracks import DEFAULT_TOPIC as TRACK_TOPIC
 from vistream.pipeline.api_tracks import attach_producer
 from vistream.pipeline.app import InProcessPipeline
@@ -91,11 +93,16 @@ def serve(config: Path | None = None, stage: str | None = None, snapshot: Path |
           host: str = "127.0.0.1", port: int = 8080, group: str | None = None,
           backbone: str | None = "resnet18", input_size: int = 224, seed: int = 0,
           limits: ServiceLimits | None = None, threads: int = 1,
-          echo: Callable[[str], None] = print) -> None:
+          echo: Callable[[str], None] = print, api_token: str | None = None) -> None:
     """Serve the query API until uvicorn stops: over the live index stage of ``config``, or
-    over ``snapshot`` read-only (a ``config`` then only names the features stage)."""
+    over ``snapshot`` read-only (a ``config`` then only names the features stage).
+
+    The write endpoints need ``api_token`` (default: the ``VISTREAM_API_TOKEN`` environment
+    variable) as a bearer token when one is set; ValueError, before anything starts, when
+    ``host`` is not a loopback address and there is no token."""
     if snapshot is None and config is None:
         raise ValueError("give --config (with --stage) or --snapshot")
+    api_token = write_token(host, api_token)
     cfg = load_config(config) if config is not None else None
     if cfg is not None and snapshot is None:
         stage = index_stage_name(cfg, stage)
@@ -107,7 +114,7 @@ def serve(config: Path | None = None, stage: str | None = None, snapshot: Path |
         live = InProcessPipeline.serving(cfg, stage, group=group).start()
         index = live.index
         index.search_threads = threads
-    api = create_app(index, extractor, limits or ServiceLimits())
+    api = create_app(index, extractor, limits or ServiceLimits(), api_token=api_token)
     attach_console(api, cfg, live)  # /console: the config's thumbnail store, this process's runners
     producer = _attach_track_producer(api, cfg, live)
     echo(f"serving {len(index)} frames on http://{host}:{port} (console: /console, docs: /docs)")
@@ -118,6 +125,14 @@ def serve(config: Path | None = None, stage: str | None = None, snapshot: Path |
             producer.close()
         if live is not None:
             live.close()
+
+
+def write_token(host: str, token: str | None = None) -> str | None:
+    """The write token (``token``, else ``$VISTREAM_API_TOKEN``), checked; ValueError when it
+    is too short, or missing while ``host`` is beyond loopback."""
+    token = check_token(os.environ.get(TOKEN_ENV) if token is None else token)
+    check_listen(host, token)
+    return token
 
 
 def _attach_track_producer(api, cfg: PipelineConfig | None, live: InProcessPipeline | None):

@@ -19,7 +19,8 @@ def serve(
     snapshot: Path | None = typer.Option(None, "--snapshot",
                                          help="serve this snapshot folder read-only instead (a "
                                          "--config then only names the features stage)"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; beyond loopback (e.g. "
+                             "0.0.0.0) the server needs a write token in VISTREAM_API_TOKEN"),
     port: int = typer.Option(8080, min=0, max=65535),
     group: str | None = typer.Option(None, help="consumer group for the index stage (default: "
                                      "the config's); give each server its own to hold the whole "
@@ -38,18 +39,28 @@ def serve(
 ) -> None:
     """Run the query API: next to a live index stage (`--config` and `--stage`: the stage runs
     through its StageRunner in a background thread and the API shares its index), or over a
-    snapshot folder, read-only (`--snapshot`)."""
+    snapshot folder, read-only (`--snapshot`).
+
+    The endpoints that write (POST /labels, POST and DELETE /tracks) need `Authorization:
+    Bearer <token>` when the environment variable VISTREAM_API_TOKEN holds a token (16
+    characters at least); without one the server only listens on loopback addresses."""
     # deferred: FastAPI, uvicorn (and FAISS through the index); --help stays instant
     from vistream.pipeline.serve import serve as run
+    from vistream.pipeline.serve import write_token
     from vistream.pipeline.service import ServiceLimits
 
     _logging(log_format)
     if snapshot is None and config is None:
         raise typer.BadParameter("give --config (with --stage) or --snapshot")
+    try:
+        token = write_token(host)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     limits = ServiceLimits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_k=max_k)
     run(config, stage, snapshot, host=host, port=port, group=group, backbone=backbone,
         input_size=input_size, seed=seed, limits=limits, threads=threads,
-        echo=lambda s: typer.echo(s, err=True))
+        echo=lambda s: typer.echo(s, err=True), api_token=token)
 
 
 @app.command()
