@@ -32,13 +32,13 @@ RESTART_ALLOWANCE = 15.0
 
 def _base_config(run_dir: Path) -> Path:
     path = run_dir / "base.yaml"
-    path.write_text(f"""name: outage
-bus: {{backend: kafka, bootstrap: "127.0.0.1:9092", partitions: 2}}
+    path.write_text("""name: outage
+bus: {backend: kafka, bootstrap: "127.0.0.1:9092", partitions: 2}
 stages:
-  - {{name: thumbs, type: thumbnail, inputs: [frames], outputs: {{frame_summary: summaries}},
-      batch_size: 8, params: {{width: 64}}}}
-  - {{name: sink, type: summary, inputs: [summaries], batch_size: 16,
-      params: {{out_dir: "{run_dir / 'sink'}", contact_sheet_max: 16}}}}
+  - {name: thumbs, type: thumbnail, inputs: [frames], outputs: {frame_summary: summaries},
+      batch_size: 8, params: {width: 64}}
+  - {name: sink, type: summary, inputs: [summaries], batch_size: 16,
+      params: {out_dir: sink, contact_sheet_max: 16}}
 """)
     return path
 
@@ -89,9 +89,13 @@ def read_ids(bus: Bus, topic: str, timeout: float = 60) -> list[str]:
     return ids
 
 
+def _sink_dir(run_dir: Path) -> Path:
+    return run_dir / "out" / "sink"  # where run_config puts the sink's out_dir
+
+
 def _sink_entries(run_dir: Path) -> list[str]:
     return [json.loads(p.read_text())["frame_id"]
-            for p in sorted((run_dir / "sink" / "frames").glob("*.json"))]
+            for p in sorted((_sink_dir(run_dir) / "frames").glob("*.json"))]
 
 
 def _wait(sup: Supervisor, seconds: float, until: Callable[[], bool] | None = None) -> bool:
@@ -133,6 +137,7 @@ def outage_run(outages: list[float], gap: float = 5.0, frames: int = 200, port: 
     info = broker.start(port, data)
     expected = list(synthetic_frames(frames, seed))
     feed_s = 10 + sum(outages) + len(outages) * RESTART_ALLOWANCE + gap * (len(outages) - 1) + 10
+    sup: Supervisor | None = None
     try:
         cfg, specs, ports = run_config(_base_config(run_dir), run_dir, info.bootstrap)
         sup = Supervisor(specs, run_dir / "logs", None)
@@ -156,6 +161,8 @@ def outage_run(outages: list[float], gap: float = 5.0, frames: int = 200, port: 
         ids = read_ids(bus, "summaries")
         bus.close()
     finally:
+        if sup is not None:  # after a failure: leave no stage process behind
+            sup.stop_all(timeout=10)
         broker.stop(port, data)
     return _report(outages, rows, sampler, sup, codes, ids, expected, run_dir)
 
@@ -174,7 +181,7 @@ def _report(outages: list[float], rows: list[dict[str, Any]], sampler: _Sampler,
         del r["t_stop"], r["t_back"]
     fed = {f.frame_id for f in expected}
     entries = _sink_entries(run_dir)
-    summary = run_dir / "sink" / "summary.json"
+    summary = _sink_dir(run_dir) / "summary.json"
     logs = "".join(p.read_text(errors="replace") for p in sorted((run_dir / "logs").glob("*.log")))
     return {
         "outages": rows, "frames": len(fed),
