@@ -64,7 +64,11 @@ function drawOverlay(card, s) {
     frame.append(box);
   }
   if (s.caption) frame.append(el("div", { class: "caption" }, s.caption));
-  card.querySelector(".when").textContent = `${s.frame_id} · ${fmtTime(s.timestamp_ms)}`;
+  // Tracks and captions come from other stages and may belong to an earlier frame: say so.
+  const lagging = [["boxes", s.tracks_frame_id], ["caption", s.caption_frame_id]]
+    .filter(([, id]) => id && id !== s.frame_id).map(([what, id]) => `${what} of ${id}`);
+  card.querySelector(".when").textContent = `${s.frame_id} · ${fmtTime(s.timestamp_ms)}` +
+    (lagging.length ? ` (${lagging.join(", ")})` : "");
 }
 
 function showStream(s) {
@@ -180,7 +184,12 @@ function showHits(answer, k, f, t0) {
   $("#results").replaceChildren(...hits.map((h) => {
     const img = el("img", { alt: h.frame_id, loading: "lazy", title: "find frames like this one" });
     img.src = `/console/thumbs/${encodeURIComponent(h.frame_id)}`;
-    img.onerror = () => { img.alt = "(no thumbnail)"; };
+    // The thumbnail stage may be a moment behind the index: one retry, then say so.
+    img.onerror = () => {
+      if (img.dataset.retried) { img.alt = "(no thumbnail)"; return; }
+      img.dataset.retried = "1";
+      setTimeout(() => { img.src = `${img.src.split("?")[0]}?retry=1`; }, 1000);
+    };
     img.onclick = () => { $("#frame-id").value = h.frame_id; searchFrame(h.frame_id); };
     return el("div", { class: "hit", "data-frame-id": h.frame_id }, img,
       el("div", {}, el("span", { class: "dist" }, `d=${h.distance}`), ` · ${h.stream_id || "–"}`),
