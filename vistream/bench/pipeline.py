@@ -273,11 +273,13 @@ class Step:
     """One rate of the ramp: ingest for ``seconds``, sample every second, drain, judge."""
 
     def __init__(self, rig, tracker: Tracker, producer, clip: list[np.ndarray], topic: str,
-                 stream: str, rate: float, seconds: float, drain: float) -> None:
+                 stream: str, rate: float, seconds: float, drain: float,
+                 progress: bool = False) -> None:
         self.rig, self.tracker, self.producer, self.clip = rig, tracker, producer, clip
         self.topic, self.stream, self.rate = topic, stream, rate
         self.frames = max(2, round(rate * seconds))
         self.drain = drain
+        self.progress = progress
 
     def run(self) -> dict:
         start = self.tracker.sent
@@ -287,7 +289,7 @@ class Step:
         def send() -> None:
             try:
                 report.append(ingest(LoopSource(self.clip, self.frames), self.producer,
-                                     self.topic, self.stream, fps=self.rate, progress=False,
+                                     self.topic, self.stream, fps=self.rate, progress=self.progress,
                                      stop=stop))
             except BaseException as exc:  # noqa: BLE001 - raised below, in the bench's thread
                 report.append(exc)
@@ -387,7 +389,7 @@ def bottleneck(steps: list[dict], stage_names: list[str]) -> tuple[str | None, s
 
 def ramp(rig, clip: list[np.ndarray], topic: str, rates: tuple[float, ...], seconds: float,
          drain: float, warmup_timeout: float, tick: float,
-         echo: Callable[[str], None]) -> dict:
+         echo: Callable[[str], None], progress: bool = False) -> dict:
     tracker = Tracker(rig.searchable, tick)
     producer = RecordingProducer(rig.producer(), tracker)
     stop = threading.Event()
@@ -405,7 +407,8 @@ def ramp(rig, clip: list[np.ndarray], topic: str, rates: tuple[float, ...], seco
              f"({time.monotonic() - t0:.0f} s)")
         steps = []
         for r in rates:
-            step = Step(rig, tracker, producer, clip, topic, f"r{r:g}", r, seconds, drain).run()
+            step = Step(rig, tracker, producer, clip, topic, f"r{r:g}", r, seconds, drain,
+                        progress).run()
             steps.append(step)
             echo(f"{rig.backend} {r:g} fps: sent {step['ingest_fps']} fps, p50 {step['p50_ms']} "
                  f"ms, p99 {step['p99_ms']} ms, backlog {step['backlog_end']}, "
@@ -443,7 +446,7 @@ def bench_pipeline(config: str | Path = DEFAULT_CONFIG, rates: tuple[float, ...]
                    seconds: float = 15.0, drain: float = 10.0, topic: str = "frames",
                    bootstrap: str | None = None, port: int = 9092, kafka: bool = True,
                    memory: bool = True, quick: bool = False, warmup_timeout: float = 240.0,
-                   echo: Callable[[str], None] = print) -> dict:
+                   progress: bool = False, echo: Callable[[str], None] = print) -> dict:
     """Run the ramp on Kafka and on the memory bus; the figures as a dict (see the module doc)."""
     if quick:
         rates, seconds, drain = rates or QUICK_RATES, min(seconds, 4.0), min(drain, 8.0)
@@ -462,13 +465,13 @@ def bench_pipeline(config: str | Path = DEFAULT_CONFIG, rates: tuple[float, ...]
              f"{seconds:g} s each; stages {result['stages']}")
         if kafka:
             result["kafka"] = _kafka_run(base, run, workdir, clip, topic, rates, seconds, drain,
-                                         bootstrap, port, warmup_timeout, echo)
+                                         bootstrap, port, warmup_timeout, echo, progress)
         if memory:
             cfg = bench_config(base, f"{run}m", "memory")
             rig = MemoryRig(cfg)
             try:
                 result["memory"] = ramp(rig, clip, input_topic(base, topic, f"{run}m"), rates,
-                                        seconds, drain, warmup_timeout, 0.005, echo)
+                                        seconds, drain, warmup_timeout, 0.005, echo, progress)
             finally:
                 rig.close()
     return _summary(result)
@@ -476,7 +479,8 @@ def bench_pipeline(config: str | Path = DEFAULT_CONFIG, rates: tuple[float, ...]
 
 def _kafka_run(base: PipelineConfig, run: str, workdir: Path, clip, topic: str,
                rates: tuple[float, ...], seconds: float, drain: float, bootstrap: str | None,
-               port: int, warmup_timeout: float, echo: Callable[[str], None]) -> dict:
+               port: int, warmup_timeout: float, echo: Callable[[str], None],
+               progress: bool) -> dict:
     with ExitStack() as own:
         broker_pid = None
         if bootstrap is None:  # a broker of our own, stopped when done unless one was up
@@ -489,7 +493,7 @@ def _kafka_run(base: PipelineConfig, run: str, workdir: Path, clip, topic: str,
         own.callback(rig.close)
         echo(f"kafka ({bootstrap}): {sum(len(p) for p in rig.procs.values())} stage processes")
         return ramp(rig, clip, input_topic(base, topic, run), rates, seconds, drain,
-                    warmup_timeout, 0.02, echo)
+                    warmup_timeout, 0.02, echo, progress)
 
 
 def _yaml(cfg: PipelineConfig) -> str:

@@ -39,6 +39,8 @@ def bench_pipeline(
     kafka: bool = typer.Option(True, "--kafka/--no-kafka", help="run the Kafka ramp"),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="run the memory-bus ramp"),
     quick: bool = typer.Option(False, "--quick", help="a short smoke run: rates 4,8 for 4 s each"),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="a progress bar per rate (on stderr)"),
 ) -> None:
     """The demo-like pipeline of `configs/bench-pipeline.yaml` (thumbnails, features, detect,
     track, the live index behind `vistream serve`) fed a 640x360 clip at rising rates: on a
@@ -56,5 +58,5 @@ def bench_pipeline(
     _logging("text", "WARNING")
     result = run(config or DEFAULT_CONFIG, rates=_rates(rates), seconds=seconds, drain=drain,
                  topic=topic, bootstrap=bootstrap, port=port, kafka=kafka, memory=memory,
-                 quick=quick, echo=typer.echo)
+                 quick=quick, progress=progress, echo=typer.echo)
     typer.echo(json.dumps(result))
