@@ -29,6 +29,26 @@ def _arg(cmd: list[str], flag: str) -> str:
     return cmd[cmd.index(flag) + 1]
 
 
+# Keys of the Compose specification that this file may use (a typo would be ignored by nothing
+# here, but refused by `docker compose`, which this machine may not have).
+TOP_KEYS = {"services", "volumes", "networks", "configs", "secrets", "name"}
+SERVICE_KEYS = {"build", "image", "command", "entrypoint", "environment", "volumes", "ports",
+                "depends_on", "restart", "healthcheck", "profiles", "networks", "user",
+                "working_dir", "deploy", "expose", "labels", "logging", "stop_grace_period"}
+
+
+def test_only_compose_specification_keys():
+    assert {k for k in SPEC if not k.startswith("x-")} <= TOP_KEYS
+    for name, s in SERVICES.items():
+        assert set(s) <= SERVICE_KEYS, (name, set(s) - SERVICE_KEYS)
+        assert "image" in s or "build" in s
+        for dep, cond in (s.get("depends_on") or {}).items():
+            assert dep in SERVICES and cond["condition"] in ("service_started", "service_healthy")
+            assert cond["condition"] != "service_healthy" or "healthcheck" in SERVICES[dep]
+        if "healthcheck" in s:
+            assert s["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+
+
 def test_stage_containers_are_the_config_stages_and_the_api_runs_the_index():
     cfg = _config()
     stage_cmds = [s["command"] for s in SERVICES.values() if s.get("command", [""])[0] == "stage"]
