@@ -88,7 +88,8 @@ class TrackScore:
                 "objects": len(self.present), "lost_for_good": self.lost_for_good}
 
 
-def track_scores(states: list[Message], seq: ClassedSequence, tail: int = 10) -> TrackScore:
+def track_scores(states: list[Message], seq: ClassedSequence, tail: int = 10,
+                 iou: float = IOU_SEEDED) -> TrackScore:
     by_seq = {int(s.seq): s for s in states}
     acc = mm.MOTAccumulator(auto_id=False)
     hyp_ids: set[int] = set()
@@ -100,7 +101,7 @@ def track_scores(states: list[Message], seq: ClassedSequence, tail: int = 10) ->
             ids, boxes = np.asarray(st.target_ids)[keep], np.asarray(st.boxes, np.float64)[keep]
             hyp_ids.update(int(i) for i in ids)
         gt_ids, gt_boxes = seq.ground_truth(t)
-        accumulate(acc, t, gt_ids, gt_boxes, ids, boxes, IOU_SEEDED)
+        accumulate(acc, t, gt_ids, gt_boxes, ids, boxes, iou)
     mh = mm.metrics.create()
     row = mh.compute(acc, metrics=["idf1", "mota", "num_switches", "precision", "recall"],
                      name="demo").iloc[0]
@@ -156,7 +157,7 @@ def retrieval_map(frame_ids: list[str], codes: np.ndarray, track_object: dict[in
     obj = np.array([track_object.get(t, -1) if (t := _row_track(f)) is not None else -1
                     for f in frame_ids], np.int64)
     cls = np.where(obj >= 0, classes[np.maximum(obj, 0)], -1)
-    aps, prec, n_queries = [], [], 0
+    aps, prec, chance, n_queries = [], [], [], 0
     for o in np.flatnonzero(held_out):
         rows = np.flatnonzero(obj == o)
         if not len(rows):
@@ -169,6 +170,7 @@ def retrieval_map(frame_ids: list[str], codes: np.ndarray, track_object: dict[in
         m = retrieval_metrics(codes[q], codes[db], np.full(len(q), classes[o]),
                               np.where(cls[db] >= 0, cls[db], -2), topk=len(db))
         aps.append(m["mAP"] * len(q))
+        chance.append(float((cls[db] == classes[o]).mean()) * len(q))
         n_queries += len(q)
         rel = cls[db][np.argsort(hamming_distances(codes[q], codes[db]), axis=1,
                                  kind="stable")] == classes[o]
@@ -178,7 +180,9 @@ def retrieval_map(frame_ids: list[str], codes: np.ndarray, track_object: dict[in
     curve = (np.sum([p[:k] for p in prec], axis=0) / n_queries).round(4).tolist() if k else []
     return {"mAP": float(sum(aps) / n_queries) if n_queries else float("nan"),
             "queries": n_queries, "rows": len(frame_ids),
-            "rows_of_objects": int((obj >= 0).sum()), "precision_at_k": curve}
+            "rows_of_objects": int((obj >= 0).sum()), "precision_at_k": curve,
+            # what a random ranking scores (about the share of relevant rows)
+            "chance": float(sum(chance) / n_queries) if n_queries else float("nan")}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
