@@ -5,10 +5,13 @@ otherwise compressed backbone) in batches of ``batch_size`` on ``device`` and em
 feature vector (``forward_features``, float32) per frame, or per tracked box, with the
 artifact's ``model_id``.
 
-Without ``artifact`` it builds the registered backbone ``arch`` with a seeded random
-initialisation (model id ``<arch>-random-seed<N>``): the vectors are then only a smoke test
-of the plumbing, which is what ``make demo`` uses unless ``DEMO_ARTIFACT`` names a trained
-artifact (training one takes minutes on a CPU; the demo must finish in seconds).
+``artifact`` is a file path or the short name of a backbone shipped inside the package
+(``zoo:<name>``, :mod:`models.zoo`; ``vistream artifacts list``). **By default** (no artifact,
+or an empty one) the stage runs the shipped 1-bit ResNet-20 on the bit-packed CPU runtime,
+``zoo:binary-resnet20-composite`` (:data:`models.zoo.DEFAULT_ARTIFACT`): trained, small
+(under 100 kB) and fast. A randomly initialised backbone is used only when asked for
+explicitly, ``random_init: true`` with ``arch`` and ``seed`` (model id
+``<arch>-random-seed<N>``): its vectors are a smoke test of the plumbing, nothing more.
 
 Crops: with ``crops: true`` the stage also takes ``tracks`` records. Frames are kept in a
 bounded cache; each tracks record yields one Features record per box (x, y, w, h), cropped
@@ -22,17 +25,21 @@ from collections import OrderedDict
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
+from vistream.models.zoo import DEFAULT_ARTIFACT, ZooError, is_zoo_name, resolve
 from vistream.stages.records import Features, Frame, Message, Tracks
 from vistream.stages.base import Stage, StageParams, register_stage
 
 
 class FeaturesParams(StageParams):
-    artifact: str | None = Field(None, description="model artifact file (vistream export); "
-                                                   "empty = random-init `arch`")
-    arch: str = Field("resnet20", description="registered backbone used when no artifact is given")
-    seed: int = Field(0, description="seed of the random initialisation (no artifact)")
+    artifact: str | None = Field(None, description="model artifact: a file (vistream export) or a "
+                                 f"shipped one, zoo:NAME (vistream artifacts list); empty = "
+                                 f"{DEFAULT_ARTIFACT}")
+    random_init: bool = Field(False, description="run `arch` randomly initialised with `seed` "
+                              "instead of an artifact (plumbing tests only)")
+    arch: str = Field("resnet20", description="registered backbone of random_init")
+    seed: int = Field(0, description="seed of the random initialisation (random_init)")
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = Field(64, ge=1, le=4096, description="images per forward pass")
     input_size: int | None = Field(None, ge=8, le=4096,
@@ -44,6 +51,26 @@ class FeaturesParams(StageParams):
     deploy: bool = Field(True, description="on the CPU, run float models deployed: BN folded into "
                          "the convs, channels-last memory (pruned widths then cost what their FLOPs "
                          "say); the bit-packed 1-bit runtime is always run as it is")
+
+    @field_validator("artifact")
+    @classmethod
+    def _known_shipped(cls, v: str | None) -> str | None:
+        if v and is_zoo_name(v):
+            resolve(v)  # an unknown zoo:NAME is a config error (ZooError is a ValueError)
+        return v
+
+    @model_validator(mode="after")
+    def _one_model(self) -> FeaturesParams:
+        if self.random_init and self.artifact:
+            raise ValueError("give either artifact or random_init: true, not both")
+        return self
+
+    def artifact_path(self) -> str:
+        """The artifact file the stage loads (the shipped default when none is given)."""
+        try:
+            return str(resolve(self.artifact or DEFAULT_ARTIFACT))
+        except ZooError as exc:
+            raise RuntimeError(f"features stage: {exc}; or set random_init: true") from None
 
 
 @register_stage("features")
@@ -60,11 +87,11 @@ class FeaturesStage(Stage):
             torch.set_num_threads(p.threads)
         if p.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("features stage: device 'cuda' requested but CUDA is not available")
-        if p.artifact:
+        if not p.random_init:
             # deferred: loads torch; listing stage types and validating configs stay light
             from vistream.models.artifacts import load_artifact
 
-            self.model = load_artifact(p.artifact, device=p.device)
+            self.model = load_artifact(p.artifact_path(), device=p.device)
             self.spec = dict(self.model.input_spec)
             self.norm = dict(self.model.normalization)
             self.model_id = self.model.model_id

@@ -13,7 +13,7 @@ def test_features_from_random_backbone_and_artifact(tmp_path):
     import vistream.stages.features  # noqa: F401  (registers the stage when discovery is not automatic)
 
     assert "features" in stage_types()
-    st = create_stage("features", {"arch": "resnet20", "batch_size": 2})
+    st = create_stage("features", {"random_init": True, "arch": "resnet20", "batch_size": 2})
     st.setup()
     frames = [make_frame(i) for i in range(3)]
     out = st.process(frames)
@@ -39,7 +39,7 @@ def test_features_from_random_backbone_and_artifact(tmp_path):
 
 
 def test_crops_from_tracks():
-    st = create_stage("features", {"crops": True, "batch_size": 4})
+    st = create_stage("features", {"crops": True, "batch_size": 4, "random_init": True})
     st.setup()
     f = make_frame(0)
     tr = Tracks(frame_id=f.frame_id, stream_id=f.stream_id,
@@ -70,3 +70,25 @@ def test_deployed_model_gives_the_same_vectors_as_the_plain_one(tmp_path):
         assert has_bn != deploy  # deployed: every BN folded into its conv
         vecs[deploy] = np.stack([o.vector for o in st.process(frames)])
     assert np.allclose(vecs[True], vecs[False], atol=1e-4)
+
+
+def test_default_is_the_shipped_binary_backbone_and_random_init_must_be_asked_for():
+    import pytest
+
+    from vistream.models.zoo import DEFAULT_ARTIFACT, load_index, resolve
+
+    entry = load_index()["artifacts"][DEFAULT_ARTIFACT.removeprefix("zoo:")]
+    frames = [make_frame(i) for i in range(2)]
+    for params in ({}, {"artifact": ""}, {"artifact": DEFAULT_ARTIFACT},
+                   {"artifact": str(resolve(DEFAULT_ARTIFACT))}):
+        st = create_stage("features", {"batch_size": 2, **params})
+        st.setup()
+        assert st.model_id == entry["model_id"]
+        assert st.model.manifest["runtime"] == "packed"  # the bit-packed 1-bit runtime
+        out = st.process(frames)
+        assert [o.vector.shape for o in out] == [(entry["num_features"],)] * 2
+        assert all(np.isfinite(o.vector).all() for o in out)
+    with pytest.raises(ValueError, match="no shipped artifact 'zoo:nope'"):
+        create_stage("features", {"artifact": "zoo:nope"})
+    with pytest.raises(ValueError, match="not both"):
+        create_stage("features", {"artifact": DEFAULT_ARTIFACT, "random_init": True})
