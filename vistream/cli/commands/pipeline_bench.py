@@ -56,7 +56,11 @@ def bench_pipeline(
     if not kafka and not memory:
         raise typer.BadParameter("nothing to run: --no-kafka and --no-memory")
     _logging("text", "WARNING")
-    result = run(config or DEFAULT_CONFIG, rates=_rates(rates), seconds=seconds, drain=drain,
-                 topic=topic, bootstrap=bootstrap, port=port, kafka=kafka, memory=memory,
-                 quick=quick, progress=progress, echo=typer.echo)
+    try:
+        result = run(config or DEFAULT_CONFIG, rates=_rates(rates), seconds=seconds, drain=drain,
+                     topic=topic, bootstrap=bootstrap, port=port, kafka=kafka, memory=memory,
+                     quick=quick, progress=progress, echo=typer.echo)
+    except (RuntimeError, TimeoutError) as exc:  # a stage died, or the pipeline never came up
+        typer.echo(f"error: the benchmark stopped: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(json.dumps(result))
