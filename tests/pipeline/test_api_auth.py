@@ -199,3 +199,33 @@ def test_validation_errors_have_the_declared_shape(client):
     assert r.status_code == 422 and "NaN" not in r.text
     r = client.post("/search/vector", json={"vector": [True] * 8})
     assert r.status_code == 422
+
+
+def test_query_cli_prints_validation_errors_as_sentences():
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from vistream.cli.main import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(), host="127.0.0.1", port=port,
+                                           log_level="error"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        r = CliRunner().invoke(app, ["query", "--frame", "cam0:00000001", "--k", "0",
+                                     "--url", f"http://127.0.0.1:{port}"])
+        assert r.exit_code == 1
+        assert "error 422: query.k: Input should be greater than or equal to 1" in r.output
+    finally:
+        server.should_exit = True
+        th.join(10)

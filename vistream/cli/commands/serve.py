@@ -95,6 +95,9 @@ def query(
             detail = r.json().get("detail")
         except ValueError:
             detail = r.text
+        if isinstance(detail, list):  # validation errors: one item per field
+            detail = "; ".join(f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg')}"
+                               for d in detail if isinstance(d, dict))
         typer.echo(f"error {r.status_code}: {detail}", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(r.json(), indent=1))
