@@ -50,7 +50,7 @@ import torch
 from safetensors.torch import load as st_load
 from torch import nn
 
-from vistream.models.artifact_format import read_artifact, write_artifact
+from vistream.models.artifact_format import ArtifactError, read_artifact, write_artifact
 from vistream.models.artifacts import export_artifact, load_artifact
 from vistream.models.backbones import create_model
 from vistream.models.backbones.extractor import IMAGENET_MEAN, IMAGENET_STD
@@ -140,8 +140,7 @@ def from_torchvision(state: dict[str, torch.Tensor], arch: str):
           "in_chans": _shape_of(ours, "stem.0.weight", 1, 3), "base": base, "widths": widths}
     model = create_model(TORCHVISION[arch], **kw)
     want = model.state_dict()
-    back = {v: k for k, v in zip(torchvision_keys({k: k for k in state}, arch), state)}
-    theirs = {n: back.get(n, n) for n in ours}
+    theirs = torchvision_keys({k: k for k in state}, arch)  # our name -> torchvision's
     missing = [n for n in want if n not in ours and not n.endswith("num_batches_tracked")]
     extra = [theirs[n] for n in ours if n not in want]
     shapes = [f"{theirs[n]} {tuple(ours[n].shape)} (expected {tuple(want[n].shape)})"
@@ -218,6 +217,9 @@ def translate_onnx(data: bytes, features: str | None = None) -> tuple[OnnxNet, d
         if node.op_type == "Constant":
             consts[node.output[0]] = np.asarray(a.get("value", a.get("value_float", a.get("value_ints"))))
             continue
+        if node.op_type == "ConstantOfShape":  # its value attribute is a one-element tensor
+            v = np.asarray(a.get("value", np.zeros(1, np.float32)))
+            a = {"value": v.reshape(-1)[0].item(), "dtype": str(v.dtype)}
         if node.op_type == "Identity" and node.input[0] in consts:
             consts[node.output[0]] = consts[node.input[0]]
             continue
@@ -508,7 +510,11 @@ def _load_float(path: str | Path):
         raise ImportRefused(f"--init {path}: no such file (give scratch, float or an artifact/checkpoint)")
     if path.suffix == ".pt":
         return load_checkpoint_model(path).eval()
-    return load_artifact(path)
+    try:
+        return load_artifact(path)
+    except ArtifactError as exc:
+        raise ImportRefused(f"--init: {exc} (`vistream import` turns torchvision weights or ONNX "
+                            "files into artifacts)") from None
 
 
 def binary_layout(path: str | Path) -> dict:

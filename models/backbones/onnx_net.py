@@ -128,13 +128,20 @@ def _slice(x, starts, ends, axes=None, steps=None, a=None):
     starts, ends = _ints(starts), _ints(ends)
     axes = _ints(axes) if axes is not None else list(range(len(starts)))
     steps = _ints(steps) if steps is not None else [1] * len(starts)
-    index: list[Any] = [slice(None)] * x.dim()
     for s, e, ax, st in zip(starts, ends, axes, steps):
-        if st != 1:
-            raise ValueError("Slice with steps other than 1 is not supported")
-        n = x.shape[_axis(ax, x.dim())]
-        index[_axis(ax, x.dim())] = slice(max(-n, min(s, n)), max(-n, min(e, n)))
-    return x[tuple(index)]
+        ax = _axis(ax, x.dim())
+        n = x.shape[ax]
+        s, e = s + n if s < 0 else s, e + n if e < 0 else e
+        if st > 0:
+            s, e = min(max(s, 0), n), min(max(e, 0), n)
+        else:
+            s, e = min(max(s, 0), n - 1), min(max(e, -1), n - 1)
+        x = torch.index_select(x, ax, torch.arange(s, e, st, device=x.device))
+    return x
+
+
+def _constant_of_shape(shape, a):
+    return torch.full(_ints(shape), a.get("value", 0.0), dtype=_DTYPES[a.get("dtype", "float32")])
 
 
 def _pad(x, pads, value=None, *rest, a):
@@ -195,6 +202,7 @@ OPS: dict[str, Any] = {
     "Shape": lambda x, a: _shape(x, a),
     "Gather": lambda x, i, a: _gather(x, i, a),
     "Slice": _slice,
+    "ConstantOfShape": lambda s, a: _constant_of_shape(s, a),
     "Pad": _pad,
     "Gemm": lambda A, B, C=None, a=None: _gemm(A, B, C, a),
     "MatMul": lambda x, y, a: torch.matmul(x, y),
