@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import types
 
+import cv2
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from vistream.models.hashing.live import LiveIndex
+from vistream.pipeline.app import InProcessPipeline
+from vistream.pipeline.config import parse_config
 from vistream.pipeline.console import attach_console, stage_views, store_from_config
 from vistream.pipeline.metrics import StageMetrics
 from vistream.pipeline.runner import RunnerStats
@@ -123,3 +126,27 @@ def test_store_from_config(tmp_path):
     assert store is not None and store.root == tmp_path / "t"
     assert store_from_config(types.SimpleNamespace(stages=stages[:1])) is None
     assert store_from_config(None) is None
+
+
+def test_console_over_a_running_pipeline(tmp_path):
+    """The thumbnail stage under its runner fills the store; the console reads it and the
+    runners' figures, as `vistream serve --config` wires them."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), world.scene(i))
+    cfg = parse_config({
+        "name": "console-test", "bus": {"backend": "memory", "partitions": 1},
+        "sources": [{"source": str(folder), "topic": "frames", "stream_id": "door"}],
+        "stages": [{"name": "thumbs", "type": "thumbnail", "inputs": ["frames", "tracks"],
+                    "outputs": {"frame_summary": "summaries"},
+                    "params": {"width": 80, "store_dir": str(tmp_path / "thumbs")}}]})
+    pipeline = InProcessPipeline(cfg, progress=False)
+    pipeline.run(drain_idle=0.2)
+    app = create_app(LiveIndex("lsh", n_bits=16))
+    attach_console(app, cfg, pipeline)
+    out = TestClient(app).get("/console/api/streams").json()
+    assert [(s["stream_id"], s["frame_id"], s["width"]) for s in out["streams"]] == [
+        ("door", "door:00000005", 320)]
+    assert out["stages"] == [{"stage": "thumbs", "replicas": 1, "records_in": 6, "records_out": 6,
+                              "records_per_s": 0.0, "lag": 0, "dead_lettered": 0, "errors": 0}]
