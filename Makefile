@@ -8,7 +8,7 @@ TEST_PORT ?= 19092
 TEST_BROKER_DIR ?= $(CURDIR)/.cache/test-broker
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo broker-jars browser-deps lint bench clean
+.PHONY: install test test-fast demo broker-jars browser-deps lint bench clean artifacts
 
 $(VENV)/.installed: pyproject.toml setup.py models/binary/csrc/bitconv.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ test-fast: install
 
 demo: install
 	$(BIN)/vistream demo
+
+# Rebuild the shipped backbones in models/zoo (fixed seeds; resumes from out/artifacts):
+# the ABC-pruned float ResNet-20 and the 1-bit ResNet-20 on the hard digits-composite set.
+artifacts: install
+	$(BIN)/vistream artifacts build --threads 2
 
 bench: install
 	$(BIN)/vistream bench bus
