@@ -35,7 +35,7 @@ from vistream.stages.records import PNG, encode_image
 from vistream.stages.thumbstore import ThumbnailStore
 
 
-def _fill(frames: int, dim: int, n_bits: int, root: Path, progress: bool):
+def _fill(frames: int, dim: int, n_bits: int, root: Path, progress: bool, model_id: str):
     rng = np.random.default_rng(0)
     index = LiveIndex("lsh", n_bits=n_bits, seed=0)
     index.search_threads = 1  # as `vistream serve` (--threads 1): requests run in parallel
@@ -49,7 +49,7 @@ def _fill(frames: int, dim: int, n_bits: int, root: Path, progress: bool):
         X = rng.standard_normal((len(ids), dim)).astype(np.float32)
         X /= np.linalg.norm(X, axis=1, keepdims=True)
         index.add(ids, X, stream_ids=[i.split(":")[0] for i in ids],
-                  timestamps=[1_767_000_000_000 + 40 * int(i[5:]) for i in ids], model_id="bench")
+                  timestamps=[1_767_000_000_000 + 40 * int(i[5:]) for i in ids], model_id=model_id)
         store.put_many([{"frame_id": i, "stream_id": i.split(":")[0], "jpeg": thumb,
                          "width": 640, "height": 480, "thumb_width": 160, "thumb_height": 120}
                         for i in ids])
@@ -136,7 +136,8 @@ def bench_console(frames: int = 100_000, dim: int = 512, n_bits: int = 64, k: in
 
             extractor = BackboneExtractor(backbone, input_size=224, seed=0)
             dim = extractor.dim
-        index, store, thumb_bytes = _fill(frames, dim, n_bits, root / "thumbs", progress)
+        index, store, thumb_bytes = _fill(frames, dim, n_bits, root / "thumbs", progress,
+                                         extractor.model_id if extractor else "bench")
         app = create_app(index, extractor, ServiceLimits())
         attach_console(app, store=store)
         url, server, thread, sock = _serve(app)
