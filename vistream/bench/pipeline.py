@@ -43,8 +43,10 @@ the stage that fell behind the most (lag growth in seconds of its input per seco
 stage with the most CPU. When every rate was sustained, the stage that used the most CPU at
 the top rate (``bottleneck_basis`` says which rule named it). Per-stage CPU is user + system
 time from /proc (each stage's processes on Kafka, each stage's thread on the memory bus) over
-the ingest part of the step; the share is that over the CPU time of everything measured
-(stages, ingest + poller, the broker when this run started it).
+the ingest part of the step; the share is that over the CPU time of everything measured:
+the stages, ``ingest+probe`` (this process: ingest, poller, sampler; on the memory bus
+everything in it but the stage threads) and ``broker`` (when it runs here, started or reused
+by this run; not with ``--bootstrap``).
 
 CPU per frame (``cpu_ms_per_frame``, per stage and in all) depends far less on what else runs
 than rates and latencies do; ``cores_needed_at_target`` is that total times the target rate
