@@ -236,12 +236,23 @@ def make_module(op: str, spec: dict) -> nn.Module:
     raise ValueError(f"no module for ONNX op {op}")
 
 
+def default_graph(in_chans: int, num_classes: int) -> dict:
+    """The smallest graph: GlobalAveragePool -> Flatten -> Gemm (features: the pooled pixels)."""
+    return {"input": "input", "logits": "logits", "features": "pooled", "consts": {}, "nodes": [
+        {"op": "GlobalAveragePool", "in": ["input"], "out": ["gap"], "attrs": {}},
+        {"op": "Flatten", "in": ["gap"], "out": ["pooled"], "attrs": {"axis": 1}},
+        {"op": "Gemm", "in": ["pooled"], "out": ["logits"], "module": "fc",
+         "spec": {"weight": [max(1, num_classes), in_chans], "bias": True}}]}
+
+
 class OnnxNet(nn.Module):
     """An ONNX graph as a module (see the module docstring)."""
 
-    def __init__(self, graph: dict, num_classes: int = 0, in_chans: int = 3,
+    def __init__(self, graph: dict | None = None, num_classes: int = 0, in_chans: int = 3,
                  num_features: int = 0, batch_one: bool = False) -> None:
         super().__init__()
+        if graph is None:  # built by name alone: a linear classifier of the pooled pixels
+            graph, num_features = default_graph(in_chans, num_classes), in_chans
         self.config = {"graph": graph, "num_classes": num_classes, "in_chans": in_chans,
                        "num_features": num_features, "batch_one": batch_one}
         self.graph = graph
