@@ -19,6 +19,7 @@ import numpy as np
 import uvicorn
 
 from vistream.models.hashing.live import LiveIndex
+from vistream.models.zoo import is_zoo_name
 from vistream.pipeline.api_common import TOKEN_ENV, check_listen, check_token
 from vistream.pipeline.api_tracks import DEFAULT_TOPIC as TRACK_TOPIC
 from vistream.pipeline.api_tracks import attach_producer
@@ -78,10 +79,14 @@ def index_stage_name(cfg: PipelineConfig, stage: str | None) -> str:
 
 def query_extractor(cfg: PipelineConfig | None, stage: str | None, backbone: str | None,
                     input_size: int = 224, seed: int = 0) -> Any | None:
-    """The config's own features stage when it has one, else ``backbone`` (seeded random
-    init: no trained weights exist yet); None when neither is there or backbone is 'none'."""
+    """The config's own features stage when it has one; else ``backbone``: a shipped artifact
+    (``zoo:NAME``, see ``vistream artifacts list``) or an artifact file (``*.vsa``), run by a
+    features stage of its own, or a registered backbone name (seeded random init); None when
+    neither is there or backbone is 'none'."""
     extractor = StageExtractor.from_config(cfg, stage) if cfg is not None else None
     if extractor is None and backbone and backbone.lower() != "none":
+        if is_zoo_name(backbone) or backbone.endswith(".vsa"):
+            return StageExtractor(create_stage("features", {"artifact": backbone}))
         # torch: loaded only when no features stage of the config embeds the queries
         from vistream.models.backbones.extractor import BackboneExtractor
 
