@@ -209,7 +209,7 @@ def digits_composite(copies: int = 2, size: int = 32, cache: bool = True) -> Dat
     if splits is None:
         splits = generate_composite(copies, size)
         if cache:
-            tmp = path.with_suffix(".tmp.npz")
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # one per process: no race
             np.savez_compressed(tmp, **{f"{k}_{a}": getattr(s, a) for k, s in splits.items()
                                         for a in ("x", "y")})
             os.replace(tmp, path)
