@@ -12,8 +12,9 @@ Choices made:
   producer and topic are given to the app (:func:`attach_producer`); without them the
   endpoints answer 503.
 * ``track_id`` is optional: without it the record carries :attr:`TrackInit.NEW` and the
-  stage picks the next free id (it shows in its ``track_state`` records). With it, a live
-  target of that id is restarted at the box.
+  stage picks the next free id (it shows in its ``track_state`` records); the answer then
+  has no ``track_id`` (answers leave out what is not known rather than send null). With it,
+  a live target of that id is restarted at the box.
 * ``frame_id`` / ``seq`` are optional: without them the box applies to the stream's next
   frame the stage processes. With them it applies to that frame (the stage keeps a few
   recent frames and catches up).
@@ -154,8 +155,9 @@ class TrackRecordOut(BaseModel):
                                     "applies it when it reads it")
     action: str
     stream_id: str
-    track_id: int | None = Field(None, description="null: the stage picks the next free id")
-    box: list[float] | None = None
+    track_id: int | None = Field(None, description="absent: the stage picks the next free id "
+                                                   "(it shows in its track_state records)")
+    box: list[float] | None = Field(None, description="absent for a stop")
     frame_id: str = ""
     topic: str
 
@@ -182,7 +184,8 @@ def _reject_constant(token: str) -> float:
 @router.post("/tracks", response_model=TrackRecordOut, status_code=202, openapi_extra={
     "requestBody": {"required": True, "content": {
         "application/json": {"schema": TrackStartIn.model_json_schema()}}}},
-             dependencies=[Depends(require_token)], responses=error_responses(422, 503))
+             dependencies=[Depends(require_token)], responses=error_responses(422, 503),
+             response_model_exclude_none=True)
 async def post_track(request: Request) -> TrackRecordOut:
     """Start (or restart) a target at a box; the track stage reads the record from the bus.
     Body: ``{"stream_id": "cam1", "box": [x, y, w, h], "track_id": 7 (optional),
@@ -206,7 +209,8 @@ async def post_track(request: Request) -> TrackRecordOut:
 
 
 @router.delete("/tracks/{track_id}", response_model=TrackRecordOut, status_code=202,
-                dependencies=[Depends(require_token)], responses=error_responses(422, 503))
+                dependencies=[Depends(require_token)], responses=error_responses(422, 503),
+                response_model_exclude_none=True)
 def delete_track(request: Request, track_id: int = Path(..., ge=0, le=MAX_ID),
                  stream_id: str = Query(..., min_length=1, max_length=1000)) -> TrackRecordOut:
     """Stop a target; the track stage reads the record from the bus."""
