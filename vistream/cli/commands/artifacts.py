@@ -23,7 +23,8 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the catalogue as JSON"),
 ) -> None:
     """The shipped artifacts with their figures: accuracy on the hard set (validation / test),
-    FLOPs, params, bytes, sha256; `zoo:NAME` names one wherever an artifact path is accepted."""
+    float FLOPs (2 x MACs) and binary ops (XNOR/popcount MACs) per 32x32 image, params, bytes,
+    sha256; `zoo:NAME` names one wherever an artifact path is accepted."""
     folder = folder or ZOO_DIR
     index = load_index(folder)
     if as_json:
@@ -33,12 +34,14 @@ def list_cmd(
     if not entries:
         typer.echo(f"no artifacts in {folder} (build them with `make artifacts`)")
         raise typer.Exit(1)
-    typer.echo(f"{'name':<28} {'method':<12} {'val %':>6} {'test %':>6} {'MFLOPs':>7} "
-               f"{'params':>8} {'bytes':>9}  sha256")
+    typer.echo(f"{'name':<30} {'method':<12} {'val %':>6} {'test %':>6} {'MFLOPs':>7} "
+               f"{'bin MOPs':>8} {'params':>8} {'bytes':>9}  sha256")
     for name, e in sorted(entries.items()):
-        typer.echo(f"zoo:{name:<24} {e['method']:<12} {100 * e['val_acc']:6.2f} "
-                   f"{100 * e['test_acc']:6.2f} {e['flops'] / 1e6:7.2f} {e['params']:8d} "
-                   f"{e['bytes']:9d}  {e['file_sha256'][:16]}")
+        bops = e.get("binary_ops") or 0
+        flops = e["flops"] - 2 * bops  # float part; binary MACs are counted apart
+        typer.echo(f"{'zoo:' + name:<30} {e['method']:<12} {100 * e['val_acc']:6.2f} "
+                   f"{100 * e['test_acc']:6.2f} {flops / 1e6:7.2f} {bops / 1e6:8.2f} "
+                   f"{e['params']:8d} {e['bytes']:9d}  {e['file_sha256'][:16]}")
     problems = verify(folder)
     total = sum(e["bytes"] for e in entries.values())
     typer.echo(f"total {total} bytes; " + ("every file matches the index" if not problems
