@@ -19,6 +19,9 @@ Inputs arrive on different topics, so any of them may come late. Choices made:
   works through a stream in order and writes nothing for a frame without targets, so no
   record will come), or when ``max_wait`` later frames of its stream have arrived, or when
   the wait cache is full (the oldest goes first). Nothing is dropped.
+* At the end of a stream nothing comes to release its last frames when they have no targets:
+  :meth:`AnnotateStage.flush` draws every frame still waiting (``vistream demo`` calls it once
+  the clip is through and produces what it returns).
 * A track record whose frame has not arrived waits (bounded, ``cache_frames``) for it.
 * A caption or track record for a frame already emitted, while the frame is still cached,
   re-emits the frame with it (same frame id: a consumer keeps the latest copy, see
@@ -175,6 +178,15 @@ class AnnotateStage(Stage):
                 raise TypeError(f"the annotate stage does not take {msg.kind!r} records")
         for sid in touched:
             self._release(self.streams[sid], out)
+        return sorted(out.values(), key=lambda f: (f.stream_id, f.seq))
+
+    def flush(self) -> list[Frame]:
+        """Draw every frame still waiting for a track record (the streams have ended)."""
+        out: dict[str, Frame] = {}
+        for st in self.streams.values():
+            for fid, f in list(st.frames.items()):
+                if fid not in st.sent:
+                    self._draw(st, f, out)
         return sorted(out.values(), key=lambda f: (f.stream_id, f.seq))
 
     # -- inputs ---------------------------------------------------------------------------

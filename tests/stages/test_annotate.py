@@ -73,6 +73,8 @@ def test_a_frame_with_no_track_record_is_released_by_a_later_one_or_by_max_wait(
     for k in range(5):
         out += st.process([frame(k)])
     assert [f.seq for f in out] == [0, 1]  # frames 3 and 4 came after them
+    assert [f.seq for f in st.flush()] == [2, 3, 4]  # the stream has ended
+    assert st.flush() == []
 
 
 def test_late_inputs_redraw_a_frame_already_sent():

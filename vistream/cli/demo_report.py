@@ -101,6 +101,21 @@ def _row(cells: list[Any], head: bool = False) -> str:
     return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
 
 
+def _objects_table(seq: ClassedSequence, tr: dict[str, Any], ret: dict[str, Any]) -> str:
+    tracks: dict[int, list[int]] = {}
+    for t, o in tr["track_object"].items():
+        tracks.setdefault(int(o), []).append(int(t))
+    rows = [_row(["object", "digit", "size (px)", "labels", "frames present", "frames tracked",
+                  "track ids", "lost for good"], head=True)]
+    for i, c in enumerate(seq.classes.tolist()):
+        size = seq.boxes[seq.present[:, i], i, 2:].max() if seq.present[:, i].any() else 0
+        rows.append(_row([i + 1, c, f"{size:.0f}",
+                          "labelled" if i in ret["labelled_objects"] else "held out (queries)",
+                          tr["present"][i], tr["matched"][i], sorted(tracks.get(i, [])) or "-",
+                          "yes" if i in tr["lost_for_good"] else ""]))
+    return "".join(rows)
+
+
 def write_report(out: Path, seq: ClassedSequence, figures: dict[str, Any],
                  stage_objects: dict[str, Any], frames: list[tuple[str, bytes]]) -> Path:
     """Write ``out/report.html`` and return its path."""
@@ -145,6 +160,7 @@ backbone, crops), live index (LSH warm start, then SDOH from labels of the track
 <table>{''.join(main)}</table>
 <h2>Frames/s per stage</h2><table>{''.join(fps_rows)}</table>
 <h2>Annotated frames</h2><div class="frames">{imgs}</div>
+<h2>Objects</h2><table>{_objects_table(seq, tr, ret)}</table>
 <h2>Tracking</h2><img class="curve" src="data:image/png;base64,{_tracking_curve(
         seq, np.asarray(tr['matched_frames']), tr['track_object'])}">
 <h2>Retrieval</h2><p>{ret['lsh']['queries']} queries (crops of held-out objects) against
