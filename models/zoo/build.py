@@ -61,6 +61,7 @@ class Recipe:
     lr: float = 1e-2
     batch_size: int = 32
     method: str = "xnor"            # binary: the 1-bit method
+    teacher_epochs: int = 10        # binary: float teacher of RBCN/GBCN (compare-binary)
     # abc: the pruning search and fine-tuning
     flops_target: float = 0.5
     food: int = 4
@@ -74,17 +75,18 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("binary-resnet20-composite", "binary", base=16, train_copies=6, pretrain_epochs=4,
-           epochs=10, lr=1e-2, batch_size=32, method="xnor"),
-    Recipe("abc-resnet20-composite", "abc", base=16, train_copies=6, pretrain_epochs=4, epochs=10,
-           lr=0.05, batch_size=64),
+    Recipe("binary-resnet20-composite", "binary", base=16, train_copies=2, pretrain_epochs=4,
+           epochs=10, lr=5e-3, batch_size=32, method="xnor"),
+    Recipe("abc-resnet20-composite", "abc", base=16, train_copies=2, pretrain_epochs=3, epochs=15,
+           lr=0.05, batch_size=64, food=3, cycles=1, limit=1, fitness_subset=1000,
+           finetune_epochs=5),
 )}
 
 
 def quick(r: Recipe) -> Recipe:
     """The same recipe cut to a smoke run (1 epoch per step, 256 images, tiny search)."""
     return replace(r, train_copies=2, pretrain_epochs=1, epochs=1, train_subset=256, food=2,
-                   cycles=1, limit=1, fitness_subset=128, finetune_epochs=1)
+                   cycles=1, limit=1, fitness_subset=128, finetune_epochs=1, teacher_epochs=1)
 
 
 def hard_data(train_copies: int = 2) -> DataBundle:
@@ -110,10 +112,11 @@ def dataset_record(data: DataBundle, r: Recipe) -> dict:
 
 
 # ----------------------------------------------------------------------------- 1-bit
-def _binary_cfg(r: Recipe, epochs: int, threads: int) -> BinaryTrainConfig:
+def _binary_cfg(r: Recipe, epochs: int, threads: int, work: Path) -> BinaryTrainConfig:
     return BinaryTrainConfig(epochs=epochs, base=r.base, depth=int(r.arch.removeprefix("resnet")),
                              lr=r.lr, batch_size=r.batch_size, seed=r.seed, threads=threads,
-                             train_subset=r.train_subset)
+                             train_subset=r.train_subset, float_epochs=r.teacher_epochs,
+                             out_root=str(work.parent / "teachers"))
 
 
 def train_binary_recipe(r: Recipe, data: DataBundle, work: Path, threads: int = 1,
@@ -126,11 +129,13 @@ def train_binary_recipe(r: Recipe, data: DataBundle, work: Path, threads: int = 
     init = None
     if r.pretrain_epochs:
         pre, _ = train_binary(create_method(name, ablate=ablate), pretrain_data(data),
-                              _binary_cfg(r, r.pretrain_epochs, threads), ckpt_dir=work / "pretrain",
+                              _binary_cfg(r, r.pretrain_epochs, threads, work),
+                              ckpt_dir=work / "pretrain",
                               resume=True, progress=progress)
         init = pre.state_dict()
-    return train_binary(create_method(name, ablate=ablate), data, _binary_cfg(r, r.epochs, threads),
-                        ckpt_dir=work / "train", resume=True, progress=progress, init_state=init)
+    return train_binary(create_method(name, ablate=ablate), data,
+                        _binary_cfg(r, r.epochs, threads, work), ckpt_dir=work / "train",
+                        resume=True, progress=progress, init_state=init)
 
 
 def build_binary(r: Recipe, out: Path, work: Path, threads: int = 1, progress: bool = True) -> dict:
