@@ -31,7 +31,8 @@ def test_wheel_holds_one_top_level_package(tmp_path):
     # The links in vistream/ became real folders, with the shipped weights beside the code.
     for must in ("vistream/pipeline/runner.py", "vistream/stages/base.py",
                  "vistream/models/hashing/sdoh.py", "vistream/cli/main.py",
-                 "vistream/models/deblur/weights/s3e-large.safetensors"):
+                 "vistream/models/deblur/weights/s3e-large.safetensors",
+                 "vistream/models/zoo/binary-resnet20-composite.vsa", "vistream/models/zoo/index.json"):
         assert must in names, must
     assert any(n.startswith("vistream/models/binary/_bitconv") for n in names)
 

@@ -90,6 +90,7 @@ def test_list_command_prints_the_catalogue():
     assert "zoo:binary-resnet20-composite" in r.output and "every file matches" in r.output
 
 
+@pytest.mark.slow
 def test_quick_build_runs_end_to_end(tmp_path):
     """--quick: 1 epoch per step on 256 images, a tiny search; both recipes, into a folder."""
     from typer.testing import CliRunner
