@@ -101,6 +101,7 @@ class Supervisor:
         self.procs: dict[str, subprocess.Popen] = {}
         self.started_at: dict[str, float] = {}
         self.kills = 0
+        self.kills_by_stage: dict[str, int] = {}
         self.restarts = 0
         self.exits: list[tuple[str, int]] = []  # exits nobody asked for
         self._killed: set[str] = set()
@@ -123,6 +124,8 @@ class Supervisor:
             p.send_signal(signal.SIGKILL)
             p.wait()
             self.kills += 1
+            stage = name.split("#")[0]
+            self.kills_by_stage[stage] = self.kills_by_stage.get(stage, 0) + 1
             self._killed.add(name)
 
     def check(self) -> None:
@@ -220,6 +223,7 @@ class RunResult:
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> id -> entry
     dead_letters: int = 0
     kills: int = 0
+    kills_by_stage: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
     unexpected_exits: int = 0
     seconds: float = 0.0
@@ -339,6 +343,7 @@ def run_once(cfg_path: Path, run_dir: Path, frames: list[Frame], port: int,
         finally:
             codes = sup.stop_all()
             result.kills, result.restarts = sup.kills, sup.restarts
+            result.kills_by_stage = dict(sorted(sup.kills_by_stage.items()))
             result.unexpected_exits = len(sup.exits) + sum(1 for c in codes.values() if c)
         collect(cfg, bus, result)
         bus.close()
@@ -397,7 +402,8 @@ def compare(twin: RunResult, chaos: RunResult, frames: list[Frame], minutes: flo
         lost |= fed - set(entries)
     return {
         "minutes": minutes, "seed": seed, "frames": len(frames),
-        "kills": chaos.kills, "restarts": chaos.restarts,
+        "kills": chaos.kills, "kills_by_stage": chaos.kills_by_stage,
+        "restarts": chaos.restarts,
         "unexpected_exits": chaos.unexpected_exits,
         "lost": len(lost), "duplicated_in_index": duplicated,
         "dead_letters": chaos.dead_letters, "twin_dead_letters": twin.dead_letters,

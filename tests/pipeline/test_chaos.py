@@ -87,7 +87,7 @@ def test_supervisor_restarts_a_killed_process_and_tells_kills_from_crashes(tmp_p
         sup.procs["c#0"].wait(30)
         sup.kill("s#0")
         sup.check()
-        assert sup.kills == 1 and sup.restarts == 2
+        assert sup.kills == 1 and sup.restarts == 2 and sup.kills_by_stage == {"s": 1}
         assert sup.exits == [("c#0", 3)], "only the crash is an unexpected exit"
         assert sup.procs["s#0"].poll() is None, "the killed process runs again"
     finally:
