@@ -305,6 +305,9 @@ def _features_of(nodes: list[dict], logits: str) -> str:
 
 
 def _finish(graph: dict, state: dict, dims: list) -> tuple[OnnxNet, dict]:
+    if dims[3] in (1, 3) and dims[1] not in (1, 3):  # NHWC input (tf2onnx, Keras)
+        graph["nhwc"] = True
+        dims = [dims[0], dims[3], dims[1], dims[2]]
     in_chans = int(dims[1] or 3)
     size = [int(dims[2] or 224), int(dims[3] or 224)]
     probe = torch.randn(2, in_chans, *size, generator=torch.Generator().manual_seed(0))
@@ -455,6 +458,10 @@ def import_backbone(source: str | Path, out: str | Path, arch: str | None = None
     if num_classes is not None and num_classes != found:
         raise ImportRefused(f"--num-classes {num_classes} but the classifier has {found} outputs")
     in_chans = int(model.config.get("in_chans", 3))
+    if in_chans != 3:
+        raise ImportRefused(f"the model takes {in_chans} input channels: the features stage feeds "
+                            "RGB images (3 channels)")
+    _check_runs(model, size)
     spec = {"size": size, "channels": in_chans, "color": "RGB", "layout": "NCHW",
             "dtype": "float32", "range": [0.0, 1.0]}
     man = export_artifact(model, out, method="imported", input_spec=spec,
@@ -465,6 +472,16 @@ def import_backbone(source: str | Path, out: str | Path, arch: str | None = None
         man["onnx"] = {"bytes": len(onnx_bytes), "outputs": ["logits"], "original": True}
         man = write_artifact(out, man, weights, onnx_bytes)
     return man
+
+
+def _check_runs(model, size: list[int]) -> None:
+    """Refuse an input size the model cannot take (a graph with fixed reshapes, too small)."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, 3, *size))
+    except Exception as exc:  # noqa: BLE001 - any failure here is the chosen input size's
+        raise ImportRefused(f"the model does not run on {size[0]}x{size[1]} inputs ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}); choose another --input-size") from None
 
 
 def summary(man: dict, path: str | Path) -> dict:

@@ -16,7 +16,9 @@ Squeeze, Slice), Gemm/MatMul, ReduceMean, Pad, Softmax. An unsupported operator 
 by name when the graph is imported, never when it runs.
 
 ``forward(x)`` returns the graph's output (logits); ``forward_features(x)`` returns the tensor
-recorded as ``features`` (the input of the final classifier, flattened to (n, d)).
+recorded as ``features`` (the input of the final classifier, flattened to (n, d)). Both take
+NCHW batches; a graph with an NHWC input (``graph["nhwc"]``, as tf2onnx exports Keras models)
+gets them transposed.
 """
 
 from __future__ import annotations
@@ -272,7 +274,7 @@ class OnnxNet(nn.Module):
 
     def _run(self, x: torch.Tensor, want: tuple[str, ...]) -> list[torch.Tensor]:
         env: dict[str, torch.Tensor] = {n: getattr(self.consts, k) for n, k in self._const_keys.items()}
-        env[self.graph["input"]] = x
+        env[self.graph["input"]] = x.permute(0, 2, 3, 1) if self.graph.get("nhwc") else x
         for node in self.graph["nodes"]:
             args = [env[i] if i else None for i in node["in"]]
             a = node.get("attrs", {})

@@ -175,6 +175,10 @@ def test_other_onnx_graphs_run_as_graphs(tmp_path):
     import_backbone(tmp_path / "one.onnx", tmp_path / "one.vsa")
     with torch.no_grad():
         assert _close(load_artifact(tmp_path / "one.vsa")(x), net(x))
+    # its classifier fixes the input size: another one is refused before anything is written
+    with pytest.raises(ImportRefused, match="does not run on 32x32 inputs"):
+        import_backbone(tmp_path / "odd.onnx", tmp_path / "big.vsa", input_size=32)
+    assert not (tmp_path / "big.vsa").exists()
     # not prunable, and 1-bit training does not start from it: both say so
     with pytest.raises(ImportRefused, match="cannot be pruned"):
         prunable_base(model, 10)
@@ -259,3 +263,32 @@ def test_a_one_bit_network_starts_from_an_imported_resnet18(resnet18_tv, tmp_pat
     assert res.epochs_run == 1 and model.config["layout"] == "imagenet"
     with pytest.raises(ImportRefused, match="depth 20"):
         binary_start(tmp_path / "a.vsa", method.build(10, 3, 64, 20))
+
+
+def test_nhwc_graphs_take_nchw_batches_and_grey_models_are_refused(tmp_path):
+    class Nhwc(nn.Module):  # a Keras-style graph: NHWC input, transposed inside
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 6, 3), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x.permute(0, 3, 1, 2)).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    net = Nhwc().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(1, 12, 12, 3), buf, input_names=["input"], dynamo=False,
+                          output_names=["logits"], dynamic_axes={"input": {0: "n"}})
+    (tmp_path / "nhwc.onnx").write_bytes(buf.getvalue())
+    man = import_backbone(tmp_path / "nhwc.onnx", tmp_path / "nhwc.vsa")
+    assert man["input_spec"]["size"] == [12, 12] and man["config"]["graph"]["nhwc"]
+    x = _x(2, 12)
+    with torch.no_grad():
+        assert _close(load_artifact(tmp_path / "nhwc.vsa")(x), net(x.permute(0, 2, 3, 1)))
+    grey = tv.models.resnet18(num_classes=2)
+    grey.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    torch.save(grey.state_dict(), tmp_path / "grey.pth")
+    with pytest.raises(ImportRefused, match="takes 1 input channels"):
+        import_backbone(tmp_path / "grey.pth", tmp_path / "grey.vsa", arch="resnet18")
