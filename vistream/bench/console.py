@@ -4,6 +4,8 @@
   sending ``GET /search/frame`` (or ``POST /search/image`` with a backbone) to holding the
   answer and every hit's thumbnail, fetched over 6 connections as a browser does. Baseline in
   the same run: the bare ``LiveIndex.search_frame`` call, no HTTP, no thumbnails.
+* The streams panel's refresh (``GET /console/api/streams``, once a second in the page) over
+  the same store: 4 streams, no tracks (the store's worst case).
 * First paint of ``/console`` in headless Chromium (when ``chromium`` and ``chromedriver`` are
   installed): first-contentful-paint of the first load and the median of the next ones.
 
@@ -155,6 +157,12 @@ def bench_console(frames: int = 100_000, dim: int = 512, n_bits: int = 64, k: in
             with httpx.Client(base_url=url, timeout=30) as client, \
                     ThreadPoolExecutor(6) as pool:
                 client.get("/healthz")
+                refresh = []
+                for _ in range(queries):
+                    t0 = time.perf_counter()
+                    client.get("/console/api/streams").raise_for_status()
+                    refresh.append((time.perf_counter() - t0) * 1000)
+                out["streams_refresh"] = _stats(refresh)
                 out["search_frame_with_thumbnails"] = _stats([_answer_with_thumbs(
                     client, pool, lambda f=fid: client.get("/search/frame",
                                                            params={"frame_id": f, "k": k}))
