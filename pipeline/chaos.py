@@ -48,7 +48,7 @@ import yaml
 from vistream.pipeline import broker
 from vistream.pipeline.app import create_topics
 from vistream.pipeline.bus import Bus, BusUnavailable, make_bus
-from vistream.pipeline.config import PipelineConfig, load_config
+from vistream.pipeline.config import ConfigError, PipelineConfig, load_config
 from vistream.pipeline.runner import DLQ_SUFFIX
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import Frame
@@ -94,7 +94,8 @@ class Supervisor:
     """Stage processes by name (``stage#replica``): started, restarted when they exit, killed
     on request, stopped with SIGTERM at the end. Counts kills, restarts and unexpected exits."""
 
-    def __init__(self, specs: dict[str, list[str]], log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, specs: dict[str, list[str]], log_dir: Path,
+                 env: dict[str, str] | None) -> None:
         self.specs = specs
         self.log_dir = log_dir
         self.env = env
@@ -190,7 +191,7 @@ def run_config(cfg_path: Path, run_dir: Path, bootstrap: str) -> tuple[PipelineC
     ``run_dir``, one metrics port per process. Returns the config, process commands, ports."""
     cfg = load_config(cfg_path)
     if cfg.bus.backend != "kafka":
-        raise ValueError(f"{cfg_path}: a chaos run needs bus.backend: kafka")
+        raise ConfigError(f"{cfg_path}: a chaos run needs bus.backend: kafka")
     data = cfg.model_dump(mode="json")
     data["bus"]["bootstrap"] = bootstrap
     data["sources"] = []
@@ -378,6 +379,10 @@ def chaos_run(config: str | Path, minutes: float = 5.0, seed: int = 0, fps: floa
               kill_every: float = 10.0, port: int = 29592, work_dir: str | Path | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The chaos run and its fault-free twin over the same input; returns the report."""
+    cfg = load_config(config)  # a bad config fails here, before any broker starts
+    if cfg.bus.backend != "kafka" or not source_topics(cfg):
+        raise ConfigError(f"{config}: a chaos run needs a pipeline on bus.backend: kafka whose "
+                          "stages read a topic no stage writes (where the frames go)")
     work = Path(work_dir or Path("out") / "chaos")
     n = max(int(minutes * 60 * fps), 1)
     frames = list(synthetic_frames(n, seed))

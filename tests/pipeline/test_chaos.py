@@ -138,3 +138,12 @@ stages:
     assert report["lost"] == 0 and report["dead_letters"] == 0
     assert report["sinks_identical"] and report["sink_entries"] == {"sink": 120}
     assert report["drained"]
+
+
+def test_a_pipeline_not_on_kafka_is_refused_before_any_broker_starts(tmp_path, monkeypatch):
+    from vistream.pipeline import broker
+    from vistream.pipeline.config import ConfigError
+
+    monkeypatch.setattr(broker, "start", lambda *a, **k: pytest.fail("no broker for this"))
+    with pytest.raises(ConfigError, match="bus.backend: kafka"):
+        chaos_run(ROOT / "configs" / "demo.yaml", minutes=0.1, work_dir=tmp_path)
