@@ -521,8 +521,11 @@ def _summary(result: dict) -> dict:
         "target_fps": TARGET_FPS, "target_p99_ms": TARGET_P99_MS,
     })
     if k:
-        result["meets_target"] = bool(k["sustained_fps"] >= TARGET_FPS and k["p99_ms"] is not None
-                                      and k["p99_ms"] <= TARGET_P99_MS)
+        # The target holds at its own rate: the first sustained step at or above it.
+        at = next((s for s in k["steps"] if s["sustained"] and s["fps"] >= TARGET_FPS), None)
+        result["p99_ms_at_target_fps"] = at["p99_ms"] if at else None
+        result["meets_target"] = bool(at and at["p99_ms"] is not None
+                                      and at["p99_ms"] <= TARGET_P99_MS)
     return result
 
 
