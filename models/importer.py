@@ -564,3 +564,13 @@ def binary_start(path: str | Path, student):
     if teacher.fc.weight.shape != student.fc.weight.shape:
         teacher.fc = student.fc
     return teacher
+
+
+def binary_teacher(path: str | Path, depth: int, layout: str, base: int):
+    """RBCN/GBCN's float teacher from a file: its stage outputs must have the student's shapes
+    (same depth, layout and base; only ``stem`` and ``blocks`` are used, never its head)."""
+    want = binary_layout(path)
+    if (want["depth"], want["layout"], want["base"]) != (depth, layout, base):
+        raise ImportRefused(f"--teacher {path} is a {want['arch']} of base {want['base']}; the 1-bit "
+                            f"network is depth {depth} ({layout}) of base {base}")
+    return _load_float(path).eval()

@@ -182,12 +182,14 @@ def load_binary(path: str | Path, data: DataBundle, cfg: BinaryTrainConfig, meth
 def train_and_export(method: str, data: DataBundle, cfg: BinaryTrainConfig, arch: str,
                      out: Path | None = None, ablate: bool = False, resume: bool = False,
                      progress: bool = True, export: Path | None = None,
-                     exporter: Callable[..., Any] | None = None) -> dict[str, Any]:
+                     exporter: Callable[..., Any] | None = None,
+                     teacher: Any = None) -> dict[str, Any]:
     """``vistream train binary``: train one 1-bit network (checkpoints in ``out``, by default
     ``out/binary/runs/<method>-<arch>-b<base>-<dataset>-s<seed>``), measure it on the test
     split, write it with ``exporter`` to ``export`` when given; writes ``summary.json`` and
-    returns the summary."""
-    m = create_method(method, ablate=ablate)
+    returns the summary. ``teacher``: RBCN/GBCN's float teacher (default: the trained float
+    twin), e.g. a model loaded from a ``vistream import`` artifact."""
+    m = create_method(method, ablate=ablate, **({"teacher": teacher} if teacher is not None else {}))
     tag = f"{method}{'-abl' if ablate else ''}-{arch}-b{cfg.base}-{data.name}-s{cfg.seed}"
     out = out or Path("out/binary/runs") / tag
     model, res = train_binary(m, data, cfg, ckpt_dir=out, resume=resume, progress=progress)

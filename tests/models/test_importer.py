@@ -20,6 +20,7 @@ from vistream.models.importer import (
     ImportRefused,
     binary_layout,
     binary_start,
+    binary_teacher,
     import_backbone,
     prunable_base,
     read_state_dict,
@@ -263,6 +264,13 @@ def test_a_one_bit_network_starts_from_an_imported_resnet18(resnet18_tv, tmp_pat
     assert res.epochs_run == 1 and model.config["layout"] == "imagenet"
     with pytest.raises(ImportRefused, match="depth 20"):
         binary_start(tmp_path / "a.vsa", method.build(10, 3, 64, 20))
+    # RBCN distils from the imported model's stage outputs (its head is never used)
+    teacher = binary_teacher(tmp_path / "a.vsa", 18, "imagenet", 64)
+    rbcn = create_method("rbcn", teacher=teacher)
+    _, res = train_binary(rbcn, _tiny_bundle(32), cfg, progress=False)
+    assert rbcn.teacher is teacher and res.epochs_run == 1
+    with pytest.raises(ImportRefused, match="base 64"):
+        binary_teacher(tmp_path / "a.vsa", 18, "imagenet", 32)
 
 
 def test_nhwc_graphs_take_nchw_batches_and_grey_models_are_refused(tmp_path):

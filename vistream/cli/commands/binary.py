@@ -48,6 +48,9 @@ def train_binary_cmd(
     init: str = typer.Option("scratch", "--init", help="scratch; float: start from the float twin; or "
                              "a float artifact/checkpoint (e.g. from `vistream import`): the 1-bit "
                              "net takes its architecture and width (resnet18/20/56)"),
+    teacher: Path | None = typer.Option(None, "--teacher", help="rbcn/gbcn: float teacher artifact "
+                                        "(default: --init's file when it is one, else the float "
+                                        "twin trained on the dataset)"),
     threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads"),
     out: Path = typer.Option(None, "--out", help="checkpoint folder (default out/binary/runs/...)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
@@ -76,6 +79,17 @@ def train_binary_cmd(
             raise typer.BadParameter(str(e), param_hint="--init") from None
         arch, base, layout = start["arch"], start["base"], start["layout"]
     depth = int(arch.removeprefix("resnet")) if layout == "imagenet" else _depth(arch)
+    if teacher is not None and method not in ("rbcn", "gbcn"):
+        raise typer.BadParameter(f"{method} has no teacher (rbcn and gbcn have)", param_hint="--teacher")
+    teacher_model = None
+    if method in ("rbcn", "gbcn") and (teacher is not None or init not in ("scratch", "float")):
+        # deferred: loads torch; --help stays instant
+        from vistream.models.importer import ImportRefused, binary_teacher
+
+        try:
+            teacher_model = binary_teacher(teacher or init, depth, layout, base)
+        except ImportRefused as e:
+            raise typer.BadParameter(str(e), param_hint="--teacher") from None
     flags = {"circulant": no_circulant, "bayes": no_bayes, "gan": no_gan, "bga": no_bga}
     # deferred: loads torch; --help stays instant
     from vistream.models.binary.train import ABLATION_FLAGS
@@ -98,7 +112,8 @@ def train_binary_cmd(
                             optimizer=optimizer, batch_size=batch_size, threads=threads, init=init,
                             layout=layout)
     summary = train_and_export(method, data, cfg, arch, out, ablate=any(flags.values()),
-                               resume=resume, progress=progress, export=export, exporter=exporter)
+                               resume=resume, progress=progress, export=export, exporter=exporter,
+                               teacher=teacher_model)
     typer.echo(json.dumps(summary))
 
 
