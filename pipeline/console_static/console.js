@@ -285,8 +285,9 @@ async function start() {
   });
   $("#search-form").addEventListener("submit", (ev) => { ev.preventDefault(); searchFrame($("#frame-id").value.trim()); });
   await Promise.all([refreshStreams(), refreshIndex()]);
-  setInterval(refreshStreams, 1000);
-  setInterval(refreshIndex, 3000);
+  // Live while visible; a background tab asks for nothing.
+  setInterval(() => { if (!document.hidden) refreshStreams(); }, 1000);
+  setInterval(() => { if (!document.hidden) refreshIndex(); }, 3000);
 }
 
 start();
