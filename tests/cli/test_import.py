@@ -76,4 +76,7 @@ def test_train_binary_refuses_a_start_without_a_one_bit_twin(tmp_path):
     assert json.loads(res.output.strip().splitlines()[-1])["arch"] == "onnx_graph"
     res = CliRunner().invoke(app, ["train", "binary", "--method", "xnor", "--init", str(tmp_path / "n.vsa")])
     assert res.exit_code == 2 and "no 1-bit twin" in res.output
+    res = CliRunner().invoke(app, ["train", "binary", "--method", "rbcn", "--teacher",
+                                   str(tmp_path / "n.vsa")])
+    assert res.exit_code == 2 and "--teacher" in res.output and "no 1-bit twin" in res.output
 
