@@ -150,3 +150,12 @@ def test_console_over_a_running_pipeline(tmp_path):
         ("door", "door:00000005", 320)]
     assert out["stages"] == [{"stage": "thumbs", "replicas": 1, "records_in": 6, "records_out": 6,
                               "records_per_s": 0.0, "lag": 0, "dead_lettered": 0, "errors": 0}]
+
+
+@pytest.mark.parametrize("path", ["/console/thumbs/%FF%FE", "/console/thumbs/%00",
+                                  "/console/thumbs/" + "a" * 20_000,
+                                  "/console/thumbs/..%2F..%2Fetc%2Fpasswd",
+                                  "/console/static/..%2F..%2Fservice.py",
+                                  "/console/static/%2e%2e/console.py"])
+def test_odd_paths_are_404s(setup, path):
+    assert setup[0].get(path).status_code == 404
