@@ -33,7 +33,7 @@ SMALL = {
          "outputs": {"frame_summary": "summaries"}, "poll_timeout": 0.05},
         {"name": "features", "type": "features", "inputs": ["frames"],
          "outputs": {"features": "features"}, "poll_timeout": 0.05,
-         "params": {"arch": "resnet20", "batch_size": 16}},
+         "params": {"random_init": True, "batch_size": 16}},
         {"name": "index", "type": "hashing", "inputs": ["features", "summaries"],
          "poll_timeout": 0.05, "params": {"model": "lsh", "n_bits": 32, "background": False}},
     ],
