@@ -90,6 +90,8 @@ def compare_binary_cmd(
                                "shipped recipe's)"),
     pretrain_epochs: int = typer.Option(None, "--pretrain-epochs", min=0),
     train_copies: int = typer.Option(None, "--train-copies", min=1),
+    teacher_epochs: int = typer.Option(None, "--teacher-epochs", min=1,
+                                       help="epochs of the float teacher (RBCN, GBCN)"),
     work: Path = typer.Option(Path("out/artifacts/compare"), "--work"),
     threads: int = typer.Option(2, "--threads", min=1),
     json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
@@ -110,12 +112,14 @@ def compare_binary_cmd(
                                  f"got {methods!r}", param_hint="--methods")
     r = RECIPES["binary-resnet20-composite"]
     changes = {k: v for k, v in {"epochs": epochs, "pretrain_epochs": pretrain_epochs,
-                                 "train_copies": train_copies}.items() if v is not None}
+                                 "train_copies": train_copies,
+                                 "teacher_epochs": teacher_epochs}.items() if v is not None}
     r = replace(r, **changes)
-    tag = f"c{r.train_copies}-p{r.pretrain_epochs}-e{r.epochs}-b{r.base}"
+    tag = f"c{r.train_copies}-p{r.pretrain_epochs}-e{r.epochs}-b{r.base}-t{r.teacher_epochs}"
     rows = compare_binary(names, r, work / tag, threads, progress, echo=typer.echo)
     result = {"recipe": {k: getattr(r, k) for k in ("base", "train_copies", "pretrain_epochs",
-                                                    "epochs", "lr", "batch_size", "seed")},
+                                                    "epochs", "lr", "batch_size", "seed",
+                                                    "teacher_epochs")},
               "rows": sorted(rows, key=lambda x: -x["val_acc"])}
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
