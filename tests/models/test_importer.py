@@ -171,6 +171,19 @@ def test_other_onnx_graphs_run_as_graphs(tmp_path):
     x = _x(4, 16)
     with torch.no_grad():
         assert _close(model(x), net(x))
+    # the features stage runs it deployed (BN folded into its conv, channels-last)
+    from vistream.models.artifacts import preprocess
+    from vistream.stages.base import create_stage
+
+    st = create_stage("features", {"artifact": str(tmp_path / "odd.vsa")})
+    st.setup()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in st.model.modules())
+    frames = [make_frame(i) for i in range(2)]
+    got = np.stack([o.vector for o in st.process(frames)])
+    with torch.no_grad():
+        want = model.forward_features(preprocess([f.image for f in frames], man["input_spec"],
+                                                 man["normalization"])).numpy()
+    assert got.shape == (2, 108) and np.allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
     # a graph exported with a fixed batch of one still takes batches
     (tmp_path / "one.onnx").write_bytes(_onnx(net, 16, dynamic=False))
     import_backbone(tmp_path / "one.onnx", tmp_path / "one.vsa")
