@@ -37,6 +37,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from swagger_ui_bundle import swagger_ui_path
 
+from vistream.pipeline.api_common import error_responses
 from vistream.stages.thumbstore import ThumbnailStore
 
 STATIC = Path(__file__).resolve().parent / "console_static"
@@ -224,7 +225,8 @@ def console_streams(request: Request) -> StreamsOut:
 
 
 @router.get("/console/thumbs/{frame_id:path}", response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no thumbnail"}})
+            responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"},
+                       **error_responses(404)})
 async def console_thumb(frame_id: str, request: Request) -> Response:
     """The thumbnail of a frame id (JPEG); 404 when the store has none (never stored, or
     evicted)."""
