@@ -94,7 +94,9 @@ def attach_console(app: FastAPI, cfg: Any = None, live: Any = None,
                    store: ThumbnailStore | None = None) -> ConsoleSources:
     """Feed the console of ``app``: ``store`` (default: the config's thumbnail store) and the
     runners of ``live`` (an :class:`~vistream.pipeline.app.InProcessPipeline`)."""
-    sources = ConsoleSources(store=store or store_from_config(cfg),
+    if store is None:  # (an empty store is falsy: it has a length)
+        store = store_from_config(cfg)
+    sources = ConsoleSources(store=store,
                              runners=(lambda: list(live.runners)) if live is not None else list)
     app.state.console = sources
     return sources

@@ -18,6 +18,7 @@ from vistream.pipeline.metrics import StageMetrics
 from vistream.pipeline.runner import RunnerStats
 from vistream.pipeline.service import create_app
 from vistream.stages.records import decode_image, encode_image
+from vistream.stages.thumbstore import ThumbnailStore
 from tests.pipeline import console_world as world
 
 
@@ -159,3 +160,11 @@ def test_console_over_a_running_pipeline(tmp_path):
                                   "/console/static/%2e%2e/console.py"])
 def test_odd_paths_are_404s(setup, path):
     assert setup[0].get(path).status_code == 404
+
+
+def test_an_empty_store_is_still_the_store(tmp_path):
+    app = create_app(LiveIndex("lsh", n_bits=16))
+    sources = attach_console(app, store=ThumbnailStore(tmp_path))
+    assert sources.store is not None
+    out = TestClient(app).get("/console/api/streams").json()
+    assert out["store"]["frames"] == 0 and out["streams"] == []
