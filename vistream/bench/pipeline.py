@@ -51,7 +51,9 @@ by this run; not with ``--bootstrap``).
 CPU per frame (``cpu_ms_per_frame``, per stage and in all) depends far less on what else runs
 than rates and latencies do; ``cores_needed_at_target`` is that total times the target rate
 (25 frames/s), a figure for a machine shared with other work, as the one this was written on
-is. The JSON names the CPU count and model.
+is. Each step also gives ``host_cores_busy`` (the whole machine, /proc/stat) and
+``other_work_cores`` (that minus what the pipeline used): what the pipeline had to share.
+The JSON names the CPU count and model.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ from vistream.bench.pipeline_probe import (
     Tracker,
     bench_config,
     cpu_seconds,
+    host_busy_seconds,
     index_stage,
     input_topic,
 )
@@ -285,6 +288,7 @@ class Step:
         self.frames = max(2, round(rate * seconds))
         self.drain = drain
         self.progress = progress
+        self.host_cores = 0.0
 
     def run(self) -> dict:
         start = self.tracker.sent
@@ -300,7 +304,8 @@ class Step:
                 report.append(exc)
 
         sender = threading.Thread(target=send, name="bench-ingest", daemon=True)
-        cpu0, in0, t0 = self.rig.cpu(), self.rig.arrivals(), time.monotonic()
+        host0, cpu0, in0 = host_busy_seconds(), self.rig.cpu(), self.rig.arrivals()
+        t0 = time.monotonic()
         samples: list[tuple[float, int, dict[str, int]]] = [
             (0.0, self.tracker.sent - self.tracker.found, self.rig.lags())]
         sender.start()
@@ -316,7 +321,8 @@ class Step:
         wall = time.monotonic() - t0
         if report and isinstance(report[0], BaseException):
             raise RuntimeError(f"ingest failed: {report[0]!r}") from report[0]
-        cpu1, in1 = self.rig.cpu(), self.rig.arrivals()
+        cpu1, in1, host1 = self.rig.cpu(), self.rig.arrivals(), host_busy_seconds()
+        self.host_cores = (host1 - host0) / wall
         end = start + self.frames
         deadline = time.monotonic() + self.drain
         while self.tracker.found < end and time.monotonic() < deadline:
@@ -371,7 +377,9 @@ class Step:
                 "backlog_slope": round(backlog_slope, 2), "backlog_end": backlog_end,
                 "sustained": not why, "why": "; ".join(why), "stages": stages,
                 "cpu_cores_total": round(total_cpu / wall, 2),
-                "cpu_ms_per_frame": round(1000 * total_cpu / max(sent_frames, 1), 2)}
+                "cpu_ms_per_frame": round(1000 * total_cpu / max(sent_frames, 1), 2),
+                "host_cores_busy": round(self.host_cores, 2),
+                "other_work_cores": round(max(self.host_cores - total_cpu / wall, 0.0), 2)}
 
 
 # ----------------------------------------------------------------------------- the ramp
@@ -416,7 +424,8 @@ def ramp(rig, clip: list[np.ndarray], topic: str, rates: tuple[float, ...], seco
                         progress).run()
             steps.append(step)
             echo(f"{rig.backend} {r:g} fps: sent {step['ingest_fps']} fps, p50 {step['p50_ms']} "
-                 f"ms, p99 {step['p99_ms']} ms, backlog {step['backlog_end']}, "
+                 f"ms, p99 {step['p99_ms']} ms, backlog {step['backlog_end']}, CPU "
+                 f"{step['cpu_cores_total']} cores (other work {step['other_work_cores']}), "
                  f"{'sustained' if step['sustained'] else 'NOT sustained: ' + step['why']}")
             if not step["sustained"]:
                 break

@@ -39,6 +39,19 @@ def cpu_seconds(stat_path: str | Path) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def host_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores; not idle, not iowait) since boot,
+    from /proc/stat: with the pipeline's own CPU it tells how much other work took."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    # guest time is already counted in user time
+    return (sum(ticks[:8]) - idle) / CLOCK_TICKS
+
+
 class LoopSource(FrameSource):
     """``frames`` images of ``clip``, looped; no timestamps (ingest stamps the send time)."""
 
