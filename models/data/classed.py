@@ -30,6 +30,8 @@ Everything derives from the spec's seed.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -236,5 +238,8 @@ def render_classed(spec: ClassedSpec) -> ClassedSequence:
             if x1 - x0 >= 1 and y1 - y0 >= 1 and (x1 - x0) * (y1 - y0) >= 0.4 * bw * bh:
                 seq.boxes[t, i] = x0, y0, x1 - x0, y1 - y0
                 seq.present[t, i] = True
-        seq.frames.append(_render_frame(seq, t))
+    # every frame has its own noise stream, so frames render independently; OpenCV and numpy
+    # release the GIL in the heavy parts, so threads share the work
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        seq.frames.extend(pool.map(lambda t: _render_frame(seq, t), range(spec.n_frames)))
     return seq

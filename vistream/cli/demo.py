@@ -53,7 +53,7 @@ from vistream.stages.records import Label, Message
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 STREAM = "demo-cam"
 #: the shipped 1-bit backbone (models/zoo): a bit-packed ResNet-20 trained on digits_composite()
-SHIPPED_BACKBONE = "binary-resnet20-composite"
+SHIPPED_BACKBONE = "zoo:binary-resnet20-composite"
 
 
 class StageClock:
@@ -79,17 +79,9 @@ class StageClock:
         return len(self.frames) / self.seconds if self.seconds > 0 else 0.0
 
 
-def default_artifact() -> str | None:
+def default_artifact() -> str:
     """The 1-bit backbone the demo embeds crops with: ``DEMO_ARTIFACT``, else the shipped one."""
-    env = os.environ.get("DEMO_ARTIFACT")
-    if env:
-        return env
-    zoo = Path(__file__).resolve().parents[2] / "models" / "zoo"
-    shipped = zoo / f"{SHIPPED_BACKBONE}.vsa"
-    if shipped.exists():
-        return str(shipped)
-    found = sorted(zoo.glob("binary-*.vsa")) if zoo.is_dir() else []
-    return str(found[0]) if found else None
+    return os.environ.get("DEMO_ARTIFACT") or SHIPPED_BACKBONE
 
 
 def build_config(video: Path, out: Path, artifact: str | None):
@@ -130,9 +122,7 @@ def run_demo(out: Path, frames: int = 150, seed: int = 0, artifact: str | None =
     seq, video = make_clip(out, frames, seed, echo)
     phases = {"clip": time.monotonic() - t_start}
     artifact = artifact or default_artifact()
-    if not artifact:
-        echo("warning: no 1-bit backbone artifact (DEMO_ARTIFACT or models/zoo): crops are "
-             "embedded by a random-init resnet20, the mAP figures mean little")
+    echo(f"backbone of the crops: {artifact}")
     cfg = build_config(video, out, artifact)
     bus = MemoryBus(default_partitions=cfg.bus.partitions)
     pipeline = InProcessPipeline(cfg, bus=bus, progress=progress)
