@@ -20,6 +20,7 @@ from vistream.bench.pipeline_probe import (
     Tracker,
     bench_config,
     cpu_seconds,
+    host_busy_seconds,
     index_stage,
 )
 from vistream.pipeline.bus import make_bus
@@ -97,11 +98,13 @@ def test_tracker_finds_frames_in_order_and_measures_from_the_ingest_stamp():
 
 
 def test_cpu_seconds_reads_this_process_and_none_for_a_gone_one():
+    host = host_busy_seconds()
     busy = time.process_time()
     while time.process_time() - busy < 0.05:
         pass
     assert cpu_seconds("/proc/self/stat") >= 0.03
     assert cpu_seconds("/proc/999999999/stat") is None
+    assert host_busy_seconds() - host >= 0.03  # the machine was busy at least with us
 
 
 def _step(fps, sustained, ingest_fps=None, **stages):
