@@ -244,7 +244,9 @@ def translate_onnx(data: bytes, features: str | None = None) -> tuple[OnnxNet, d
     for k, (name, arr) in enumerate((n, a) for n, a in consts.items() if n in used):
         graph_consts[name] = {"key": f"c{k}", "shape": list(arr.shape), "dtype": str(arr.dtype)}
         state[f"consts.c{k}"] = torch.from_numpy(np.array(arr))
-    logits = g.output[0].name
+    outs = [o.name for o in g.output]  # vistream's own exports have (features, logits)
+    logits = "logits" if "logits" in outs else outs[0]
+    features = features or ("features" if "features" in outs and logits != "features" else None)
     graph = {"input": inputs[0].name, "logits": logits, "nodes": nodes, "consts": graph_consts,
              "features": features or _features_of(nodes, logits)}
     if graph["features"] not in {n["out"][0] for n in nodes} | {graph["input"]}:

@@ -313,3 +313,21 @@ def test_nhwc_graphs_take_nchw_batches_and_grey_models_are_refused(tmp_path):
     torch.save(grey.state_dict(), tmp_path / "grey.pth")
     with pytest.raises(ImportRefused, match="takes 1 input channels"):
         import_backbone(tmp_path / "grey.pth", tmp_path / "grey.vsa", arch="resnet18")
+
+
+def test_the_onnx_of_a_vistream_artifact_comes_back_as_the_same_model(tmp_path):
+    from vistream.models.artifacts import export_artifact
+    from vistream.models.backbones import create_model
+
+    from vistream.models.pruning.surgery import prune
+
+    torch.manual_seed(0)
+    full = _seeded(create_model("resnet20", num_classes=10, base=8), 3)
+    net = prune(full, [3, 5, 2, 7, 9, 4, 11, 20, 5]).eval()  # the widths are read off the graph
+    export_artifact(net, tmp_path / "r20.vsa")  # with its ONNX graph (outputs: features, logits)
+    (tmp_path / "r20.onnx").write_bytes(read_artifact(tmp_path / "r20.vsa")[2])
+    man = import_backbone(tmp_path / "r20.onnx", tmp_path / "back.vsa", mean=[0.5] * 3, std=[0.25] * 3)
+    assert man["arch"] == "resnet20" and man["config"]["widths"] == net.config["widths"]
+    back, x = load_artifact(tmp_path / "back.vsa"), _x(2)
+    with torch.no_grad():
+        assert _close(back(x), net(x)) and _close(back.forward_features(x), net.forward_features(x))
