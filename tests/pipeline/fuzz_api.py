@@ -5,9 +5,9 @@ uploads (the schema declares ``image/jpeg, image/png`` for the ``image`` part).
 Used by tests/pipeline/test_api_fuzz.py (in process, through ASGI), and as schemathesis's hooks
 module plus a server for the command-line run of docs/reliability-api.md::
 
-    .venv/bin/python -m tests.pipeline.fuzz_api --port 8765 &
-    SCHEMATHESIS_HOOKS=tests.pipeline.fuzz_api .venv/bin/schemathesis run \\
-        http://127.0.0.1:8765/openapi.json --checks all --max-examples 150 \\
+    PYTHONPATH=. .venv/bin/python -m tests.pipeline.fuzz_api --port 8765 &
+    PYTHONPATH=. SCHEMATHESIS_HOOKS=tests.pipeline.fuzz_api .venv/bin/schemathesis run \\
+        http://127.0.0.1:8765/openapi.json --checks all --max-examples 100 --seed 1 \\
         -H "Authorization: Bearer $(.venv/bin/python -m tests.pipeline.fuzz_api --token)"
 """
 
