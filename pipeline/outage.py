@@ -2,20 +2,23 @@
 
 :func:`outage_run` starts a broker of its own, a thumbnail stage and an idempotent summary sink
 as separate processes (``vistream stage``), and feeds frames at a steady rate while it stops
-the broker (SIGTERM: the JVM exits) for each requested outage, ``gap`` seconds apart, and starts
-it again on the same data. A sampler scrapes each stage's /metrics every 0.2 s. The report
-gives, per outage, how long the broker was away (stop to answering again) and how many seconds
-after its return each stage consumed again (its ``vistream_records_in_total`` grew: a batch was
-processed, produced and committed); whether each stage's ``vistream_broker_up`` gauge showed
-the outage; and over the whole run the frames lost in the output topic, duplicates there
-(allowed: at least once), entries and duplicates at the sink, the sink's absorbed redeliveries,
-the state-change log lines and tracebacks in the stage logs, and stage processes that exited.
+the broker (SIGTERM, a clean shutdown; SIGKILL with ``hard``) for each requested outage,
+``gap`` seconds apart, and starts it again on the same data. A sampler scrapes each stage's
+/metrics every 0.2 s. The report gives, per outage, how long the broker was away (stop to
+answering again) and how many seconds after its return each stage consumed again (its
+``vistream_records_in_total`` grew: a batch was processed, produced and committed); whether
+each stage's ``vistream_broker_up`` gauge showed the outage; and over the whole run the frames
+lost in the output topic, duplicates there (allowed: at least once), entries and duplicates at
+the sink, the sink's absorbed redeliveries, the state-change log lines and tracebacks in the
+stage logs, and stage processes that exited.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -108,14 +111,25 @@ def _wait(sup: Supervisor, seconds: float, until: Callable[[], bool] | None = No
     return until is None
 
 
+def _crash_broker(port: int, data: Path) -> None:
+    """SIGKILL the broker: no clean shutdown, its next start recovers its logs."""
+    pid = broker.status(port, data).pid
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+    broker.stop(port, data)  # reaps it, removes the pid file
+
+
 def _outages(sup: Supervisor, sampler: _Sampler, outages: list[float], gap: float, port: int,
-             data: Path, say: Callable[[str], None]) -> list[dict[str, Any]]:
+             data: Path, say: Callable[[str], None], hard: bool = False) -> list[dict[str, Any]]:
     rows = []
     for i, seconds in enumerate(outages):
         if i:
             _wait(sup, gap)
         t_stop = time.monotonic()
-        broker.stop(port, data)
+        if hard:
+            _crash_broker(port, data)
+        else:
+            broker.stop(port, data)
         say(f"outage {i + 1}/{len(outages)}: broker stopped for {seconds:g} s")
         _wait(sup, seconds)
         broker.start(port, data)
@@ -125,9 +139,10 @@ def _outages(sup: Supervisor, sampler: _Sampler, outages: list[float], gap: floa
 
 
 def outage_run(outages: list[float], gap: float = 5.0, frames: int = 200, port: int = 29692,
-               work_dir: str | Path = "out/outage", seed: int = 0,
+               work_dir: str | Path = "out/outage", seed: int = 0, hard: bool = False,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Outages of ``outages`` seconds under a running pipeline; returns the report."""
+    """Outages of ``outages`` seconds under a running pipeline (``hard``: the broker is
+    SIGKILLed instead of stopped cleanly); returns the report."""
     say = progress or (lambda _msg: None)
     run_dir = Path(work_dir).resolve()
     if run_dir.exists():
@@ -151,7 +166,7 @@ def outage_run(outages: list[float], gap: float = 5.0, frames: int = 200, port: 
         feeder.start()
         say(f"{frames} frames over {feed_s:.0f} s; waiting for the stream to flow")
         _wait(sup, 120, lambda: len(_sink_entries(run_dir)) >= max(frames // 20, 1))
-        rows = _outages(sup, sampler, outages, gap, port, data, say)
+        rows = _outages(sup, sampler, outages, gap, port, data, say, hard)
         say("waiting for every frame at the sink")
         _wait(sup, 180 + feed_s, lambda: len(set(_sink_entries(run_dir))) >= frames)
         feeder.join(timeout=30)

@@ -63,6 +63,8 @@ def outage(
     frames: int = typer.Option(200, "--frames", min=10, help="frames fed during the run"),
     port: int = typer.Option(29692, "--port", help="port of the broker stopped and restarted"),
     work_dir: Path = typer.Option(Path("out/outage"), "--work-dir", help="logs and outputs"),
+    hard: bool = typer.Option(False, "--hard", help="SIGKILL the broker instead of stopping it "
+                                                    "cleanly (it recovers its logs on restart)"),
 ) -> None:
     """Stop and restart a broker of its own under a running thumbnail stage and summary sink
     (separate processes) while frames keep coming. Prints, per outage, the seconds until each
@@ -73,7 +75,7 @@ def outage(
 
     _logging()
     report = outage_run(_durations(outages), gap=gap, frames=frames, port=port,
-                        work_dir=work_dir, progress=_say)
+                        work_dir=work_dir, hard=hard, progress=_say)
     typer.echo(json.dumps(report))
     ok = report["lost"] == 0 and report["sink_duplicates"] == 0 and not report["exits"]
     raise typer.Exit(0 if ok else 1)
