@@ -132,8 +132,13 @@ def record_topic(bus: Bus, topic: str, out: str | Path, *, fps: float = 25.0,
         while len(heap) > keep and (max_frames is None or sink.frames < max_frames):
             seq, fid = heapq.heappop(heap)
             frame = window.pop(fid)
-            sink.write(frame.image)
             last_seq = seq
+            try:
+                image = frame.image  # decoded only now: the window holds encoded frames
+            except InvalidRecord:
+                report.undecodable += 1
+                continue
+            sink.write(image)
             bar.update(1)
 
     try:
@@ -174,7 +179,6 @@ def _take(r: Record, report: RecordReport, heap: list, window: dict[str, Frame],
         msg = decode_message(Record(r.topic, r.partition, r.offset, r.key, r.value, r.headers),
                              accept=("frame",))
         assert isinstance(msg, Frame)
-        msg.image  # noqa: B018 - decode now, so a broken image is counted here
     except (InvalidRecord, AssertionError):
         report.undecodable += 1
         return last_seq

@@ -51,9 +51,11 @@ class AnnotateParams(StageParams):
     tracks: bool = Field(True, description="wait for each frame's track record (false: draw "
                                            "frames as they come, with whatever is known)")
     max_wait: int = Field(8, ge=0, le=10_000, description="a frame waits for its track record "
-                                                          "until this many later frames came")
+                                                          "until this many later frames came "
+                                                          "(at most cache_frames)")
     cache_frames: int = Field(64, ge=1, le=100_000,
-                              description="frames (and early track records) kept per stream")
+                              description="frames (encoded) and early track records kept per "
+                                          "stream")
     caption_frames: int = Field(25, ge=0, le=100_000,
                                 description="a caption stays on this many following frames")
     quality: int = Field(90, ge=1, le=100, description="JPEG quality of annotated frames")
@@ -276,6 +278,7 @@ class AnnotateStage(Stage):
                                     seq=frame.seq, timestamp_ms=frame.timestamp_ms,
                                     data=encode_image(img, frame.content_type, p.quality),
                                     content_type=frame.content_type)
+        frame._image = None  # the cache keeps encoded bytes only; a redraw decodes again
 
 
 def _seq_of(frame_id: str) -> int | None:

@@ -149,7 +149,9 @@ def run_demo(out: Path, frames: int = 150, seed: int = 0, artifact: str | None =
         echo(f"stage {name:9s} in {st.records_in:5d}  out {st.records_out:5d}  "
              f"dead-lettered {st.dead_lettered}  errors {st.errors}  "
              f"{fps[name]:8.1f} frames/s ({clocks[name].seconds:.1f} s busy)")
-    rec = record_topic(bus, "annotated", out / "annotated.mp4", fps=seq.fps, progress=False)
+    # a frame redrawn late (a late caption) replaces its first copy: the window is the clip
+    rec = record_topic(bus, "annotated", out / "annotated.mp4", fps=seq.fps, progress=False,
+                       reorder=max(64, frames))
     echo(f"annotated video: {rec.path} ({rec.frames} frames)")
     shown = _report_frames(bus, figures["deblur"]["frames"], frames)
     bus.close()
