@@ -33,6 +33,8 @@ def serve(
     max_upload_bytes: int = typer.Option(8 * 1024 * 1024, min=1),
     max_pixels: int = typer.Option(4096 * 4096, min=1),
     max_k: int = typer.Option(1000, min=1),
+    max_body_bytes: int = typer.Option(2 * 1024 * 1024, min=1, help="largest JSON request body "
+                                       "(413 above it, before it is read)"),
     threads: int = typer.Option(1, min=1, help="FAISS (OpenMP) threads per search; requests "
                                 "already run in parallel threads"),
     log_format: str = typer.Option("text", "--log-format"),
@@ -57,7 +59,8 @@ def serve(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    limits = ServiceLimits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_k=max_k)
+    limits = ServiceLimits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_k=max_k,
+                           max_body_bytes=max_body_bytes)
     run(config, stage, snapshot, host=host, port=port, group=group, backbone=backbone,
         input_size=input_size, seed=seed, limits=limits, threads=threads,
         echo=lambda s: typer.echo(s, err=True), api_token=token)
