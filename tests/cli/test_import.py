@@ -80,3 +80,26 @@ def test_train_binary_refuses_a_start_without_a_one_bit_twin(tmp_path):
                                    str(tmp_path / "n.vsa")])
     assert res.exit_code == 2 and "--teacher" in res.output and "no 1-bit twin" in res.output
 
+
+
+def test_compress_abc_prunes_an_imported_artifact(weights, tmp_path):
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for c in ("cats", "dogs"):  # a tiny ImageFolder: 2 classes of 10 noise images
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(10):
+            cv2.imwrite(str(tmp_path / "imgs" / c / f"{i}.png"), rng.integers(0, 255, (32, 32, 3), np.uint8))
+    base = tmp_path / "r18.vsa"
+    assert CliRunner().invoke(app, ["import", str(weights), "--arch", "resnet18", "-o", str(base),
+                                    "--input-size", "32"]).exit_code == 0
+    res = CliRunner().invoke(app, ["compress", "abc", "--base", str(base), "--dataset",
+                                   f"imagefolder:{tmp_path / 'imgs'}", "--cycles", "1", "--food", "2",
+                                   "--limit", "1", "--fitness-subset", "8", "--finetune-epochs", "0",
+                                   "--flops-target", "0.6", "--out", str(tmp_path / "abc"),
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "3 classes, the dataset 2: a new seeded classifier" in res.output  # --arch from --base
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["flops_ratio"] <= 0.6 and out["artifact"].endswith("abc-resnet18.vsa")
