@@ -84,10 +84,23 @@ def source_topics(cfg: PipelineConfig) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- processes
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port(pair: bool = False) -> int:
+    """A port nobody listens on now; with ``pair``, port+1 is free too (a broker's controller)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not pair or (port < 65535 and _bindable(port + 1)):
+            return port
 
 
 class Supervisor:

@@ -131,7 +131,7 @@ stages:
   - {name: sink, type: summary, inputs: [summaries], batch_size: 16,
      params: {out_dir: out/sink, contact_sheet_max: 4}}
 """)
-    report = chaos_run(cfg, minutes=20 / 60, seed=2, fps=6, kill_every=4, port=free_port(),
+    report = chaos_run(cfg, minutes=20 / 60, seed=2, fps=6, kill_every=4, port=free_port(pair=True),
                        work_dir=tmp_path / "work")
     assert report["kills"] >= 1 and report["restarts"] == report["kills"]
     assert report["unexpected_exits"] == 0

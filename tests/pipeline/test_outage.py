@@ -217,7 +217,7 @@ def test_broker_stopped_30s_mid_stream_nothing_lost_no_process_exits(tmp_path):
     from vistream.pipeline.chaos import free_port
     from vistream.pipeline.outage import outage_run
 
-    report = outage_run([30], gap=5, frames=80, port=free_port(), work_dir=tmp_path / "run")
+    report = outage_run([30], gap=5, frames=80, port=free_port(pair=True), work_dir=tmp_path / "run")
     assert report["lost"] == 0
     assert report["sink_missing"] == 0 and report["sink_duplicates"] == 0
     assert report["sink_entries"] == 80
