@@ -427,9 +427,11 @@ def _conv_bn_pairs(model) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
 def import_backbone(source: str | Path, out: str | Path, arch: str | None = None,
                     input_size: int | None = None, mean: list[float] | None = None,
                     std: list[float] | None = None, num_classes: int | None = None,
-                    features_output: str | None = None, convert: bool = True) -> dict:
+                    features_output: str | None = None, convert: bool = True,
+                    embed_onnx: bool = True) -> dict:
     """``vistream import``: write ``out`` from a torchvision state dict (``arch`` given) or an
-    ONNX file (``.onnx``). Returns the manifest; its ``source`` entry says what was done."""
+    ONNX file (``.onnx``). Returns the manifest; its ``source`` entry says what was done.
+    ``embed_onnx``: store an ONNX graph in the artifact (the user's own for ONNX sources)."""
     source = Path(source)
     if not source.is_file():
         raise ImportRefused(f"{source} does not exist")
@@ -468,8 +470,8 @@ def import_backbone(source: str | Path, out: str | Path, arch: str | None = None
             "dtype": "float32", "range": [0.0, 1.0]}
     man = export_artifact(model, out, method="imported", input_spec=spec,
                           normalization={"mean": mean, "std": std}, extra={"source": info},
-                          onnx=not onnx_bytes)
-    if onnx_bytes:  # keep the user's own graph rather than a re-export
+                          onnx=embed_onnx and not onnx_bytes)
+    if onnx_bytes and embed_onnx:  # keep the user's own graph rather than a re-export
         man, weights, _ = read_artifact(out)
         man["onnx"] = {"bytes": len(onnx_bytes), "outputs": ["logits"], "original": True}
         man = write_artifact(out, man, weights, onnx_bytes)

@@ -184,6 +184,13 @@ def test_other_onnx_graphs_run_as_graphs(tmp_path):
         want = model.forward_features(preprocess([f.image for f in frames], man["input_spec"],
                                                  man["normalization"])).numpy()
     assert got.shape == (2, 108) and np.allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    # another tensor as feature vector, by name; a name the graph lacks is refused
+    conv_out = next(n["out"][0] for n in man["config"]["graph"]["nodes"] if n["op"] == "Conv")
+    other = import_backbone(tmp_path / "odd.onnx", tmp_path / "f.vsa", features_output=conv_out,
+                            embed_onnx=False)
+    assert other["num_features"] == 8 * 8 * 8 and other["onnx"]["bytes"] == 0
+    with pytest.raises(ImportRefused, match="no tensor of the graph"):
+        import_backbone(tmp_path / "odd.onnx", tmp_path / "f.vsa", features_output="nope")
     # a graph exported with a fixed batch of one still takes batches
     (tmp_path / "one.onnx").write_bytes(_onnx(net, 16, dynamic=False))
     import_backbone(tmp_path / "one.onnx", tmp_path / "one.vsa")

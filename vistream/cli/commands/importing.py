@@ -45,6 +45,8 @@ def import_cmd(
     convert: bool = typer.Option(True, "--convert/--no-convert",
                                  help="ONNX: turn a graph that matches a project ResNet into that "
                                  "model (prunable, 1-bit starting point); --no-convert keeps the graph"),
+    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="also store an ONNX graph in the artifact "
+                              "(an ONNX source's own graph; about the weights' size again)"),
 ) -> None:
     """Turn pretrained weights made elsewhere into an artifact that the features stage runs
     and that `vistream compress abc --base` and `vistream train binary --init` start from.
@@ -57,7 +59,7 @@ def import_cmd(
     try:
         man = import_backbone(source, out, arch=arch, input_size=input_size, mean=m, std=s,
                               num_classes=num_classes, features_output=features_output,
-                              convert=convert)
+                              convert=convert, embed_onnx=onnx)
     except ImportRefused as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
