@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.pipeline.fuzz_api import TOKEN, build_app
 
+pytestmark = pytest.mark.slow  # about 75 s
 CASES = int(os.environ.get("VISTREAM_FUZZ_CASES", "100"))
 APP, BUS = build_app()
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
