@@ -77,9 +77,9 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("binary-resnet20-composite", "binary", base=16, train_copies=2, pretrain_epochs=4,
            epochs=10, lr=5e-3, batch_size=32, method="xnor"),
-    Recipe("abc-resnet20-composite", "abc", base=16, train_copies=2, pretrain_epochs=3, epochs=15,
+    Recipe("abc-resnet20-composite", "abc", base=8, train_copies=2, pretrain_epochs=3, epochs=15,
            lr=0.05, batch_size=64, food=3, cycles=1, limit=1, fitness_subset=1000,
-           finetune_epochs=5),
+           finetune_epochs=5, channel_multiple=4),
 )}
 
 
