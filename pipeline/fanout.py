@@ -1,0 +1,242 @@
+"""Queries over a sharded index: the replica that hosts shards, and the fan-out that asks them.
+
+Replica (:class:`ShardReplica`)
+    One member of the index stage's consumer group. It holds one shard per assigned partition
+    of the features topic (a :class:`~vistream.models.hashing.shards.ShardedIndex`). When a
+    partition is assigned it opens the partition's shard from its snapshot and reads the
+    partition from the offset stored with it (0 without one); when a partition goes away it
+    snapshots the shard with its position and drops it; every ``snapshot_every`` records of a
+    partition it snapshots that shard. A replica that is killed loses nothing: its partitions
+    go to the others, which open the last snapshots and replay the rest from the topic (the
+    index is idempotent by frame id, so the overlap counts once).
+
+Fan-out (:class:`FanoutClient`)
+    Asks every live shard replica the same query at once, each through an *endpoint* (any
+    callable taking the query and returning its JSON answer: in-process, a pipe to another
+    process, or HTTP with :func:`http_endpoint`), and merges the answers with
+    :func:`merge_answers`: the exact top-k over every shard that answered (each answer is its
+    shards' top-k in (distance, frame id) order, see :mod:`vistream.models.hashing.shards`).
+    A replica that fails or does not answer within ``timeout_s`` makes the answer
+    ``partial: true`` with the partitions it would have covered listed in ``missing``.
+
+A shard answer (JSON)
+    ``{"hits": [{"frame_id", "distance", ...}, ...], "shards": {<key>: {"model",
+    "model_version", "warm_start", "n"}, ...}}``: the keys are the partitions the replica
+    searched. The merged answer adds ``partial``, ``missing`` and ``consistent`` (one model
+    version across all shards).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+
+from vistream.models.hashing.shards import ShardedIndex, ShardedResult
+from vistream.pipeline.bus import Bus, TopicPartition
+from vistream.pipeline.runner import positions_from_carry
+from vistream.pipeline.wire import Record, decode_message
+from vistream.stages.records import Features, InvalidRecord
+
+log = logging.getLogger("vistream.fanout")
+
+Endpoint = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def shard_key(tp: TopicPartition) -> str:
+    """The shard of a partition: ``<topic>-<partition>``."""
+    return f"{tp.topic}-{tp.partition}"
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def answer_json(result: ShardedResult) -> dict[str, Any]:
+    """A replica's answer to one query, as it goes over the wire."""
+    return {"hits": [{"frame_id": h.frame_id, "distance": int(h.distance), "label": h.label,
+                      "stream_id": h.stream_id, "timestamp_ms": h.timestamp_ms}
+                     for h in result.hits],
+            "shards": {k: v.to_json() for k, v in result.shards.items()}}
+
+
+def _order(hit: Mapping[str, Any]) -> tuple[int, str]:
+    return (int(hit["distance"]), str(hit["frame_id"]))
+
+
+def merge_answers(answers: Mapping[str, Mapping[str, Any] | None], k: int,
+                  expected: Iterable[str] = ()) -> dict[str, Any]:
+    """The exact top-k of replica answers (None: that replica did not answer). ``expected``
+    names every partition the answer should cover; the ones no answer covers are ``missing``
+    (and the answer ``partial``). A frame id in two answers counts once, at its nearer
+    distance."""
+    best: dict[str, Mapping[str, Any]] = {}
+    shards: dict[str, Any] = {}
+    for ans in answers.values():
+        if ans is None:
+            continue
+        shards.update(ans.get("shards", {}))
+        for h in ans.get("hits", []):
+            old = best.get(h["frame_id"])
+            if old is None or _order(h) < _order(old):
+                best[h["frame_id"]] = h
+    hits = sorted(best.values(), key=_order)[: max(int(k), 0)]
+    missing = sorted(set(expected) - set(shards))
+    versions = {(s.get("model"), s.get("model_version")) for s in shards.values() if s.get("n")}
+    return {"hits": [dict(h) for h in hits], "shards": dict(sorted(shards.items())),
+            "partial": bool(missing) or any(a is None for a in answers.values()),
+            "missing": missing, "consistent": len(versions) <= 1}
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class FanoutClient:
+    """Asks every endpoint at once and merges (see the module docstring). ``endpoints`` maps a
+    replica name to its endpoint; ``covers`` maps it to the partitions (shard keys) it last
+    announced, so a silent replica's partitions can be named in ``missing``."""
+
+    def __init__(self, endpoints: Mapping[str, Endpoint], timeout_s: float = 1.0,
+                 covers: Mapping[str, Iterable[str]] | None = None) -> None:
+        self.endpoints = dict(endpoints)
+        self.timeout_s = float(timeout_s)
+        self.covers = {k: set(v) for k, v in (covers or {}).items()}
+        self._pool = ThreadPoolExecutor(max_workers=max(len(self.endpoints), 1),
+                                        thread_name_prefix="fanout")
+
+    def search(self, query: Mapping[str, Any], k: int = 10) -> dict[str, Any]:
+        """``query`` is what each endpoint takes, e.g. ``{"vector": [...]}`` or ``{"code":
+        [...]}``; ``k`` is added to it. Returns the merged answer plus ``merge_ms`` (the time
+        the merge itself took) and ``replicas`` (who answered)."""
+        q = {**query, "k": int(k)}
+        futures = {name: self._pool.submit(ep, q) for name, ep in self.endpoints.items()}
+        done, _ = wait(futures.values(), timeout=self.timeout_s)
+        answers: dict[str, Mapping[str, Any] | None] = {}
+        for name, fut in futures.items():
+            if fut in done and fut.exception() is None:
+                answers[name] = fut.result()
+                self.covers[name] = set(answers[name].get("shards", {}))
+            else:
+                answers[name] = None
+                if fut in done:
+                    log.warning("shard replica %s failed: %s", name, fut.exception())
+                else:
+                    fut.cancel()
+        expected = set().union(*self.covers.values()) if self.covers else set()
+        t0 = time.perf_counter()
+        out = merge_answers(answers, k, expected)
+        out["merge_ms"] = (time.perf_counter() - t0) * 1000
+        out["replicas"] = {n: a is not None for n, a in answers.items()}
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def local_endpoint(index: ShardedIndex) -> Endpoint:
+    """An endpoint that searches a :class:`ShardedIndex` in this process."""
+
+    def ask(q: dict[str, Any]) -> dict[str, Any]:
+        k = int(q.get("k", 10))
+        if "code" in q:
+            return answer_json(index.search_codes(np.asarray(q["code"], np.uint8), k))
+        return answer_json(index.search_vector(np.asarray(q["vector"], np.float32), k))
+
+    return ask
+
+
+def http_endpoint(url: str, client: Any, path: str = "/shard/search") -> Endpoint:
+    """An endpoint behind HTTP: POSTs the query as JSON to ``url + path`` with ``client``
+    (an ``httpx.Client``), expects a shard answer back."""
+
+    def ask(q: dict[str, Any]) -> dict[str, Any]:
+        r = client.post(url.rstrip("/") + path, json=q)
+        r.raise_for_status()
+        return r.json()
+
+    return ask
+
+
+# --------------------------------------------------------------------------- the replica
+
+
+class ShardReplica:
+    """A consumer-group member that keeps one shard per assigned partition of ``topic`` (see
+    the module docstring). Call :meth:`step` in a loop; :meth:`close` snapshots every shard it
+    holds and leaves the group."""
+
+    def __init__(self, bus: Bus, topic: str, group_id: str, index: ShardedIndex,
+                 snapshot_every: int = 10_000, max_records: int = 500) -> None:
+        self.topic = topic
+        self.index = index
+        self.snapshot_every = int(snapshot_every)
+        self.max_records = int(max_records)
+        self.positions: dict[TopicPartition, int] = {}
+        self._since: dict[TopicPartition, int] = {}
+        self.invalid = 0
+        self.consumer = bus.consumer([topic], group_id, on_assign=self._on_assign)
+
+    def carry(self, tp: TopicPartition) -> dict[str, Any]:
+        return {"positions": [[tp.topic, tp.partition, self.positions.get(tp, 0)]]}
+
+    def _on_assign(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
+        out = {}
+        for tp in sorted(tps):
+            carry = self.index.open_shard(shard_key(tp))
+            pos = positions_from_carry(carry).get(tp, self.positions.get(tp, 0))
+            self.positions[tp] = out[tp] = pos
+            self._since[tp] = 0
+        return out
+
+    def _drop_revoked(self) -> None:
+        owned = self.consumer.assignment()
+        for tp in [tp for tp in self.positions if tp not in owned]:
+            self.index.close_shard(shard_key(tp), self.carry(tp))
+            del self.positions[tp]
+            self._since.pop(tp, None)
+
+    def step(self, timeout: float = 0.05) -> int:
+        """Poll once, index what came, drop partitions that moved away, snapshot shards that
+        are due. Returns the records handled."""
+        records = self.consumer.poll(self.max_records, timeout)
+        by_tp: dict[TopicPartition, list[Record]] = {}
+        for rec in records:
+            by_tp.setdefault(TopicPartition(rec.topic, rec.partition), []).append(rec)
+        for tp, recs in by_tp.items():
+            self._apply(tp, recs)
+        self._drop_revoked()
+        for tp in list(self.positions):
+            if self._since.get(tp, 0) >= self.snapshot_every:
+                self.index.snapshot_shard(shard_key(tp), self.carry(tp))
+                self._since[tp] = 0
+        return len(records)
+
+    def _apply(self, tp: TopicPartition, recs: list[Record]) -> None:
+        if tp not in self.positions:  # pragma: no cover - polled just before a revoke
+            return
+        fids, rows = [], []
+        for rec in recs:
+            try:
+                msg = decode_message(rec, accept=("features",))
+            except InvalidRecord as exc:
+                self.invalid += 1
+                log.warning("skipped %s: %s", rec.source_id, exc)
+                continue
+            assert isinstance(msg, Features)
+            fids.append(msg.frame_id)
+            rows.append(np.asarray(msg.vector, np.float32).reshape(-1))
+        if rows:
+            self.index.add(shard_key(tp), fids, np.stack(rows))
+        self.positions[tp] = recs[-1].offset + 1
+        self._since[tp] = self._since.get(tp, 0) + len(recs)
+
+    def close(self, snapshot: bool = True) -> None:
+        """Leave the group; with ``snapshot`` each shard is snapshotted first (a clean stop)."""
+        for tp in list(self.positions):
+            self.index.close_shard(shard_key(tp), self.carry(tp), snapshot=snapshot)
+        self.positions.clear()
+        self.consumer.close()
+        self.index.close()
