@@ -80,6 +80,10 @@ class DiscoveryParams:
     similarity: bool = True
     #: compare with the frames this many frames back (their minimum difference counts)
     refs: tuple[int, ...] = (4, 10)
+    #: before the nearest of ``refs`` exists (the first frames of a stream), compare with the
+    #: oldest frame and the one half-way to it, from the 3rd frame on (False: wait for the
+    #: nearest ref): a target present from the first frame is found ~3 frames sooner
+    early_refs: bool = True
     #: a share of the reference's local 3x3 contrast that a difference must exceed too
     edge_tolerance: float = 0.1
     #: threshold = max(min_threshold, n_sigma * noise sigma), grey levels at half resolution
@@ -90,6 +94,9 @@ class DiscoveryParams:
     #: a frame whose camera shift differs from the previous one's by more than this (px) is
     #: a jump, blurred by the motion: skipped
     jump_px: float = 12.0
+    #: judge a frame's shift against the last frame that was not a jump (False: against the
+    #: previous frame, which skipped the sharp frame after every re-aim as well)
+    settle_after_jump: bool = True
     #: size filter (full-resolution px) and the fewest foreground pixels (half resolution)
     min_size: float = 3.0
     max_size: float = 64.0
@@ -103,6 +110,11 @@ class DiscoveryParams:
     #: persistence: matched in persist_k of the last persist_n frames
     persist_k: int = 3
     persist_n: int = 5
+    #: a candidate whose blob was *strong* (peak difference >= strong_ratio x threshold) in
+    #: strong_k of the last persist_n frames is confirmed too (0 = off): a high-contrast
+    #: mover is reported after 2 frames, a faint one still needs persist_k
+    strong_ratio: float = 2.5
+    strong_k: int = 2
     #: a candidate is dropped after this many misses in a row
     max_misses: int = 4
     #: association gate: max(gate_px, gate_factor * candidate size), full-resolution px
@@ -309,6 +321,7 @@ class _Candidate:
     vx: float = 0.0
     vy: float = 0.0
     hits: deque = field(default_factory=deque)
+    strong: deque = field(default_factory=deque)
     misses: int = 0
     matched: bool = False
     confirmed: bool = False
@@ -353,9 +366,12 @@ class MotionDetector:
         diff = None
         sigma = 0.0
         n = len(self._hist)
-        for k in self.p.refs:
-            if n <= k:
-                continue
+        refs = [k for k in self.p.refs if n > k]
+        if not refs and self.p.early_refs and n >= 2:
+            # the first frames: the oldest frame and the one half-way (the minimum of the two
+            # differences still drops each ghost once the target moved its own size)
+            refs = sorted({n - 1, (n - 1) // 2})
+        for k in refs:
             ref_img, a3 = self._hist[n - 1 - k]
             a = a3[:2].astype(np.float32)
             ref = cv2.warpAffine(ref_img, a, (w, h), flags=cv2.INTER_LINEAR,
@@ -451,6 +467,7 @@ class MotionDetector:
             if c.matched or used[bi]:
                 continue
             used[bi] = c.matched = True
+            c.strong.append(bool(blobs[bi, 4] >= p.strong_ratio))
             x, y, w, h = (float(v) for v in blobs[bi, :4])
             nx, ny = x + w / 2.0, y + h / 2.0
             # scene velocity: the innovation against the camera-compensated prediction
@@ -460,18 +477,22 @@ class MotionDetector:
             c.w, c.h = 0.5 * (c.w + w), 0.5 * (c.h + h)
         for c in self.candidates:
             c.hits.append(c.matched)
+            if not c.matched:
+                c.strong.append(False)
             c.misses = 0 if c.matched else c.misses + 1
-            if sum(c.hits) >= p.persist_k:
+            if sum(c.hits) >= p.persist_k or (p.strong_k and sum(c.strong) >= p.strong_k):
                 c.confirmed = True
         self.candidates = [c for c in self.candidates if c.misses < p.max_misses]
         for bi in np.flatnonzero(~used):
             if len(self.candidates) >= p.max_candidates:
                 break
             x, y, w, h = (float(v) for v in blobs[bi, :4])
+            strong = bool(blobs[bi, 4] >= p.strong_ratio)
             c = _Candidate(self._next_id, x + w / 2.0, y + h / 2.0, w, h,
-                           hits=deque([True], maxlen=p.persist_n), matched=True)
+                           hits=deque([True], maxlen=p.persist_n),
+                           strong=deque([strong], maxlen=p.persist_n), matched=True)
             self._next_id += 1
-            c.confirmed = p.persist_k <= 1
+            c.confirmed = p.persist_k <= 1 or (0 < p.strong_k <= 1 and strong)
             self.candidates.append(c)
 
     # -- per frame ------------------------------------------------------------------------
@@ -501,7 +522,10 @@ class MotionDetector:
         # differences are unreliable, so it is skipped like a registration failure.
         shift = np.asarray(self.transform[:, 2])
         jumped = float(np.hypot(*(shift - self._last_shift))) > self.p.jump_px
-        self._last_shift = shift
+        if not jumped or not self.p.settle_after_jump:
+            # the shift a jump is judged against is the last *steady* one: the frame after a
+            # re-aim moves like the frames before it and is not blurred, so it is used
+            self._last_shift = shift
         blobs = None if diff is None or jumped else self._blobs(diff)
         if diff is not None and blobs is None:
             self.skipped += 1
