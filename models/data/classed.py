@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from vistream.models.data.images import _digits_raw, split_indices
 from vistream.models.data.mot import (
@@ -212,8 +213,9 @@ def _render_frame(seq: ClassedSequence, t: int, blur: bool = True) -> np.ndarray
     return cv2.convertScaleAbs(cv2.max(img, 0.0))
 
 
-def render_classed(spec: ClassedSpec) -> ClassedSequence:
-    """Render ``spec``: frames (BGR uint8, blurred and noisy as filmed) and ground truth."""
+def render_classed(spec: ClassedSpec, progress: bool = False) -> ClassedSequence:
+    """Render ``spec``: frames (BGR uint8, blurred and noisy as filmed) and ground truth;
+    ``progress`` shows a progress bar."""
     mspec = spec.mot_spec()
     canvas, maps = _canvas(mspec, _camera_params(mspec))
     classes, sprites = _pick_digits(spec)
@@ -241,5 +243,7 @@ def render_classed(spec: ClassedSpec) -> ClassedSequence:
     # every frame has its own noise stream, so frames render independently; OpenCV and numpy
     # release the GIL in the heavy parts, so threads share the work
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        seq.frames.extend(pool.map(lambda t: _render_frame(seq, t), range(spec.n_frames)))
+        jobs = pool.map(lambda t: _render_frame(seq, t), range(spec.n_frames))
+        seq.frames.extend(tqdm(jobs, total=spec.n_frames, unit="frame", desc="render clip",
+                               disable=not progress, leave=False))
     return seq

@@ -100,9 +100,9 @@ def build_config(video: Path, out: Path, artifact: str | None):
     return parse_config(data, str(DEMO_CONFIG))
 
 
-def make_clip(out: Path, frames: int, seed: int, echo: Callable[[str], None]
-              ) -> tuple[ClassedSequence, Path]:
-    seq = render_classed(ClassedSpec(seed=seed, n_frames=frames))
+def make_clip(out: Path, frames: int, seed: int, echo: Callable[[str], None],
+              progress: bool = False) -> tuple[ClassedSequence, Path]:
+    seq = render_classed(ClassedSpec(seed=seed, n_frames=frames), progress=progress)
     path = write_video(seq, out / "sample.mp4")
     (out / "ground_truth.json").write_text(json.dumps({
         "boxes_xywh": np.round(seq.boxes, 3).tolist(), "present": seq.present.tolist(),
@@ -119,7 +119,7 @@ def run_demo(out: Path, frames: int = 150, seed: int = 0, artifact: str | None =
              label_share: float = 0.5) -> dict[str, Any]:
     t_start = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    seq, video = make_clip(out, frames, seed, echo)
+    seq, video = make_clip(out, frames, seed, echo, progress)
     phases = {"clip": time.monotonic() - t_start}
     artifact = artifact or default_artifact()
     echo(f"backbone of the crops: {artifact}")

@@ -253,7 +253,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="output folder"),
          artifact: str | None = typer.Option(None, help="1-bit backbone artifact for the crops "
                                              "(default: DEMO_ARTIFACT, else the shipped one)"),
          progress: bool = typer.Option(True, "--progress/--no-progress",
-                                       help="show the ingest progress bar")) -> None:
+                                       help="show progress bars (clip, ingest)")) -> None:
     """Generate a seeded clip of small digit sprites under a shaking camera, run detect, track,
     features, live index, deblur and annotate on the embedded bus, label half of the objects'
     tracks, score every stage against the ground truth and write out/demo/report.html and
