@@ -19,6 +19,19 @@ Fan-out (:class:`FanoutClient`)
     A replica that fails or does not answer within ``timeout_s`` makes the answer
     ``partial: true`` with the partitions it would have covered listed in ``missing``.
 
+One hash model (:class:`ShardLearner`, :class:`ModelFollower`)
+    Learner candidates (one per replica, say) join the group ``<group>-learner`` on a
+    one-partition election topic; the member that owns its partition 0 is *the* learner,
+    chosen by Kafka's own group protocol, and a dead learner's successor is chosen the same
+    way. Only the learner reads the features topic (all partitions, group ``<group>-learn``),
+    keeps the labelled feature records, and every ``train_chunk`` of them fits a copy of the
+    latest model (SDOH by default) and publishes the new version to the model topic (one key,
+    so a compacted topic keeps the latest); it commits its input offsets only after the
+    version is out, so a successor neither loses nor repeats a chunk. A successor first reads
+    the model topic and continues from the latest version there. Every replica follows the
+    model topic (:class:`ModelFollower`, a group of its own) and applies a newer version to all
+    its shards (:meth:`ShardedIndex.set_model`: re-encode, atomic swap per shard).
+
 A shard answer (JSON)
     ``{"hits": [{"frame_id", "distance", ...}, ...], "shards": {<key>: {"model",
     "model_version", "warm_start", "n"}, ...}}``: the keys are the partitions the replica
@@ -28,14 +41,18 @@ A shard answer (JSON)
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
 
+from vistream.models.hashing.base import HashModel
+from vistream.models.hashing.registry import make_hash_model
 from vistream.models.hashing.shards import ShardedIndex, ShardedResult
 from vistream.pipeline.bus import Bus, TopicPartition
 from vistream.pipeline.runner import positions_from_carry
@@ -163,14 +180,162 @@ def http_endpoint(url: str, client: Any, path: str = "/shard/search") -> Endpoin
 # --------------------------------------------------------------------------- the replica
 
 
+MODEL_KEY = b"hash-model"
+
+
+def publish_model(producer: Any, topic: str, model: HashModel) -> None:
+    """One model version as a record of the model topic (always the same key)."""
+    producer.send(topic, model.to_bytes(), key=MODEL_KEY,
+                  headers=[("model", model.name.encode()),
+                           ("model_version", str(int(model.version)).encode())])
+    producer.flush()
+
+
+class ModelFollower:
+    """Reads the model topic from its start in a group of its own and keeps the newest
+    version (by version number); :meth:`poll` returns it when it is newer than the last one
+    returned."""
+
+    def __init__(self, bus: Bus, topic: str, group_id: str | None = None) -> None:
+        self.consumer = bus.consumer([topic], group_id or f"model-follower-{uuid.uuid4().hex}")
+        self.latest: HashModel | None = None
+        self._given = -1
+
+    def poll(self, timeout: float = 0.0) -> HashModel | None:
+        while True:
+            recs = self.consumer.poll(100, timeout)
+            for rec in recs:
+                try:
+                    model = HashModel.from_bytes(rec.value or b"")
+                except (ValueError, OSError, KeyError) as exc:
+                    log.warning("skipped model record %s: %s", rec.source_id, exc)
+                    continue
+                if self.latest is None or model.version > self.latest.version:
+                    self.latest = model
+            if not recs:
+                break
+            timeout = 0.0
+        if self.latest is not None and self.latest.version > self._given:
+            self._given = self.latest.version
+            return self.latest
+        return None
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class ShardLearner:
+    """One learner candidate (see the module docstring). Call :meth:`step` in a loop; it
+    learns only while this candidate owns partition 0 of ``election_topic``."""
+
+    def __init__(self, bus: Bus, features_topic: str, model_topic: str, election_topic: str,
+                 group_id: str, model: str = "sdoh", n_bits: int = 64, seed: int = 0,
+                 model_params: Mapping[str, Any] | None = None,
+                 train_chunk: int = 2000) -> None:
+        self.bus = bus
+        self.features_topic, self.model_topic = features_topic, model_topic
+        self.group_id = group_id
+        self.make = lambda: make_hash_model(model, n_bits=n_bits, seed=seed,
+                                            **dict(model_params or {}))
+        self.train_chunk = int(train_chunk)
+        self.election = bus.consumer([election_topic], f"{group_id}-learner")
+        self.producer = bus.producer()
+        self.data: Any = None  # the features consumer, open while this one is the learner
+        self.models: ModelFollower | None = None
+        self.model: HashModel | None = None
+        self.X: list[np.ndarray] = []
+        self.y: list[int] = []
+        #: where each buffered labelled record came from, and how far each partition was read
+        self.at: list[tuple[TopicPartition, int]] = []
+        self.read: dict[TopicPartition, int] = {}
+        self.published = 0
+
+    @property
+    def leading(self) -> bool:
+        return self.data is not None
+
+    def step(self, timeout: float = 0.0) -> int:
+        """Check the election, read features when leading, fit and publish a version per full
+        chunk. Returns the feature records read."""
+        self.election.poll(1, 0.0)  # keeps the membership alive and picks up rebalances
+        lead = any(tp.partition == 0 for tp in self.election.assignment())
+        if lead and self.data is None:
+            self._take_over()
+        elif not lead and self.data is not None:
+            self._step_down()
+        if self.data is None:
+            return 0
+        recs = self.data.poll(500, timeout)
+        for rec in recs:
+            tp = TopicPartition(rec.topic, rec.partition)
+            self.read[tp] = rec.offset + 1
+            try:
+                msg = decode_message(rec, accept=("features",))
+            except InvalidRecord:
+                continue
+            if isinstance(msg, Features) and msg.label is not None and int(msg.label) >= 0:
+                self.X.append(np.asarray(msg.vector, np.float32).reshape(-1))
+                self.y.append(int(msg.label))
+                self.at.append((tp, rec.offset))
+        fitted = False
+        while len(self.y) >= self.train_chunk:
+            c = self.train_chunk
+            self._fit(np.stack(self.X[:c]), np.array(self.y[:c]))
+            del self.X[:c], self.y[:c], self.at[:c]
+            fitted = True
+        if fitted or (recs and not self.y):
+            self._commit()
+        return len(recs)
+
+    def _commit(self) -> None:
+        """Commit what is in a published version: up to the first labelled record still
+        buffered in each partition, everything read elsewhere."""
+        offsets = dict(self.read)
+        for tp, off in reversed(self.at):
+            offsets[tp] = off
+        self.data.commit(offsets)
+
+    def _take_over(self) -> None:
+        self.models = ModelFollower(self.bus, self.model_topic)
+        self.model = self.models.poll(0.0)  # continue from the latest published version
+        self.X, self.y, self.at, self.read = [], [], [], {}
+        self.data = self.bus.consumer([self.features_topic], f"{self.group_id}-learn")
+        log.info("this replica is the index's learner (model version %s)",
+                 None if self.model is None else self.model.version)
+
+    def _step_down(self) -> None:
+        self.data.close()
+        self.data = None
+        if self.models is not None:
+            self.models.close()
+            self.models = None
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        model = copy.deepcopy(self.model) if self.model is not None else self.make()
+        model.partial_fit(X, y)
+        model.version = max(int(model.version), 0 if self.model is None else
+                            int(self.model.version) + 1)
+        publish_model(self.producer, self.model_topic, model)
+        self.model = model
+        self.published += 1
+
+    def close(self) -> None:
+        if self.data is not None:
+            self._step_down()
+        self.election.close()
+        self.producer.close()
+
+
 class ShardReplica:
     """A consumer-group member that keeps one shard per assigned partition of ``topic`` (see
     the module docstring). Call :meth:`step` in a loop; :meth:`close` snapshots every shard it
     holds and leaves the group."""
 
     def __init__(self, bus: Bus, topic: str, group_id: str, index: ShardedIndex,
-                 snapshot_every: int = 10_000, max_records: int = 500) -> None:
+                 snapshot_every: int = 10_000, max_records: int = 500,
+                 models: ModelFollower | None = None) -> None:
         self.topic = topic
+        self.models = models
         self.index = index
         self.snapshot_every = int(snapshot_every)
         self.max_records = int(max_records)
@@ -201,6 +366,9 @@ class ShardReplica:
     def step(self, timeout: float = 0.05) -> int:
         """Poll once, index what came, drop partitions that moved away, snapshot shards that
         are due. Returns the records handled."""
+        model = None if self.models is None else self.models.poll(0.0)
+        if model is not None:
+            self.index.set_model(model)
         records = self.consumer.poll(self.max_records, timeout)
         by_tp: dict[TopicPartition, list[Record]] = {}
         for rec in records:
@@ -239,4 +407,6 @@ class ShardReplica:
             self.index.close_shard(shard_key(tp), self.carry(tp), snapshot=snapshot)
         self.positions.clear()
         self.consumer.close()
+        if self.models is not None:
+            self.models.close()
         self.index.close()

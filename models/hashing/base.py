@@ -10,6 +10,7 @@ Persistence is ``.npz`` without pickle: arrays plus a JSON header of hyper-param
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -98,6 +99,22 @@ class HashModel:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
+        with open(path, "wb") as f:
+            self._write(f)
+        return path
+
+    def to_bytes(self) -> bytes:
+        """The model as :meth:`save` writes it, in memory (e.g. a record of a model topic)."""
+        buf = io.BytesIO()
+        self._write(buf)
+        return buf.getvalue()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> HashModel:
+        """A model from :meth:`to_bytes`."""
+        return HashModel.load(io.BytesIO(data))  # type: ignore[arg-type]
+
+    def _write(self, f: Any) -> None:
         arrays = {f"extra_{k}": v for k, v in self.extra_state().items()}
         if self.W is not None:
             arrays["W"] = self.W
@@ -105,9 +122,7 @@ class HashModel:
             arrays["bias"] = self.bias
         header = {"model": self.name, "version": self.version, "hparams": self.hparams()}
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
-        return path
+        np.savez(f, **arrays)
 
     @staticmethod
     def load(path: str | Path) -> HashModel:
