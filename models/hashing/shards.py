@@ -189,7 +189,8 @@ class ShardedIndex:
             carry = None
             if folder is not None and resolve_snapshot(folder) is not None:
                 shard = LiveIndex.load(folder, background=self.index_kw.get("background", True),
-                                       train_chunk=NEVER_TRAIN)
+                                       train_chunk=NEVER_TRAIN,
+                                       search_threads=self.index_kw.get("search_threads"))
                 carry = shard.loaded_carry
             else:
                 shard = LiveIndex(train_chunk=NEVER_TRAIN, **self.index_kw)
