@@ -124,14 +124,34 @@ def bench_index(
                                        "the paced run"),
     http: bool = typer.Option(True, "--http/--no-http", help="also time searches over HTTP"),
     seed: int = typer.Option(0),
+    shards: str = typer.Option("", help="e.g. 1,2,4: instead, the sharded index with that many "
+                               "shard processes (fan-out, exactness, ingest scaling, recovery "
+                               "of a killed replica; uses --n, --n-bits, --queries, --k)"),
+    partitions: int = typer.Option(4, min=1, help="partitions dealt to the shards (--shards)"),
 ) -> None:
     """Top-k latency of the live index's search path vs a bare FAISS IndexBinaryFlat (same
     codes, same queries), exactness vs brute force, latency while ingesting, and the re-encode
-    and swap after a model update. Prints JSON; the last line holds the figures."""
+    and swap after a model update. With --shards 1,2,4: the sharded index instead (one process
+    per shard replica, fan-out queries, exact merge, ingest scaling, a killed replica's
+    recovery; see docs/retrieval.md). Prints JSON; the last line holds the figures."""
+    _logging("text", "WARNING")
+    if shards:
+        # deferred: loads FAISS and spawns shard processes; --help stays instant
+        from vistream.bench.shards import bench_shards
+
+        try:
+            counts = tuple(int(x) for x in shards.split(",") if x.strip())
+            result = bench_shards(counts, n=n, n_bits=n_bits, partitions=partitions,
+                                  queries=queries, k=k, seed=seed,
+                                  echo=lambda s: typer.echo(s, err=True))
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(json.dumps(result))
+        return
     # deferred: loads FAISS, FastAPI and uvicorn; --help stays instant
     from vistream.bench.index import bench_index as run
 
-    _logging("text", "WARNING")
     result = run(n=n, n_bits=n_bits, queries=queries, k=k, ingest_rate=ingest_rate,
                  ingest_seconds=ingest_seconds, reencode_n=reencode_n, reencode_dim=reencode_dim,
                  exact_sample=exact_sample, threads=threads, reencode_threads=reencode_threads,
