@@ -138,24 +138,42 @@ def _paths(port: int, data_dir: str | Path | None) -> tuple[Path, Path, Path]:
     return d.resolve(), d.resolve() / "broker.pid", d.resolve() / "broker.log"
 
 
-def server_properties(port: int, data_dir: Path) -> str:
-    """The KRaft ``server.properties`` for a combined broker+controller on ``port``/``port+1``."""
+def min_isr_for(replicas: int) -> int:
+    """``min.insync.replicas`` for a replication factor: 2 of 3 (one broker may die and
+    acks=all writes still succeed), 1 below three replicas."""
+    return 2 if replicas >= 3 else 1
+
+
+def server_properties(port: int, data_dir: Path, node_id: int = 1,
+                      voters: list[tuple[int, int]] | None = None, replicas: int = 1) -> str:
+    """The KRaft ``server.properties`` for a combined broker+controller on ``port``/``port+1``.
+
+    ``voters`` (``(node_id, controller_port)`` of every node) makes it one node of a cluster
+    with a static controller quorum; ``replicas`` is the replication factor of the internal
+    topics and the default for new topics, with ``min.insync.replicas`` from :func:`min_isr_for`.
+    """
     ctl = port + 1
+    isr = min_isr_for(replicas)
+    quorum = ({"controller.quorum.voters": ",".join(f"{n}@127.0.0.1:{c}" for n, c in voters)}
+              if voters else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{ctl}"})
     props = {
         "process.roles": "broker,controller",
-        "node.id": 1,
+        "node.id": node_id,
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "controller.quorum.bootstrap.servers": f"127.0.0.1:{ctl}",
+        **quorum,
         "log.dirs": str(data_dir / "data"),
         "num.partitions": 1,
-        "offsets.topic.replication.factor": 1,
-        "transaction.state.log.replication.factor": 1,
-        "transaction.state.log.min.isr": 1,
-        "share.coordinator.state.topic.replication.factor": 1,
-        "share.coordinator.state.topic.min.isr": 1,
+        "default.replication.factor": replicas,
+        "min.insync.replicas": isr,
+        "offsets.topic.replication.factor": replicas,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": isr,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": isr,
+        "unclean.leader.election.enable": "false",
         "group.initial.rebalance.delay.ms": 0,
         "auto.create.topics.enable": "true",
         "message.max.bytes": MAX_MESSAGE_BYTES,
@@ -263,17 +281,28 @@ def _java(jars: Path, *args: str, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, check=False, **kw)
 
 
-def _format_storage(jars: Path, data_dir: Path, props: Path, log4j: Path) -> None:
+def new_cluster_id(jars: Path, log4j: Path) -> str:
+    """A fresh KRaft cluster id from Kafka's StorageTool."""
+    uuid = _java(jars, f"-Dlog4j2.configurationFile={log4j}", "kafka.tools.StorageTool",
+                 "random-uuid")
+    cluster_id = uuid.stdout.strip().splitlines()[-1] if uuid.stdout.strip() else ""
+    if uuid.returncode != 0 or not cluster_id:
+        raise BrokerError(f"kafka StorageTool random-uuid failed:\n{uuid.stdout}{uuid.stderr}")
+    return cluster_id
+
+
+def _format_storage(jars: Path, data_dir: Path, props: Path, log4j: Path,
+                    cluster_id: str | None = None) -> None:
+    """Format once: a standalone node gets a fresh id and a one-voter quorum; a cluster node
+    gets the cluster's id (its voters are static, in ``props``)."""
     if (data_dir / "data" / "meta.properties").exists():
         return
     log.info("formatting KRaft storage in %s", data_dir / "data")
     l4j = f"-Dlog4j2.configurationFile={log4j}"
-    uuid = _java(jars, l4j, "kafka.tools.StorageTool", "random-uuid")
-    cluster_id = uuid.stdout.strip().splitlines()[-1] if uuid.stdout.strip() else ""
-    if uuid.returncode != 0 or not cluster_id:
-        raise BrokerError(f"kafka StorageTool random-uuid failed:\n{uuid.stdout}{uuid.stderr}")
+    mode = [] if cluster_id else ["--standalone"]
+    cluster_id = cluster_id or new_cluster_id(jars, log4j)
     fmt = _java(jars, l4j, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                "-c", str(props), "--standalone")
+                "-c", str(props), *mode)
     if fmt.returncode != 0:
         raise BrokerError(f"kafka StorageTool format failed:\n{_tail_text(fmt.stdout + fmt.stderr, 30)}")
 
@@ -289,7 +318,7 @@ def status(port: int = 9092, data_dir: str | Path | None = None) -> BrokerInfo:
                       bootstrap=bootstrap(port), data_dir=d, log_file=log_file)
 
 
-def _wait_ready(port: int, pid: int, d: Path, timeout: float,
+def wait_ready(port: int, pid: int, d: Path, timeout: float,
                 proc: subprocess.Popen | None = None) -> None:
     log.info("waiting for the Kafka broker on %s (up to %ds)", bootstrap(port), timeout)
     deadline = time.monotonic() + timeout
@@ -305,6 +334,34 @@ def _wait_ready(port: int, pid: int, d: Path, timeout: float,
         time.sleep(0.5)
 
 
+def launch(port: int, d: Path, props_text: str, heap: str = "1g",
+           cluster_id: str | None = None) -> subprocess.Popen:
+    """Write the configuration, format the storage once and start the JVM detached; returns
+    without waiting for it to answer (``start`` and the cluster module wait)."""
+    for p in (port, port + 1):
+        if _port_open(p):
+            raise BrokerError(f"port {p} is already in use by another process (not the broker of "
+                              f"{d}); stop it or choose another port")
+    java = _require("java")
+    jars = ensure_jars()
+    d.mkdir(parents=True, exist_ok=True)
+    log_file = d / "broker.log"
+    props, log4j = d / "server.properties", d / "log4j2.properties"
+    props.write_text(props_text)
+    log4j.write_text(log4j_properties(log_file))
+    _format_storage(jars, d, props, log4j, cluster_id)
+
+    cmd = [java, f"-Xmx{heap}", "-Djava.awt.headless=true",
+           f"-Dlog4j2.configurationFile={log4j}", "-cp", str(jars / "*"), "kafka.Kafka", str(props)]
+    log.info("starting Kafka %s on %s (data in %s)", KAFKA_VERSION, bootstrap(port), d)
+    with open(d / "broker.out", "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=d, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    (d / "broker.pid").write_text(f"{proc.pid}\n")
+    return proc
+
+
 def start(port: int = 9092, data_dir: str | Path | None = None, heap: str = "1g",
           timeout: float = 90) -> BrokerInfo:
     """Start (or reuse) a single-node KRaft broker listening on ``127.0.0.1:port``.
@@ -316,32 +373,12 @@ def start(port: int = 9092, data_dir: str | Path | None = None, heap: str = "1g"
     pid = _read_pid(pid_file)
     if _alive(pid):  # our broker: already up, or still starting
         if not _answers(port):
-            _wait_ready(port, pid, d, timeout)
+            wait_ready(port, pid, d, timeout)
         log.info("reusing the Kafka broker on %s (pid %d)", bootstrap(port), pid)
         return BrokerInfo(True, pid, port, bootstrap(port), d, log_file, reused=True)
-    for p in (port, port + 1):
-        if _port_open(p):
-            raise BrokerError(f"port {p} is already in use by another process (not the broker of "
-                              f"{d}); stop it or choose another port")
-
-    java = _require("java")
-    jars = ensure_jars()
-    d.mkdir(parents=True, exist_ok=True)
-    props, log4j = d / "server.properties", d / "log4j2.properties"
-    props.write_text(server_properties(port, d))
-    log4j.write_text(log4j_properties(log_file))
-    _format_storage(jars, d, props, log4j)
-
-    cmd = [java, f"-Xmx{heap}", "-Djava.awt.headless=true",
-           f"-Dlog4j2.configurationFile={log4j}", "-cp", str(jars / "*"), "kafka.Kafka", str(props)]
-    log.info("starting Kafka %s on %s (data in %s)", KAFKA_VERSION, bootstrap(port), d)
-    with open(d / "broker.out", "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=d, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    _CHILDREN[proc.pid] = proc
-    pid_file.write_text(f"{proc.pid}\n")
+    proc = launch(port, d, server_properties(port, d), heap)
     try:
-        _wait_ready(port, proc.pid, d, timeout, proc)
+        wait_ready(port, proc.pid, d, timeout, proc)
     except BrokerError:
         stop(port, d, timeout=10)
         raise
