@@ -34,7 +34,7 @@ log = logging.getLogger("vistream.app")
 
 def bus_from_config(cfg: PipelineConfig) -> Bus:
     if cfg.bus.backend == "kafka":
-        return make_bus("kafka", cfg.bus.bootstrap, max_message_bytes=cfg.bus.max_message_bytes)
+        return make_bus("kafka", cfg.bus.bootstrap, **cfg.bus.kafka_options())
     return make_bus("memory", default_partitions=cfg.bus.partitions)
 
 

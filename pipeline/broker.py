@@ -34,7 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vistream.pipeline.bus.kafka import MAX_MESSAGE_BYTES  # one cap for broker and clients
+# one record cap and one min-ISR rule for broker and clients
+from vistream.pipeline.bus.kafka import MAX_MESSAGE_BYTES, min_isr_for
 
 KAFKA_VERSION = "4.3.1"
 SCALA_VERSION = "2.13"
@@ -136,12 +137,6 @@ def ensure_jars() -> Path:
 def _paths(port: int, data_dir: str | Path | None) -> tuple[Path, Path, Path]:
     d = Path(data_dir) if data_dir is not None else cache_dir() / f"broker-{port}"
     return d.resolve(), d.resolve() / "broker.pid", d.resolve() / "broker.log"
-
-
-def min_isr_for(replicas: int) -> int:
-    """``min.insync.replicas`` for a replication factor: 2 of 3 (one broker may die and
-    acks=all writes still succeed), 1 below three replicas."""
-    return 2 if replicas >= 3 else 1
 
 
 def server_properties(port: int, data_dir: Path, node_id: int = 1,

@@ -336,7 +336,7 @@ def run_once(cfg_path: Path, run_dir: Path, frames: list[Frame], port: int,
     t0 = time.monotonic()
     with broker.running(port, run_dir / "broker") as info:
         cfg, specs, ports = run_config(cfg_path, run_dir, info.bootstrap)
-        bus = make_bus("kafka", info.bootstrap, max_message_bytes=cfg.bus.max_message_bytes)
+        bus = make_bus("kafka", info.bootstrap, **cfg.bus.kafka_options())
         sup = Supervisor(specs, run_dir / "logs", {**os.environ})
         try:
             create_topics(cfg, bus)

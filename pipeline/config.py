@@ -43,6 +43,37 @@ class BusSettings(_Strict):
     bootstrap: str = "127.0.0.1:9092"
     partitions: int = Field(4, ge=1, le=1024, description="partitions of topics the pipeline creates")
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024)
+    replication_factor: int | None = Field(
+        None, ge=1, le=16, description="replicas per topic; default: as many as brokers, at most 3")
+    min_insync_replicas: int | None = Field(
+        None, ge=1, le=16, description="default: 2 with three or more replicas, else 1")
+    acks: Literal["all", "1", "0"] = Field("all", description="producer acknowledgements")
+    idempotence: bool = Field(True, description="idempotent producer (needs acks: all)")
+
+    @field_validator("acks", mode="before")
+    @classmethod
+    def _acks_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _durability(self) -> BusSettings:
+        if self.idempotence and self.acks != "all":
+            raise ValueError(f"bus.idempotence needs bus.acks: all (got acks: {self.acks}); "
+                             "set idempotence: false to use weaker acknowledgements")
+        if (self.replication_factor is not None and self.min_insync_replicas is not None
+                and self.min_insync_replicas > self.replication_factor):
+            raise ValueError(f"bus.min_insync_replicas ({self.min_insync_replicas}) cannot exceed "
+                             f"bus.replication_factor ({self.replication_factor}): no write "
+                             "could ever be acknowledged")
+        return self
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~vistream.pipeline.bus.kafka.KafkaBus` from these settings."""
+        return {"max_message_bytes": self.max_message_bytes,
+                "replication_factor": self.replication_factor,
+                "min_insync_replicas": self.min_insync_replicas,
+                "acks": "all" if self.acks == "all" else int(self.acks),
+                "idempotence": self.idempotence}
 
 
 class SourceSettings(_Strict):

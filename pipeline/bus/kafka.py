@@ -5,8 +5,13 @@ Settings chosen for frames:
 * producer, broker and consumer agree on a 20 MiB record cap (``MAX_MESSAGE_BYTES``, the same
   constant the broker module writes into ``server.properties``), so any frame the wire format
   accepts (at most 16 MiB) fits;
-* the producer keeps kafka-python's safe defaults (``acks=all``, idempotence on) and batches up
-  to 1 MiB with a 5 ms linger: JPEG frames are already compressed, so no compression;
+* the producer keeps kafka-python's safe defaults (``acks=all``, idempotence on; both settable
+  through ``bus.acks`` / ``bus.idempotence``) and batches up to 1 MiB with a 5 ms linger: JPEG
+  frames are already compressed, so no compression;
+* topics are created with as many replicas as the cluster has brokers (at most three) and
+  ``min.insync.replicas`` 2 once there are three (``bus.replication_factor`` /
+  ``bus.min_insync_replicas`` override): on a three-node cluster an acks=all write survives the
+  death of any one broker;
 * auto commit is off: the stage runner commits after its outputs are flushed (at least once);
 * kafka-python consumers are not thread safe: one consumer belongs to one runner thread.
 
@@ -53,6 +58,14 @@ RECONNECT = {"reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 1000,
              "retry_backoff_ms": 200}
 #: How long one commit or offsets query may wait for the broker before it counts as down.
 REQUEST_WAIT_MS = 5_000
+#: Replicas per topic at most when the replication factor is left to the cluster's size.
+MAX_AUTO_REPLICAS = 3
+
+
+def min_isr_for(replicas: int) -> int:
+    """``min.insync.replicas`` for a replication factor: 2 of 3 (one broker may die and
+    acks=all writes still succeed), 1 below three replicas."""
+    return 2 if replicas >= 3 else 1
 
 
 class _QuietKafka(logging.Filter):
@@ -107,10 +120,19 @@ class KafkaBus(Bus):
     backend = "kafka"
 
     def __init__(self, bootstrap: str = "127.0.0.1:9092", client_id: str = "vistream",
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, replication_factor: int | None = None,
+                 min_insync_replicas: int | None = None, acks: str | int = "all",
+                 idempotence: bool = True) -> None:
+        """``replication_factor`` None: as many replicas as brokers, at most three;
+        ``min_insync_replicas`` None: :func:`min_isr_for` the replication factor. ``acks`` and
+        ``idempotence`` go to every producer (the defaults lose nothing to a broker's death)."""
         self.bootstrap = bootstrap
         self.client_id = client_id
         self.max_message_bytes = max_message_bytes
+        self.replication_factor = replication_factor
+        self.min_insync_replicas = min_insync_replicas
+        self.acks = acks
+        self.idempotence = idempotence
         self._admin = None
         self._offsets = None
         self._lock = threading.Lock()
@@ -132,9 +154,12 @@ class KafkaBus(Bus):
         k = _kafka()
         admin = self._admin_client()
         existing = set(admin.list_topics())
-        new = [k.admin.NewTopic(t.name, t.partitions, 1) for t in topics if t.name not in existing]
-        if not new:
+        todo = [t for t in topics if t.name not in existing]
+        if not todo:
             return
+        rf, isr = self.replication(admin)
+        new = [k.admin.NewTopic(t.name, t.partitions, rf,
+                                topic_configs={"min.insync.replicas": str(isr)}) for t in todo]
         try:
             admin.create_topics(new)
         except k.errors.TopicAlreadyExistsError:
@@ -147,6 +172,18 @@ class KafkaBus(Bus):
                 return
             time.sleep(0.1)
         raise BusError(f"topics {sorted(names)} were not visible after creation")
+
+    def replication(self, admin=None) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) for the topics this bus creates."""
+        rf = self.replication_factor
+        if rf is None:
+            try:
+                brokers = len((admin or self._admin_client()).describe_cluster()["brokers"])
+            except (_kafka().errors.KafkaError, KeyError, TypeError):
+                brokers = 1
+            rf = max(1, min(brokers, MAX_AUTO_REPLICAS))
+        isr = self.min_insync_replicas or min_isr_for(rf)
+        return rf, min(isr, rf)
 
     def _offsets_client(self):
         if self._offsets is None:  # one group-less client, reused: connecting is slow
@@ -237,6 +274,8 @@ class KafkaProducerAdapter(Producer):
                 batch_size=1024 * 1024,
                 linger_ms=5,
                 max_block_ms=1_000,
+                acks=bus.acks,
+                enable_idempotence=bus.idempotence,
                 **RECONNECT,
             )
         except k.errors.KafkaError as exc:
