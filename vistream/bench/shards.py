@@ -54,7 +54,7 @@ from vistream.models.hashing.base import HashModel
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.registry import make_hash_model
 from vistream.models.hashing.shards import ShardedIndex, shard_topk
-from vistream.pipeline.fanout import FanoutClient, answer_json
+from vistream.pipeline.fanout import FanoutClient, answer_json, merge_answers
 
 TARGETS = {"ingest_scaling_2": 1.7, "p99_ratio_4": 2.0, "recovery_s": 10.0}
 
@@ -250,6 +250,59 @@ def _recover(procs: list[ShardProcess], owned: dict[int, list[int]], spec: dict[
             "duplicated": len(held) - len(got), "extra": len(got - want)}
 
 
+# --------------------------------------------------------------------------- cost model
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _median_s(fn: Callable[[], Any], reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def cost_model(one: LiveIndex, Q: np.ndarray, k: int, rpc_ms: float) -> dict[str, Any]:
+    """The parts of a fan-out query, measured here, and what they add up to at 100 shards:
+    the exact scan of one shard (per million codes, from the parent's single index), the merge
+    per shard answer (``merge_answers`` over 10 and 100 synthetic answers of k hits), and the
+    fixed cost of asking one replica (``rpc_ms``: 1-shard fan-out p50 minus its scan)."""
+    view = one.store.view
+    codes = one.model.encode(Q[:50])
+    scan = _median_s(lambda: [one.store.knn(view, c.reshape(1, -1), k) for c in codes], 5)
+    scan_ms_per_m = scan / len(codes) * 1000 / (view.n / 1e6)
+    rng = np.random.default_rng(0)
+
+    def answers(s: int) -> dict[str, Any]:
+        return {f"r{i}": {"hits": [{"frame_id": f"s{i}-{j}", "distance": int(d)}
+                                   for j, d in enumerate(np.sort(rng.integers(0, 20, k)))],
+                          "shards": {f"p{i}": {"n": 1, "model": "m", "model_version": 1}}}
+                for i in range(s)}
+
+    a10, a100 = answers(10), answers(100)
+    m10 = _median_s(lambda: merge_answers(a10, k), 50) * 1000
+    m100 = _median_s(lambda: merge_answers(a100, k), 20) * 1000
+    per_shard = (m100 - m10) / 90
+    out = {"scan_ms_per_million_codes": round(scan_ms_per_m, 3),
+           "merge_ms_per_shard": round(per_shard, 5), "merge_ms_100": round(m100, 4),
+           "rpc_ms": round(rpc_ms, 3)}
+    for total in (10**8, 10**9):
+        per = total / 100
+        out[f"p50_ms_100_shards_{total:.0e}_codes"] = round(
+            rpc_ms + scan_ms_per_m * per / 1e6 + m100, 2)
+    return out
+
+
 # --------------------------------------------------------------------------- the bench
 
 
@@ -283,6 +336,11 @@ def bench_shards(shards: tuple[int, ...] = (1, 2, 4), n: int = 200_000, dim: int
             echo(f"  {runs[s]}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    model_costs = None
+    if 1 in runs:
+        scan1 = _median_s(lambda: [one.store.knn(one.store.view, c.reshape(1, -1), k)
+                                   for c in one.model.encode(Q[:50])], 3) / 50 * 1000
+        model_costs = cost_model(one, Q, k, max(runs[1]["query_p50_ms"] - scan1, 0.0))
     summary: dict[str, Any] = {
         "exact": all(r["mismatched"] == 0 for r in runs.values()),
         "ingest_scaling_2": (round(runs[2]["ingest_rows_per_s"] / runs[1]["ingest_rows_per_s"],
@@ -295,7 +353,8 @@ def bench_shards(shards: tuple[int, ...] = (1, 2, 4), n: int = 200_000, dim: int
         "duplicated": next((r["recovery"]["duplicated"] for r in runs.values()
                             if "recovery" in r), None),
         "targets": TARGETS, "n": n, "dim": dim, "n_bits": n_bits, "partitions": partitions,
-        "k": k, "cpu": platform.processor() or platform.machine(),
-        "cores": len(os.sched_getaffinity(0)), "runs": {str(s): r for s, r in runs.items()},
+        "k": k, "cpu": _cpu_model(),
+        "cores": len(os.sched_getaffinity(0)), "cost_model": model_costs,
+        "runs": {str(s): r for s, r in runs.items()},
     }
     return summary
