@@ -1,0 +1,74 @@
+"""Controlling modules and their gates.
+
+A controlling module reads the *input* of a gated conv, global-average-pooled, and gives one
+logit per output filter: FC(C_in -> max(C_in // 4, 1)) -> ReLU -> FC(-> C_out).
+
+Initialisation (the pretrained net must start unchanged, every gate open): the first FC has
+weights 0 and biases 1, so its ReLU output is a constant 1 whatever the input; the second FC
+has small random weights (the default init scaled by ``0.1``, a choice of ours: with zero
+weights on both layers the first layer would never receive a gradient) and biases
+``open_bias`` (1 by default, like the first layer's), so every logit starts near 1 and the
+inference gate 1[g > 0] is open for every filter. Training adds N(0, 1) noise, so about 16% of
+the training gates close at random from the first step (the net learns to bear it).
+
+Training gate ("improved SemHash", Kaiser & Bengio 2018): noisy logits g' = g + N(0, 1);
+the saturating sigmoid s = clamp(1.2 sigmoid(g') - 0.1, 0, 1) and the hard step
+h = 1[g' > 0] with the gradient of s (straight-through); each *element* takes s or h with
+probability 1/2 (the paper does not say whether the mix is drawn per element, per sample or
+per step; per element is ours). Inference gate: 1[g > 0], no noise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def saturating_sigmoid(g: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(1.2 * torch.sigmoid(g) - 0.1, 0.0, 1.0)
+
+
+def hard_gate(logits: torch.Tensor) -> torch.Tensor:
+    """Inference gate: 1 where the logit is positive, else 0 (float, no gradient)."""
+    return (logits > 0).to(logits.dtype)
+
+
+def semhash_gate(logits: torch.Tensor, noise: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training gate: improved SemHash with a straight-through hard branch (see module doc)."""
+    g = logits
+    if noise:
+        g = g + torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype)
+    soft = saturating_sigmoid(g)
+    hard = (g > 0).to(g.dtype) + soft - soft.detach()  # forward: step; backward: d soft
+    pick_soft = torch.rand(g.shape, generator=generator, device=g.device) < 0.5
+    return torch.where(pick_soft, soft, hard)
+
+
+class ControlModule(nn.Module):
+    """One logit per filter of a gated conv, from the GAP of the conv's input."""
+
+    def __init__(self, in_ch: int, out_ch: int, open_bias: float = 1.0) -> None:
+        super().__init__()
+        hidden = max(in_ch // 4, 1)
+        self.fc1 = nn.Linear(in_ch, hidden)
+        self.fc2 = nn.Linear(hidden, out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        with torch.no_grad():
+            self.fc1.weight.zero_()
+            self.fc1.bias.fill_(1.0)
+            self.fc2.weight.mul_(0.1)
+            self.fc2.bias.fill_(open_bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``pooled``: (N, C_in) global-average-pooled conv input -> (N, C_out) gate logits."""
+        return self.fc2(self.relu(self.fc1(pooled)))
+
+    def flops(self) -> int:
+        """2 x MACs of the two FC layers for one input (the pooling is not counted)."""
+        return 2 * (self.fc1.in_features * self.fc1.out_features
+                    + self.fc2.in_features * self.fc2.out_features)
+
+
+def gate(logits: torch.Tensor, training: bool) -> torch.Tensor:
+    return semhash_gate(logits) if training else hard_gate(logits)
