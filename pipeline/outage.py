@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vistream.pipeline import broker
+from vistream.pipeline import broker, cluster
 from vistream.pipeline.bus import Bus, TopicSpec, make_bus
 from vistream.pipeline.chaos import Supervisor, feed, run_config, scrape, synthetic_frames
 
@@ -76,6 +76,16 @@ class _Sampler(threading.Thread):
             elif row[name][0] > base:
                 return ts - t
         return None
+
+    def growth(self, name: str) -> list[float]:
+        """The sample times at which ``name``'s count of records consumed had grown."""
+        times, prev = [], None
+        for ts, row in self.samples:
+            if name in row:
+                if prev is not None and row[name][0] > prev:
+                    times.append(ts)
+                prev = row[name][0]
+        return times
 
     def saw_down(self, name: str, t0: float, t1: float) -> bool:
         return any(row[name][1] == 0 for ts, row in self.samples if t0 <= ts <= t1 and name in row)
@@ -140,19 +150,30 @@ def _outages(sup: Supervisor, sampler: _Sampler, outages: list[float], gap: floa
 
 def outage_run(outages: list[float], gap: float = 5.0, frames: int = 200, port: int = 29692,
                work_dir: str | Path = "out/outage", seed: int = 0, hard: bool = False,
-               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+               progress: Callable[[str], None] | None = None, nodes: int = 1,
+               kill_one: bool = False, feed_seconds: float | None = None) -> dict[str, Any]:
     """Outages of ``outages`` seconds under a running pipeline (``hard``: the broker is
-    SIGKILLed instead of stopped cleanly); returns the report."""
+    SIGKILLed instead of stopped cleanly); returns the report.
+
+    ``nodes`` > 1 runs the pipeline on a KRaft cluster of that many nodes (pipeline/cluster.py,
+    ports ``port`` .. ``port + 2 nodes - 1``); ``kill_one`` then replaces the outages by one
+    SIGKILL, mid-stream, of the node leading the most partitions, which stays dead: the report
+    adds ``kill`` (the node, the partitions it led, whether it was the active controller, and
+    per stage the longest stall of its progress around the kill against the longest before)."""
     say = progress or (lambda _msg: None)
+    if kill_one and nodes < 2:
+        raise ValueError("kill_one needs a cluster: nodes >= 2 (3 for min.insync.replicas 2)")
     run_dir = Path(work_dir).resolve()
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     data = run_dir / "broker"
-    info = broker.start(port, data)
+    info = broker.start(port, data) if nodes == 1 else cluster.start(nodes, port, data)
     expected = list(synthetic_frames(frames, seed))
-    feed_s = 10 + sum(outages) + len(outages) * RESTART_ALLOWANCE + gap * (len(outages) - 1) + 10
+    feed_s = feed_seconds or (30.0 if kill_one else 10 + sum(outages) + len(outages)
+                              * RESTART_ALLOWANCE + gap * (len(outages) - 1) + 10)
     sup: Supervisor | None = None
+    kill: dict[str, Any] | None = None
     try:
         cfg, specs, ports = run_config(_base_config(run_dir), run_dir, info.bootstrap)
         sup = Supervisor(specs, run_dir / "logs", None)
@@ -166,9 +187,16 @@ def outage_run(outages: list[float], gap: float = 5.0, frames: int = 200, port: 
         feeder.start()
         say(f"{frames} frames over {feed_s:.0f} s; waiting for the stream to flow")
         _wait(sup, 120, lambda: len(_sink_entries(run_dir)) >= max(frames // 20, 1))
-        rows = _outages(sup, sampler, outages, gap, port, data, say, hard)
+        if kill_one:
+            rows = []
+            _wait(sup, min(5.0, feed_s / 4))
+            kill = _kill_leader(bus, nodes, port, data, say)
+        else:
+            rows = _outages(sup, sampler, outages, gap, port, data, say, hard)
         say("waiting for every frame at the sink")
         _wait(sup, 180 + feed_s, lambda: len(set(_sink_entries(run_dir))) >= frames)
+        if kill is not None:
+            kill["t_done"] = time.monotonic()
         feeder.join(timeout=30)
         time.sleep(1.0)
         sampler.stop.set()
@@ -178,8 +206,55 @@ def outage_run(outages: list[float], gap: float = 5.0, frames: int = 200, port: 
     finally:
         if sup is not None:  # after a failure: leave no stage process behind
             sup.stop_all(timeout=10)
-        broker.stop(port, data)
-    return _report(outages, rows, sampler, sup, codes, ids, expected, run_dir)
+        if nodes == 1:
+            broker.stop(port, data)
+        else:
+            cluster.stop(nodes, port, data)
+    report = _report(outages, rows, sampler, sup, codes, ids, expected, run_dir)
+    if kill is not None:
+        report["kill"] = _stalls(kill, sampler)
+        report["nodes"] = nodes
+    return report
+
+
+def _kill_leader(bus: Bus, nodes: int, port: int, data: Path,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """SIGKILL the node that leads the most partitions of the pipeline's topics."""
+    led: dict[int, list[str]] = {}
+    for (topic, part), leader in sorted(bus.partition_leaders(["frames", "summaries"]).items()):
+        led.setdefault(leader, []).append(f"{topic}-{part}")
+    node = max(sorted(led), key=lambda n: len(led[n]))
+    controller = bus.controller_id()
+    t_kill = time.monotonic()
+    pid = cluster.kill_node(node, nodes, port, data)
+    say(f"SIGKILLed node {node} (pid {pid}), leader of {', '.join(led[node])}"
+        f"{' and the active controller' if controller == node else ''}")
+    return {"node": node, "pid": pid, "led": led[node], "was_controller": controller == node,
+            "t_kill": t_kill}
+
+
+def _longest_gap(marks: list[float]) -> float | None:
+    return max((b - a for a, b in zip(marks, marks[1:], strict=False)), default=None)
+
+
+def _stalls(kill: dict[str, Any], sampler: _Sampler) -> dict[str, Any]:
+    """Per stage, from the samples of its records consumed: ``pause_s``, the longest stall
+    from its last progress before the kill until every frame was at the sink (to the end when
+    it made none after the kill); ``before_s``, the longest stall between its first progress
+    and the kill, the normal cadence to compare with."""
+    t_kill, t_done = kill.pop("t_kill"), kill.pop("t_done")
+    pause, before = {}, {}
+    for name in sampler.ports:
+        grew = sampler.growth(name)
+        pre = [t for t in grew if t <= t_kill]
+        post = [t for t in grew if t_kill < t <= t_done] or [t_done]
+        p = _longest_gap([pre[-1] if pre else t_kill, *post])
+        b = _longest_gap(pre)
+        pause[name] = None if p is None else round(p, 1)
+        before[name] = None if b is None else round(b, 1)
+    kill["pause_s"], kill["before_s"] = pause, before
+    kill["pause_max_s"] = max((v for v in pause.values() if v is not None), default=None)
+    return kill
 
 
 def _report(outages: list[float], rows: list[dict[str, Any]], sampler: _Sampler,

@@ -185,6 +185,20 @@ class KafkaBus(Bus):
         isr = self.min_insync_replicas or min_isr_for(rf)
         return rf, min(isr, rf)
 
+    def partition_leaders(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> the node id leading it (-1: no leader now)."""
+        def get(d: dict, *keys: str) -> Any:  # kafka-python 3.x names first, then 2.x
+            return next(d[k] for k in keys if k in d)
+
+        admin = self._admin_client()
+        return {(get(t, "name", "topic"), get(p, "partition_index", "partition")):
+                get(p, "leader_id", "leader")
+                for t in admin.describe_topics(topics) for p in t["partitions"]}
+
+    def controller_id(self) -> int | None:
+        """The node id of the active KRaft controller, as the cluster reports it."""
+        return self._admin_client().describe_cluster().get("controller_id")
+
     def _offsets_client(self):
         if self._offsets is None:  # one group-less client, reused: connecting is slow
             self._offsets = _kafka().KafkaConsumer(bootstrap_servers=self.bootstrap,

@@ -65,17 +65,29 @@ def outage(
     work_dir: Path = typer.Option(Path("out/outage"), "--work-dir", help="logs and outputs"),
     hard: bool = typer.Option(False, "--hard", help="SIGKILL the broker instead of stopping it "
                                                     "cleanly (it recovers its logs on restart)"),
+    nodes: int = typer.Option(1, "--nodes", min=1, max=9,
+                              help="run on a KRaft cluster of N nodes (ports PORT..PORT+2N-1)"),
+    kill_one: bool = typer.Option(False, "--kill-one",
+                                  help="instead of outages: SIGKILL, mid-stream, the node leading "
+                                       "the most partitions (needs --nodes 3) and keep it dead"),
+    feed_seconds: float | None = typer.Option(None, "--feed-seconds", min=5,
+                                              help="spread the frames over N s (default: "
+                                                   "30 with --kill-one, else from the outages)"),
 ) -> None:
     """Stop and restart a broker of its own under a running thumbnail stage and summary sink
     (separate processes) while frames keep coming. Prints, per outage, the seconds until each
     stage consumed again after the broker's return, and frames lost, duplicated at the
-    sink, and stage processes that exited."""
+    sink, and stage processes that exited. With `--nodes 3 --kill-one`: one broker of three
+    SIGKILLed mid-stream; prints the pause (longest stall of each stage around the kill)."""
     # deferred: the harness loads the bus and broker modules; --help stays instant
     from vistream.pipeline.outage import outage_run
 
+    if kill_one and nodes < 2:
+        raise typer.BadParameter("--kill-one needs a cluster: --nodes 3")
     _logging()
     report = outage_run(_durations(outages), gap=gap, frames=frames, port=port,
-                        work_dir=work_dir, hard=hard, progress=_say)
+                        work_dir=work_dir, hard=hard, progress=_say, nodes=nodes,
+                        kill_one=kill_one, feed_seconds=feed_seconds)
     typer.echo(json.dumps(report))
     ok = report["lost"] == 0 and report["sink_duplicates"] == 0 and not report["exits"]
     raise typer.Exit(0 if ok else 1)
