@@ -93,13 +93,15 @@ def _bindable(port: int) -> bool:
             return False
 
 
-def free_port(pair: bool = False) -> int:
-    """A port nobody listens on now; with ``pair``, port+1 is free too (a broker's controller)."""
+def free_port(pair: bool = False, count: int = 0) -> int:
+    """A port nobody listens on now; with ``pair``, port+1 is free too (a broker's controller);
+    with ``count``, the ``count`` ports from it are all free (a cluster: 2 per node)."""
+    extra = max(count - 1, 1 if pair else 0)
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if not pair or (port < 65535 and _bindable(port + 1)):
+        if port + extra <= 65535 and all(_bindable(port + i) for i in range(1, extra + 1)):
             return port
 
 
