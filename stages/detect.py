@@ -67,7 +67,9 @@ class DetectParams(StageParams):
         known = {"similarity", "color", "refs", "min_threshold", "n_sigma", "max_foreground",
                  "min_size", "max_size", "min_area", "join_px", "persist_k", "persist_n",
                  "max_misses", "gate_px", "gate_factor", "max_candidates",
-                 "motion_downsample", "motion_min_response"}
+                 "motion_downsample", "motion_min_response", "edge_tolerance", "jump_px",
+                 "box_level", "border", "early_refs", "strong_ratio", "strong_k",
+                 "settle_after_jump"}
         bad = sorted(set(value) - known)
         if bad:
             raise ValueError(f"unknown discovery settings {bad}; known: {sorted(known)}")

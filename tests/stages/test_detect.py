@@ -103,7 +103,8 @@ def test_detect_then_track_gives_stable_ids():
 
 def test_late_detection_applies_on_its_own_frame():
     # the track stage runs ahead: the detections of frame t arrive after frame t + 3
-    det = DetectStage()
+    # (the strict confirmation, so that the first record holds all three movers)
+    det = DetectStage(DetectParams(discovery={"early_refs": False, "strong_k": 0}))
     track = TrackStage(TrackParams(buffer_frames=8))
     fr = frames()
     inits = [i for f in fr[:20] for i in det.process([f])]
@@ -186,3 +187,29 @@ def test_a_malformed_init_is_refused_on_arrival_not_with_its_frame():
             track.process([TrackInit(frame_id=fr[1].frame_id, stream_id="cam", seq=1,
                                      boxes=bad, target_ids=[-1])])
     assert track.process(fr[:3]) == []  # the frames go on, nothing was queued
+
+
+def test_sooner_discovery_settings_are_accepted_and_checked():
+    # issue 23: the settings that find targets sooner can be set (or switched off) per stage
+    params = DetectParams(discovery={"strong_k": 0, "early_refs": False,
+                                     "settle_after_jump": False, "strong_ratio": 3.0})
+    stage = DetectStage(params)
+    stage.setup()
+    det = stage._make()
+    assert det.p.strong_k == 0 and det.p.early_refs is False and det.p.strong_ratio == 3.0
+    with pytest.raises(ValidationError, match="strong_kk"):
+        DetectParams(discovery={"strong_kk": 2})
+
+
+def test_a_mover_present_from_the_first_frame_is_announced_sooner_by_default():
+    # issue 23: early references and strong blobs; the old behaviour (off) announces later
+    def first_announcement(discovery):
+        stage = DetectStage(DetectParams(discovery=discovery))
+        stage.setup()
+        seqs = [int(o.seq) for o in stage.process(frames()) if isinstance(o, TrackInit)]
+        return min(seqs)
+
+    new = first_announcement({})
+    old = first_announcement({"early_refs": False, "strong_k": 0})
+    assert new < old, (new, old)
+    assert new <= 4, new

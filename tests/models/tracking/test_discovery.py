@@ -131,3 +131,62 @@ def test_refine_box_grows_a_crescent_to_the_object():
     # not separable from its ground: the box is kept
     flat = np.full((200, 200, 3), 90, np.uint8)
     assert refine_box(flat, (112, 90, 8, 20)) == (112, 90, 8, 20)
+
+
+def _first_report(frames, det):
+    for t, f in enumerate(frames):
+        if len(det.update(f)):
+            return t
+    return None
+
+
+def test_strong_movers_are_confirmed_sooner(scene_factory):
+    # vivid discs: their blobs are strong, so 2 strong frames confirm them (strong_k) where
+    # the plain persistence filter needs 4 of 5; a ratio nothing reaches changes nothing
+    frames, _ = scene_factory(n=20)
+    plain = dict(persist_k=4, early_refs=False)
+    fast = _first_report(frames, MotionDetector(DiscoveryParams(**plain)))
+    slow = _first_report(frames, MotionDetector(DiscoveryParams(**plain, strong_k=0)))
+    never = _first_report(frames, MotionDetector(DiscoveryParams(**plain, strong_ratio=1e9)))
+    assert fast is not None and slow is not None
+    assert fast <= slow - 2, (fast, slow)
+    assert never == slow
+
+
+def test_strong_path_still_rejects_a_one_frame_flash(scene_factory):
+    # a bright flash is a strong blob, but in one frame only: never reported
+    frames, _ = scene_factory(n=30, targets=((200, 150, 0.0, 0.0, 12, (40, 220, 60)),),
+                              noise=3.0)
+    frames = [f.copy() for f in frames]
+    cv2.circle(frames[20], (300, 250), 7, (255, 255, 255), -1)
+    det = MotionDetector(DiscoveryParams(strong_k=2))
+    assert sum(len(det.update(f)) for f in frames) == 0
+
+
+def test_early_references_find_targets_present_from_the_first_frame(scene_factory):
+    # no frame 4 back exists before the 6th frame: early references compare with the oldest
+    # frames instead, so the movers on screen from frame 0 are reported in the first frames
+    frames, gt = scene_factory(n=20, jump_at=100)
+    early = MotionDetector(DiscoveryParams(early_refs=True))
+    late = MotionDetector(DiscoveryParams(early_refs=False))
+    t_early, t_late = _first_report(frames, early), _first_report(frames, late)
+    assert t_early is not None and t_early <= 4, t_early
+    assert t_late >= 6, t_late
+    # and what it reports is on the targets
+    c = early.update(frames[t_early + 1])
+    g = _centres(gt[t_early + 1])
+    for x, y in _centres(c):
+        assert np.hypot(*(g - (x, y)).T).min() <= 10
+
+
+def test_the_frame_after_a_camera_jump_is_used(scene_factory):
+    # one re-aim at frame 30: only the jump frame itself (blurred in real footage) is skipped;
+    # judged against the previous frame's shift, the steady frame after it was skipped too
+    frames, _ = scene_factory(n=40, jump_at=30)
+    settle = MotionDetector(DiscoveryParams(settle_after_jump=True))
+    old = MotionDetector(DiscoveryParams(settle_after_jump=False))
+    for f in frames:
+        settle.update(f)
+        old.update(f)
+    assert settle.skipped == 1, settle.skipped
+    assert old.skipped == 2, old.skipped
