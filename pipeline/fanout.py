@@ -42,6 +42,7 @@ A shard answer (JSON)
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 import uuid
@@ -50,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
 
 from vistream.models.hashing.base import HashModel
 from vistream.models.hashing.registry import make_hash_model
@@ -175,6 +178,101 @@ def http_endpoint(url: str, client: Any, path: str = "/shard/search") -> Endpoin
         return r.json()
 
     return ask
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def announcer(bus: Bus, topic: str, name: str, url: str) -> Callable[[list[str]], None]:
+    """What a replica calls with the shard keys it holds: one record of the registry topic
+    keyed by the replica's ``name`` (compactable), with its ``url`` and the time."""
+    producer = bus.producer()
+
+    def announce(keys: list[str]) -> None:
+        body = {"name": name, "url": url, "partitions": list(keys),
+                "at_ms": int(time.time() * 1000)}
+        producer.send(topic, json.dumps(body).encode(), key=name.encode())
+        producer.flush()
+
+    return announce
+
+
+class ShardDirectory:
+    """The live shard replicas, read from the registry topic (from its start, in a group of its
+    own): the latest announcement per replica. A replica not heard of for ``ttl_s`` is taken
+    for dead: it gets no query, but the partitions it last held stay *expected*, so an answer
+    without them says ``partial`` and names them until another replica announces them."""
+
+    def __init__(self, bus: Bus, topic: str, ttl_s: float = 15.0) -> None:
+        self.consumer = bus.consumer([topic], f"shard-directory-{uuid.uuid4().hex}")
+        self.ttl_s = float(ttl_s)
+        self.entries: dict[str, dict[str, Any]] = {}
+
+    def refresh(self, timeout: float = 0.0) -> None:
+        while True:
+            recs = self.consumer.poll(500, timeout)
+            for rec in recs:
+                try:
+                    body = json.loads(rec.value or b"{}")
+                    name = str(body["name"])
+                    body["partitions"] = [str(p) for p in body["partitions"]]
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("skipped registry record %s: %s", rec.source_id, exc)
+                    continue
+                self.entries[name] = body
+            if not recs:
+                return
+            timeout = 0.0
+
+    def live(self, now_ms: int | None = None) -> dict[str, dict[str, Any]]:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        return {n: e for n, e in self.entries.items()
+                if e["partitions"] and now_ms - int(e.get("at_ms", 0)) <= self.ttl_s * 1000}
+
+    def client(self, make_endpoint: Callable[[str], Endpoint], timeout_s: float = 1.0,
+               now_ms: int | None = None) -> FanoutClient:
+        """A fan-out over the live replicas (``make_endpoint(url)``), expecting every partition
+        any replica last announced."""
+        self.refresh()
+        live = self.live(now_ms)
+        covers = {n: e["partitions"] for n, e in self.entries.items()}
+        return FanoutClient({n: make_endpoint(e["url"]) for n, e in live.items()}, timeout_s,
+                            covers=covers)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class ShardQuery(BaseModel):
+    vector: list[float] | None = Field(None, description="a feature vector")
+    code: list[int] | None = Field(None, description="a packed code (uint8 values)")
+    k: int = Field(10, ge=1, le=1000)
+
+
+def shard_app(index: ShardedIndex) -> FastAPI:
+    """The HTTP face of one replica: ``POST /shard/search`` with a :class:`ShardQuery` answers
+    its shards' part (see "A shard answer"); a bad query is a 400/422 with the reason."""
+    app = FastAPI(title="vistream index shard")
+    ask = local_endpoint(index)
+
+    @app.post("/shard/search")
+    def search(q: ShardQuery) -> dict[str, Any]:
+        if (q.vector is None) == (q.code is None):
+            raise HTTPException(422, "give a vector or a code (exactly one)")
+        if q.code is not None and any(not 0 <= c <= 255 for c in q.code):
+            raise HTTPException(422, "a code is packed bytes: values 0..255")
+        try:
+            return ask(q.model_dump(exclude_none=True))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    @app.get("/shard/info")
+    def info() -> dict[str, Any]:
+        return {"partitions": index.keys(), "codes": len(index),
+                "model": None if index.model is None else index.model.name,
+                "model_version": None if index.model is None else index.model.version}
+
+    return app
 
 
 # --------------------------------------------------------------------------- the replica
@@ -333,9 +431,15 @@ class ShardReplica:
 
     def __init__(self, bus: Bus, topic: str, group_id: str, index: ShardedIndex,
                  snapshot_every: int = 10_000, max_records: int = 500,
-                 models: ModelFollower | None = None) -> None:
+                 models: ModelFollower | None = None,
+                 announce: Callable[[list[str]], None] | None = None,
+                 heartbeat_s: float = 5.0) -> None:
         self.topic = topic
         self.models = models
+        #: called with the shard keys held when they change and every ``heartbeat_s``
+        self.announce = announce
+        self.heartbeat_s = float(heartbeat_s)
+        self._announced: tuple[list[str], float] | None = None
         self.index = index
         self.snapshot_every = int(snapshot_every)
         self.max_records = int(max_records)
@@ -380,11 +484,22 @@ class ShardReplica:
             if self._since.get(tp, 0) >= self.snapshot_every:
                 self.index.snapshot_shard(shard_key(tp), self.carry(tp))
                 self._since[tp] = 0
+        self._heartbeat()
         return len(records)
+
+    def _heartbeat(self, force: bool = False) -> None:
+        if self.announce is None:
+            return
+        keys, now = self.index.keys(), time.monotonic()
+        last = self._announced
+        if force or last is None or last[0] != keys or now - last[1] >= self.heartbeat_s:
+            self.announce(keys)
+            self._announced = (keys, now)
 
     def _apply(self, tp: TopicPartition, recs: list[Record]) -> None:
         if tp not in self.positions:  # pragma: no cover - polled just before a revoke
             return
+        shard = self.index.shard(shard_key(tp))
         fids, rows = [], []
         for rec in recs:
             try:
@@ -394,10 +509,20 @@ class ShardReplica:
                 log.warning("skipped %s: %s", rec.source_id, exc)
                 continue
             assert isinstance(msg, Features)
+            row = np.asarray(msg.vector, np.float32).reshape(1, -1)
+            try:
+                shard.validate_vectors(row)
+                if rows and row.shape[1] != rows[0].shape[0]:
+                    raise ValueError(f"feature vector has {row.shape[1]} dims, the others of "
+                                     f"this batch {rows[0].shape[0]}")
+            except ValueError as exc:
+                self.invalid += 1
+                log.warning("skipped %s: %s", rec.source_id, exc)
+                continue
             fids.append(msg.frame_id)
-            rows.append(np.asarray(msg.vector, np.float32).reshape(-1))
+            rows.append(row[0])
         if rows:
-            self.index.add(shard_key(tp), fids, np.stack(rows))
+            shard.add(fids, np.stack(rows))
         self.positions[tp] = recs[-1].offset + 1
         self._since[tp] = self._since.get(tp, 0) + len(recs)
 
@@ -406,6 +531,8 @@ class ShardReplica:
         for tp in list(self.positions):
             self.index.close_shard(shard_key(tp), self.carry(tp), snapshot=snapshot)
         self.positions.clear()
+        if snapshot and self.announce is not None:
+            self.announce([])  # a clean stop: gone at once, not after the directory's ttl
         self.consumer.close()
         if self.models is not None:
             self.models.close()

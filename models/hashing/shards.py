@@ -278,6 +278,12 @@ class ShardedIndex:
     def search_codes(self, code: np.ndarray, k: int = 10) -> ShardedResult:
         """Exact top-k over all shards for one packed code (meaningful when ``consistent``)."""
         k = _check_k(k)
+        q = np.asarray(code)
+        for shard in self.shards.values():
+            size = shard.store.code_size
+            if q.dtype != np.uint8 or q.shape != (size,):
+                raise ValueError(f"a code is {size} packed bytes (uint8), got {q.dtype} "
+                                 f"{q.shape}")
         answers, infos = [], {}
         for key, shard in sorted(self.shards.items()):
             view = shard.store.view
