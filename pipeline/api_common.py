@@ -21,6 +21,8 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -181,6 +183,19 @@ def _declare_security(spec: dict, has_token: bool) -> None:
                 "description": _DESCRIPTIONS[401], "content": _error_content(),
                 "headers": {"WWW-Authenticate": {"description": "Bearer",
                                                  "schema": {"type": "string"}}}}
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with the :class:`ErrorOut` list of what failed (the input left out)."""
+    return JSONResponse({"detail": validation_items(exc.errors())}, 422)
+
+
+def truthful_errors(app: Any, key: Callable[[], Hashable] = lambda: None,
+                    fix: Callable[[dict], None] | None = None) -> None:
+    """What any FastAPI app of the project needs for its schema to tell the truth about its
+    errors: validation errors as :class:`ErrorOut` lists, and :func:`patch_openapi`."""
+    app.add_exception_handler(RequestValidationError, validation_error)
+    patch_openapi(app, key, fix)
 
 
 def patch_openapi(app: Any, key: Callable[[], Hashable],

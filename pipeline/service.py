@@ -41,7 +41,6 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -53,8 +52,7 @@ from vistream.pipeline.api_common import (
     ErrorOut,
     check_token,
     error_responses,
-    patch_openapi,
-    validation_items,
+    truthful_errors,
 )
 from vistream.pipeline.api_labels import router as labels_router
 from vistream.pipeline.api_tracks import router as tracks_router
@@ -227,8 +225,7 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     app.state.extractor = extractor
     app.state.limits = limits
     app.state.api_token = check_token(api_token)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    patch_openapi(app, lambda: index.dim, lambda spec: _declare_limits(spec, index, limits))
+    truthful_errors(app, lambda: index.dim, lambda spec: _declare_limits(spec, index, limits))
     registry = _instrument(app, index, limits)
     _add_status_routes(app, index, extractor, registry)
     _add_search_routes(app, index, extractor, limits)
@@ -236,10 +233,6 @@ def create_app(index: LiveIndex, extractor: Any | None = None,
     app.include_router(tracks_router)  # POST /tracks, DELETE /tracks/{id} (api_tracks)
     mount_console(app)  # /console (web console), /docs (Swagger UI from local files)
     return app
-
-
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"detail": validation_items(exc.errors())}, 422)
 
 
 def _body_guard(request: Request, limits: ServiceLimits) -> JSONResponse | None:
