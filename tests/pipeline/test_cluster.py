@@ -106,3 +106,10 @@ def test_one_of_three_brokers_sigkilled_mid_stream_loses_nothing(tmp_path):
     assert kill["pid"] and kill["led"], kill  # it led partitions: leadership had to move
     assert set(kill["pause_s"]) == {"thumbs#0", "sink#0"}
     assert kill["pause_max_s"] is not None and kill["pause_max_s"] > 0
+
+
+def test_broker_status_of_a_cluster_that_is_not_running(tmp_path):
+    result = CliRunner().invoke(app, ["broker", "status", "--nodes", "3", "--port", "30100",
+                                      "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.count("not running") == 3 and "node-3" in result.output

@@ -23,8 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",  # joins wrapped docstring lines into paragraphs
 )
-broker_app = typer.Typer(help="Run a local single-node Apache Kafka broker (jars from Maven "
-                              "Central, cached outside the repo).", no_args_is_help=True)
+broker_app = typer.Typer(help="Run a local Apache Kafka broker, or a cluster with --nodes (jars "
+                              "from Maven Central, cached outside the repo).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: each prints JSON whose last line holds the figures.",
                         no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluations on real and seeded synthetic data; each prints a table "
@@ -48,38 +48,66 @@ PORT = typer.Option(9092, "--port", help="client port; the controller listens on
 DATA_DIR = typer.Option(None, "--data-dir", help="broker folder (default: cache/broker-PORT)")
 
 
+NODES = typer.Option(1, "--nodes", min=1, max=9,
+                     help="nodes of a local KRaft cluster: node i on PORT+2(i-1) (controller on "
+                          "the next port), data in DATA_DIR/node-i (default: cache/cluster-PORT)")
+
+
 @broker_app.command("start")
-def broker_start(port: int = PORT, data_dir: Path | None = DATA_DIR,
-                 heap: str = typer.Option("1g", help="JVM heap (-Xmx)"),
+def broker_start(port: int = PORT, data_dir: Path | None = DATA_DIR, nodes: int = NODES,
+                 heap: str | None = typer.Option(None, help="JVM heap (-Xmx) per node "
+                                                            "(default: 1g, 256m with --nodes > 1)"),
                  timeout: float = typer.Option(90, help="seconds to wait until it answers")) -> None:
     """Fetch the jars if needed, format KRaft storage once, start the broker in the background
-    and wait until it accepts clients. An already running broker is reused."""
+    and wait until it accepts clients. An already running broker is reused. With `--nodes 3`:
+    a three-node cluster (one controller quorum, one cluster id), topics created with three
+    replicas and min.insync.replicas 2."""
     # deferred: the broker module loads the bus (numpy); --help stays instant
-    from vistream.pipeline import broker
+    from vistream.pipeline import broker, cluster
 
     _logging()
-    info = broker.start(port=port, data_dir=data_dir, heap=heap, timeout=timeout)
+    if nodes > 1:
+        c = cluster.start(nodes, port, data_dir, heap=heap or cluster.DEFAULT_HEAP,
+                          timeout=max(timeout, 120))
+        verb = "reusing running" if c.reused else "started"
+        pids = ", ".join(str(n.pid) for n in c.nodes)
+        typer.echo(f"{verb} {nodes}-node Kafka cluster {c.cluster_id} (pids {pids}) at "
+                   f"{c.bootstrap} (data: {c.data_dir})")
+        return
+    info = broker.start(port=port, data_dir=data_dir, heap=heap or "1g", timeout=timeout)
     verb = "reusing running" if info.reused else "started"
     typer.echo(f"{verb} Kafka broker pid {info.pid} at {info.bootstrap} (log: {info.log_file})")
 
 
 @broker_app.command("stop")
-def broker_stop(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
-    """Stop the broker cleanly (SIGTERM, then SIGKILL after 30 s)."""
+def broker_stop(port: int = PORT, data_dir: Path | None = DATA_DIR, nodes: int = NODES) -> None:
+    """Stop the broker (or every node of a cluster, at once) cleanly: SIGTERM, then SIGKILL
+    after 30 s."""
     # deferred: the broker module loads the bus (numpy); --help stays instant
-    from vistream.pipeline import broker
+    from vistream.pipeline import broker, cluster
 
     _logging()
+    if nodes > 1:
+        typer.echo(f"{cluster.stop(nodes, port, data_dir)} of {nodes} nodes stopped")
+        return
     stopped = broker.stop(port=port, data_dir=data_dir)
     typer.echo("broker stopped" if stopped else "no broker was running")
 
 
 @broker_app.command("status")
-def broker_status(port: int = PORT, data_dir: Path | None = DATA_DIR) -> None:
-    """Say whether the broker runs; exit code 0 if it does, 1 if not."""
+def broker_status(port: int = PORT, data_dir: Path | None = DATA_DIR, nodes: int = NODES) -> None:
+    """Say whether the broker (every node of a cluster) runs; exit code 0 if so, 1 if not."""
     # deferred: the broker module loads the bus (numpy); --help stays instant
-    from vistream.pipeline import broker
+    from vistream.pipeline import broker, cluster
 
+    if nodes > 1:
+        c = cluster.status(nodes, port, data_dir)
+        for i, n in enumerate(c.nodes, 1):
+            typer.echo(f"node {i}: " + (f"running, pid {n.pid} at {n.bootstrap}" if n.running
+                                        else "not running") + f" (data: {n.data_dir})")
+        if not c.running:
+            raise typer.Exit(1)
+        return
     info = broker.status(port=port, data_dir=data_dir)
     if info.running:
         typer.echo(f"running: pid {info.pid} at {info.bootstrap} (data: {info.data_dir})")
