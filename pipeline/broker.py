@@ -50,6 +50,9 @@ _HINTS = {
     "mvn": "install Maven, e.g. `apt-get install maven`",
 }
 _MARKER = ".complete"
+#: A cluster node fences a peer that missed heartbeats for 4 s (Kafka's default: 9 s) and moves
+#: its partition leaderships then: the bulk of the pause when a broker dies (docs/reliability.md).
+CLUSTER_FAILOVER = {"broker.session.timeout.ms": 4000, "broker.heartbeat.interval.ms": 1000}
 _CHILDREN: dict[int, subprocess.Popen] = {}  # brokers started by this process, to reap them
 
 log = logging.getLogger("vistream.broker")
@@ -149,7 +152,8 @@ def server_properties(port: int, data_dir: Path, node_id: int = 1,
     """
     ctl = port + 1
     isr = min_isr_for(replicas)
-    quorum = ({"controller.quorum.voters": ",".join(f"{n}@127.0.0.1:{c}" for n, c in voters)}
+    quorum = ({"controller.quorum.voters": ",".join(f"{n}@127.0.0.1:{c}" for n, c in voters),
+               **CLUSTER_FAILOVER}
               if voters else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{ctl}"})
     props = {
         "process.roles": "broker,controller",
