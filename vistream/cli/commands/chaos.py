@@ -70,6 +70,7 @@ def outage(
     kill_one: bool = typer.Option(False, "--kill-one",
                                   help="instead of outages: SIGKILL, mid-stream, the node leading "
                                        "the most partitions (needs --nodes 3) and keep it dead"),
+    seed: int = typer.Option(0, "--seed", help="seeds the input frames"),
     feed_seconds: float | None = typer.Option(None, "--feed-seconds", min=5,
                                               help="spread the frames over N s (default: "
                                                    "30 with --kill-one, else from the outages)"),
@@ -87,7 +88,7 @@ def outage(
     _logging()
     report = outage_run(_durations(outages), gap=gap, frames=frames, port=port,
                         work_dir=work_dir, hard=hard, progress=_say, nodes=nodes,
-                        kill_one=kill_one, feed_seconds=feed_seconds)
+                        kill_one=kill_one, feed_seconds=feed_seconds, seed=seed)
     typer.echo(json.dumps(report))
     ok = report["lost"] == 0 and report["sink_duplicates"] == 0 and not report["exits"]
     raise typer.Exit(0 if ok else 1)
