@@ -1,0 +1,141 @@
+"""``vistream eval decouple``: accuracy, FLOPs skipped, the paths picture, batch-1 CPU latency
+with inactive filters skipped, and adversarial detection from the paths.
+
+Every figure is measured in one run against the dense base network it was fine-tuned from:
+* accuracy: top-1 on the test split, base vs decoupled (inference gates);
+* FLOPs: mean over test images of the FLOPs each needs (:class:`sparse.FlopsModel`, the
+  controlling modules' cost included), against the dense base;
+* latency: batch 1, one thread by default, mean per image over ``latency_images`` test images,
+  :class:`sparse.SparseResNet` against the base with BN folded (the same arithmetic minus the
+  skipping) and the base as it is; interleaved rounds, minimum per round
+  (:func:`models.flops.interleaved_timings`);
+* adversarial detection: :mod:`adversarial`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from vistream.models.decoupling.adversarial import PathDetector, attack, class_paths, run_paths
+from vistream.models.decoupling.decouple import build_from_state
+from vistream.models.decoupling.picture import draw_paths
+from vistream.models.decoupling.sparse import FlopsModel, SparseResNet
+from vistream.models.deploy import fold_batchnorm
+from vistream.models.flops import count_flops, interleaved_timings
+from vistream.models.train import evaluate
+
+
+def load_decoupled(path: str | Path):
+    """(decoupled net in eval mode, its checkpoint dict) from a ``train decouple`` checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (run `vistream train decouple` first)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "backbone_config" not in state:
+        raise ValueError(f"{path} is not a `vistream train decouple` checkpoint")
+    return build_from_state(state), state
+
+
+def measure_latency(model, base, images: torch.Tensor, rounds: int = 5, calls: int = 2,
+                    threads: int = 1, progress: bool = True) -> dict:
+    """ms per image at batch 1: sparse runtime vs folded dense base vs the base as it is."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        sparse = SparseResNet(model)
+        base = base.eval()
+        folded = fold_batchnorm(base, images[:1])
+        singles = [images[i:i + 1] for i in range(len(images))]
+
+        def run(net):
+            return lambda: [net(x) for x in singles]
+
+        bar = tqdm(total=rounds, desc="latency", leave=False, disable=not progress)
+        with torch.inference_mode():
+            t = interleaved_timings({"sparse": run(sparse), "dense_folded": run(folded),
+                                     "dense": run(base)}, rounds, calls, progress=bar.update)
+        bar.close()
+    finally:
+        torch.set_num_threads(old)
+    ms = {k: min(v) / len(singles) for k, v in t.items()}
+    return {"ms_per_image": {k: round(v, 4) for k, v in ms.items()},
+            "speedup_vs_folded": round(ms["dense_folded"] / ms["sparse"], 3),
+            "speedup_vs_dense": round(ms["dense"] / ms["sparse"], 3),
+            "images": len(singles), "threads": threads, "rounds": rounds, "calls": calls}
+
+
+def adversarial_detection(model, data, attacks: list[str], eps: float, n: int, pgd_steps: int,
+                          progress: bool = True) -> dict:
+    mean, std = data.mean, data.std
+    tr_preds, tr_paths = run_paths(model, torch.from_numpy(data.train.x), mean, std)
+    det = PathDetector(tr_paths, data.train.y, data.num_classes)
+    x = torch.from_numpy(data.test.x[:n])
+    y = torch.from_numpy(data.test.y[:n])
+    preds, paths = run_paths(model, x, mean, std)
+    clean = det.score(paths, preds)
+    out = {"n": int(len(y)), "eps": eps, "detector": "class-path Bernoulli NLL (fitted on clean train)"}
+    for name in tqdm(attacks, desc="attacks", leave=False, disable=not progress):
+        adv = torch.cat([attack(model, x[i:i + 64], y[i:i + 64], mean, std, name, eps=eps,
+                                steps=pgd_steps, seed=i) for i in range(0, len(x), 64)])
+        a_preds, a_paths = run_paths(model, adv, mean, std)
+        a_score = det.score(a_paths, a_preds)
+        fooled = (preds == y.numpy()) & (a_preds != y.numpy())
+        labels = np.r_[np.zeros(len(clean)), np.ones(len(a_score))]
+        rec = {"adv_accuracy": float((a_preds == y.numpy()).mean()),
+               "success_rate": float(fooled.sum() / max((preds == y.numpy()).sum(), 1)),
+               "auroc_all": float(roc_auc_score(labels, np.r_[clean, a_score]))}
+        if fooled.sum() >= 2:
+            lab = np.r_[np.zeros(len(clean)), np.ones(int(fooled.sum()))]
+            rec["auroc_successful"] = float(roc_auc_score(lab, np.r_[clean, a_score[fooled]]))
+        out[name] = rec
+    return out
+
+
+def run_evaluation(checkpoint: Path, base, data, out: Path, attacks: list[str], eps: float = 8 / 255,
+                   adv_n: int = 300, pgd_steps: int = 10, latency_images: int = 32,
+                   latency_rounds: int = 5, threads: int = 1, progress: bool = True) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    model, state = load_decoupled(checkpoint)
+    if model.fc.out_features != data.num_classes:
+        raise ValueError(f"{checkpoint} has {model.fc.out_features} classes, {data.name} has "
+                         f"{data.num_classes}")
+    mean, std = data.mean, data.std
+    xt, yt = torch.from_numpy(data.test.x), data.test.y
+    base_acc = evaluate(base, data.test, mean, std)
+    preds, paths = run_paths(model, xt, mean, std)
+    acc = float((preds == yt).mean())
+    fm = FlopsModel(model, tuple(data.input_size))
+    per = fm.per_input(torch.from_numpy(paths).float(), model.layer_widths()).numpy()
+    dense = count_flops(base, tuple(data.input_size))
+    freq = class_paths(paths, yt, data.num_classes)
+    png = draw_paths(freq, model.layer_widths(), data.classes or [str(c) for c in range(data.num_classes)],
+                     out / "paths.png")
+    res = {"checkpoint": str(checkpoint), "dataset": data.name,
+           "accuracy": {"base": base_acc, "decoupled": acc, "loss_points": round(100 * (base_acc - acc), 2)},
+           "flops": {"dense": dense, "mean_per_image": float(per.mean()), "min": float(per.min()),
+                     "max": float(per.max()), "controllers": fm.controllers,
+                     "skipped": round(1 - float(per.mean()) / dense, 4)},
+           "active_share": float(paths.mean()), "paths_png": str(png),
+           "path_distinctness": _distinctness(freq)}
+    idx = np.random.default_rng(0).permutation(len(yt))[:latency_images]
+    xn = (xt[idx] - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    res["latency"] = measure_latency(model, base, xn.float(), rounds=latency_rounds,
+                                     threads=threads, progress=progress)
+    if attacks:
+        res["adversarial"] = adversarial_detection(model, data, attacks, eps, adv_n, pgd_steps, progress)
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def _distinctness(freq: np.ndarray) -> float:
+    """Mean over class pairs of the mean absolute difference of their filter frequencies (0: all
+    classes take the same path; 1: disjoint, always-on paths)."""
+    c = len(freq)
+    d = [np.abs(freq[i] - freq[j]).mean() for i in range(c) for j in range(i + 1, c)]
+    return round(float(np.mean(d)) if d else 0.0, 4)
