@@ -203,3 +203,25 @@ def test_stage_through_the_runner_on_the_memory_bus():
 def test_a_typo_in_nested_settings_names_the_known_keys(field):
     with pytest.raises(ValidationError, match=f"unknown {field} settings \\['bogus_key'\\]; known: \\["):
         TrackParams(**{field: {"bogus_key": 1}})
+
+
+def test_discovering_stage_finds_targets_present_from_the_first_frame_sooner():
+    # issue 23: with discover: true, the targets on screen from frame 0 get tracks within the
+    # first few frames by default (early references, strong blobs); the old settings wait
+    # for the 4-frames-back reference and 4 of 5 hits
+    def first_found(discovery):
+        stage = TrackStage(TrackParams(discover=True, discovery=discovery))
+        for s in stage.process(frames(hi=12)):
+            if not isinstance(s, TrackState):
+                continue
+            for box, lost in zip(s.boxes, s.lost):
+                if lost:
+                    continue
+                if any(np.hypot(*(center(box) - gt_center(s.seq, i))) <= 10 for i in range(2)):
+                    return int(s.seq)
+        return None
+
+    new = first_found({})
+    old = first_found({"early_refs": False, "strong_k": 0, "persist_k": 4})
+    assert new is not None and old is not None
+    assert new <= old - 2, (new, old)
