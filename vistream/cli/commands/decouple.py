@@ -33,7 +33,9 @@ def train_decouple(
     dataset: str = typer.Option("digits", "--dataset", help="digits, digits-composite, "
                                 "imagefolder:PATH or cifar10:PATH (the base's dataset)"),
     epochs: int = typer.Option(6, min=1),
-    lr: float = typer.Option(0.01, help="SGD learning rate (step schedule: x0.1 at 50% and 75%)"),
+    lr: float = typer.Option(0.01, help="SGD learning rate"),
+    schedule: str = typer.Option("step", help="step (x0.1 at 50% and 75% of the epochs, as the paper) "
+                                 "| cosine | constant"),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     lambda_k: float = typer.Option(1.0, "--lambda-k", min=0.0, help="weight of the KL alignment"),
     lambda_m: float = typer.Option(0.01, "--lambda-m", min=0.0, help="weight of the mask classifier"),
@@ -54,6 +56,8 @@ def train_decouple(
     from vistream.models.decoupling.decouple import DecoupledResNet
     from vistream.models.decoupling.finetune import DecoupleConfig, finetune
 
+    if schedule not in ("step", "cosine", "constant"):
+        raise typer.BadParameter(f"{schedule!r}: use step, cosine or constant", param_hint="--schedule")
     data = load_dataset(dataset)
     backbone = _load_backbone(base)
     try:
@@ -63,7 +67,7 @@ def train_decouple(
     if model.fc.out_features != data.num_classes:
         raise typer.BadParameter(f"{base} has {model.fc.out_features} classes, {dataset} has "
                                  f"{data.num_classes}", param_hint="--base")
-    cfg = DecoupleConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, threads=threads,
+    cfg = DecoupleConfig(epochs=epochs, lr=lr, schedule=schedule, batch_size=batch_size, seed=seed, threads=threads,
                          lambda_k=lambda_k, lambda_m=lambda_m, lambda_s=lambda_s, target=target)
     summary = finetune(model, data, cfg, out, resume=resume, progress=progress, log=typer.echo)
     summary["base"] = str(base)
