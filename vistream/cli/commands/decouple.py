@@ -67,7 +67,8 @@ def train_decouple(
     if model.fc.out_features != data.num_classes:
         raise typer.BadParameter(f"{base} has {model.fc.out_features} classes, {dataset} has "
                                  f"{data.num_classes}", param_hint="--base")
-    cfg = DecoupleConfig(epochs=epochs, lr=lr, schedule=schedule, batch_size=batch_size, seed=seed, threads=threads,
+    cfg = DecoupleConfig(epochs=epochs, lr=lr, schedule=schedule, batch_size=batch_size, seed=seed,
+                         threads=threads,
                          lambda_k=lambda_k, lambda_m=lambda_m, lambda_s=lambda_s, target=target)
     summary = finetune(model, data, cfg, out, resume=resume, progress=progress, log=typer.echo)
     summary["base"] = str(base)
