@@ -4,8 +4,9 @@ Replica (:class:`ShardReplica`)
     One member of the index stage's consumer group. It holds one shard per assigned partition
     of the features topic (a :class:`~vistream.models.hashing.shards.ShardedIndex`). When a
     partition is assigned it opens the partition's shard from its snapshot and reads the
-    partition from the offset stored with it (0 without one); when a partition goes away it
-    snapshots the shard with its position and drops it; every ``snapshot_every`` records of a
+    partition from the offset stored with it (0 without one); when a partition goes away (the
+    bus's revoke callback: on Kafka before the group hands it on) it snapshots the shard with
+    its position, and drops it once a poll shows it gone; every ``snapshot_every`` records of a
     partition it snapshots that shard. A replica that is killed loses nothing: its partitions
     go to the others, which open the last snapshots and replay the rest from the topic (the
     index is idempotent by frame id, so the overlap counts once).
@@ -446,7 +447,10 @@ class ShardReplica:
         self.positions: dict[TopicPartition, int] = {}
         self._since: dict[TopicPartition, int] = {}
         self.invalid = 0
-        self.consumer = bus.consumer([topic], group_id, on_assign=self._on_assign)
+        #: revoked partitions snapshotted in the revoke callback and unchanged since
+        self._clean: set[TopicPartition] = set()
+        self.consumer = bus.consumer([topic], group_id, on_assign=self._on_assign,
+                                     on_revoke=self._on_revoke)
 
     def carry(self, tp: TopicPartition) -> dict[str, Any]:
         return {"positions": [[tp.topic, tp.partition, self.positions.get(tp, 0)]]}
@@ -458,14 +462,36 @@ class ShardReplica:
             pos = positions_from_carry(carry).get(tp, self.positions.get(tp, 0))
             self.positions[tp] = out[tp] = pos
             self._since[tp] = 0
+            self._clean.discard(tp)
         return out
+
+    def _on_revoke(self, tps: set[TopicPartition]) -> None:
+        """Snapshot the shards of partitions going away, before the group hands them on (on
+        Kafka's eager protocol every partition is revoked at each rebalance, and most come
+        straight back: the shard stays in memory until a poll shows it is really gone)."""
+        for tp in sorted(tps):
+            if tp in self.positions and self._snapshot(tp):
+                self._clean.add(tp)
+
+    def _snapshot(self, tp: TopicPartition) -> bool:
+        try:
+            self.index.snapshot_shard(shard_key(tp), self.carry(tp))
+        except OSError as exc:  # e.g. the new owner writing the same folder: it replays
+            log.warning("snapshot of %s failed: %s", shard_key(tp), exc)
+            return False
+        self._since[tp] = 0
+        return True
 
     def _drop_revoked(self) -> None:
         owned = self.consumer.assignment()
         for tp in [tp for tp in self.positions if tp not in owned]:
-            self.index.close_shard(shard_key(tp), self.carry(tp))
+            clean = tp in self._clean
+            if not clean:
+                self._snapshot(tp)
+            self.index.close_shard(shard_key(tp), snapshot=False)
             del self.positions[tp]
             self._since.pop(tp, None)
+            self._clean.discard(tp)
 
     def step(self, timeout: float = 0.05) -> int:
         """Poll once, index what came, drop partitions that moved away, snapshot shards that
@@ -482,8 +508,7 @@ class ShardReplica:
         self._drop_revoked()
         for tp in list(self.positions):
             if self._since.get(tp, 0) >= self.snapshot_every:
-                self.index.snapshot_shard(shard_key(tp), self.carry(tp))
-                self._since[tp] = 0
+                self._snapshot(tp)
         self._heartbeat()
         return len(records)
 
@@ -525,11 +550,14 @@ class ShardReplica:
             shard.add(fids, np.stack(rows))
         self.positions[tp] = recs[-1].offset + 1
         self._since[tp] = self._since.get(tp, 0) + len(recs)
+        self._clean.discard(tp)
 
     def close(self, snapshot: bool = True) -> None:
         """Leave the group; with ``snapshot`` each shard is snapshotted first (a clean stop)."""
         for tp in list(self.positions):
-            self.index.close_shard(shard_key(tp), self.carry(tp), snapshot=snapshot)
+            if snapshot:
+                self._snapshot(tp)
+            self.index.close_shard(shard_key(tp), snapshot=False)
         self.positions.clear()
         if snapshot and self.announce is not None:
             self.announce([])  # a clean stop: gone at once, not after the directory's ttl

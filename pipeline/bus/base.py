@@ -38,6 +38,10 @@ class TopicSpec:
 #: (the others start at the group's committed offset). The runner uses it for stateful stages,
 #: to replay from where their snapshot ends instead of from the last commit.
 OnAssign = Callable[[set[TopicPartition]], dict[TopicPartition, int]]
+#: Called with the partitions a consumer loses in a rebalance (Kafka: before they go to another
+#: member; the memory bus: at the member's next poll). A consumer that keeps state per
+#: partition snapshots and drops it here.
+OnRevoke = Callable[[set[TopicPartition]], None]
 
 
 class BusError(RuntimeError):
@@ -111,7 +115,8 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     def consumer(self, topics: list[str], group_id: str, auto_offset_reset: str = "earliest",
-                 on_assign: OnAssign | None = None) -> Consumer: ...
+                 on_assign: OnAssign | None = None,
+                 on_revoke: OnRevoke | None = None) -> Consumer: ...
 
     @abc.abstractmethod
     def end_offsets(self, topic: str) -> dict[int, int]:

@@ -43,6 +43,7 @@ from vistream.pipeline.bus.base import (
     BusUnavailable,
     Consumer,
     OnAssign,
+    OnRevoke,
     Producer,
     TopicPartition,
     TopicSpec,
@@ -243,8 +244,10 @@ class KafkaBus(Bus):
         return KafkaProducerAdapter(self)
 
     def consumer(self, topics: list[str], group_id: str, auto_offset_reset: str = "earliest",
-                 on_assign: OnAssign | None = None) -> Consumer:
-        return KafkaConsumerAdapter(self, topics, group_id, auto_offset_reset, on_assign)
+                 on_assign: OnAssign | None = None,
+                 on_revoke: OnRevoke | None = None) -> Consumer:
+        return KafkaConsumerAdapter(self, topics, group_id, auto_offset_reset, on_assign,
+                                    on_revoke)
 
     def close(self) -> None:
         if self._offsets is not None:
@@ -353,16 +356,18 @@ class KafkaProducerAdapter(Producer):
         self._p.close(timeout=5)
 
 
-def _seek_on_assign(consumer, on_assign: OnAssign):
-    """A kafka-python rebalance listener that moves newly assigned partitions where asked."""
+def _seek_on_assign(consumer, on_assign: OnAssign | None, on_revoke: OnRevoke | None = None):
+    """A kafka-python rebalance listener that moves newly assigned partitions where asked (and
+    tells ``on_revoke`` which partitions are going away, before the group hands them on)."""
     k = _kafka()
 
     class SeekOnAssign(k.ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked) -> None:
-            pass
+            if on_revoke is not None and revoked:
+                on_revoke({TopicPartition(tp.topic, tp.partition) for tp in revoked})
 
         def on_partitions_assigned(self, assigned) -> None:
-            if not assigned:  # kafka-python also reports empty assignments
+            if not assigned or on_assign is None:  # kafka-python also reports empty ones
                 return
             chosen = on_assign({TopicPartition(tp.topic, tp.partition) for tp in assigned})
             for tp, offset in chosen.items():
@@ -373,7 +378,8 @@ def _seek_on_assign(consumer, on_assign: OnAssign):
 
 class KafkaConsumerAdapter(Consumer):
     def __init__(self, bus: KafkaBus, topics: list[str], group_id: str,
-                 auto_offset_reset: str, on_assign: OnAssign | None = None) -> None:
+                 auto_offset_reset: str, on_assign: OnAssign | None = None,
+                 on_revoke: OnRevoke | None = None) -> None:
         k = _kafka()
         self._k = k
         try:
@@ -392,7 +398,9 @@ class KafkaConsumerAdapter(Consumer):
             )
         except k.errors.KafkaError as exc:
             raise BusError(f"no Kafka broker answers at {bus.bootstrap}: {exc}") from exc
-        self._c.subscribe(topics, listener=_seek_on_assign(self._c, on_assign) if on_assign else None)
+        listener = (_seek_on_assign(self._c, on_assign, on_revoke)
+                    if on_assign or on_revoke else None)
+        self._c.subscribe(topics, listener=listener)
 
     def _unavailable(self, what: str, exc: Exception) -> BusUnavailable | BusError:
         if _unavailable(exc):

@@ -32,6 +32,7 @@ from vistream.pipeline.bus.base import (
     BusError,
     Consumer,
     OnAssign,
+    OnRevoke,
     Producer,
     TopicPartition,
     TopicSpec,
@@ -125,14 +126,15 @@ class MemoryBus(Bus):
 
     # -- groups ---------------------------------------------------------------------------
     def consumer(self, topics: list[str], group_id: str, auto_offset_reset: str = "earliest",
-                 on_assign: OnAssign | None = None) -> Consumer:
+                 on_assign: OnAssign | None = None,
+                 on_revoke: OnRevoke | None = None) -> Consumer:
         if auto_offset_reset not in ("earliest", "latest"):
             raise ValueError("auto_offset_reset must be 'earliest' or 'latest'")
         with self._cond:
             for t in topics:
                 self._ensure_topic(t)
             c = MemoryConsumer(self, next(self._member_ids), list(topics), group_id,
-                               auto_offset_reset, on_assign)
+                               auto_offset_reset, on_assign, on_revoke)
             group = self._groups.setdefault(group_id, _Group())
             group.members.append(c)
             self._rebalance(group)
@@ -201,13 +203,15 @@ class MemoryProducer(Producer):
 
 class MemoryConsumer(Consumer):
     def __init__(self, bus: MemoryBus, member_id: int, topics: list[str], group_id: str,
-                 auto_offset_reset: str, on_assign: OnAssign | None = None) -> None:
+                 auto_offset_reset: str, on_assign: OnAssign | None = None,
+                 on_revoke: OnRevoke | None = None) -> None:
         self._bus = bus
         self.member_id = member_id
         self.topics = topics
         self.group_id = group_id
         self._reset = auto_offset_reset
         self._on_assign = on_assign
+        self._on_revoke = on_revoke
         self._generation = -1
         self._positions: dict[TopicPartition, int] = {}
         self._rr = 0
@@ -222,6 +226,7 @@ class MemoryConsumer(Consumer):
         if group.generation == self._generation:
             return
         owned = group.assignment.get(self.member_id, set())
+        lost = set(self._positions) - owned
         new = owned - set(self._positions)
         chosen = self._on_assign(set(new)) if (self._on_assign and new) else {}
         positions = {}
@@ -239,6 +244,8 @@ class MemoryConsumer(Consumer):
                 positions[tp] = part.base_offset if self._reset == "earliest" else part.end_offset
         self._positions = positions
         self._generation = group.generation
+        if lost and self._on_revoke:
+            self._on_revoke(lost)
 
     def _take(self, max_records: int) -> list[Record]:
         out: list[Record] = []

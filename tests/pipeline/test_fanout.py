@@ -150,3 +150,42 @@ def test_partitions_move_between_replicas_nothing_lost_nothing_twice(tmp_path):
     assert [(h.distance, h.frame_id) for h in got.hits] == [
         (h.distance, h.frame_id) for h in shard_topk(one, one.store.view, q, 10)]
     a.close()
+
+
+def test_memory_bus_tells_a_member_which_partitions_it_lost():
+    bus = MemoryBus()
+    bus.create_topics([TopicSpec("t", 4)])
+    lost = []
+    c1 = bus.consumer(["t"], "g", on_revoke=lost.append)
+    assert len(c1.assignment()) == 4 and lost == []
+    c2 = bus.consumer(["t"], "g")
+    c1.poll(10, 0.0)
+    assert len(lost) == 1 and lost[0] == c2.assignment()
+    c1.close()
+    c2.close()
+
+
+def test_new_owner_first_still_nothing_lost_nothing_twice(tmp_path):
+    """On the memory bus the old owner hears of a rebalance at its next poll: if the new owner
+    polls first it opens an older snapshot and replays more; the result is the same."""
+    bus = MemoryBus()
+    bus.create_topics([TopicSpec("features", 4)])
+    fids, X = data(1200, seed=5)
+    model = lsh(X, 16)
+
+    def replica():
+        idx = ShardedIndex(tmp_path, background=False, n_bits=16)
+        idx.set_model(model)
+        return ShardReplica(bus, "features", "index", idx, snapshot_every=150, max_records=50)
+
+    produce(bus, fids[:700], X[:700])
+    a = replica()
+    drain([a])
+    b = replica()
+    produce(bus, fids[700:], X[700:])
+    drain([b, a])  # b polls first in every round
+    ids = held([a, b])
+    assert len(ids) == len(set(ids)) and sorted(ids) == fids
+    assert len(a.index.keys()) == len(b.index.keys()) == 2
+    a.close()
+    b.close()
