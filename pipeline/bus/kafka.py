@@ -59,6 +59,9 @@ RECONNECT = {"reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 1000,
              "retry_backoff_ms": 200}
 #: How long one commit or offsets query may wait for the broker before it counts as down.
 REQUEST_WAIT_MS = 5_000
+#: The lag gauge's query waits less: it is informative, and right after a partition leader
+#: died it would hold the stage's next batch for the whole wait (docs/reliability.md, item 6).
+LAG_WAIT_MS = 2_000
 #: Replicas per topic at most when the replication factor is left to the cluster's size.
 MAX_AUTO_REPLICAS = 3
 
@@ -447,8 +450,8 @@ class KafkaConsumerAdapter(Consumer):
         if not tps:
             return 0
         try:
-            ends = self._c.end_offsets(tps, timeout_ms=REQUEST_WAIT_MS)
-            return sum(max(ends[tp] - self._c.position(tp, timeout_ms=REQUEST_WAIT_MS), 0)
+            ends = self._c.end_offsets(tps, timeout_ms=LAG_WAIT_MS)
+            return sum(max(ends[tp] - self._c.position(tp, timeout_ms=LAG_WAIT_MS), 0)
                        for tp in tps)
         except self._k.errors.KafkaError as exc:
             raise self._unavailable("lag", exc) from exc
