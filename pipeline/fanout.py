@@ -56,6 +56,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from vistream.models.hashing.base import HashModel
+from vistream.models.hashing.evaluate import sdoh_eval_lr
 from vistream.models.hashing.registry import make_hash_model
 from vistream.models.hashing.shards import ShardedIndex, ShardedResult
 from vistream.pipeline.bus import Bus, TopicPartition
@@ -334,8 +335,10 @@ class ShardLearner:
         self.bus = bus
         self.features_topic, self.model_topic = features_topic, model_topic
         self.group_id = group_id
-        self.make = lambda: make_hash_model(model, n_bits=n_bits, seed=seed,
-                                            **dict(model_params or {}))
+        params = dict(model_params or {})
+        if model == "sdoh" and "lr" not in params:  # the tuned rate, as the hashing stage uses
+            params["lr"] = sdoh_eval_lr(n_bits)
+        self.make = lambda: make_hash_model(model, n_bits=n_bits, seed=seed, **params)
         self.train_chunk = int(train_chunk)
         self.election = bus.consumer([election_topic], f"{group_id}-learner")
         self.producer = bus.producer()
