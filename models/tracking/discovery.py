@@ -48,7 +48,15 @@ Choices made, and why
   nearest detection within a gate. It is *confirmed* once it was matched in ``k`` of the
   last ``n`` frames (``persist_k`` / ``persist_n``), dropped after ``max_misses`` misses in
   a row. Only confirmed candidates matched in the current frame are reported: noise
-  blobs do not recur at consistent positions, movers do.
+  blobs do not recur at consistent positions, movers do. A *strong* blob (peak at least
+  ``strong_ratio`` x the threshold) in ``strong_k`` of the last ``persist_n`` frames also
+  confirms: a high-contrast mover is reported after 2 frames, a faint one still needs
+  ``persist_k`` (issue 23: median frames to track 9 -> 4 on ``eval mot``, with the next two).
+* **First frames** (``early_refs``): until the nearest of ``refs`` exists, each frame from
+  the 3rd on is compared with the oldest frame and the one half-way to it, so a target on
+  screen from frame 0 is found in the first frames, not after the 5th.
+* **Jumps**: a frame's camera shift is judged against the last frame that was not a jump
+  (``settle_after_jump``), so the sharp frame after a re-aim is not skipped too.
 
 What it does not do: it finds *movers*; an object that never moves relative to the scene is
 invisible to it (start it by hand: ``vistream track start``). Parallax of near structures
