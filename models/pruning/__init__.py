@@ -65,7 +65,8 @@ def run_method(method: str, base, data, flops_target: float, seed: int, finetune
         widths = baseline_widths(method, base, flops_target, seed, table, channel_multiple)
         rec["search_epochs"] = 0.0
 
-    model = prune(base, widths, "l1", seed)
+    # abc: the re-pruned structure, or its best candidate's fitness-trained weights (finetune_from)
+    model = pruner.finetune_start(res) if method == "abc" else prune(base, widths, "l1", seed)
     recalibrate_bn(model, data, 20, 64, seed)
     rec["val_before_finetune"] = evaluate(model, data.val, data.mean, data.std)
     ck = work / f"ft-{method}-s{seed}" if work else None

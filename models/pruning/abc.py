@@ -14,10 +14,27 @@ What is implemented (see METHODS.md):
   candidate (SGD momentum 0.9, wd 5e-4). The official code measures it on the test set; we
   never touch the test split during the search.
 * Employed bees: ``x + U(-1, 1) * (x - x_k)`` on ``changes`` (2) randomly chosen genes,
-  rounded and clipped to [1, M], greedy replacement. Onlookers pick sources with probability
-  ``0.9 * fit / max_fit + 0.1`` and make the same move. Scout: the source with most failed
-  trials is re-randomised once its count reaches ``limit``.
+  clipped to [1, M], greedy replacement (:func:`bee_move`). Onlookers pick sources with
+  probability ``0.9 * fit / max_fit + 0.1`` and make the same move. Scout: the source with most
+  failed trials is re-randomised once its count reaches ``limit``.
 * After the search the best structure is fine-tuned (:func:`finetune`).
+
+Where this code departs from the official code, each as an :class:`ABCConfig` option (the
+default is this project's behaviour: every figure in docs/pruning.md was made with it, and
+the shipped artifacts are built with it; the official behaviour is one option away):
+
+* ``move_rule``: ``"round_step"`` (default) rounds the moved gene and, when the rounding left
+  it unchanged, steps it by +-1, so every move explores; ``"truncate"`` is the official
+  ``int(x + U(-1, 1) * (x - x_k))`` (truncation; a gene equal in both sources does not move).
+* ``finetune_from``: ``"repruned"`` (default) fine-tunes the best structure pruned again from
+  the base (top-L1 filters, no fitness training); ``"best_candidate"`` starts from the best
+  candidate's fitness-trained weights, as the official code does.
+* ``budget_repair`` (only with a FLOPs budget, which the paper has not): a bee move the repair
+  turns back into its parent (about a quarter of the moves at 0.5 FLOPs on the 8-channel grid,
+  docs/pruning.md) is ``"count"`` (default): evaluated from the cache and counted as a failed
+  trial, so scouts fire early; ``"resample"``: drawn again (up to :data:`RESAMPLE_TRIES`
+  times); ``"skip"``: not evaluated and not counted as a trial. ``SearchResult.moves`` counts
+  them.
 
 Optional, not in the paper: ``fitness_metric="loss"`` scores a candidate by
 ``1 / (1 + validation cross-entropy)`` instead of its validation accuracy (both after the same
@@ -86,10 +103,23 @@ class ABCConfig:
     bn_batches: int = 10                 # BN re-estimation batches before/after training
     channel_multiple: int = 1            # widths aligned to this many channels (1: paper)
     fitness_metric: str = "accuracy"     # accuracy (paper) | loss: 1 / (1 + val cross-entropy)
+    move_rule: str = "round_step"        # round_step (this project) | truncate (official code)
+    finetune_from: str = "repruned"      # repruned (this project) | best_candidate (official)
+    budget_repair: str = "count"         # count | resample | skip: a move repaired to its parent
 
     def __post_init__(self) -> None:
-        if self.fitness_metric not in ("accuracy", "loss"):
-            raise ValueError(f"fitness_metric must be accuracy or loss, not {self.fitness_metric!r}")
+        for name, allowed in OPTIONS.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {' | '.join(allowed)}, "
+                                 f"not {getattr(self, name)!r}")
+
+
+# the documented choices of every string option of ABCConfig (first: the default)
+OPTIONS = {"fitness_metric": ("accuracy", "loss"),
+           "move_rule": ("round_step", "truncate"),
+           "finetune_from": ("repruned", "best_candidate"),
+           "budget_repair": ("count", "resample", "skip")}
+RESAMPLE_TRIES = 20   # budget_repair="resample": redraws of a move before it counts as reverted
 
 
 @dataclass
@@ -105,6 +135,7 @@ class Evaluation:
     epochs: float           # full-train-split epochs this evaluation cost (0 when cached)
     cached: bool
     seconds: float
+    source: int = -1        # the food source a bee move started from (-1: init/scout, old logs)
 
 
 @dataclass
@@ -116,13 +147,17 @@ class SearchResult:
     evaluations: list[Evaluation] = field(default_factory=list)
     search_epochs: float = 0.0
     seconds: float = 0.0
+    # bee moves (employed + onlooker): how many the FLOPs repair turned back into their parent
+    # (first draw), how many ended unchanged after budget_repair, how many "skip" dropped
+    moves: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {"best_genes": self.best_genes, "best_widths": self.best_widths,
                 "best_fitness": self.best_fitness, "best_flops_ratio": self.best_flops_ratio,
                 "evaluations": len(self.evaluations),
                 "trained_evaluations": sum(not e.cached for e in self.evaluations),
-                "search_epochs": round(self.search_epochs, 3), "seconds": round(self.seconds, 1)}
+                "search_epochs": round(self.search_epochs, 3), "seconds": round(self.seconds, 1),
+                "moves": self.moves}
 
 
 def finetune(model, data, epochs: int, lr: float = 0.01, seed: int = 0, ckpt_dir=None,
@@ -185,6 +220,34 @@ def fit_budget(genes: np.ndarray, table: FlopsTable, target: float | None, max_g
     return g
 
 
+def bee_move(x_i, x_k, genes, rng: np.random.Generator, rule: str, max_gene: int) -> np.ndarray:
+    """The bees' neighbour of source ``x_i`` towards/away from ``x_k``: on every gene ``j`` of
+    ``genes`` (one ``rng.uniform(-1, 1)`` draw each) ``x_i[j] + U(-1, 1) * (x_i[j] - x_k[j])``,
+    clipped to [1, max_gene]; the other genes stay.
+
+    * ``truncate`` (official code): the value is truncated toward zero (``int``); a gene where
+      ``x_i == x_k``, or a small draw, leaves the gene where it was.
+    * ``round_step`` (this project's default): the value is rounded, and a gene the rounding
+      left unchanged is stepped by -1 or +1 (a second ``rng`` draw), so every move explores."""
+    x_i = np.asarray(x_i, np.int64)
+    new = x_i.copy()
+    for j in genes:
+        v = x_i[j] + rng.uniform(-1, 1) * (x_i[j] - x_k[j])
+        if rule == "truncate":
+            new[j] = int(np.clip(int(v), 1, max_gene))
+            continue
+        new[j] = int(np.clip(round(v), 1, max_gene))
+        if new[j] == x_i[j]:
+            new[j] = int(np.clip(x_i[j] + rng.choice([-1, 1]), 1, max_gene))
+    return new
+
+
+def onlooker_probs(fits) -> list[float]:
+    """The chance an onlooker bee takes each source: ``0.9 * fit / max_fit + 0.1``."""
+    mx = max(max(fits), 1e-12)
+    return [0.9 * f / mx + 0.1 for f in fits]
+
+
 class ABCPruner:
     """Search (``search``) then fine-tune (``finetune``) a pruned structure of ``model``.
 
@@ -220,6 +283,7 @@ class ABCPruner:
                                                    train_subset=c.fitness_subset),
               progress=False, eval_val=False)
         recalibrate_bn(cand, self.data, c.bn_batches, c.batch_size, c.seed)
+        self._last_model = cand
         if c.fitness_metric == "loss":
             score = 1.0 / (1.0 + evaluate_loss(cand, self.data.val, self.data.mean,
                                                self.data.std))
@@ -242,7 +306,7 @@ class ABCPruner:
         path.write_text("".join(json.dumps(r) + "\n" for r in recs))
         return recs
 
-    def _evaluate(self, genes: np.ndarray, cycle: int, phase: str) -> float:
+    def _evaluate(self, genes: np.ndarray, cycle: int, phase: str, source: int = -1) -> float:
         key = tuple(int(v) for v in genes)
         widths = genes_to_widths(key, self.base, self.cfg.max_gene, self.cfg.channel_multiple)
         t0 = time.perf_counter()
@@ -254,6 +318,8 @@ class ABCPruner:
             ev = Evaluation(**rec)
             self.evaluations.append(ev)
             self._cache[key] = ev.fitness
+            if ev.fitness > self._best_fit:   # its trained weights are not in memory
+                self._best_fit, self._best_key, self._best_model = ev.fitness, key, None
             if self._bar is not None:
                 self._bar.update(1)
             return ev.fitness
@@ -261,11 +327,14 @@ class ABCPruner:
         if cached:
             fit, ep = self._cache[key], 0.0
         else:
+            self._last_model = None
             fit, ep = self.fitness_fn(widths)
             self._cache[key] = fit
+            if fit > self._best_fit:
+                self._keep_best(key, widths, float(fit))
         ev = Evaluation(len(self.evaluations), cycle, phase, list(key), widths, self.table(widths),
                         round(self.table.ratio(widths), 5), float(fit), float(ep),
-                        cached, round(time.perf_counter() - t0, 3))
+                        cached, round(time.perf_counter() - t0, 3), source)
         self.evaluations.append(ev)
         if self.log_dir:
             with open(self.log_dir / "evaluations.jsonl", "a") as f:
@@ -283,6 +352,7 @@ class ABCPruner:
         n_genes = len(self.base)
         self._logged = self._load_log() if resume else []
         self.evaluations, self._cache = [], {}
+        self._best_fit, self._best_key, self._best_model = float("-inf"), None, None
         if not resume and self.log_dir and (self.log_dir / "evaluations.jsonl").exists():
             (self.log_dir / "evaluations.jsonl").unlink()
         total = c.food_number * (1 + 2 * c.max_cycle)
@@ -293,16 +363,28 @@ class ABCPruner:
             return fit_budget(rng.integers(1, c.max_gene + 1, n_genes), self.table,
                               c.flops_target, c.max_gene, rng, c.channel_multiple)
 
-        def move(i: int, foods: list[np.ndarray]) -> np.ndarray:
+        def one_move(i: int, foods: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
             k = int(rng.choice([j for j in range(len(foods)) if j != i])) if len(foods) > 1 else i
-            new = foods[i].copy()
-            for j in rng.choice(n_genes, size=min(c.changes, n_genes), replace=False):
-                step = rng.uniform(-1, 1) * (foods[i][j] - foods[k][j])
-                new[j] = int(np.clip(round(foods[i][j] + step), 1, c.max_gene))
-                if new[j] == foods[i][j]:  # x_i == x_k on this gene: still explore (+-1)
-                    new[j] = int(np.clip(foods[i][j] + rng.choice([-1, 1]), 1, c.max_gene))
-            return fit_budget(new, self.table, c.flops_target, c.max_gene, rng, c.channel_multiple)
+            genes = rng.choice(n_genes, size=min(c.changes, n_genes), replace=False)
+            raw = bee_move(foods[i], foods[k], genes, rng, c.move_rule, c.max_gene)
+            return raw, fit_budget(raw, self.table, c.flops_target, c.max_gene, rng,
+                                   c.channel_multiple)
 
+        def move(i: int, foods: list[np.ndarray]) -> np.ndarray:
+            raw, new = one_move(i, foods)
+            stats["moves"] += 1
+            if np.array_equal(new, foods[i]) and not np.array_equal(raw, foods[i]):
+                stats["repair_reverted"] += 1      # the budget repair undid the bee's move
+            tries = 1
+            while (c.budget_repair == "resample" and tries < RESAMPLE_TRIES
+                   and np.array_equal(new, foods[i])):
+                raw, new = one_move(i, foods)
+                tries += 1
+            if np.array_equal(new, foods[i]):
+                stats["unchanged_moves"] += 1
+            return new
+
+        stats = {"moves": 0, "repair_reverted": 0, "unchanged_moves": 0, "skipped_moves": 0}
         foods = [random_source() for _ in range(c.food_number)]
         fits = [self._evaluate(f, 0, "init") for f in foods]
         trials = [0] * c.food_number
@@ -312,7 +394,10 @@ class ABCPruner:
         def try_move(i: int, cycle: int, phase: str) -> None:
             nonlocal best
             new = move(i, foods)
-            f = self._evaluate(new, cycle, phase)
+            if c.budget_repair == "skip" and np.array_equal(new, foods[i]):
+                stats["skipped_moves"] += 1        # no evaluation, no failed trial
+                return
+            f = self._evaluate(new, cycle, phase, i)
             if f > fits[i]:
                 foods[i], fits[i], trials[i] = new, f, 0
             else:
@@ -323,8 +408,7 @@ class ABCPruner:
         for cycle in range(1, c.max_cycle + 1):
             for i in range(c.food_number):                       # employed bees
                 try_move(i, cycle, "employed")
-            mx = max(max(fits), 1e-12)
-            probs = [0.9 * f / mx + 0.1 for f in fits]
+            probs = onlooker_probs(fits)
             done, i = 0, 0
             while done < c.food_number:                          # onlooker bees
                 if rng.random() < probs[i]:
@@ -344,7 +428,7 @@ class ABCPruner:
         res = SearchResult([int(v) for v in best[0]], bw, float(best[1]),
                            round(self.table.ratio(bw), 5), list(self.evaluations),
                            sum(e.epochs for e in self.evaluations),
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, moves=dict(stats))
         if self.log_dir:
             (self.log_dir / "search.json").write_text(json.dumps(
                 {"config": asdict(c), "paper_defaults": PAPER_DEFAULTS, **res.summary()}, indent=2))
@@ -353,10 +437,53 @@ class ABCPruner:
 
     _bar = None
     _logged: list[dict] = []
+    _last_model = None
+    _best_fit = float("-inf")
+    _best_key: tuple[int, ...] | None = None
+    _best_model = None
+
+    def _keep_best(self, key: tuple[int, ...], widths: list[int], fit: float) -> None:
+        """Remember the best candidate's fitness-trained model (finetune_from="best_candidate");
+        with a log folder also on disk, so a resumed search still has it."""
+        self._best_fit, self._best_key = fit, key
+        if self.cfg.finetune_from != "best_candidate":
+            return
+        self._best_model = self._last_model
+        if self.log_dir and self._best_model is not None:
+            import torch  # defer: abc's own code needs torch only here (train loads it anyway)
+
+            torch.save({"genes": list(key), "widths": widths,
+                        "state_dict": self._best_model.state_dict()},
+                       self.log_dir / "best_candidate.pt")
 
     def build(self, widths: list[int]):
         """The pruned, weight-inheriting model of a structure (before fine-tuning)."""
         return prune(self.model, widths, self.cfg.select, self.cfg.seed)
+
+    def finetune_start(self, res: SearchResult):
+        """The model fine-tuning starts from. ``finetune_from="repruned"`` (default, what every
+        figure in docs/pruning.md used): the best structure pruned again from the base model
+        (top-L1 filters). ``"best_candidate"`` (official code): the best candidate as its
+        fitness run left it (weights inherited *and* trained ``fitness_epochs``); after a
+        resumed search it comes from ``best_candidate.pt``, or, when that is missing, its
+        seeded fitness training is run again."""
+        widths = res.best_widths
+        if self.cfg.finetune_from == "repruned":
+            return prune(self.model, widths, "l1", self.cfg.seed)
+        key = tuple(res.best_genes)
+        if self._best_model is not None and self._best_key == key:
+            return self._best_model
+        path = self.log_dir / "best_candidate.pt" if self.log_dir else None
+        if path is not None and path.exists():
+            import torch  # defer: as in _keep_best
+
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if tuple(saved["genes"]) == key:
+                model = prune(self.model, widths, self.cfg.select, self.cfg.seed)
+                model.load_state_dict(saved["state_dict"])
+                return model.eval()
+        self._train_fitness(widths)
+        return self._last_model.eval()
 
 
 def plot_convergence(evaluations: list[Evaluation], path: str | Path) -> None:

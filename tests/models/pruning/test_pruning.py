@@ -189,7 +189,7 @@ def test_evaluate_pruning_in_workers_caches_and_refuses_other_settings(tmp_path)
 
 
 def test_unknown_fitness_metric_is_refused():
-    with pytest.raises(ValueError, match="accuracy or loss"):
+    with pytest.raises(ValueError, match=r"accuracy \| loss"):
         ABCConfig(fitness_metric="top5")
 
 

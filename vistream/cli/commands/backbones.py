@@ -97,7 +97,8 @@ def export_cmd(
 
 # ----------------------------------------------------------------------------- compress
 def _abc_config(food: int, cycles: int, limit: int, fitness_epochs: int, fitness_subset: int | None,
-                fitness_lr: float, seed: int, target: float | None, fitness_metric: str = "accuracy"):
+                fitness_lr: float, seed: int, target: float | None, fitness_metric: str = "accuracy",
+                **options: str):
     # deferred: loads torch; --help stays instant
     from vistream.models.pruning.abc import ABCConfig
 
@@ -105,9 +106,9 @@ def _abc_config(food: int, cycles: int, limit: int, fitness_epochs: int, fitness
         return ABCConfig(food_number=food, max_cycle=cycles, limit=limit,
                          fitness_epochs=fitness_epochs, fitness_subset=fitness_subset,
                          fitness_lr=fitness_lr, seed=seed, flops_target=target,
-                         fitness_metric=fitness_metric)
+                         fitness_metric=fitness_metric, **options)
     except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--fitness-metric") from None
+        raise typer.BadParameter(str(e)) from None
 
 
 FOOD = typer.Option(6, "--food", min=2, help="food sources (paper: 10)")
@@ -120,6 +121,18 @@ FIT_METRIC = typer.Option("accuracy", "--fitness-metric",
                           help="accuracy: validation accuracy (paper); loss: 1/(1 + validation "
                           "cross-entropy), which still ranks candidates when the validation "
                           "accuracy is saturated")
+MOVE_RULE = typer.Option("round_step", "--move-rule",
+                         help="round_step: round the moved gene, step +-1 when unchanged (default, "
+                         "the docs' figures); truncate: int(x + U(-1,1)(x - x_k)) as the official "
+                         "code")
+FT_FROM = typer.Option("repruned", "--finetune-from",
+                       help="repruned: fine-tune the best structure pruned again from the base "
+                       "(default, the docs' figures); best_candidate: from the best candidate's "
+                       "fitness-trained weights, as the official code")
+REPAIR = typer.Option("count", "--budget-repair",
+                      help="a bee move the FLOPs repair turns back into its parent: count "
+                      "(default, the docs' figures: a failed trial), resample (draw the move "
+                      "again), skip (no evaluation, no failed trial)")
 MULTIPLE = typer.Option(8, "--channel-multiple", min=1,
                         help="align every pruned width to this many channels (CPU kernels work in "
                         "8-channel SIMD groups: off-grid widths save FLOPs but not time); 1 = "
@@ -138,6 +151,7 @@ def compress_abc(
     food: int = FOOD, cycles: int = CYCLES, limit: int = LIMIT, fitness_epochs: int = FIT_EPOCHS,
     fitness_subset: int | None = FIT_SUBSET, fitness_lr: float = FIT_LR,
     fitness_metric: str = FIT_METRIC,
+    move_rule: str = MOVE_RULE, finetune_from: str = FT_FROM, budget_repair: str = REPAIR,
     finetune_epochs: int = typer.Option(10, "--finetune-epochs", min=0),
     finetune_lr: float = typer.Option(0.01, "--finetune-lr"),
     seed: int = typer.Option(0),
@@ -157,6 +171,9 @@ def compress_abc(
 
     from vistream.models.importer import prunable_base
 
+    cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, seed,
+                      flops_target, fitness_metric, move_rule=move_rule,
+                      finetune_from=finetune_from, budget_repair=budget_repair)
     torch.set_num_threads(1)
     data = load_dataset(dataset)
     base = base or Path(f"out/backbones/{arch or 'resnet56'}-{dataset}/best.pt")
@@ -166,8 +183,6 @@ def compress_abc(
     if model.config["arch"] != arch:
         raise ValueError(f"--base is a {model.config['arch']}, not {arch}")
     model = prunable_base(model, data.num_classes, seed, echo=typer.echo)  # e.g. an imported model
-    cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, seed,
-                      flops_target, fitness_metric)
     result = run(model, data, flops_target, cfg, seed, finetune_epochs, finetune_lr, out,
                  progress=progress, resume=resume, channel_multiple=channel_multiple,
                  echo=typer.echo)
@@ -189,6 +204,7 @@ def eval_pruning(
     food: int = FOOD, cycles: int = CYCLES, limit: int = LIMIT, fitness_epochs: int = FIT_EPOCHS,
     fitness_subset: int | None = FIT_SUBSET, fitness_lr: float = FIT_LR,
     fitness_metric: str = FIT_METRIC,
+    move_rule: str = MOVE_RULE, finetune_from: str = FT_FROM, budget_repair: str = REPAIR,
     latency_batch: int = typer.Option(32, "--latency-batch"),
     channel_multiple: int = MULTIPLE,
     deploy: bool = typer.Option(True, "--deploy/--plain", help="time the deployed models (BN folded "
@@ -208,13 +224,14 @@ def eval_pruning(
     from vistream.models.data import load_dataset
     from vistream.models.pruning import evaluate_pruning, format_table, load_base
 
+    cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, 0,
+                      flops_target, fitness_metric, move_rule=move_rule,
+                      finetune_from=finetune_from, budget_repair=budget_repair)
     torch.set_num_threads(1)
     data = load_dataset(dataset)
     base = base or Path(f"out/backbones/{arch}-{dataset}/best.pt")
     out = out or Path(f"out/pruning/eval-{arch}-{dataset}")
     model = load_base(base)
-    cfg = _abc_config(food, cycles, limit, fitness_epochs, fitness_subset, fitness_lr, 0,
-                      flops_target, fitness_metric)
     result = evaluate_pruning(model, data, flops_target, [m.strip() for m in methods.split(",")],
                               tuple(int(s) for s in seeds.split(",")), finetune_epochs,
                               finetune_lr, cfg, out, progress=progress,
