@@ -10,12 +10,8 @@ from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.registry import make_hash_model
 from vistream.models.hashing.shards import ShardedIndex, shard_topk
 from vistream.pipeline.bus import MemoryBus, TopicSpec
-from vistream.pipeline.fanout import (
-    FanoutClient,
-    ShardReplica,
-    local_endpoint,
-    merge_answers,
-)
+from vistream.pipeline.fanout import FanoutClient, local_endpoint, merge_answers
+from vistream.pipeline.shardhost import ShardReplica
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import Features
 

@@ -8,7 +8,7 @@ from vistream.models.hashing.base import HashModel
 from vistream.models.hashing.registry import make_hash_model
 from vistream.models.hashing.shards import ShardedIndex
 from vistream.pipeline.bus import MemoryBus, TopicSpec
-from vistream.pipeline.fanout import (
+from vistream.pipeline.shardhost import (
     ModelFollower,
     ShardLearner,
     ShardReplica,

@@ -10,13 +10,8 @@ from fastapi.testclient import TestClient
 from vistream.models.hashing.registry import make_hash_model
 from vistream.models.hashing.shards import ShardedIndex
 from vistream.pipeline.bus import MemoryBus, TopicSpec
-from vistream.pipeline.fanout import (
-    ShardDirectory,
-    ShardReplica,
-    announcer,
-    http_endpoint,
-    shard_app,
-)
+from vistream.pipeline.fanout import ShardDirectory, announcer, http_endpoint, shard_app
+from vistream.pipeline.shardhost import ShardReplica
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import Features
 
