@@ -2,12 +2,15 @@
 
 Two recipes, each a pure function of its seed (torch on the CPU, fixed thread count):
 
-* ``abc-resnet20-composite``: the zoo's float ``resnet20`` pre-trained on plain digits, trained
-  on the hard set, then ABCPruner at 50% of its FLOPs (widths aligned to 8 channels) and
-  fine-tuned; a float artifact (:func:`models.artifacts.export_artifact`).
-* ``binary-resnet20-composite``: a 1-bit ResNet-20 (the method picked by
-  :func:`compare_binary`), pre-trained on plain digits, trained on the hard set; a bit-packed
-  artifact (:func:`models.binary.packed.export_binary_artifact`).
+* ``abc-resnet20-composite``: the zoo's float ``resnet20`` (base width 8) pre-trained on plain
+  digits, trained on the hard set, then ABCPruner at 50% of its FLOPs (widths aligned to 4
+  channels) and fine-tuned; a float artifact (:func:`models.artifacts.export_artifact`).
+* ``binary-resnet20-composite``: a 1-bit ResNet-20 (base width 16, XNOR; :func:`compare_binary`
+  compares the methods at one budget), pre-trained on plain digits, trained on the hard set; a
+  bit-packed artifact (:func:`models.binary.packed.export_binary_artifact`).
+
+Rebuilds are deterministic for a given thread count (the shipped files: 1 thread, recorded in
+``index.json``); torch's float reductions may round differently with another.
 
 **The hard set** (:func:`hard_data`) is the hardest labelled set this project builds offline:
 digits composited on photo crops (:func:`models.data.digits_composite`), with ``train_copies``
@@ -194,7 +197,7 @@ def build_abc(r: Recipe, out: Path, work: Path, threads: int = 1, progress: bool
 BUILDERS: dict[str, Callable[..., dict]] = {"binary": build_binary, "abc": build_abc}
 
 
-def index_entry(path: Path, man: dict, seconds: float | None = None) -> dict:
+def index_entry(path: Path, man: dict, seconds: float | None = None, threads: int = 1) -> dict:
     """The catalogue line of one built artifact (figures copied from its manifest)."""
     zoo = man.get("zoo", {})
     return {"file": path.name, "bytes": path.stat().st_size, "file_sha256": sha256_file(path),
@@ -205,7 +208,7 @@ def index_entry(path: Path, man: dict, seconds: float | None = None) -> dict:
             "val_acc": man["metrics"]["val_acc"], "test_acc": man["metrics"]["test_acc"],
             "dataset": zoo.get("dataset"), "recipe": zoo.get("recipe"),
             "build_seconds": None if seconds is None else round(seconds, 1),
-            "torch": torch.__version__}
+            "threads": threads, "torch": torch.__version__}
 
 
 def build(names: list[str] | None, out: Path, work: Path, threads: int = 1, progress: bool = True,
@@ -223,7 +226,7 @@ def build(names: list[str] | None, out: Path, work: Path, threads: int = 1, prog
         t0 = time.perf_counter()
         echo(f"building {name} ({r.kind}) ...")
         man = BUILDERS[r.kind](r, out, work / name, threads, progress)
-        entry = index_entry(out / f"{name}.vsa", man, time.perf_counter() - t0)
+        entry = index_entry(out / f"{name}.vsa", man, time.perf_counter() - t0, threads)
         index["artifacts"][name] = entry
         index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
         echo(f"{name}: val {entry['val_acc']:.4f} test {entry['test_acc']:.4f} "

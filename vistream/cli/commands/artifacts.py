@@ -57,7 +57,8 @@ def build_cmd(
     only: list[str] = typer.Option(None, "--only", help="build only this one (repeatable)"),
     work: Path = typer.Option(Path("out/artifacts"), "--work",
                               help="checkpoints; an interrupted build resumes from them"),
-    threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (the shipped files "
+                                "were built with 1: float sums may round differently with more)"),
     quick: bool = typer.Option(False, "--quick", help="smoke run: 1 epoch per step on 256 "
                                "images, tiny search (for tests; never ships)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
