@@ -51,14 +51,16 @@ class GatedBlock(nn.Module):
         self.ctrl1 = ControlModule(self.conv1.in_channels, self.conv1.out_channels)
         self.ctrl2 = ControlModule(self.conv2.in_channels, self.conv2.out_channels)
         self.traces: list[LayerTrace] = []
+        self.force_hard = False  # inference gates in training mode (BN recalibration)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        soft = self.training and not self.force_hard
         g1 = self.ctrl1(x.mean((2, 3)))
-        m1 = gate(g1, self.training)
+        m1 = gate(g1, soft)
         y1 = F.relu(self.bn1(self.conv1(x)))
         out = y1 * m1[:, :, None, None]
         g2 = self.ctrl2(out.mean((2, 3)))
-        m2 = gate(g2, self.training)
+        m2 = gate(g2, soft)
         y2 = self.bn2(self.conv2(out))
         out = y2 * m2[:, :, None, None] + self.shortcut(x)
         self.traces = [LayerTrace(g1, m1, y1.mean((2, 3))), LayerTrace(g2, m2, y2.mean((2, 3)))]

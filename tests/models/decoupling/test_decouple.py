@@ -89,3 +89,16 @@ def test_sparsity_gradient_pulls_the_active_share_toward_the_target():
         net(x)
     share = float(net.paths().mean())
     assert share < 0.8
+
+
+def test_forced_hard_gates_make_training_mode_deterministic(pair):
+    _, net = pair
+    net.train()
+    for b in net.blocks:
+        b.force_hard = True
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        net(x)
+        first = net.paths().clone()
+        net(x)
+    assert torch.equal(first, net.paths()) and bool((first == 1).all())
