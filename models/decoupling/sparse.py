@@ -84,12 +84,19 @@ class SparseResNet(nn.Module):
         x = F.relu(F.conv2d(x, self.stem_w, self.stem_b, 1, 1))
         for ctrl1, w1, b1, stride, ctrl2, w2, b2, sc in self.blocks:
             idx1 = (ctrl1(x.mean((2, 3)))[0] > 0).nonzero().flatten()
-            h = F.relu(F.conv2d(x, w1.index_select(0, idx1), b1.index_select(0, idx1), stride, 1))
             pooled = x.new_zeros(1, w1.shape[0])
-            pooled[0, idx1] = h.mean((2, 3))[0]
+            h = None
+            if idx1.numel():
+                h = F.relu(F.conv2d(x, w1.index_select(0, idx1), b1.index_select(0, idx1), stride, 1))
+                pooled[0, idx1] = h.mean((2, 3))[0]
             idx2 = (ctrl2(pooled)[0] > 0).nonzero().flatten()
-            w = w2.index_select(0, idx2).index_select(1, idx1)
-            y = F.conv2d(h, w, b2.index_select(0, idx2), 1, 1)
             res = x if sc is None else F.conv2d(x, sc[0], sc[1], sc[2])
-            x = F.relu(res.index_add(1, idx2, y))
+            if idx2.numel():
+                if h is None:  # conv2 reads only zeros: its output is the folded BN shift
+                    y = b2.index_select(0, idx2).view(1, -1, 1, 1).expand(1, -1, *res.shape[2:])
+                else:
+                    w = w2.index_select(0, idx2).index_select(1, idx1)
+                    y = F.conv2d(h, w, b2.index_select(0, idx2), 1, 1)
+                res = res.index_add(1, idx2, y)
+            x = F.relu(res)
         return self.fc(x.mean((2, 3)))

@@ -54,3 +54,16 @@ def test_flops_shrink_with_closed_filters():
     zeros = torch.zeros(1, sum(net.layer_widths()))
     # everything gated off: only the stem, shortcuts, classifier and controllers remain
     assert float(fm.per_input(zeros, net.layer_widths())[0]) == fm.dense - fm.gated_dense + fm.controllers
+
+
+def test_sparse_runtime_handles_layers_with_every_filter_closed():
+    _, net = _net_with_closed_gates()
+    with torch.no_grad():
+        net.blocks[1].ctrl1.fc2.bias.fill_(-100.0)   # conv1 of block 1: nothing runs
+        net.blocks[4].ctrl2.fc2.bias.fill_(-100.0)   # conv2 of block 4: nothing added
+        net.blocks[4].ctrl2.fc2.weight.zero_()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+    assert float(net.traces()[2].mask.sum()) == 0 and float(net.traces()[9].mask.sum()) == 0
+    assert torch.allclose(SparseResNet(net)(x), ref, atol=1e-4)
