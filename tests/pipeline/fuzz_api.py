@@ -3,7 +3,7 @@ producer for POST /tracks and a write token; and the media-type strategies that 
 uploads (the schema declares ``image/jpeg, image/png`` for the ``image`` part).
 
 Used by tests/pipeline/test_api_fuzz.py (in process, through ASGI), and as schemathesis's hooks
-module plus a server for the command-line run of docs/reliability-api.md::
+module plus a server for the command-line run of docs/reliability.md (section 5)::
 
     PYTHONPATH=. .venv/bin/python -m tests.pipeline.fuzz_api --port 8765 &
     PYTHONPATH=. SCHEMATHESIS_HOOKS=tests.pipeline.fuzz_api .venv/bin/schemathesis run \\

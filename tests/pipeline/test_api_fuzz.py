@@ -5,7 +5,7 @@ requests accepted, schema-invalid ones refused, auth not ignored, unsupported me
 ``VISTREAM_FUZZ_CASES`` sets the examples per operation and phase (default 100: over 1,000
 cases in all, about 75 s on a shared 2-core machine; a quarter as many stateful sequences);
 the run is derandomized, so it fails the same way twice. The app and the image strategies are
-in tests/pipeline/fuzz_api.py; figures and the command-line run in docs/reliability-api.md."""
+in tests/pipeline/fuzz_api.py; figures and the command-line run in docs/reliability.md (section 5)."""
 
 from __future__ import annotations
 
