@@ -421,7 +421,7 @@ class HCOH(CenteredLinear):
     (``n_classes`` = 0: sized by ``n_bits`` alone; a class beyond the codebook raises);
     classes take codebook rows in a seeded random order as they first appear (their labels
     are saved with the model); ``lr`` 0.1 by default (the class default, not tuned; ``vistream
-    eval hashing`` runs lr 1, chosen on the validation split: ``EVAL_PARAMS`` in
+    eval hashing`` runs lr 2, chosen on the validation split: ``EVAL_PARAMS`` in
     :mod:`models.hashing.evaluate`, grid in docs/hashing.md) on inputs centred with the running
     mean and scaled to unit length; one pass over each chunk in stream order.
     """

@@ -66,9 +66,9 @@ from vistream.models.hashing.base import HashModel, hamming_distances
 # learning rate depends on the code length (:func:`sdoh_eval_lr`) unless --sdoh-lr is given.
 EVAL_PARAMS: dict[str, dict[str, float]] = {
     "sdoh": {"sigma": 0.5, "threshold": 1e-4},
-    "okh": {"alpha": 0.5},
+    "okh": {"alpha": 0.5, "C": 1.0},
     "adapthash": {"stepsize": 0.1},
-    "hcoh": {"lr": 1.0},
+    "hcoh": {"lr": 2.0},
 }
 def sdoh_eval_lr(n_bits: int) -> float:
     """SDOH's learning rate in the evaluation: 128 up to 32 bits, 32 above (validation grid)."""
