@@ -39,6 +39,7 @@ def draw_paths(freq: np.ndarray, widths: list[int], classes: list[str], path: Pa
         ax.set_xlabel("filter", fontsize=7)
         ax.set_ylabel("gated layer", fontsize=7)
         ax.tick_params(labelsize=6)
+    fig.subplots_adjust(hspace=0.55, wspace=0.3)
     fig.colorbar(im, ax=axes, shrink=0.6, label="firing frequency")
     fig.suptitle("Calculation paths per class (layers x filters)")
     fig.savefig(path, dpi=110)
