@@ -76,8 +76,8 @@ def test_mask_classifier_term_is_cross_entropy_of_the_masks(pair):
 def test_sparsity_gradient_pulls_the_active_share_toward_the_target():
     torch.manual_seed(0)
     net = DecoupledResNet(create_model("resnet20", num_classes=10)).train()
-    opt = torch.optim.SGD(net.gate_parameters(), lr=0.5)
-    w = LossWeights(lambda_k=0.0, lambda_m=0.0, lambda_s=0.05, target=0.3)
+    opt = torch.optim.SGD(net.gate_parameters(), lr=1.0)
+    w = LossWeights(lambda_k=0.0, lambda_m=0.0, lambda_s=0.5, target=0.3)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     for _ in range(25):
         loss, _ = decoupling_loss(net, net(x), y, w)
@@ -88,7 +88,7 @@ def test_sparsity_gradient_pulls_the_active_share_toward_the_target():
     with torch.no_grad():
         net(x)
     share = float(net.paths().mean())
-    assert share < 0.8
+    assert 0.02 < share < 0.8
 
 
 def test_forced_hard_gates_make_training_mode_deterministic(pair):
