@@ -29,7 +29,6 @@ the minimum is the least disturbed run) and ``ratio`` = baseline min / packed mi
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from vistream.bench.machine import cpu_model
 from vistream.models.artifacts import export_artifact
 from vistream.models.backbones import create_model
 from vistream.models.binary.layers import BinaryConv2d, BinaryResNet, hard_sign
@@ -54,16 +54,6 @@ from vistream.models.flops import interleaved_timings
 
 TARGET_CONV = 8.0
 TARGET_NET = 4.0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _summary(times: dict[str, list[float]], ours: str, base: str) -> dict:

@@ -30,16 +30,12 @@ Measurements, all in one process on one machine:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
-import os
-import platform
 import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import faiss
 import httpx
@@ -47,6 +43,7 @@ import numpy as np
 import uvicorn
 from threadpoolctl import threadpool_limits
 
+from vistream.bench.machine import cpu_count, cpu_model
 from vistream.models.hashing.base import hamming_distances
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.registry import make_hash_model
@@ -209,8 +206,8 @@ def bench_index(n: int = 1_000_000, n_bits: int = 64, queries: int = 1000, k: in
                 echo: Callable[[str], None] = print) -> dict[str, object]:
     faiss.omp_set_num_threads(threads)
     out: dict[str, object] = {
-        "bench": "index", "machine": _cpu_model(),
-        "cpus": _cpu_count(), "faiss": faiss.__version__, "faiss_threads": threads,
+        "bench": "index", "machine": cpu_model(),
+        "cpus": cpu_count(), "faiss": faiss.__version__, "faiss_threads": threads,
         "n": n, "n_bits": n_bits, "k": k,
     }
 
@@ -367,17 +364,3 @@ def bench_index(n: int = 1_000_000, n_bits: int = 64, queries: int = 1000, k: in
                     r["longest_query_during_ms"] <= TARGET_STALL_MS)
     out["ratio"] = s["ratio_p50"]
     return out
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _cpu_count() -> int | None:
-    with contextlib.suppress(Exception):
-        return len(os.sched_getaffinity(0))
-    return None

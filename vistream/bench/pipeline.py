@@ -58,8 +58,6 @@ The JSON names the CPU count and model.
 
 from __future__ import annotations
 
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -75,6 +73,7 @@ import httpx
 import numpy as np
 import yaml
 
+from vistream.bench.machine import cpu_count, cpu_model
 from vistream.bench.pipeline_probe import (
     LoopSource,
     RecordingProducer,
@@ -470,8 +469,8 @@ def bench_pipeline(config: str | Path = DEFAULT_CONFIG, rates: tuple[float, ...]
     run = uuid.uuid4().hex[:8]
     result: dict = {"bench": "pipeline", "config": str(config), "frame_size": f"{WIDTH}x{HEIGHT}",
                     "rates": list(rates), "step_seconds": seconds, "run": run,
-                    "stages": [s.name for s in base.stages], "cpus": _cpu_count(),
-                    "cpu_model": _cpu_model()}
+                    "stages": [s.name for s in base.stages], "cpus": cpu_count(),
+                    "cpu_model": cpu_model()}
     with tempfile.TemporaryDirectory(prefix="vistream-bench-") as tmp:
         workdir = Path(tmp)
         clip = make_clip(50 if quick else 100, workdir)
@@ -536,17 +535,3 @@ def _summary(result: dict) -> dict:
         result["meets_target"] = bool(at and at["p99_ms"] is not None
                                       and at["p99_ms"] <= TARGET_P99_MS)
     return result
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import signal
 import tempfile
@@ -53,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from vistream.bench.machine import cpu_model
 from vistream.models.hashing.base import HashModel
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.registry import make_hash_model
@@ -260,16 +260,6 @@ def _recover(procs: list[ShardProcess], owned: dict[int, list[int]], spec: dict[
 # --------------------------------------------------------------------------- cost model
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _median_s(fn: Callable[[], Any], reps: int) -> float:
     ts = []
     for _ in range(reps):
@@ -363,7 +353,7 @@ def bench_shards(shards: tuple[int, ...] = (1, 2, 4), n: int = 200_000, dim: int
         "duplicated": next((r["recovery"]["duplicated"] for r in runs.values()
                             if "recovery" in r), None),
         "targets": TARGETS, "n": n, "dim": dim, "n_bits": n_bits, "partitions": partitions,
-        "k": k, "cpu": _cpu_model(),
+        "k": k, "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)), "cost_model": model_costs,
         "runs": {str(s): r for s, r in runs.items()},
     }
