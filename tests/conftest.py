@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import uuid
 
+import cv2
 import numpy as np
 import pytest
 
+from vistream.models.backbones.extractor import l2_normalize
 from vistream.stages.records import Frame
 
 KAFKA_BOOTSTRAP = os.environ.get("VISTREAM_BOOTSTRAP")
@@ -62,3 +64,16 @@ def random_image(h: int = 36, w: int = 64, seed: int = 0) -> np.ndarray:
 
 def make_frame(seq: int, stream: str = "cam", h: int = 36, w: int = 64) -> Frame:
     return Frame.from_image(random_image(h, w, seq), stream, seq, timestamp_ms=1_000 + seq)
+
+
+class ColourExtractor:
+    """A feature extractor for API tests: the mean colour of each cell of a 4x4 grid (48-d),
+    deterministic and instant, so tests of the service need no backbone."""
+
+    model_id = "colour-grid"
+    dim = 48
+
+    def extract(self, images):
+        rows = [cv2.resize(im, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+                for im in images]
+        return l2_normalize(np.array(rows) - 127.5)

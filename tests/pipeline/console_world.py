@@ -6,31 +6,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from vistream.models.backbones.extractor import l2_normalize
 from vistream.models.hashing.live import LiveIndex
 from vistream.pipeline.console import attach_console
 from vistream.pipeline.service import ServiceLimits, create_app
 from vistream.stages.base import create_stage
 from vistream.stages.records import Caption, Frame, Tracks
+from tests.conftest import ColourExtractor
 
 STREAMS = ("gate", "yard")
 FRAMES_PER_STREAM = 12
 T0_MS = 1_767_000_000_000  # capture times, ms since the epoch (late 2025)
 
 
-class ColourExtractor:
-    """Mean colour of each cell of a 4x4 grid (48-d): deterministic and instant."""
-
-    model_id = "colour-grid"
-    dim = 48
-
-    def extract(self, images):
-        rows = [cv2.resize(im, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-                for im in images]
-        return l2_normalize(np.array(rows) - 127.5)
 
 
 def scene(seed: int, h: int = 240, w: int = 320) -> np.ndarray:

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 
-import cv2
 import numpy as np
 import schemathesis
 from hypothesis import strategies as st
 
-from vistream.models.backbones.extractor import l2_normalize
 from vistream.models.hashing.live import LiveIndex
 from vistream.pipeline.api_tracks import attach_producer
 from vistream.pipeline.bus import TopicSpec
 from vistream.pipeline.bus.memory import MemoryBus
 from vistream.pipeline.service import ServiceLimits, create_app
+from tests.conftest import ColourExtractor
 from vistream.stages.records import encode_image
 
 TOKEN = "fuzz-token-0123456789abcdef"
@@ -34,21 +33,11 @@ LIMITS = ServiceLimits(max_upload_bytes=200_000, max_pixels=1_000_000, max_k=50,
 FRAMES = 40
 
 
-class GridExtractor:
-    """Mean colour of each cell of a 4x4 grid (48-d): deterministic and fast."""
-
-    model_id = "colour-grid"
-    dim = 48
-
-    def extract(self, images):
-        rows = [cv2.resize(im, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-                for im in images]
-        return l2_normalize(np.array(rows) - 127.5)
 
 
 def build_app(token: str | None = TOKEN):
     """The app and the bus its POST /tracks writes to."""
-    ext = GridExtractor()
+    ext = ColourExtractor()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(FRAMES)]
     index = LiveIndex("lsh", n_bits=32, seed=0)

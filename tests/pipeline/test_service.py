@@ -15,24 +15,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from vistream.models.backbones.extractor import BackboneExtractor, FeatureExtractor, l2_normalize
+from vistream.models.backbones.extractor import BackboneExtractor, FeatureExtractor
 from vistream.models.hashing.live import LiveIndex
 from vistream.stages.records import encode_image
 from vistream.pipeline.service import ServiceLimits, create_app
 from vistream.stages.records import image_size
-from tests.conftest import random_image
+from tests.conftest import ColourExtractor, random_image
 
 
-class ColourExtractor:
-    """A tiny deterministic extractor: mean colour of each cell of a 4x4 grid (48-d)."""
-
-    model_id = "colour-grid"
-    dim = 48
-
-    def extract(self, images):
-        rows = [cv2.resize(im, (4, 4), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-                for im in images]
-        return l2_normalize(np.array(rows) - 127.5)
 
 
 def block_image(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
