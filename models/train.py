@@ -86,7 +86,7 @@ def evaluate_loss(model, split: Split, mean, std, batch_size: int = 256,
     return total / max(n, 1)
 
 
-def _lr_at(cfg: BackboneTrainConfig, epoch: int) -> float:
+def lr_at(cfg: BackboneTrainConfig, epoch: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
     if cfg.schedule == "step":
@@ -95,7 +95,7 @@ def _lr_at(cfg: BackboneTrainConfig, epoch: int) -> float:
     return cfg.lr
 
 
-def _save_atomic(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -138,7 +138,7 @@ def train(model, data: DataBundle, cfg: BackboneTrainConfig, ckpt_dir: str | Pat
     loss_fn = nn.CrossEntropyLoss()
     t0 = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
-        lr = _lr_at(cfg, epoch)
+        lr = lr_at(cfg, epoch)
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
@@ -173,9 +173,9 @@ def train(model, data: DataBundle, cfg: BackboneTrainConfig, ckpt_dir: str | Pat
                      "history": result.history, "best_val": result.best_val,
                      "best_epoch": result.best_epoch, "config": asdict(cfg),
                      "model_config": dict(getattr(model, "config", {}))}
-            _save_atomic(state, ckpt / "last.pt")
+            save_atomic(state, ckpt / "last.pt")
             if is_best:
-                _save_atomic({"model": model.state_dict(), "epoch": epoch, "val_acc": val,
+                save_atomic({"model": model.state_dict(), "epoch": epoch, "val_acc": val,
                               "model_config": dict(getattr(model, "config", {}))}, ckpt / "best.pt")
     result.seconds = time.perf_counter() - t0
     return result

@@ -7,7 +7,7 @@
   rate is high because a small split gives few steps per epoch and the latent weights must
   cross zero (on digits, 3 epochs: lr 2e-3 / batch 64 -> 44% best validation, lr 1e-2 /
   batch 32 -> 87%). No weight decay: it only pulls latent weights onto the sign boundary.
-  Cosine learning rate per epoch (:func:`models.train._lr_at`).
+  Cosine learning rate per epoch (:func:`models.train.lr_at`).
 * Each step is the method's own (:meth:`models.binary.xnor.XnorMethod.step`: extra losses,
   RBCN's C and discriminator updates, GBCN's BGA rounds); the method's ``after_epoch`` runs
   before validation (RBCN's BN statistics update).
@@ -42,8 +42,8 @@ from vistream.models.importer import binary_start
 from vistream.models.train import (
     BackboneTrainConfig,
     TrainResult,
-    _lr_at,
-    _save_atomic,
+    lr_at,
+    save_atomic,
     epoch_batches,
     evaluate,
 )
@@ -126,7 +126,7 @@ def train_binary(method, data: DataBundle, cfg: BinaryTrainConfig, ckpt_dir: str
     t0 = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         method.epoch = epoch
-        factor = _lr_at(cfg, epoch) / cfg.lr
+        factor = lr_at(cfg, epoch) / cfg.lr
         for o in opts.values():
             for g in o.param_groups:
                 g["lr"] = g["base_lr"] * factor
@@ -157,9 +157,9 @@ def train_binary(method, data: DataBundle, cfg: BinaryTrainConfig, ckpt_dir: str
             result.best_val, result.best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if ckpt:
-                _save_atomic({"model": best_state, "epoch": epoch, "val_acc": val}, ckpt / "best.pt")
+                save_atomic({"model": best_state, "epoch": epoch, "val_acc": val}, ckpt / "best.pt")
         if ckpt:
-            _save_atomic({"model": model.state_dict(),
+            save_atomic({"model": model.state_dict(),
                           "optimizers": {k: o.state_dict() for k, o in opts.items()},
                           "method": method.state_dict(), "epoch": epoch, "history": result.history,
                           "best_val": result.best_val, "best_epoch": result.best_epoch,

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from vistream.models.data import DataBundle, Split, batches
 from vistream.models.decoupling.decouple import DecoupledResNet, LossWeights, decoupling_loss
-from vistream.models.train import BackboneTrainConfig, _lr_at, _save_atomic, epoch_batches
+from vistream.models.train import BackboneTrainConfig, lr_at, save_atomic, epoch_batches
 
 
 @dataclass
@@ -115,7 +115,7 @@ def finetune(model: DecoupledResNet, data: DataBundle, cfg: DecoupleConfig, out:
     train_split = data.train.subset(cfg.train_subset, cfg.seed)
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
-        lr = _lr_at(cfg, epoch)
+        lr = lr_at(cfg, epoch)
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
@@ -147,11 +147,11 @@ def finetune(model: DecoupledResNet, data: DataBundle, cfg: DecoupleConfig, out:
         is_best = score >= best["score"] or epoch == cfg.epochs - 1 and best["score"] < 1.0
         if is_best:
             best = {"score": score, "epoch": epoch, "val_acc": val, "active": active}
-        _save_atomic(_checkpoint(model, cfg, data, {"optimizer": opt.state_dict(), "epoch": epoch,
+        save_atomic(_checkpoint(model, cfg, data, {"optimizer": opt.state_dict(), "epoch": epoch,
                                                     "history": history, "best": best}),
                      out / "last.pt")
         if is_best:
-            _save_atomic(_checkpoint(model, cfg, data, {"epoch": epoch, "val_acc": val,
+            save_atomic(_checkpoint(model, cfg, data, {"epoch": epoch, "val_acc": val,
                                                         "active": active}), out / "best.pt")
     summary = {"dataset": data.name, "epochs": cfg.epochs, "base_val_acc": base_acc,
                "best": best, "seconds": round(time.perf_counter() - t0, 1),
