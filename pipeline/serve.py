@@ -10,8 +10,11 @@ stage for that; without one a seeded backbone stands in.
 from __future__ import annotations
 
 import os
+import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +154,28 @@ def _attach_track_producer(api, cfg: PipelineConfig | None, live: InProcessPipel
     producer = live.bus.producer()
     attach_producer(api, producer, TRACK_TOPIC)
     return producer
+
+
+@contextmanager
+def background_server(app, log_level: str = "warning", startup_timeout: float = 30.0
+                      ) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port in a daemon thread and yield its base URL; the
+    server stops when the block ends. For benchmarks and tests that talk HTTP to an app."""
+    sock = socket.socket()
+    # uvicorn's own sockets have it; without it each keep-alive answer waits a delayed ACK (40 ms)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the background server did not start")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

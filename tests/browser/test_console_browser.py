@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 
+from vistream.pipeline.serve import background_server
 from vistream.stages.records import encode_image
 from tests.pipeline import console_world as world
 
@@ -43,21 +40,8 @@ def server(tmp_path_factory):
     _need_browser()
     root = tmp_path_factory.mktemp("console")
     app, _index, _store, frames = world.build(root)
-    sock = socket.socket()
-    # uvicorn's own sockets have it; without it each keep-alive answer waits a delayed ACK (40 ms)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started, "the console's server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", frames, root
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with background_server(app, startup_timeout=WAIT_S) as url:
+        yield url, frames, root
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from vistream.pipeline.api_tracks import attach_producer
 from vistream.pipeline.bus import TopicSpec
 from vistream.pipeline.bus.memory import MemoryBus
 from vistream.pipeline.serve import write_token
+from vistream.pipeline.serve import background_server
 from vistream.pipeline.service import ServiceLimits, create_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,30 +203,12 @@ def test_validation_errors_have_the_declared_shape(client):
 
 
 def test_query_cli_prints_validation_errors_as_sentences():
-    import socket
-    import threading
-    import time
-
-    import uvicorn
     from typer.testing import CliRunner
 
     from vistream.cli.main import app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(), host="127.0.0.1", port=port,
-                                           log_level="error"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
+    with background_server(make_app(), log_level="error") as url:
         r = CliRunner().invoke(app, ["query", "--frame", "cam0:00000001", "--k", "0",
-                                     "--url", f"http://127.0.0.1:{port}"])
+                                     "--url", url])
         assert r.exit_code == 1
         assert "error 422: query.k: Input should be greater than or equal to 1" in r.output
-    finally:
-        server.should_exit = True
-        th.join(10)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import struct
-import threading
 import time
 import zlib
 
@@ -18,6 +16,7 @@ from fastapi.testclient import TestClient
 from vistream.models.backbones.extractor import BackboneExtractor, FeatureExtractor
 from vistream.models.hashing.live import LiveIndex
 from vistream.stages.records import encode_image
+from vistream.pipeline.serve import background_server
 from vistream.pipeline.service import ServiceLimits, create_app
 from vistream.stages.records import image_size
 from tests.conftest import ColourExtractor, random_image
@@ -229,29 +228,13 @@ def test_backbone_extractor():
     assert ext.extract([]).shape == (0, ext.dim)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_query_cli_against_a_running_server(setup, tmp_path):
-    import uvicorn
     from typer.testing import CliRunner
 
     from vistream.cli.main import app
 
     index, _, images, fids, _ = setup
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(index, ColourExtractor()), host="127.0.0.1",
-                                           port=port, log_level="error"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        url = f"http://127.0.0.1:{port}"
+    with background_server(create_app(index, ColourExtractor()), log_level="error") as url:
         runner = CliRunner()
         r = runner.invoke(app, ["query", "--frame", fids[2], "--k", "3", "--url", url])
         assert r.exit_code == 0, r.output
@@ -262,9 +245,6 @@ def test_query_cli_against_a_running_server(setup, tmp_path):
         assert r.exit_code == 0 and json.loads(r.stdout)["hits"][0]["frame_id"] == fids[5]
         r = runner.invoke(app, ["query", "--frame", "nope", "--url", url])
         assert r.exit_code == 1 and "404" in r.output
-    finally:
-        server.should_exit = True
-        th.join(10)
 
 
 def test_live_pipeline_on_the_memory_bus_serves_its_own_frames(tmp_path):

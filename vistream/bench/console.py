@@ -16,10 +16,8 @@ thumbnail store one small real JPEG per frame.
 from __future__ import annotations
 
 import shutil
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,11 +25,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-import uvicorn
 from tqdm import tqdm
 
 from vistream.models.hashing.live import LiveIndex
 from vistream.pipeline.console import attach_console, thumb_url
+from vistream.pipeline.serve import background_server
 from vistream.pipeline.service import ServiceLimits, create_app
 from vistream.stages.records import PNG, encode_image
 from vistream.stages.thumbstore import ThumbnailStore
@@ -58,20 +56,6 @@ def _fill(frames: int, dim: int, n_bits: int, root: Path, progress: bool, model_
         bar.update(len(ids))
     bar.close()
     return index, store, len(thumb)
-
-
-def _serve(app) -> tuple[str, uvicorn.Server, threading.Thread, socket.socket]:
-    sock = socket.socket()
-    # uvicorn's own sockets have it; without it each keep-alive answer waits a delayed ACK (40 ms)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread, sock
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
@@ -142,7 +126,6 @@ def bench_console(frames: int = 100_000, dim: int = 512, n_bits: int = 64, k: in
                                          extractor.model_id if extractor else "bench")
         app = create_app(index, extractor, ServiceLimits())
         attach_console(app, store=store)
-        url, server, thread, sock = _serve(app)
         rng = np.random.default_rng(1)
         ids = [f"cam{i % 4}:{i:08d}" for i in rng.integers(0, frames, queries)]
         bare = []
@@ -154,32 +137,29 @@ def bench_console(frames: int = 100_000, dim: int = 512, n_bits: int = 64, k: in
                                "queries": queries, "thumb_bytes": thumb_bytes,
                                "baseline_index_search_frame": _stats(bare)}
         try:
-            with httpx.Client(base_url=url, timeout=30) as client, \
-                    ThreadPoolExecutor(6) as pool:
-                client.get("/healthz")
-                refresh = []
-                for _ in range(queries):
-                    t0 = time.perf_counter()
-                    client.get("/console/api/streams").raise_for_status()
-                    refresh.append((time.perf_counter() - t0) * 1000)
-                out["streams_refresh"] = _stats(refresh)
-                out["search_frame_with_thumbnails"] = _stats([_answer_with_thumbs(
-                    client, pool, lambda f=fid: client.get("/search/frame",
-                                                           params={"frame_id": f, "k": k}))
-                    for fid in ids])
-                if extractor is not None:
-                    img = encode_image(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), PNG)
-                    out["search_image_with_thumbnails"] = _stats([_answer_with_thumbs(
-                        client, pool, lambda: client.post(
-                            "/search/image", params={"k": k},
-                            files={"image": ("q.png", img, "image/png")}))
-                        for _ in range(max(5, queries // 5))])
-                    out["backbone"] = backbone
-            out["first_paint"] = first_paint(url + "/console", loads) if loads else None
+            with background_server(app) as url:
+                with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(6) as pool:
+                    client.get("/healthz")
+                    refresh = []
+                    for _ in range(queries):
+                        t0 = time.perf_counter()
+                        client.get("/console/api/streams").raise_for_status()
+                        refresh.append((time.perf_counter() - t0) * 1000)
+                    out["streams_refresh"] = _stats(refresh)
+                    out["search_frame_with_thumbnails"] = _stats([_answer_with_thumbs(
+                        client, pool, lambda f=fid: client.get("/search/frame",
+                                                               params={"frame_id": f, "k": k}))
+                        for fid in ids])
+                    if extractor is not None:
+                        img = encode_image(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), PNG)
+                        out["search_image_with_thumbnails"] = _stats([_answer_with_thumbs(
+                            client, pool, lambda: client.post(
+                                "/search/image", params={"k": k},
+                                files={"image": ("q.png", img, "image/png")}))
+                            for _ in range(max(5, queries // 5))])
+                        out["backbone"] = backbone
+                out["first_paint"] = first_paint(url + "/console", loads) if loads else None
         finally:
-            server.should_exit = True
-            thread.join(10)
-            sock.close()
             store.close()
         return out
     finally:

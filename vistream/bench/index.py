@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +39,6 @@ from collections.abc import Callable
 import faiss
 import httpx
 import numpy as np
-import uvicorn
 from threadpoolctl import threadpool_limits
 
 from vistream.bench.machine import cpu_count, cpu_model
@@ -48,6 +46,7 @@ from vistream.models.hashing.base import hamming_distances
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.registry import make_hash_model
 from vistream.models.hashing.store import BLOCK
+from vistream.pipeline.serve import background_server
 from vistream.pipeline.service import create_app
 
 TARGET_RATIO = 1.2
@@ -162,37 +161,20 @@ def _reencode_run(index: LiveIndex, model, qc: np.ndarray, k: int, qps: float | 
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _bench_http(index: LiveIndex, frame_ids: list[str], k: int) -> dict[str, object]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(index), host="127.0.0.1", port=port,
-                                           log_level="error", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     http_lat, inproc_lat = [], []
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-            for fid in frame_ids[:20]:  # warm up
-                c.get("/search/frame", params={"frame_id": fid, "k": k})
-            for fid in frame_ids:
-                t0 = time.perf_counter()
-                r = c.get("/search/frame", params={"frame_id": fid, "k": k})
-                http_lat.append(time.perf_counter() - t0)
-                r.raise_for_status()
-                t0 = time.perf_counter()
-                index.search_frame(fid, k)
-                inproc_lat.append(time.perf_counter() - t0)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with background_server(create_app(index), log_level="error") as url, \
+            httpx.Client(base_url=url, timeout=10) as c:
+        for fid in frame_ids[:20]:  # warm up
+            c.get("/search/frame", params={"frame_id": fid, "k": k})
+        for fid in frame_ids:
+            t0 = time.perf_counter()
+            r = c.get("/search/frame", params={"frame_id": fid, "k": k})
+            http_lat.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            t0 = time.perf_counter()
+            index.search_frame(fid, k)
+            inproc_lat.append(time.perf_counter() - t0)
     return {"http": _summary(http_lat), "in_process_search_frame": _summary(inproc_lat),
             "what": "GET /search/frame on loopback through uvicorn + httpx (keep-alive), "
                     "one request at a time"}
