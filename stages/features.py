@@ -63,6 +63,11 @@ class FeaturesParams(StageParams):
     def _one_model(self) -> FeaturesParams:
         if self.random_init and self.artifact:
             raise ValueError("give either artifact or random_init: true, not both")
+        # without random_init the stage runs an artifact: an arch or seed would be ignored
+        stray = sorted({"arch", "seed"} & self.model_fields_set)
+        if stray and not self.random_init:
+            raise ValueError(f"{' and '.join(stray)} only apply with random_init: true (without "
+                             f"it the stage runs artifact, default {DEFAULT_ARTIFACT})")
         return self
 
     def artifact_path(self) -> str:

@@ -268,7 +268,7 @@ def test_live_pipeline_on_the_memory_bus_serves_its_own_frames(tmp_path):
         "stages": [
             {"name": "feats", "type": "features", "inputs": ["frames"],
              "outputs": {"features": "features"}, "batch_size": 8,
-             "params": {"arch": "resnet20", "seed": 0}},
+             "params": {"random_init": True, "arch": "resnet20", "seed": 0}},
             {"name": "index", "type": "hashing", "inputs": ["features"],
              "params": {"model": "sdoh", "n_bits": 32, "background": False}},
         ]})

@@ -92,3 +92,8 @@ def test_default_is_the_shipped_binary_backbone_and_random_init_must_be_asked_fo
         create_stage("features", {"artifact": "zoo:nope"})
     with pytest.raises(ValueError, match="not both"):
         create_stage("features", {"artifact": DEFAULT_ARTIFACT, "random_init": True})
+    # an arch or seed without random_init would be ignored silently: refused instead
+    with pytest.raises(ValueError, match="arch only apply with random_init"):
+        create_stage("features", {"arch": "resnet20"})
+    with pytest.raises(ValueError, match="arch and seed only apply with random_init"):
+        create_stage("features", {"arch": "resnet56", "seed": 3})
