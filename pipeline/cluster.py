@@ -80,24 +80,6 @@ def _cluster_id(root: Path) -> str:
     return cid
 
 
-def start_node(node_id: int, n: int, port: int, data_dir: str | Path | None = None,
-               heap: str = DEFAULT_HEAP, timeout: float = 120) -> BrokerInfo:
-    """Start node ``node_id`` of the cluster (again, after a kill) and wait until it answers."""
-    root = _root(port, data_dir)
-    ports = node_ports(n, port)
-    _, p, _ = ports[node_id - 1]
-    d = _node_dir(root, node_id)
-    text = broker.server_properties(p, d, node_id=node_id, voters=[(i, c) for i, _, c in ports],
-                                    replicas=min(n, 3))
-    proc = broker.launch(p, d, text, heap, cluster_id=_cluster_id(root))
-    try:
-        broker.wait_ready(p, proc.pid, d, timeout, proc)
-    except BrokerError:
-        broker.stop(p, d, timeout=10)
-        raise
-    return BrokerInfo(True, proc.pid, p, broker.bootstrap(p), d, d / "broker.log")
-
-
 def start(n: int = 3, port: int = 9092, data_dir: str | Path | None = None,
           heap: str = DEFAULT_HEAP, timeout: float = 120) -> ClusterInfo:
     """Start (or reuse) an ``n``-node cluster; returns once every node answers clients.
