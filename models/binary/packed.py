@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,39 @@ def _ext():
 
 
 def kernel_info() -> dict:
-    """{'block': output channels per weight block, 'kernel': 'avx2-vpshufb' or 'scalar-popcount'}."""
+    """What the extension runs: ``kernel`` (the active kernel's name: ``avx512-vpopcntdq``,
+    ``avx2-vpshufb-nibble`` or ``portable-popcount``), ``option`` (its ``VISTREAM_KERNEL``
+    name), ``available`` (the kernels this CPU runs), ``compiled`` (those in the build),
+    ``cpu_features`` (what the CPU offers), ``block`` and ``nibbles`` (the weight layout),
+    ``threads`` and ``error`` (why no kernel is active: a ``VISTREAM_KERNEL`` the CPU lacks)."""
     return dict(_ext().info())
+
+
+def available_kernels() -> list[str]:
+    """The kernels this CPU runs, widest first (``avx512``, ``avx2``, ``portable``)."""
+    return list(_ext().info()["available"])
+
+
+_KERNEL_GEN = [0]  # bumped at every switch: packed convs then lay their weights out anew
+
+
+def set_kernel(name: str) -> str | None:
+    """Make ``name`` (``avx512``, ``avx2`` or ``portable``) the active kernel for the whole
+    process; :class:`ValueError` when this CPU lacks it. Returns the previous one's name."""
+    old = _ext().set_kernel(name)
+    _KERNEL_GEN[0] += 1
+    return old
+
+
+@contextmanager
+def use_kernel(name: str):
+    """Run the packed runtime on kernel ``name`` inside the block (tests, benchmarks)."""
+    old = set_kernel(name)
+    try:
+        yield
+    finally:
+        if old is not None:
+            set_kernel(old)
 
 
 # ----------------------------------------------------------------------------- bit storage
@@ -91,17 +123,22 @@ def unpack_bits(bits: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(1.0 - 2.0 * neg.astype(np.float32)).reshape(shape)
 
 
-def kernel_weights(wb: torch.Tensor, block: int) -> np.ndarray:
-    """±1 weights (O, C, k, k) -> the kernel's layout ``[ceil(O/block)][k*k][Cw][2][block]`` of
-    uint64 words: channel ``c`` at bit ``c % 64`` of word ``c // 64`` (bit set = -1, padding
-    bits 0), each word stored as its low nibbles (``word & 0x0f..``) then its high nibbles
-    (``(word >> 4) & 0x0f..``), the split the kernel's table popcount wants."""
+def kernel_weights(wb: torch.Tensor, block: int, nibbles: int = 2) -> np.ndarray:
+    """±1 weights (O, C, k, k) -> the kernel's layout ``[ceil(O/block)][k*k][Cw][nibbles][block]``
+    of uint64 words: channel ``c`` at bit ``c % 64`` of word ``c // 64`` (bit set = -1, padding
+    bits 0). ``nibbles=2`` (the AVX2 kernel): each word stored as its low nibbles
+    (``word & 0x0f..``) then its high nibbles (``(word >> 4) & 0x0f..``), the split its table
+    popcount wants; ``nibbles=1`` (AVX-512 and portable kernels): the plain words."""
     o, c, kh, kw = wb.shape
     cw, ob = -(-c // 64), -(-o // block)
     neg = np.zeros((ob * block, kh, kw, cw * 64), dtype=bool)
     neg[:o, :, :, :c] = (wb.detach().cpu() < 0).numpy().transpose(0, 2, 3, 1)
     words = np.packbits(neg, axis=-1, bitorder="little").view("<u8").reshape(ob, block, kh * kw, cw)
     words = words.transpose(0, 2, 3, 1).astype(np.uint64)
+    if nibbles == 1:
+        return np.ascontiguousarray(words[:, :, :, None, :])
+    if nibbles != 2:
+        raise ValueError(f"nibbles must be 1 or 2, not {nibbles}")
     mask = np.uint64(0x0F0F0F0F0F0F0F0F)
     return np.ascontiguousarray(np.stack([words & mask, (words >> np.uint64(4)) & mask], axis=3))
 
@@ -145,6 +182,7 @@ class PackedBinaryConv2d(nn.Module):
         self.register_buffer("weight_bits", torch.zeros((n + 7) // 8, dtype=torch.uint8))
         self.register_buffer("alpha", torch.ones(self.out_channels))
         self._kernel: np.ndarray | None = None  # weights in the kernel's layout, built lazily
+        self._gen = -1  # the _KERNEL_GEN that layout was made for
         self._alpha_np: np.ndarray | None = None
 
     @property
@@ -179,7 +217,12 @@ class PackedBinaryConv2d(nn.Module):
         self._kernel = None
 
     def _prepare(self) -> None:
-        self._kernel = _aligned(kernel_weights(self.binary_weight(), int(_ext().info()["block"])))
+        info = _ext().info()
+        if info["error"]:
+            raise RuntimeError(info["error"])
+        self._gen = _KERNEL_GEN[0]
+        self._kernel = _aligned(kernel_weights(self.binary_weight(), int(info["block"]),
+                                               int(info["nibbles"])))
         self._alpha_np = self.alpha.detach().float().cpu().contiguous().numpy().copy()
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -200,7 +243,7 @@ class PackedBinaryConv2d(nn.Module):
         ``+ residual`` (a float32 NCHW tensor of the output's shape): see PackedBinaryUnit."""
         # Kept lean: at batch 1 the Python around the C call is ~10% of a 256-channel conv
         # (hence one combined test for the usual input, and numpy for the output allocation).
-        if self._kernel is None:
+        if self._kernel is None or self._gen != _KERNEL_GEN[0]:
             self._prepare()
         if x.dtype is not torch.float32 or x.requires_grad or not x.is_cpu or not x.is_contiguous() \
                 or x.dim() != 4:

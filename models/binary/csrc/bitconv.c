@@ -17,17 +17,31 @@
  * which is what zero padding means. The integer is exact, converted to float and multiplied
  * by alpha[o] once, which is the same single float32 rounding torch performs.
  *
- * AVX2 path: the 16 output channels sit in four 256-bit registers, one 64-bit lane each; the
- * activation word is broadcast, XORed, and counted with the nibble-lookup (vpshufb) popcount
- * into byte counters, which vpsadbw folds into per-lane 64-bit sums at most every 31 words
- * (8 * 31 < 256, so bytes never overflow). Positions whose window lies inside the image take a
- * fast path (offset table, one contiguous weight run, vector epilogue); border positions loop
- * over their valid taps only. Without AVX2 a scalar popcount loop does the same.
- * (Tried and dropped, no faster here: a Harley-Seal carry-save tree for long windows, and a
- * position-major row buffer for the NCHW stores.)
+ * Kernels, chosen at run time (bitconv_kern.h is compiled once for each; one build runs on any
+ * x86-64 CPU and uses what that CPU has, whatever CPU built it):
+ *  - "avx512-vpopcntdq": AVX-512 F/BW/VL + VPOPCNTDQ. The 16 output channels are two 512-bit
+ *    weight tiles of 8 x uint64; per activation word one broadcast, then XOR + VPOPCNTQ +
+ *    64-bit add per tile (3 instructions per 512 weight bits).
+ *  - "avx2-vpshufb-nibble": the 16 output channels sit in four 256-bit registers, one 64-bit
+ *    lane each; the activation word is broadcast, XORed, and counted with the nibble-lookup
+ *    (vpshufb) popcount into byte counters, which vpsadbw folds into per-lane 64-bit sums at
+ *    most every 31 words (8 * 31 < 256, so bytes never overflow). Every packed word is stored
+ *    as two (its low nibbles, then its high nibbles shifted down), which saves the
+ *    AND/shift/AND of splitting each XOR: 6 vector ops per 256 bits instead of 8.
+ *  - "portable": plain C with __builtin_popcountll (any CPU; the reference the others match).
+ * On both SIMD paths, positions whose window lies inside the image take a fast path (offset
+ * table, one contiguous weight run, vector epilogue); border positions loop over their valid
+ * taps only. Choice: cpuid (__builtin_cpu_supports, which also checks that the OS saves the
+ * wide registers) at module load picks the widest available; VISTREAM_KERNEL=avx512|avx2|
+ * portable forces one (a CPU without it makes every call fail with the reason), and
+ * set_kernel() switches at run time (tests run every path the machine has). The packed
+ * layouts differ (nibble-split words on AVX2), so the weights are laid out for the active
+ * kernel (info()["nibbles"]); a conv checks the weight buffer's exact size against it.
+ * (Tried and dropped on AVX2, no faster here: a Harley-Seal carry-save tree for long
+ * windows, and a position-major row buffer for the NCHW stores.)
  *
- * Also here: an exact max-pooling kernel (see below), because torch's NCHW max_pool2d is one
- * of the slowest ops of a ResNet-18 at batch 1.
+ * Also here: exact max- and average-pooling kernels, because torch's NCHW pooling is among the
+ * slowest ops of a ResNet-18 at batch 1 (compiled per instruction set as well).
  *
  * Threads: a small persistent pthread pool (or, in a -fopenmp build, torch's own OpenMP
  * threads; see pool_run for why that is not the default), dynamic scheduling from atomic
@@ -47,28 +61,30 @@
 #include <string.h>
 #include <time.h>
 
-#ifdef __AVX2__
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define BITCONV_X86 1
 #include <immintrin.h>
+#else
+#define BITCONV_X86 0
 #endif
 
-#define OB 16 /* output channels per weight block (four AVX2 registers of 4 x uint64) */
+#define OB 16 /* output channels per weight block (four AVX2 / two AVX-512 registers of uint64) */
 #define MAX_THREADS 64
-/* Every packed 64-bit word is stored as NIB = 2 words: its low nibbles (bits 0-3 of each
- * byte) and its high nibbles shifted down, in that order. popcount(a ^ w) is then the sum of
- * two nibble-table lookups of lo(a) ^ lo(w) and hi(a) ^ hi(w), which saves the AND/shift/AND
- * that splitting the XOR on the fly costs for every register: 6 vector ops per 256 bits
- * instead of 8. Activations are split once when they are packed, weights once at load. */
-#define NIB 2
 #define NIB_MASK 0x0f0f0f0f0f0f0f0fULL
+#define PACK_CHUNK 256 /* positions packed per task (the scratch row fits on the stack) */
+#define TILE_W 64 /* output positions per tile (16 channels x 64 floats = 4 KiB on the stack) */
+
+struct kernel_s;
 
 typedef struct {
     const float *x;       /* (N, C, H, W) float32 */
-    const uint64_t *wpk;  /* [nob][k*k][Cw][NIB][OB] */
+    const uint64_t *wpk;  /* [nob][k*k][Cw][nib][OB] */
     const float *alpha;   /* (O,) */
     float *out;           /* (N, O, Ho, Wo) float32 */
     const float *bn_a, *bn_b; /* optional (O,): out = fma(conv, bn_a, bn_b), torch's eval BN */
     const float *res;     /* optional (N, O, Ho, Wo): added last, as `bn(conv(x)) + shortcut` */
-    uint64_t *act;        /* [N][H][W][Cw][NIB] packed signs */
+    uint64_t *act;        /* [N][H][W][Cw][nib] packed signs */
+    const struct kernel_s *kern; /* the kernel chosen when the call started */
     int N, C, H, W, O, k, stride, pad, Ho, Wo, Cw, nob;
     int nthreads;
     long pack_tasks;
@@ -83,224 +99,129 @@ typedef struct {
     _Alignas(64) char end_pad;
 } conv_t;
 
+/* Max and average pooling (bitconv_kern.h). Max pooling is exact whatever the implementation,
+ * so the runtime runs the network's float MaxPool2d here too. torch visits a window row by row
+ * with the rule `v > m || isnan(v)` from m = -inf, skipping padded positions. That fold returns
+ * the last NaN of the window if there is one, else the first element equal to the maximum
+ * (which decides the sign of a zero) — and the same holds when each window row is folded first
+ * and the row results are then folded in row order. So the kernel is separable: a horizontal
+ * pass (every input row -> its Wo row maxima, each computed once although two output rows
+ * share it) and a vertical pass over those, both plain vectorisable loops. */
+typedef struct {
+    const float *x;
+    float *y;
+    int planes, H, W, k, s, p, Ho, Wo;
+    int average; /* 0: max pooling, 1: average pooling (see avgpool_plane) */
+    int nhwc, C;  /* max pooling of a channels-last input (see maxpool_nhwc_row) */
+    const struct kernel_s *kern;
+    _Atomic long next, finished;
+} pool_t;
+
 static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
 
-#define PACK_CHUNK 256 /* positions packed per task (the scratch row fits on the stack) */
+/* ------------------------------------------------------------------ the kernels, per ISA */
+#define KSUF(f) f##_portable
+#define KISA 0
+#include "bitconv_kern.h"
+#undef KSUF
+#undef KISA
 
-/* Pack task t of the flattened (n, chunk of PACK_CHUNK positions, word cw) index. For each
- * channel the inner loop runs over contiguous positions of one plane, which gcc vectorises. */
-static void pack_task(const conv_t *P, long t) {
-    const int C = P->C, Cw = P->Cw;
-    const long HW = (long)P->H * P->W, nchunk = (HW + PACK_CHUNK - 1) / PACK_CHUNK;
-    uint64_t tmp[PACK_CHUNK];
-    const int cw = (int)(t % Cw);
-    const long n = t / Cw / nchunk, p0 = (t / Cw % nchunk) * PACK_CHUNK;
-    const int np = (int)(HW - p0 < PACK_CHUNK ? HW - p0 : PACK_CHUNK);
-    uint64_t *dst = P->act + ((size_t)n * HW + p0) * Cw * NIB;
-    const int cend = imin(64, C - cw * 64);
-    memset(tmp, 0, sizeof(uint64_t) * (size_t)np);
-    for (int j = 0; j < cend; j++) {
-        const float *xr = P->x + ((size_t)n * C + (size_t)cw * 64 + j) * HW + p0;
-        /* !(v >= 0) is 1 for negatives and NaN, 0 for +-0: hard_sign's convention. */
-        for (int i = 0; i < np; i++) tmp[i] |= (uint64_t)(!(xr[i] >= 0.0f)) << j;
-    }
-    /* stored as nibble planes: the low and the high nibble of every byte (see NIB) */
-    for (int i = 0; i < np; i++) {
-        dst[((size_t)i * Cw + cw) * NIB] = tmp[i] & NIB_MASK;
-        dst[((size_t)i * Cw + cw) * NIB + 1] = (tmp[i] >> 4) & NIB_MASK;
-    }
-}
+#if BITCONV_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,popcnt")
+#define KSUF(f) f##_avx2
+#define KISA 1
+#include "bitconv_kern.h"
+#undef KSUF
+#undef KISA
+#pragma GCC pop_options
 
-#ifdef __AVX2__
-/* per-byte popcount of (a ^ w) from the nibble planes of both operands */
-static inline __m256i xor_count(__m256i alo, __m256i ahi, const __m256i *w, __m256i lut) {
-    const __m256i lo = _mm256_xor_si256(alo, _mm256_loadu_si256(w));
-    const __m256i hi = _mm256_xor_si256(ahi, _mm256_loadu_si256(w + OB / 4));
-    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
-}
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq")
+#define KSUF(f) f##_avx512
+#define KISA 2
+#include "bitconv_kern.h"
+#undef KSUF
+#undef KISA
+#pragma GCC pop_options
 #endif
 
-/* popcount(a ^ w) summed over the valid taps of one output position, for OB channels. */
-static inline void dot_block(const conv_t *P, const uint64_t *A, const uint64_t *Wb, int iy0, int ix0,
-                             int ky0, int ky1, int kx0, int kx1, uint64_t acc[OB]) {
-    const int Cw = P->Cw, k = P->k, W = P->W;
-    const int nw = (kx1 - kx0) * Cw;
-#ifdef __AVX2__
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
-    __m256i b0 = zero, b1 = zero, b2 = zero, b3 = zero;
-    int cnt = 0;
-    for (int ky = ky0; ky < ky1; ky++) {
-        const uint64_t *a = A + ((size_t)(iy0 + ky) * W + (ix0 + kx0)) * Cw * NIB;
-        const uint64_t *w = Wb + ((size_t)(ky * k + kx0) * Cw) * NIB * OB;
-        for (int i = 0; i < nw; i++) {
-            const __m256i alo = _mm256_set1_epi64x((long long)a[(size_t)i * NIB]);
-            const __m256i ahi = _mm256_set1_epi64x((long long)a[(size_t)i * NIB + 1]);
-            const __m256i *wv = (const __m256i *)(w + (size_t)i * NIB * OB);
-            b0 = _mm256_add_epi8(b0, xor_count(alo, ahi, wv + 0, lut));
-            b1 = _mm256_add_epi8(b1, xor_count(alo, ahi, wv + 1, lut));
-            b2 = _mm256_add_epi8(b2, xor_count(alo, ahi, wv + 2, lut));
-            b3 = _mm256_add_epi8(b3, xor_count(alo, ahi, wv + 3, lut));
-            if (++cnt == 31) { /* byte counters hold at most 8 * 31 = 248 */
-                s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
-                s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
-                s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
-                s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
-                b0 = b1 = b2 = b3 = zero;
-                cnt = 0;
-            }
-        }
-    }
-    s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
-    s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
-    s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
-    s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
-    _mm256_storeu_si256((__m256i *)(acc + 0), s0);
-    _mm256_storeu_si256((__m256i *)(acc + 4), s1);
-    _mm256_storeu_si256((__m256i *)(acc + 8), s2);
-    _mm256_storeu_si256((__m256i *)(acc + 12), s3);
+typedef struct kernel_s {
+    const char *name;   /* what info() reports */
+    const char *option; /* the VISTREAM_KERNEL / set_kernel() name */
+    int nib;            /* words stored per packed word (2: nibble-split, AVX2) */
+    void (*pack)(const conv_t *, long);
+    void (*compute)(const conv_t *, long, long);
+    void (*pool)(const pool_t *, long, float *);
+} kernel_t;
+
+static const kernel_t kernels[] = {
+#if BITCONV_X86
+    {"avx512-vpopcntdq", "avx512", 1, pack_task_avx512, compute_tasks_avx512, pool_task_avx512},
+    {"avx2-vpshufb-nibble", "avx2", 2, pack_task_avx2, compute_tasks_avx2, pool_task_avx2},
+#endif
+    {"portable-popcount", "portable", 1, pack_task_portable, compute_tasks_portable, pool_task_portable},
+};
+#define NKERNELS ((int)(sizeof(kernels) / sizeof(kernels[0])))
+
+/* Whether this CPU (and OS) runs kernel i; cpuid through libgcc, read at module load. */
+static int kernel_ok[sizeof(kernels) / sizeof(kernels[0])];
+static const kernel_t *_Atomic active_kernel;
+static char kernel_error[256]; /* set when VISTREAM_KERNEL asks for what the CPU lacks */
+
+static void detect_kernels(void) {
+#if BITCONV_X86
+    __builtin_cpu_init();
+    kernel_ok[0] = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq") &&
+                   __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("popcnt");
+    kernel_ok[1] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("popcnt");
+#endif
+    kernel_ok[NKERNELS - 1] = 1;
+}
+
+/* The kernel named `option`, or NULL with a message in `err`. */
+static const kernel_t *find_kernel(const char *option, char *err, size_t errlen) {
+    for (int i = 0; i < NKERNELS; i++) {
+        if (strcmp(kernels[i].option, option) != 0) continue;
+        if (kernel_ok[i]) return &kernels[i];
+        snprintf(err, errlen, "kernel %s (%s) is not supported by this CPU; it offers:%s%s portable",
+                 option, kernels[i].name,
+#if BITCONV_X86
+                 kernel_ok[0] ? " avx512" : "", kernel_ok[1] ? " avx2" : ""
 #else
-    for (int j = 0; j < OB; j++) acc[j] = 0;
-    for (int ky = ky0; ky < ky1; ky++) {
-        const uint64_t *a = A + ((size_t)(iy0 + ky) * W + (ix0 + kx0)) * Cw * NIB;
-        const uint64_t *w = Wb + ((size_t)(ky * k + kx0) * Cw) * NIB * OB;
-        for (int i = 0; i < nw; i++) {
-            const uint64_t av = a[(size_t)i * NIB] | (a[(size_t)i * NIB + 1] << 4);
-            const uint64_t *wi = w + (size_t)i * NIB * OB;
-            for (int j = 0; j < OB; j++)
-                acc[j] += (uint64_t)__builtin_popcountll(av ^ (wi[j] | (wi[OB + j] << 4)));
-        }
-    }
+                 "", ""
 #endif
+        );
+        return NULL;
+    }
+    snprintf(err, errlen, "unknown kernel %.40s (choose avx512, avx2 or portable)", option);
+    return NULL;
 }
 
-#ifdef __AVX2__
-/* Interior positions (the whole window inside the image): the K = k*k*Cw words of the window
- * are read through a precomputed offset table, the weights are then one contiguous run, and
- * the byte counters are folded every 31 words by chunking (no test inside the loop). The
- * epilogue converts the 16 counts and multiplies by alpha in vector registers; the float
- * multiply is the same IEEE single multiply as the scalar path. */
-static inline void dot_full_store(const uint64_t *a0, const uint64_t *Wb, const int *off, int K,
-                                  int valid, const float *alpha16, float res[OB]) {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
-    for (int i0 = 0; i0 < K; i0 += 31) {
-        const int i1 = K - i0 < 31 ? K : i0 + 31;
-        __m256i b0 = zero, b1 = zero, b2 = zero, b3 = zero;
-        for (int i = i0; i < i1; i++) {
-            const __m256i alo = _mm256_set1_epi64x((long long)a0[off[i]]);
-            const __m256i ahi = _mm256_set1_epi64x((long long)a0[off[i] + 1]);
-            const __m256i *wv = (const __m256i *)(Wb + (size_t)i * NIB * OB);
-            b0 = _mm256_add_epi8(b0, xor_count(alo, ahi, wv + 0, lut));
-            b1 = _mm256_add_epi8(b1, xor_count(alo, ahi, wv + 1, lut));
-            b2 = _mm256_add_epi8(b2, xor_count(alo, ahi, wv + 2, lut));
-            b3 = _mm256_add_epi8(b3, xor_count(alo, ahi, wv + 3, lut));
-        }
-        s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
-        s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
-        s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
-        s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
+static void choose_kernel(void) {
+    detect_kernels();
+    int best = 0;
+    while (!kernel_ok[best]) best++;
+    const char *env = getenv("VISTREAM_KERNEL");
+    if (env && *env && strcmp(env, "auto") != 0) {
+        char err[200];
+        const kernel_t *k = find_kernel(env, err, sizeof(err));
+        atomic_store(&active_kernel, k);
+        if (!k) snprintf(kernel_error, sizeof(kernel_error), "VISTREAM_KERNEL=%.20s: %s", env, err);
+        return;
     }
-    /* 64-bit lane counts (< 2^31) -> 8 int32 per register, in output-channel order */
-    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    const __m256i c01 = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s0, even),
-                                                  _mm256_permutevar8x32_epi32(s1, even), 0x20);
-    const __m256i c23 = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s2, even),
-                                                  _mm256_permutevar8x32_epi32(s3, even), 0x20);
-    const __m256i v = _mm256_set1_epi32(valid);
-    const __m256i d01 = _mm256_sub_epi32(v, _mm256_slli_epi32(c01, 1));
-    const __m256i d23 = _mm256_sub_epi32(v, _mm256_slli_epi32(c23, 1));
-    _mm256_storeu_ps(res, _mm256_mul_ps(_mm256_cvtepi32_ps(d01), _mm256_loadu_ps(alpha16)));
-    _mm256_storeu_ps(res + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(d23), _mm256_loadu_ps(alpha16 + 8)));
-}
-#endif
-
-/* The optional fused tail of a Bi-Real unit, `bn(conv(x)) + shortcut(x)`, in torch's own
- * arithmetic: its eval BatchNorm is one fused multiply-add per value with per-channel
- * constants (the caller passes torch's), the residual add one float add (see flush_tile). */
-#define TILE_W 64 /* output positions per tile (16 channels x 64 floats = 4 KiB on the stack) */
-
-/* Write a tile of one output row, [16 channels][up to TILE_W positions], to the NCHW output:
- * contiguous runs per channel (instead of 16 stores to 16 planes per position), and the
- * optional unit tail applied there, vectorised along the row. */
-static void flush_tile(const conv_t *P, const float *tile, size_t base, size_t plane, int o0, int on,
-                       int ox0, int n) {
-    for (int j = 0; j < on; j++) {
-        const float *src = tile + (size_t)j * TILE_W;
-        const size_t at = base + (size_t)j * plane + ox0;
-        float *restrict dst = P->out + at;
-        const float *restrict r = P->res ? P->res + at : NULL;
-        if (P->bn_a) {
-            const float a = P->bn_a[o0 + j], b = P->bn_b[o0 + j];
-            if (r) {
-                for (int i = 0; i < n; i++) dst[i] = fmaf(src[i], a, b) + r[i];
-            } else {
-                for (int i = 0; i < n; i++) dst[i] = fmaf(src[i], a, b);
-            }
-        } else if (r) {
-            for (int i = 0; i < n; i++) dst[i] = src[i] + r[i];
-        } else {
-            memcpy(dst, src, sizeof(float) * (size_t)n);
-        }
-    }
+    atomic_store(&active_kernel, &kernels[best]);
 }
 
-/* Output tasks [t0, t1) of the flattened (n, output block, output row) index. */
-static void compute_tasks(const conv_t *P, long t0, long t1) {
-    const int H = P->H, W = P->W, k = P->k, s = P->stride, pad = P->pad, Cw = P->Cw;
-    const int Ho = P->Ho, Wo = P->Wo, O = P->O, C = P->C;
-    const size_t plane = (size_t)Ho * Wo;
-    uint64_t acc[OB] __attribute__((aligned(32)));
-    float alpha16[OB];
-    float tile[OB * TILE_W];
-#ifdef __AVX2__
-    float res[OB];
-    const int K = k * k * Cw, full = C * k * k;
-#endif
-    for (long t = t0; t < t1; t++) {
-        const int oy = (int)(t % Ho);
-        const long rest = t / Ho;
-        const int ob = (int)(rest % P->nob);
-        const long n = rest / P->nob;
-        const int o0 = ob * OB, on = imin(OB, O - o0);
-        const uint64_t *A = P->act + (size_t)n * H * W * Cw * NIB;
-        const uint64_t *Wb = P->wpk + (size_t)ob * k * k * Cw * NIB * OB;
-        const size_t base = ((size_t)n * O + o0) * plane + (size_t)oy * Wo;
-        const int iy0 = oy * s - pad;
-        const int ky0 = imax(0, -iy0), ky1 = imin(k, H - iy0);
-        for (int j = 0; j < OB; j++) alpha16[j] = j < on ? P->alpha[o0 + j] : 0.0f;
-        for (int ox = 0; ox < Wo; ox++) {
-            const int ix0 = ox * s - pad, col = ox % TILE_W;
-            if (col == 0 && ox > 0) flush_tile(P, tile, base, plane, o0, on, ox - TILE_W, TILE_W);
-#ifdef __AVX2__
-            if (ky0 == 0 && ky1 == k && ix0 >= 0 && ix0 + k <= W) {
-                dot_full_store(A + ((size_t)iy0 * W + ix0) * Cw * NIB, Wb, P->off, K, full, alpha16, res);
-                for (int j = 0; j < OB; j++) tile[j * TILE_W + col] = res[j];
-                continue;
-            }
-#endif
-            const int kx0 = imax(0, -ix0), kx1 = imin(k, W - ix0);
-            const int valid = (ky1 > ky0 && kx1 > kx0) ? C * (ky1 - ky0) * (kx1 - kx0) : 0;
-            if (valid) {
-                dot_block(P, A, Wb, iy0, ix0, ky0, ky1, kx0, kx1, acc);
-            } else {
-                memset(acc, 0, sizeof(acc));
-            }
-            for (int j = 0; j < on; j++) {
-                /* exact integer, then one float32 multiply: the same rounding as torch's
-                 * conv2d(...) * alpha */
-                const float dot = (float)(valid - 2 * (long)acc[j]);
-                tile[j * TILE_W + col] = dot * alpha16[j];
-            }
-        }
-        const int last = (Wo - 1) / TILE_W * TILE_W;
-        flush_tile(P, tile, base, plane, o0, on, last, Wo - last);
-    }
+/* The kernel for a call, or NULL with a Python exception set. */
+static const kernel_t *current_kernel(void) {
+    const kernel_t *k = atomic_load(&active_kernel);
+    if (!k) PyErr_SetString(PyExc_RuntimeError, kernel_error);
+    return k;
 }
 
 /* ------------------------------------------------------------------ threads
@@ -469,12 +390,12 @@ static void conv_job(void *arg) {
     const long ptasks = P->pack_tasks, tasks = (long)P->N * P->nob * P->Ho;
     long t, end, mine = 0;
     while ((t = atomic_fetch_add(&P->next_pack, 1)) < ptasks) {
-        pack_task(P, t);
+        P->kern->pack(P, t);
         atomic_fetch_add(&P->packed, 1);
     }
     SPIN_UNTIL(atomic_load(&P->packed) >= ptasks);
     while ((t = claim(&P->next_task, tasks, P->nthreads, &end)) >= 0) {
-        compute_tasks(P, t, end);
+        P->kern->compute(P, t, end);
         mine += end - t;
         atomic_fetch_add(&P->computed, end - t);
     }
@@ -482,144 +403,18 @@ static void conv_job(void *arg) {
     SPIN_UNTIL(atomic_load(&P->computed) >= tasks);
 }
 
-/* ------------------------------------------------------------------ max pooling
- * Max pooling is exact whatever the implementation, so the runtime runs the network's float
- * MaxPool2d here too (torch's NCHW max_pool2d is slow for one image). torch visits a window row
- * by row with the rule `v > m || isnan(v)` from m = -inf, skipping padded positions. That fold
- * returns the last NaN of the window if there is one, else the first element equal to the
- * maximum (which decides the sign of a zero) — and the same holds when each window row is
- * folded first and the row results are then folded in row order. So the kernel is separable:
- * a horizontal pass (every input row -> its Wo row maxima, each computed once although two
- * output rows share it) and a vertical pass over those, both plain vectorisable loops. */
-typedef struct {
-    const float *x;
-    float *y;
-    int planes, H, W, k, s, p, Ho, Wo;
-    int average; /* 0: max pooling, 1: average pooling (see avgpool_plane) */
-    int nhwc, C;  /* max pooling of a channels-last input (see maxpool_nhwc_row) */
-    _Atomic long next, finished;
-} pool_t;
 
-/* m[i] = torch's running max after seeing v[i] (the `|` keeps it branch-free, vectorisable) */
-static inline void max_step(float *restrict m, const float *restrict v, int n) {
-    for (int i = 0; i < n; i++) {
-        const float a = v[i], c = m[i];
-        m[i] = ((a > c) | (a != a)) ? a : c;
-    }
-}
-
-/* h[ox] = fold over kx of row[ox * s - p + kx], the valid taps only. Outputs whose window is
- * inside the row keep the running max in a register (with k and s compile-time constants
- * where row_max_ks is inlined, gcc vectorises that loop); the few others check every tap. */
-static inline void row_max_ks(const float *restrict row, float *restrict h, int W, int k, int s, int p,
-                              int Wo) {
-    const int lo = imin(Wo, (p + s - 1) / s), hi = W + p - k < 0 ? 0 : imin(Wo, (W + p - k) / s + 1);
-    for (int ox = 0; ox < Wo; ox++) {
-        if (ox == lo && hi > lo) {
-            for (; ox < hi; ox++) {
-                const float *v = row + ((long)ox * s - p);
-                float m = -INFINITY;
-                for (int kx = 0; kx < k; kx++) m = ((v[kx] > m) | (v[kx] != v[kx])) ? v[kx] : m;
-                h[ox] = m;
-            }
-            if (ox >= Wo) break;
-        }
-        float m = -INFINITY;
-        for (int kx = 0; kx < k; kx++) {
-            const int ix = ox * s - p + kx;
-            if (ix >= 0 && ix < W) m = ((row[ix] > m) | (row[ix] != row[ix])) ? row[ix] : m;
-        }
-        h[ox] = m;
-    }
-}
-
-static void row_max(const float *restrict row, float *restrict h, int W, int k, int s, int p, int Wo) {
-    if (k == 3 && s == 2) row_max_ks(row, h, W, 3, 2, p, Wo); /* ResNet stems */
-    else if (k == 3 && s == 1) row_max_ks(row, h, W, 3, 1, p, Wo);
-    else if (k == 2 && s == 2) row_max_ks(row, h, W, 2, 2, p, Wo);
-    else row_max_ks(row, h, W, k, s, p, Wo);
-}
-
-static void maxpool_plane(const pool_t *Q, long plane, float *restrict hbuf) {
-    const int H = Q->H, W = Q->W, k = Q->k, s = Q->s, p = Q->p, Ho = Q->Ho, Wo = Q->Wo;
-    const float *x = Q->x + (size_t)plane * H * W;
-    float *y = Q->y + (size_t)plane * Ho * Wo;
-    for (int iy = 0; iy < H; iy++) row_max(x + (size_t)iy * W, hbuf + (size_t)iy * Wo, W, k, s, p, Wo);
-    for (int oy = 0; oy < Ho; oy++) {
-        float *m = y + (size_t)oy * Wo;
-        for (int ox = 0; ox < Wo; ox++) m[ox] = -INFINITY;
-        for (int ky = 0; ky < k; ky++) {
-            const int iy = oy * s - p + ky;
-            if (iy >= 0 && iy < H) max_step(m, hbuf + (size_t)iy * Wo, Wo);
-        }
-    }
-}
-
-/* Average pooling without padding (the down-sampling shortcuts' AvgPool2d(2)), exactly as
- * torch's NCHW CPU kernel computes it: a float sum from 0 over the window, row by row, then
- * one division by the window size. */
-static inline void avg_row_ks(const float *restrict x, float *restrict y, int W, int k, int s, int Wo,
-                              float area) {
-    for (int ox = 0; ox < Wo; ox++) {
-        float sum = 0.0f;
-        for (int ky = 0; ky < k; ky++)
-            for (int kx = 0; kx < k; kx++) sum += x[(size_t)ky * W + (size_t)ox * s + kx];
-        y[ox] = sum / area;
-    }
-}
-
-static void avgpool_plane(const pool_t *Q, long plane) {
-    const int H = Q->H, W = Q->W, k = Q->k, s = Q->s, Ho = Q->Ho, Wo = Q->Wo;
-    const float *x = Q->x + (size_t)plane * H * W;
-    float *y = Q->y + (size_t)plane * Ho * Wo;
-    const float area = (float)(k * k);
-    for (int oy = 0; oy < Ho; oy++) {
-        const float *row = x + (size_t)oy * s * W;
-        if (k == 2 && s == 2) avg_row_ks(row, y + (size_t)oy * Wo, W, 2, 2, Wo, area);
-        else avg_row_ks(row, y + (size_t)oy * Wo, W, k, s, Wo, area);
-    }
-}
-
-/* Max pooling of a channels-last (N, H, W, C) input into the usual (N, C, Ho, Wo) output, one
- * output row per task: each window tap is a contiguous run of C values, folded in torch's
- * order into a row buffer (ox, c), which is then written out plane by plane. The stem conv
- * of a ResNet runs faster on channels-last input, and this saves converting its 112x112
- * output back to NCHW before pooling. */
-static void maxpool_nhwc_row(const pool_t *Q, long t, float *restrict rowbuf) {
-    const int H = Q->H, W = Q->W, C = Q->C, k = Q->k, s = Q->s, p = Q->p, Ho = Q->Ho, Wo = Q->Wo;
-    const long n = t / Ho;
-    const int oy = (int)(t % Ho);
-    const float *x = Q->x + (size_t)n * H * W * C;
-    for (int ox = 0; ox < Wo; ox++) {
-        float *m = rowbuf + (size_t)ox * C;
-        for (int c = 0; c < C; c++) m[c] = -INFINITY;
-        for (int ky = 0; ky < k; ky++) {
-            const int iy = oy * s - p + ky;
-            if (iy < 0 || iy >= H) continue;
-            for (int kx = 0; kx < k; kx++) {
-                const int ix = ox * s - p + kx;
-                if (ix >= 0 && ix < W) max_step(m, x + ((size_t)iy * W + ix) * C, C);
-            }
-        }
-    }
-    for (int c = 0; c < C; c++) {
-        float *y = Q->y + (((size_t)n * C + c) * Ho + oy) * Wo;
-        for (int ox = 0; ox < Wo; ox++) y[ox] = rowbuf[(size_t)ox * C + c];
-    }
-}
-
-static void maxpool_job(void *arg) {
+/* One participant of a pooling job: claim tasks (planes or channels-last output rows). */
+static void pool_job(void *arg) {
     pool_t *Q = (pool_t *)arg;
-    float *hbuf = (float *)malloc(sizeof(float) * (Q->nhwc ? (size_t)Q->Wo * Q->C : (size_t)Q->H * Q->Wo));
-    if (!hbuf) abort(); /* one plane's row maxima or one output row: tens of KiB */
+    float *buf = (float *)malloc(sizeof(float) * (Q->nhwc ? (size_t)Q->Wo * Q->C : (size_t)Q->H * Q->Wo));
+    if (!buf) abort(); /* one plane's row maxima or one output row: tens of KiB */
     long t;
     while ((t = atomic_fetch_add(&Q->next, 1)) < Q->planes) {
-        if (Q->nhwc) maxpool_nhwc_row(Q, t, hbuf);
-        else if (Q->average) avgpool_plane(Q, t);
-        else maxpool_plane(Q, t, hbuf);
+        Q->kern->pool(Q, t, buf);
         atomic_fetch_add(&Q->finished, 1);
     }
-    free(hbuf);
+    free(buf);
     SPIN_UNTIL(atomic_load(&Q->finished) >= Q->planes);
 }
 
@@ -649,8 +444,11 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bitconv.conv: invalid shape arguments");
         return NULL;
     }
+    const kernel_t *kern = current_kernel();
+    if (!kern) return NULL;
     conv_t P;
     memset(&P, 0, sizeof(P));
+    P.kern = kern;
     P.N = N; P.C = C; P.H = H; P.W = W; P.O = O; P.k = k; P.stride = stride; P.pad = pad;
     P.Cw = (C + 63) / 64;
     P.nob = (O + OB - 1) / OB;
@@ -673,8 +471,14 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
     } while (0)
     TAKE(xo, 0, "x", (Py_ssize_t)N * C * H * W, 4);
     P.x = (const float *)bufs[nbuf - 1].buf;
-    TAKE(wo, 0, "packed weights", (Py_ssize_t)P.nob * k * k * P.Cw * NIB * OB, 8);
+    TAKE(wo, 0, "packed weights", (Py_ssize_t)P.nob * k * k * P.Cw * kern->nib * OB, 8);
     P.wpk = (const uint64_t *)bufs[nbuf - 1].buf;
+    if (bufs[nbuf - 1].len != (Py_ssize_t)P.nob * k * k * P.Cw * kern->nib * OB * 8) {
+        PyErr_Format(PyExc_ValueError, "packed weights: %zd bytes, the %s kernel's layout needs %zd "
+                     "(weights laid out for another kernel?)", bufs[nbuf - 1].len, kern->name,
+                     (Py_ssize_t)P.nob * k * k * P.Cw * kern->nib * OB * 8);
+        goto done;
+    }
     TAKE(ao, 0, "alpha", O, 4);
     P.alpha = (const float *)bufs[nbuf - 1].buf;
     TAKE(oo, 1, "out", nout, 4);
@@ -690,7 +494,7 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
         P.res = (const float *)bufs[nbuf - 1].buf;
     }
 #undef TAKE
-    size_t act_words = (size_t)N * H * W * P.Cw * NIB;
+    size_t act_words = (size_t)N * H * W * P.Cw * kern->nib;
     P.act = (uint64_t *)aligned_alloc(64, ((act_words * 8 + 63) / 64) * 64 + 64);
     off = (int *)malloc(sizeof(int) * (size_t)k * k * P.Cw);
     if (!P.act || !off) {
@@ -704,7 +508,7 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
     P.nthreads = T;
     for (int ky = 0, i = 0; ky < k; ky++)
         for (int kx = 0; kx < k; kx++)
-            for (int cw = 0; cw < P.Cw; cw++) off[i++] = ((ky * W + kx) * P.Cw + cw) * NIB;
+            for (int cw = 0; cw < P.Cw; cw++) off[i++] = ((ky * W + kx) * P.Cw + cw) * kern->nib;
     P.off = off;
     Py_BEGIN_ALLOW_THREADS
     P.caller = pthread_self();
@@ -735,8 +539,11 @@ static PyObject *pool2d(PyObject *args, int average, int nhwc) {
                                                   : "bitconv.maxpool: invalid shape arguments");
         return NULL;
     }
+    const kernel_t *kern = current_kernel();
+    if (!kern) return NULL;
     pool_t Q;
     memset(&Q, 0, sizeof(Q));
+    Q.kern = kern;
     Q.average = average;
     Q.nhwc = nhwc;
     Q.C = C;
@@ -756,7 +563,7 @@ static PyObject *pool2d(PyObject *args, int average, int nhwc) {
     int T = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
     while (T > 1 && work / T < 50000.0) T--;
     Py_BEGIN_ALLOW_THREADS
-    pool_run(maxpool_job, &Q, T);
+    pool_run(pool_job, &Q, T);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&xb);
     PyBuffer_Release(&ob);
@@ -767,19 +574,76 @@ static PyObject *py_maxpool(PyObject *self, PyObject *args) { return pool2d(args
 static PyObject *py_maxpool_nhwc(PyObject *self, PyObject *args) { return pool2d(args, 0, 1); }
 static PyObject *py_avgpool(PyObject *self, PyObject *args) { return pool2d(args, 1, 0); }
 
-static PyObject *py_info(PyObject *self, PyObject *noargs) {
-#ifdef __AVX2__
-    const char *kernel = "avx2-vpshufb-nibble";
-#else
-    const char *kernel = "scalar-popcount";
+/* The CPU features the kernels care about, as the OS exposes them (cpuid + XSAVE state). */
+static PyObject *cpu_features(void) {
+    PyObject *lst = PyList_New(0);
+    if (!lst) return NULL;
+#if BITCONV_X86
+    static const char *names[] = {"sse4.2", "popcnt", "avx", "avx2", "fma", "bmi2", "avx512f",
+                                  "avx512bw", "avx512vl", "avx512dq", "avx512vnni",
+                                  "avx512vpopcntdq", "avx512bitalg"};
+    const int have[] = {__builtin_cpu_supports("sse4.2"), __builtin_cpu_supports("popcnt"),
+                        __builtin_cpu_supports("avx"), __builtin_cpu_supports("avx2"),
+                        __builtin_cpu_supports("fma"), __builtin_cpu_supports("bmi2"),
+                        __builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
+                        __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512dq"),
+                        __builtin_cpu_supports("avx512vnni"),
+                        __builtin_cpu_supports("avx512vpopcntdq"),
+                        __builtin_cpu_supports("avx512bitalg")};
+    for (size_t i = 0; i < sizeof(have) / sizeof(have[0]); i++) {
+        if (!have[i]) continue;
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s || PyList_Append(lst, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(lst);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
 #endif
+    return lst;
+}
+
+static PyObject *py_info(PyObject *self, PyObject *noargs) {
+    const kernel_t *k = atomic_load(&active_kernel);
 #ifdef _OPENMP
     const char *threads = "openmp";
 #else
     const char *threads = "pthreads";
 #endif
-    return Py_BuildValue("{s:i,s:s,s:s,s:l}", "block", OB, "kernel", kernel, "threads", threads,
-                         "worker_rows", (long)atomic_load(&worker_tasks));
+    PyObject *avail = PyList_New(0), *compiled = PyList_New(0), *feats = cpu_features();
+    if (!avail || !compiled || !feats) goto fail;
+    for (int i = 0; i < NKERNELS; i++) {
+        PyObject *s = PyUnicode_FromString(kernels[i].option);
+        if (!s || PyList_Append(compiled, s) < 0 || (kernel_ok[i] && PyList_Append(avail, s) < 0)) {
+            Py_XDECREF(s);
+            goto fail;
+        }
+        Py_DECREF(s);
+    }
+    return Py_BuildValue("{s:i,s:z,s:z,s:i,s:s,s:l,s:N,s:N,s:N,s:z}", "block", OB, "kernel",
+                         k ? k->name : NULL, "option", k ? k->option : NULL, "nibbles",
+                         k ? k->nib : 0, "threads", threads, "worker_rows",
+                         (long)atomic_load(&worker_tasks), "available", avail, "compiled", compiled,
+                         "cpu_features", feats, "error", k ? NULL : kernel_error);
+fail:
+    Py_XDECREF(avail);
+    Py_XDECREF(compiled);
+    Py_XDECREF(feats);
+    return NULL;
+}
+
+static PyObject *py_set_kernel(PyObject *self, PyObject *args) {
+    const char *option;
+    if (!PyArg_ParseTuple(args, "s", &option)) return NULL;
+    char err[256];
+    const kernel_t *k = find_kernel(option, err, sizeof(err));
+    if (!k) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    const kernel_t *old = atomic_exchange(&active_kernel, k);
+    return old ? PyUnicode_FromString(old->option) : Py_NewRef(Py_None);
 }
 
 static PyMethodDef methods[] = {
@@ -795,13 +659,21 @@ static PyMethodDef methods[] = {
     {"avgpool", py_avgpool, METH_VARARGS,
      "avgpool(x, out, N, C, H, W, k, stride, 0, threads): exact average pooling without padding "
      "(torch semantics)."},
-    {"info", py_info, METH_NOARGS, "{'block': output channels per weight block, 'kernel': name}"},
+    {"info", py_info, METH_NOARGS,
+     "{'block': output channels per weight block, 'kernel': the active kernel's name, 'option': its "
+     "VISTREAM_KERNEL name, 'nibbles': words per packed word in its layout, 'available': kernels "
+     "this CPU runs, 'compiled': kernels in this build, 'cpu_features': what the CPU offers, "
+     "'error': why no kernel is active (a VISTREAM_KERNEL the CPU lacks), ...}"},
+    {"set_kernel", py_set_kernel, METH_VARARGS,
+     "set_kernel(name): make 'avx512', 'avx2' or 'portable' the active kernel (ValueError if this "
+     "CPU lacks it); returns the previous one's name. Weights must then be laid out anew."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_bitconv",
                                     "Bit-packed XNOR/popcount convolution (see bitconv.c).", -1, methods};
 
 PyMODINIT_FUNC PyInit__bitconv(void) {
+    choose_kernel();
 #ifndef _OPENMP
     pthread_atfork(NULL, NULL, pool_after_fork);
 #endif
