@@ -27,6 +27,7 @@ from vistream.pipeline.config import PipelineConfig, StageSettings
 from vistream.pipeline.ingest import IngestReport, ingest
 from vistream.pipeline.metrics import serve_metrics
 from vistream.pipeline.runner import DLQ_SUFFIX, RunnerStats, StageRunner
+from vistream.pipeline.shardrun import ShardHost, shard_bus, sharded_params
 from vistream.stages.base import Stage, create_stage
 
 log = logging.getLogger("vistream.app")
@@ -47,6 +48,9 @@ def create_topics(cfg: PipelineConfig, bus: Bus) -> None:
 
 def build_runner(cfg: PipelineConfig, settings: StageSettings, bus: Bus,
                  stage: Stage | None = None) -> StageRunner:
+    if sharded_params(settings) is not None:
+        raise ValueError(f"stage {settings.name!r} is a sharded index: it runs as its own "
+                         f"processes (`vistream stage {settings.name}`), not in a stage runner")
     stage = stage or create_stage(settings.type, settings.params)
     return StageRunner(
         stage, bus, inputs=settings.inputs, routes=settings.outputs, group_id=settings.group_id,
@@ -67,12 +71,17 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 def run_stage(cfg: PipelineConfig, name: str, stop: threading.Event,
               idle_timeout: float | None = None) -> RunnerStats:
+    """One stage in this process until ``stop``; a sharded index stage runs as one
+    :class:`~vistream.pipeline.shardrun.ShardHost` (a member of its group) instead."""
     settings = cfg.stage(name)
-    bus = bus_from_config(cfg)
+    sharded = sharded_params(settings)
+    bus = shard_bus(cfg, sharded) if sharded is not None else bus_from_config(cfg)
     try:
         create_topics(cfg, bus)
         serve_metrics(settings.metrics_port if settings.metrics_port is not None
                       else cfg.metrics.port, cfg.metrics.host)
+        if sharded is not None:
+            return ShardHost(bus, settings, sharded).run(stop, idle_timeout)
         return build_runner(cfg, settings, bus).run(stop, idle_timeout=idle_timeout)
     finally:
         bus.close()

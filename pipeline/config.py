@@ -151,12 +151,28 @@ class PipelineConfig(_Strict):
             extra = [k for k in s.outputs if k not in cls.emits]
             if extra:
                 problems.append(f"stages[{i}].outputs: stage type {s.type!r} never emits {extra}")
+        problems += self._sharded_problems()
         if problems:
             raise ValueError("; ".join(problems))
         if self.bus.backend == "memory" and self.stages and not self.sources:
             raise ValueError("the memory bus lives inside one process, so a pipeline on it needs "
                              "at least one entry under `sources` (or use bus.backend: kafka)")
         return self
+
+    def _sharded_problems(self) -> list[str]:
+        """A sharded index stage (``params: {sharded: true}``) runs on Kafka and reads one
+        topic of features (its partitions are the shards)."""
+        out = []
+        for i, s in enumerate(self.stages):
+            if s.type != "hashing" or not s.params.get("sharded"):
+                continue
+            if self.bus.backend != "kafka":
+                out.append(f"stages[{i}].params.sharded: a sharded index needs bus.backend: "
+                           "kafka (its shards follow the partitions of a consumer group)")
+            if len(s.inputs) != 1:
+                out.append(f"stages[{i}].inputs: a sharded index reads one topic of feature "
+                           f"records, got {s.inputs}")
+        return out
 
     def stage(self, name: str) -> StageSettings:
         for s in self.stages:

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from vistream.models.hashing.shards import ShardedIndex, ShardedResult
@@ -66,11 +66,14 @@ def _order(hit: Mapping[str, Any]) -> tuple[int, str]:
 
 
 def merge_answers(answers: Mapping[str, Mapping[str, Any] | None], k: int,
-                  expected: Iterable[str] = ()) -> dict[str, Any]:
+                  expected: Iterable[str] = (),
+                  covers: Mapping[str, Iterable[str]] | None = None) -> dict[str, Any]:
     """The exact top-k of replica answers (None: that replica did not answer). ``expected``
     names every partition the answer should cover; the ones no answer covers are ``missing``
-    (and the answer ``partial``). A frame id in two answers counts once, at its nearer
-    distance."""
+    (and the answer ``partial``). A replica that did not answer makes the answer partial too,
+    unless ``covers`` says which partitions it held (then only partitions nobody answered
+    for count: a dead replica whose partitions moved to a live one leaves nothing out). A
+    frame id in two answers counts once, at its nearer distance."""
     best: dict[str, Mapping[str, Any]] = {}
     shards: dict[str, Any] = {}
     for ans in answers.values():
@@ -84,8 +87,9 @@ def merge_answers(answers: Mapping[str, Mapping[str, Any] | None], k: int,
     hits = sorted(best.values(), key=_order)[: max(int(k), 0)]
     missing = sorted(set(expected) - set(shards))
     versions = {(s.get("model"), s.get("model_version")) for s in shards.values() if s.get("n")}
+    unknown = any(a is None and not (covers or {}).get(n) for n, a in answers.items())
     return {"hits": [dict(h) for h in hits], "shards": dict(sorted(shards.items())),
-            "partial": bool(missing) or any(a is None for a in answers.values()),
+            "partial": bool(missing) or unknown,
             "missing": missing, "consistent": len(versions) <= 1}
 
 
@@ -112,6 +116,9 @@ class FanoutClient:
         q = {**query, "k": int(k)}
         futures = {name: self._pool.submit(ep, q) for name, ep in self.endpoints.items()}
         done, _ = wait(futures.values(), timeout=self.timeout_s)
+        for fut in done:
+            if isinstance(fut.exception(), QueryRejected):  # the query's fault, not a shard's
+                raise fut.exception()
         answers: dict[str, Mapping[str, Any] | None] = {}
         for name, fut in futures.items():
             if fut in done and fut.exception() is None:
@@ -125,13 +132,18 @@ class FanoutClient:
                     fut.cancel()
         expected = set().union(*self.covers.values()) if self.covers else set()
         t0 = time.perf_counter()
-        out = merge_answers(answers, k, expected)
+        out = merge_answers(answers, k, expected, self.covers)
         out["merge_ms"] = (time.perf_counter() - t0) * 1000
         out["replicas"] = {n: a is not None for n, a in answers.items()}
         return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class QueryRejected(ValueError):
+    """A replica refused the query itself (HTTP 4xx: wrong length, bad code...): every replica
+    would, so the fan-out raises it instead of calling the answer partial."""
 
 
 def local_endpoint(index: ShardedIndex) -> Endpoint:
@@ -152,6 +164,12 @@ def http_endpoint(url: str, client: Any, path: str = "/shard/search") -> Endpoin
 
     def ask(q: dict[str, Any]) -> dict[str, Any]:
         r = client.post(url.rstrip("/") + path, json=q)
+        if 400 <= r.status_code < 500:
+            try:
+                detail = r.json().get("detail")
+            except ValueError:
+                detail = r.text
+            raise QueryRejected(str(detail))
         r.raise_for_status()
         return r.json()
 
@@ -203,9 +221,19 @@ class ShardDirectory:
             timeout = 0.0
 
     def live(self, now_ms: int | None = None) -> dict[str, dict[str, Any]]:
+        """The replicas heard of within ``ttl_s`` that hold shards, less those *superseded*:
+        every partition they last announced has since been announced by another live one
+        (a replica that died and whose partitions moved on)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        return {n: e for n, e in self.entries.items()
-                if e["partitions"] and now_ms - int(e.get("at_ms", 0)) <= self.ttl_s * 1000}
+        fresh = {n: e for n, e in self.entries.items()
+                 if e["partitions"] and now_ms - int(e.get("at_ms", 0)) <= self.ttl_s * 1000}
+
+        def superseded(name: str, e: dict[str, Any]) -> bool:
+            newer = [o for m, o in fresh.items() if m != name
+                     and (int(o.get("at_ms", 0)), m) > (int(e.get("at_ms", 0)), name)]
+            return set(e["partitions"]) <= {p for o in newer for p in o["partitions"]}
+
+        return {n: e for n, e in fresh.items() if not superseded(n, e)}
 
     def client(self, make_endpoint: Callable[[str], Endpoint], timeout_s: float = 1.0,
                now_ms: int | None = None) -> FanoutClient:
@@ -244,10 +272,26 @@ def shard_app(index: ShardedIndex) -> FastAPI:
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
 
+    @app.get("/shard/frame")
+    def frame(frame_id: str = Query(..., min_length=1)) -> dict[str, Any]:
+        """The feature vector of an indexed frame (404 when no shard here holds it)."""
+        vec = index.frame_vector(frame_id)
+        if vec is None:
+            raise HTTPException(404, f"no shard here holds frame {frame_id!r}")
+        return {"frame_id": frame_id, "vector": vec.tolist()}
+
+    @app.get("/shard/frames")
+    def frames() -> dict[str, list[str]]:
+        """The frame ids each shard holds."""
+        return index.frame_ids()
+
     @app.get("/shard/info")
     def info() -> dict[str, Any]:
-        return {"partitions": index.keys(), "codes": len(index),
+        shards = {k: {"codes": len(s), "model": s.model_name, "model_version": s.model_version,
+                      "warm_start": s.warm_start} for k, s in sorted(index.shards.items())}
+        return {"partitions": index.keys(), "codes": len(index), "dim": index.dim,
                 "model": None if index.model is None else index.model.name,
-                "model_version": None if index.model is None else index.model.version}
+                "model_version": None if index.model is None else index.model.version,
+                "shards": shards}
 
     return app

@@ -26,10 +26,12 @@ from vistream.models.zoo import is_zoo_name
 from vistream.pipeline.api_common import TOKEN_ENV, check_listen, check_token
 from vistream.pipeline.api_tracks import DEFAULT_TOPIC as TRACK_TOPIC
 from vistream.pipeline.api_tracks import attach_producer
-from vistream.pipeline.app import InProcessPipeline
+from vistream.pipeline.app import InProcessPipeline, bus_from_config
 from vistream.pipeline.config import PipelineConfig, load_config
 from vistream.pipeline.console import attach_console
 from vistream.pipeline.service import ServiceLimits, create_app
+from vistream.pipeline.shardrun import sharded_params
+from vistream.pipeline.shardserve import ShardedQueries, create_sharded_app
 from vistream.stages.base import create_stage
 from vistream.stages.records import PNG, Frame
 
@@ -115,6 +117,9 @@ def serve(config: Path | None = None, stage: str | None = None, snapshot: Path |
     if cfg is not None and snapshot is None:
         stage = index_stage_name(cfg, stage)
     extractor = query_extractor(cfg, stage, backbone, input_size, seed)
+    if cfg is not None and snapshot is None and sharded_params(cfg.stage(stage)) is not None:
+        serve_sharded(cfg, stage, extractor, host, port, limits, echo)
+        return
     live = None
     if snapshot is not None:
         index = LiveIndex.load(snapshot, read_only=True, search_threads=threads)
@@ -133,6 +138,25 @@ def serve(config: Path | None = None, stage: str | None = None, snapshot: Path |
             producer.close()
         if live is not None:
             live.close()
+
+
+def serve_sharded(cfg: PipelineConfig, stage: str, extractor: Any | None, host: str, port: int,
+                  limits: ServiceLimits | None, echo: Callable[[str], None] = print) -> None:
+    """The query API over a sharded index stage: fan-out to the replicas its registry topic
+    announces (:mod:`vistream.pipeline.shardserve`), until uvicorn stops."""
+    settings = cfg.stage(stage)
+    sp = sharded_params(settings).shards
+    bus = bus_from_config(cfg)
+    queries = ShardedQueries(bus, sp.topics(settings.group_id)[1], ttl_s=sp.ttl_s,
+                             timeout_s=sp.query_timeout_s)
+    try:
+        api = create_sharded_app(queries, extractor, limits)
+        echo(f"serving the sharded index {stage!r} ({len(queries.urls())} replicas announced) "
+             f"on http://{host}:{port}")
+        uvicorn.run(api, host=host, port=port, log_level="warning")
+    finally:
+        queries.close()
+        bus.close()
 
 
 def write_token(host: str, token: str | None = None) -> str | None:

@@ -207,8 +207,11 @@ class ShardReplica:
                  snapshot_every: int = 10_000, max_records: int = 500,
                  models: ModelFollower | None = None,
                  announce: Callable[[list[str]], None] | None = None,
-                 heartbeat_s: float = 5.0) -> None:
+                 heartbeat_s: float = 5.0,
+                 dead_letter: Callable[[Record, str], None] | None = None) -> None:
         self.topic = topic
+        #: called with each record that cannot be indexed and the reason (e.g. to a DLQ topic)
+        self.dead_letter = dead_letter
         self.models = models
         #: called with the shard keys held when they change and every ``heartbeat_s``
         self.announce = announce
@@ -298,13 +301,12 @@ class ShardReplica:
         if tp not in self.positions:  # pragma: no cover - polled just before a revoke
             return
         shard = self.index.shard(shard_key(tp))
-        fids, rows = [], []
+        fids, rows, streams, stamps = [], [], [], []
         for rec in recs:
             try:
                 msg = decode_message(rec, accept=("features",))
             except InvalidRecord as exc:
-                self.invalid += 1
-                log.warning("skipped %s: %s", rec.source_id, exc)
+                self._invalid(rec, str(exc))
                 continue
             assert isinstance(msg, Features)
             row = np.asarray(msg.vector, np.float32).reshape(1, -1)
@@ -314,16 +316,23 @@ class ShardReplica:
                     raise ValueError(f"feature vector has {row.shape[1]} dims, the others of "
                                      f"this batch {rows[0].shape[0]}")
             except ValueError as exc:
-                self.invalid += 1
-                log.warning("skipped %s: %s", rec.source_id, exc)
+                self._invalid(rec, str(exc))
                 continue
             fids.append(msg.frame_id)
             rows.append(row[0])
+            streams.append(msg.stream_id)
+            stamps.append(getattr(msg, "timestamp_ms", None) or None)
         if rows:
-            shard.add(fids, np.stack(rows))
+            shard.add(fids, np.stack(rows), stream_ids=streams, timestamps=stamps)
         self.positions[tp] = recs[-1].offset + 1
         self._since[tp] = self._since.get(tp, 0) + len(recs)
         self._clean.discard(tp)
+
+    def _invalid(self, rec: Record, reason: str) -> None:
+        self.invalid += 1
+        log.warning("skipped %s: %s", rec.source_id, reason)
+        if self.dead_letter is not None:
+            self.dead_letter(rec, reason)
 
     def close(self, snapshot: bool = True) -> None:
         """Leave the group; with ``snapshot`` each shard is snapshotted first (a clean stop)."""

@@ -66,6 +66,37 @@ from vistream.stages.records import Caption, Features, FrameSummary, Label, Mess
 log = logging.getLogger("vistream.stages.hashing")
 
 
+class ShardParams(StageParams):
+    """How a sharded index stage (``sharded: true``) finds its peers and is found; see
+    docs/retrieval.md ("Sharded on Kafka"). Topic names default to ``<group>.model``,
+    ``<group>.shards`` and ``<group>.learner`` (the stage's consumer group)."""
+
+    model_topic: str | None = Field(None, description="compacted topic of the hash model versions")
+    registry_topic: str | None = Field(None, description="compacted topic each replica announces "
+                                                         "its shards and URL on")
+    election_topic: str | None = Field(None, description="one-partition topic whose owner is "
+                                                         "the learner")
+    learner: bool = Field(True, description="this replica may be elected the learner")
+    listen_host: str = Field("127.0.0.1", description="address of the replica's shard HTTP face")
+    advertise_host: str | None = Field(None, description="host name in the announced URL "
+                                                         "(default: listen_host)")
+    port: int = Field(0, ge=0, le=65535, description="port of the shard HTTP face (0: a free one)")
+    heartbeat_s: float = Field(2.0, gt=0, le=600, description="re-announce this often")
+    ttl_s: float = Field(10.0, gt=0, description="`serve` takes a replica silent this long "
+                                                 "for dead")
+    query_timeout_s: float = Field(2.0, gt=0, le=600, description="`serve` waits this long for "
+                                                                   "a shard's answer")
+    session_timeout_s: float = Field(6.0, ge=1, le=300, description="Kafka session timeout of "
+                                     "the replica's consumers: how soon a dead replica's "
+                                     "partitions move (the broker's minimum is 6 s by default)")
+
+    def topics(self, group_id: str) -> tuple[str, str, str]:
+        """(model, registry, election) topic names for the stage's consumer group."""
+        return (self.model_topic or f"{group_id}.model",
+                self.registry_topic or f"{group_id}.shards",
+                self.election_topic or f"{group_id}.learner")
+
+
 class HashingParams(StageParams):
     model: str = Field("sdoh", description="hash model from HashModel.registry: sdoh, lsh, ...")
     n_bits: int = Field(64, ge=8, le=1024, multiple_of=8, description="code length in bits")
@@ -88,6 +119,10 @@ class HashingParams(StageParams):
                                           "(null: never)")
     label_ttl_seconds: float | None = Field(None, gt=0, description="... or after this many "
                                             "seconds (null: never)")
+    sharded: bool = Field(False, description="one shard per assigned partition, one shared "
+                          "model, queried by fan-out (Kafka only; see `shards`)")
+    shards: ShardParams = Field(default_factory=ShardParams,
+                                description="settings of the sharded mode (sharded: true)")
 
     @model_validator(mode="after")
     def _tuned_sdoh_defaults(self) -> HashingParams:

@@ -292,6 +292,21 @@ class ShardedIndex:
                 answers.append(shard_topk(shard, view, code, k))
         return ShardedResult(merge_topk(answers, k), infos)
 
+    @property
+    def dim(self) -> int | None:
+        """The feature dimension of the shards that hold rows (None: none yet)."""
+        return next((s.dim for s in self.shards.values() if s.dim is not None), None)
+
+    def frame_vector(self, frame_id: str) -> np.ndarray | None:
+        """The feature vector of ``frame_id`` from whichever shard holds it (None: none)."""
+        for shard in self.shards.values():
+            store = shard.store
+            with store.lock:
+                i = store.ids.get(frame_id)
+                if i is not None and i < store.n:
+                    return np.asarray(store.features([i])[0], np.float32).copy()
+        return None
+
     def frame_ids(self) -> dict[str, list[str]]:
         """The frame ids each shard holds."""
         return {key: s.frame_ids() for key, s in sorted(self.shards.items())}

@@ -31,6 +31,8 @@ class TopicPartition(NamedTuple):
 class TopicSpec:
     name: str
     partitions: int = 1
+    #: a compacted topic (Kafka ``cleanup.policy=compact``): the latest record per key is kept
+    compact: bool = False
 
 
 #: Called with the partitions a consumer has just been given (on Kafka's eager protocol: all

@@ -126,7 +126,7 @@ class KafkaBus(Bus):
     def __init__(self, bootstrap: str = "127.0.0.1:9092", client_id: str = "vistream",
                  max_message_bytes: int = MAX_MESSAGE_BYTES, replication_factor: int | None = None,
                  min_insync_replicas: int | None = None, acks: str | int = "all",
-                 idempotence: bool = True) -> None:
+                 idempotence: bool = True, session_timeout_ms: int = 10_000) -> None:
         """``replication_factor`` None: as many replicas as brokers, at most three;
         ``min_insync_replicas`` None: :func:`min_isr_for` the replication factor. ``acks`` and
         ``idempotence`` go to every producer (the defaults lose nothing to a broker's death)."""
@@ -137,6 +137,8 @@ class KafkaBus(Bus):
         self.min_insync_replicas = min_insync_replicas
         self.acks = acks
         self.idempotence = idempotence
+        #: how long the group waits for a silent consumer before handing its partitions on
+        self.session_timeout_ms = int(session_timeout_ms)
         self._admin = None
         self._offsets = None
         self._lock = threading.Lock()
@@ -163,7 +165,9 @@ class KafkaBus(Bus):
             return
         rf, isr = self.replication(admin)
         new = [k.admin.NewTopic(t.name, t.partitions, rf,
-                                topic_configs={"min.insync.replicas": str(isr)}) for t in todo]
+                                topic_configs={"min.insync.replicas": str(isr),
+                                               **({"cleanup.policy": "compact"}
+                                                  if t.compact else {})}) for t in todo]
         try:
             admin.create_topics(new)
         except k.errors.TopicAlreadyExistsError:
@@ -394,7 +398,7 @@ class KafkaConsumerAdapter(Consumer):
                 auto_offset_reset=auto_offset_reset,
                 max_partition_fetch_bytes=bus.max_message_bytes,
                 fetch_max_bytes=2 * bus.max_message_bytes,
-                session_timeout_ms=10_000,
+                session_timeout_ms=bus.session_timeout_ms,
                 heartbeat_interval_ms=1_000,
                 max_poll_interval_ms=300_000,
                 **RECONNECT,
