@@ -67,3 +67,31 @@ def test_sparse_runtime_handles_layers_with_every_filter_closed():
         ref = net(x)
     assert float(net.traces()[2].mask.sum()) == 0 and float(net.traces()[9].mask.sum()) == 0
     assert torch.allclose(SparseResNet(net)(x), ref, atol=1e-4)
+
+
+def test_sparse_runtime_variants_match_the_masked_net():
+    _, net = _net_with_closed_gates()
+    with torch.no_grad():
+        net.blocks[2].ctrl2.fc2.bias.fill_(-100.0)   # identity block reduced to its shortcut
+        net.blocks[2].ctrl2.fc2.weight.zero_()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+    assert torch.allclose(SparseResNet(net, channels_last=True)(x), ref, atol=1e-4)
+    assert torch.allclose(SparseResNet(net)(x.clone()), ref, atol=1e-4)
+
+
+def test_sparse_runtime_without_gates_is_the_dense_backbone():
+    backbone, net = _net_with_closed_gates()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = backbone.eval()(x)
+    assert torch.allclose(SparseResNet(net, gates=False)(x), ref, atol=1e-4)
+
+
+def test_sparse_runtime_leaves_its_input_unchanged():
+    _, net = _net_with_closed_gates()
+    x = torch.randn(1, 3, 32, 32)
+    keep = x.clone()
+    SparseResNet(net)(x)
+    assert torch.equal(x, keep)

@@ -42,6 +42,16 @@ def train_decouple(
     lambda_s: float = typer.Option(1.5e-4, "--lambda-s", min=0.0, help="weight of the sparsity term "
                                    "(paper, CIFAR ResNet-56 over 200 epochs: 1.5e-4; short runs need more)"),
     target: float = typer.Option(0.6, min=0.01, max=1.0, help="share of filters meant to stay active"),
+    ramp: float = typer.Option(0.0, min=0.0, max=1.0, help="share of the gated epochs over which the "
+                               "sparsity target falls linearly from 1 to --target (0: all at once)"),
+    ctrl_lr_mult: float = typer.Option(1.0, "--ctrl-lr-mult", min=0.0, help="lr of the controlling "
+                                       "modules and mask classifiers as a multiple of --lr"),
+    ctrl_adam: bool = typer.Option(False, "--ctrl-adam", help="Adam instead of SGD for the controlling "
+                                   "modules and mask classifiers (their gradients are tiny at open gates)"),
+    lambda_d: float = typer.Option(0.0, "--lambda-d", min=0.0, help="weight of distillation from "
+                                   "the dense base's logits (KL at temperature 4)"),
+    settle_epochs: int = typer.Option(0, "--settle-epochs", min=0, help="last epochs with hard "
+                                      "gates and frozen controllers (CE + distillation only)"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("out/train/decouple"), "--out", help="checkpoint folder"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
@@ -52,6 +62,8 @@ def train_decouple(
     at inference) on CE + KL + mask-classifier + sparsity; checkpoint every epoch (--resume);
     prints the summary JSON (validation accuracy and active filter share of the kept epoch)."""
     # deferred: loads torch; --help stays instant
+    import copy
+
     from vistream.models.data import load_dataset
     from vistream.models.decoupling.decouple import DecoupledResNet
     from vistream.models.decoupling.finetune import DecoupleConfig, finetune
@@ -60,6 +72,10 @@ def train_decouple(
         raise typer.BadParameter(f"{schedule!r}: use step, cosine or constant", param_hint="--schedule")
     data = load_dataset(dataset)
     backbone = _load_backbone(base)
+    if settle_epochs >= epochs:
+        raise typer.BadParameter(f"{settle_epochs} settle epochs leave none of {epochs} to learn "
+                                 "the gates", param_hint="--settle-epochs")
+    teacher = copy.deepcopy(backbone).eval() if lambda_d else None
     try:
         model = DecoupledResNet(backbone)
     except ValueError as exc:
@@ -69,8 +85,11 @@ def train_decouple(
                                  f"{data.num_classes}", param_hint="--base")
     cfg = DecoupleConfig(epochs=epochs, lr=lr, schedule=schedule, batch_size=batch_size, seed=seed,
                          threads=threads,
-                         lambda_k=lambda_k, lambda_m=lambda_m, lambda_s=lambda_s, target=target)
-    summary = finetune(model, data, cfg, out, resume=resume, progress=progress, log=typer.echo)
+                         lambda_k=lambda_k, lambda_m=lambda_m, lambda_s=lambda_s, target=target,
+                         ramp=ramp, ctrl_lr_mult=ctrl_lr_mult, ctrl_adam=ctrl_adam, lambda_d=lambda_d,
+                         settle_epochs=settle_epochs)
+    summary = finetune(model, data, cfg, out, resume=resume, progress=progress, log=typer.echo,
+                       teacher=teacher)
     summary["base"] = str(base)
     typer.echo(json.dumps(summary))
 
