@@ -138,7 +138,11 @@ static inline int imax(int a, int b) { return a > b ? a : b; }
 #pragma GCC pop_options
 
 #pragma GCC push_options
+#ifdef BITCONV_EMULATE_AVX512 /* test build only: the AVX-512 kernel on scalar stand-ins */
+#include "avx512_emu.h"
+#else
 #pragma GCC target("avx2,fma,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq")
+#endif
 #define KSUF(f) f##_avx512
 #define KISA 2
 #include "bitconv_kern.h"
@@ -158,7 +162,11 @@ typedef struct kernel_s {
 
 static const kernel_t kernels[] = {
 #if BITCONV_X86
+#ifdef BITCONV_EMULATE_AVX512
+    {"avx512-vpopcntdq-emulated", "avx512", 1, pack_task_avx512, compute_tasks_avx512, pool_task_avx512},
+#else
     {"avx512-vpopcntdq", "avx512", 1, pack_task_avx512, compute_tasks_avx512, pool_task_avx512},
+#endif
     {"avx2-vpshufb-nibble", "avx2", 2, pack_task_avx2, compute_tasks_avx2, pool_task_avx2},
 #endif
     {"portable-popcount", "portable", 1, pack_task_portable, compute_tasks_portable, pool_task_portable},
@@ -179,6 +187,9 @@ static void detect_kernels(void) {
                    __builtin_cpu_supports("popcnt");
     kernel_ok[1] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                    __builtin_cpu_supports("popcnt");
+#ifdef BITCONV_EMULATE_AVX512
+    kernel_ok[0] = 1;
+#endif
 #endif
     kernel_ok[NKERNELS - 1] = 1;
 }
