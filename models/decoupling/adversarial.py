@@ -6,14 +6,16 @@ no gradient flows through them; the gradient reaches the input through the activ
 (the attacker treats the path as fixed for an infinitesimal step). PGD: random start in the
 eps-ball, ``steps`` signed-gradient steps of ``alpha``, projection after each.
 
-Detector (unsupervised, fitted on clean training images only): per class c, the frequency
+Detectors. (1) Unsupervised, fitted on clean training images only: per class c, the frequency
 p_c[f] with which filter f fires on the training images of class c (the class's path,
 Laplace-smoothed). The score of an input predicted as c is the mean negative log-likelihood of
 its path under independent Bernoulli(p_c) filters: high when the input takes filters its
 predicted class does not use (or skips the ones it always uses). AUROC: clean test images
 (negatives) against the adversarial versions of the same images (positives); reported over
 all adversarial examples and over the successful ones (those that change a correct
-prediction).
+prediction). (2) Supervised (:class:`SupervisedPathDetector`): a logistic regression on the
+path bits and on how well the path fits each class's path model, fitted on clean and attacked
+*training* images (same attack), evaluated on the attacked *test* images.
 """
 
 from __future__ import annotations
@@ -86,3 +88,46 @@ def class_paths(paths: np.ndarray, labels: np.ndarray, num_classes: int) -> np.n
     """(classes, total filters) firing frequency of every filter per class."""
     return np.stack([paths[labels == c].mean(0) if (labels == c).any() else np.zeros(paths.shape[1])
                      for c in range(num_classes)])
+
+
+def path_features(paths: np.ndarray, preds: np.ndarray, det: PathDetector,
+                  widths: list[int]) -> np.ndarray:
+    """Features of a path for the supervised detector: the path bits, the per-layer mean
+    negative log-likelihood under the predicted class's path model, that model's overall NLL,
+    the smallest NLL over all classes and the gap between the two (an adversarial input is
+    pushed into a class whose path it does not take, so its path is likelier under another)."""
+    p = det.freq[preds]
+    ll = paths * np.log(p) + (1 - paths) * np.log(1 - p)
+    bounds = np.cumsum([0, *widths])
+    per_layer = np.stack([-ll[:, a:b].mean(1) for a, b in zip(bounds[:-1], bounds[1:])], 1)
+    logf, log1f = np.log(det.freq), np.log(1 - det.freq)
+    all_nll = -(paths.astype(np.float64) @ logf.T + (1 - paths) @ log1f.T) / paths.shape[1]
+    own = -ll.mean(1)
+    best = all_nll.min(1)
+    return np.c_[paths, per_layer, own, best, own - best]
+
+
+class SupervisedPathDetector:
+    """Logistic regression on :func:`path_features`, fitted on clean vs adversarial paths of
+    *training* images (the per-class path model it reads is fitted on clean training images);
+    ``score`` is the probability that an input is adversarial."""
+
+    def __init__(self, det: PathDetector, widths: list[int], c: float = 0.1) -> None:
+        from sklearn.linear_model import LogisticRegression  # deferred: heavy, eval only
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.det, self.widths = det, widths
+        self.clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+    def fit(self, clean: tuple[np.ndarray, np.ndarray], adv: tuple[np.ndarray, np.ndarray]
+            ) -> SupervisedPathDetector:
+        """``clean``, ``adv``: (paths, predictions) of clean and adversarial training images."""
+        x = np.r_[path_features(*clean, self.det, self.widths),
+                  path_features(*adv, self.det, self.widths)]
+        y = np.r_[np.zeros(len(clean[0])), np.ones(len(adv[0]))]
+        self.clf.fit(x, y)
+        return self
+
+    def score(self, paths: np.ndarray, preds: np.ndarray) -> np.ndarray:
+        return self.clf.predict_proba(path_features(paths, preds, self.det, self.widths))[:, 1]

@@ -9,7 +9,7 @@ Every figure is measured in one run against the dense base network it was fine-t
   :class:`sparse.SparseResNet` against the base with BN folded (the same arithmetic minus the
   skipping) and the base as it is; interleaved rounds, minimum per round
   (:func:`models.flops.interleaved_timings`);
-* adversarial detection: :mod:`adversarial`.
+* adversarial detection: :mod:`adversarial` (template and supervised detectors).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from vistream.models.decoupling.adversarial import PathDetector, attack, class_paths, run_paths
+from vistream.models.decoupling.adversarial import (PathDetector, SupervisedPathDetector, attack,
+                                                    class_paths, run_paths)
 from vistream.models.decoupling.decouple import build_from_state
 from vistream.models.decoupling.picture import draw_paths
 from vistream.models.decoupling.sparse import FlopsModel, SparseResNet
@@ -70,29 +71,52 @@ def measure_latency(model, base, images: torch.Tensor, rounds: int = 5, calls: i
             "images": len(singles), "threads": threads, "rounds": rounds, "calls": calls}
 
 
+def _attack_all(model, x, y, data, name, eps, pgd_steps, seed0=0):
+    return torch.cat([attack(model, x[i:i + 64], y[i:i + 64], data.mean, data.std, name, eps=eps,
+                             steps=pgd_steps, seed=seed0 + i) for i in range(0, len(x), 64)])
+
+
+def _aurocs(clean: np.ndarray, adv: np.ndarray, fooled: np.ndarray) -> dict:
+    labels = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
+    rec = {"auroc_all": float(roc_auc_score(labels, np.r_[clean, adv]))}
+    if fooled.sum() >= 2:
+        lab = np.r_[np.zeros(len(clean)), np.ones(int(fooled.sum()))]
+        rec["auroc_successful"] = float(roc_auc_score(lab, np.r_[clean, adv[fooled]]))
+    return rec
+
+
 def adversarial_detection(model, data, attacks: list[str], eps: float, n: int, pgd_steps: int,
-                          progress: bool = True) -> dict:
+                          progress: bool = True, train_n: int = 400) -> dict:
+    """Per attack: success rate, and the AUROC of clean vs attacked test images of the
+    unsupervised template detector and of the supervised one (fitted on ``train_n`` clean and
+    attacked *training* images; the test images are never seen in fitting)."""
     mean, std = data.mean, data.std
-    tr_preds, tr_paths = run_paths(model, torch.from_numpy(data.train.x), mean, std)
+    tr_x = torch.from_numpy(data.train.x)
+    tr_preds, tr_paths = run_paths(model, tr_x, mean, std)
     det = PathDetector(tr_paths, data.train.y, data.num_classes)
+    pick = np.random.default_rng(1).permutation(len(tr_x))[:train_n]
+    fx, fy = tr_x[pick], torch.from_numpy(data.train.y[pick])
     x = torch.from_numpy(data.test.x[:n])
     y = torch.from_numpy(data.test.y[:n])
     preds, paths = run_paths(model, x, mean, std)
     clean = det.score(paths, preds)
-    out = {"n": int(len(y)), "eps": eps, "detector": "class-path Bernoulli NLL (fitted on clean train)"}
+    out = {"n": int(len(y)), "train_n": int(len(fy)), "eps": eps,
+           "detectors": {"template": "class-path Bernoulli NLL (fitted on clean train)",
+                         "logistic": "logistic regression on path bits + class-path fit "
+                                     "(fitted on clean and attacked train)"}}
     for name in tqdm(attacks, desc="attacks", leave=False, disable=not progress):
-        adv = torch.cat([attack(model, x[i:i + 64], y[i:i + 64], mean, std, name, eps=eps,
-                                steps=pgd_steps, seed=i) for i in range(0, len(x), 64)])
+        adv = _attack_all(model, x, y, data, name, eps, pgd_steps)
         a_preds, a_paths = run_paths(model, adv, mean, std)
-        a_score = det.score(a_paths, a_preds)
         fooled = (preds == y.numpy()) & (a_preds != y.numpy())
-        labels = np.r_[np.zeros(len(clean)), np.ones(len(a_score))]
+        f_adv = run_paths(model, _attack_all(model, fx, fy, data, name, eps, pgd_steps, 10_000),
+                          mean, std)
+        sup = SupervisedPathDetector(det, model.layer_widths()).fit(
+            (tr_paths[pick], tr_preds[pick]), f_adv)
         rec = {"adv_accuracy": float((a_preds == y.numpy()).mean()),
                "success_rate": float(fooled.sum() / max((preds == y.numpy()).sum(), 1)),
-               "auroc_all": float(roc_auc_score(labels, np.r_[clean, a_score]))}
-        if fooled.sum() >= 2:
-            lab = np.r_[np.zeros(len(clean)), np.ones(int(fooled.sum()))]
-            rec["auroc_successful"] = float(roc_auc_score(lab, np.r_[clean, a_score[fooled]]))
+               "template": _aurocs(clean, det.score(a_paths, a_preds), fooled),
+               "logistic": _aurocs(sup.score(paths, preds), sup.score(a_paths, a_preds), fooled)}
+        rec["auroc_all"] = rec["logistic"]["auroc_all"]
         out[name] = rec
     return out
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from vistream.models.backbones import create_model
-from vistream.models.decoupling.adversarial import PathDetector, attack, class_paths
+from vistream.models.decoupling.adversarial import (PathDetector, SupervisedPathDetector, attack,
+                                                    class_paths, path_features)
 from vistream.models.decoupling.decouple import DecoupledResNet
 
 
@@ -39,3 +40,23 @@ def test_unknown_attack_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown attack"):
         attack(net, torch.rand(1, 3, 32, 32), torch.zeros(1, dtype=torch.long), (0.5,) * 3,
                (0.25,) * 3, "cw")
+
+
+def test_supervised_detector_learns_what_sets_attacked_paths_apart():
+    rng = np.random.default_rng(0)
+    widths = [20, 20]
+    labels = np.arange(200) % 2
+    means = np.where(labels[:, None] == 0, np.r_[np.full(20, 0.9), np.full(20, 0.1)],
+                     np.r_[np.full(20, 0.1), np.full(20, 0.9)])
+    clean = (rng.random((200, 40)) < means).astype(np.uint8)
+    det = PathDetector(clean, labels, 2)
+    # "attacked": the other class's path, predicted as this class
+    adv = (rng.random((200, 40)) < means[::-1]).astype(np.uint8)
+    adv_preds = labels
+    sup = SupervisedPathDetector(det, widths).fit((clean[:100], labels[:100]),
+                                                  (adv[:100], adv_preds[:100]))
+    s_clean = sup.score(clean[100:], labels[100:])
+    s_adv = sup.score(adv[100:], adv_preds[100:])
+    assert s_adv.mean() > 0.9 and s_clean.mean() < 0.1
+    feats = path_features(clean[:3], labels[:3], det, widths)
+    assert feats.shape == (3, 40 + 2 + 3)
