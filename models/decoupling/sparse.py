@@ -63,11 +63,15 @@ def _ctrl_tensors(ctrl) -> tuple[torch.Tensor, ...]:
                                               ctrl.fc2.bias))
 
 
-def _active(ctrl: tuple[torch.Tensor, ...], pooled: torch.Tensor) -> torch.Tensor | None:
-    """Indices of the open gates for a (C_in,) pooled input; None when every gate is open."""
+def _active(ctrl: tuple[torch.Tensor, ...], pooled: torch.Tensor, record: list | None = None
+            ) -> torch.Tensor | None:
+    """Indices of the open gates for a (C_in,) pooled input; None when every gate is open.
+    ``record``: the 0/1 gate vector is appended to it (the input's calculation path)."""
     w1, b1, w2, b2 = ctrl
     g = torch.addmv(b2, w2, torch.addmv(b1, w1, pooled).relu_())
     on = g > 0
+    if record is not None:
+        record.append(on)
     return None if bool(on.all()) else on.nonzero().flatten()
 
 
@@ -105,6 +109,7 @@ class SparseResNet(nn.Module):
                                     w2.contiguous(memory_format=fmt), b2, sc))
         self.fc_w = model.fc.weight.detach().clone()
         self.fc_b = model.fc.bias.detach().clone()
+        self._record: list | None = None
 
     def _gather(self, w: torch.Tensor, b: torch.Tensor, rows, cols=None):
         if rows is not None:
@@ -117,15 +122,22 @@ class SparseResNet(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.features(x), self.fc_w, self.fc_b)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, record: list | None = None) -> torch.Tensor:
+        """(1, C) pooled features of one image; ``record`` receives each gated layer's 0/1
+        gate vector in order (block 0 conv1, block 0 conv2, ...)."""
         if x.shape[0] != 1:
             raise ValueError("SparseResNet runs one image at a time (its filters depend on it)")
+        self._record = record if self.gates else None
         x = F.conv2d(x.contiguous(memory_format=self.fmt), self.stem_w, self.stem_b, 1, 1).relu_()
         for ctrl1, w1, b1, stride, ctrl2, w2, b2, sc in self.blocks:
             x = self._block(x, ctrl1, w1, b1, stride, ctrl2, w2, b2, sc)
-        return F.linear(x.mean((2, 3)), self.fc_w, self.fc_b)
+        return x.mean((2, 3))
 
     def _block(self, x, ctrl1, w1, b1, stride, ctrl2, w2, b2, sc):
-        idx1 = _active(ctrl1, x.mean((2, 3))[0]) if self.gates else None
+        idx1 = _active(ctrl1, x.mean((2, 3))[0], self._record) if self.gates else None
         h = None
         if idx1 is None or idx1.numel():
             w, b = self._gather(w1, b1, idx1)
@@ -138,7 +150,7 @@ class SparseResNet(nn.Module):
                     pooled = hp
                 else:
                     pooled[idx1] = hp
-            idx2 = _active(ctrl2, pooled)
+            idx2 = _active(ctrl2, pooled, self._record)
         else:
             idx2 = None
         if idx2 is not None and idx2.numel() == 0:   # conv2 closed: the block is its shortcut
