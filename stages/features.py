@@ -13,6 +13,13 @@ or an empty one) the stage runs the shipped 1-bit ResNet-20 on the bit-packed CP
 explicitly, ``random_init: true`` with ``arch`` and ``seed`` (model id
 ``<arch>-random-seed<N>``): its vectors are a smoke test of the plumbing, nothing more.
 
+Pseudo-labels (off by default): with ``pseudo_label_threshold`` set, the artifact's classifier
+head (the linear layer the shipped nets end in, over the same pooled features) scores every
+vector; where the softmax probability of its best class is at least the threshold, the record
+carries that class (``pseudo_class``, a name from ``class_names``, by default the manifest's
+class names or ``"0"``..``"n-1"``) and probability (``pseudo_score``). The index stage turns it
+into a label record with source ``pseudo`` for that row (docs/hashing.md).
+
 Crops: with ``crops: true`` the stage also takes ``tracks`` records. Frames are kept in a
 bounded cache; each tracks record yields one Features record per box (x, y, w, h), cropped
 from its frame, in box order, with ``label`` = the track id. A tracks record whose frame has
@@ -48,6 +55,11 @@ class FeaturesParams(StageParams):
     min_crop: int = Field(4, ge=1, description="boxes smaller than this (px) are padded up")
     cache_frames: int = Field(256, ge=1, description="frames kept for crops of later tracks")
     threads: int | None = Field(1, ge=1, description="torch CPU threads (None: torch default)")
+    pseudo_label_threshold: float | None = Field(
+        None, gt=0, le=1, description="pseudo-labels: tag a vector with the classifier head's "
+        "class when its softmax probability is at least this (null: off)")
+    class_names: list[str] | None = Field(None, description="names of the head's classes, in "
+                                          "order (default: the manifest's, else 0..n-1)")
     deploy: bool = Field(True, description="on the CPU, run float models deployed: BN folded into "
                          "the convs, channels-last memory (pruned widths then cost what their FLOPs "
                          "say); the bit-packed 1-bit runtime is always run as it is")
@@ -120,6 +132,9 @@ class FeaturesStage(Stage):
             self.model = optimize_for_cpu(self.model, input_size=tuple(self.spec["size"]))
         self._frames: OrderedDict[str, Frame] = OrderedDict()
         self._pending: OrderedDict[str, Tracks] = OrderedDict()
+        self.head = None
+        if p.pseudo_label_threshold is not None:
+            self.head, self.class_names = classifier_head(self.model, p.class_names)
 
     def _embed(self, images: list[np.ndarray]) -> np.ndarray:
         # deferred: loads torch; listing stage types and validating configs stay light
@@ -137,6 +152,21 @@ class FeaturesStage(Stage):
                 out.append(self.model.forward_features(x).float().cpu().numpy())
         dim = int(getattr(self.model, "num_features", 0))
         return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+    def _pseudo(self, vecs: np.ndarray) -> list[tuple[str | None, float | None]]:
+        """(class, probability) of the head per vector; (None, None) below the threshold."""
+        if self.head is None or not len(vecs):
+            return [(None, None)] * len(vecs)
+        thr = self.params.pseudo_label_threshold  # type: ignore[attr-defined]
+        cls, prob = head_predict(self.head, vecs)
+        return [(self.class_names[c], round(float(q), 5)) if q >= thr else (None, None)
+                for c, q in zip(cls, prob)]
+
+    def _features(self, base: Message, vec: np.ndarray, tag: tuple[str | None, float | None],
+                  **kw) -> Features:
+        return Features(frame_id=base.frame_id, stream_id=base.stream_id,
+                        vector=vec.astype(np.float32), model_id=self.model_id,
+                        pseudo_class=tag[0], pseudo_score=tag[1], **kw)
 
     def _crop(self, img: np.ndarray, box) -> np.ndarray:
         h, w = img.shape[:2]
@@ -156,9 +186,8 @@ class FeaturesStage(Stage):
         out: list[Message] = []
         if not p.crops:
             vecs = self._embed([f.image for f in frames])
-            return [Features(frame_id=f.frame_id, stream_id=f.stream_id, vector=v.astype(np.float32),
-                             model_id=self.model_id, timestamp_ms=f.timestamp_ms)
-                    for f, v in zip(frames, vecs)]
+            return [self._features(f, v, tag, timestamp_ms=f.timestamp_ms)
+                    for f, v, tag in zip(frames, vecs, self._pseudo(vecs))]
         for f in frames:
             self._frames[f.frame_id] = f
             self._frames.move_to_end(f.frame_id)
@@ -177,9 +206,49 @@ class FeaturesStage(Stage):
             for i, box in enumerate(np.asarray(tr.boxes).reshape(-1, 4)):
                 jobs.append((tr, i, self._crop(img, box), ts))
         vecs = self._embed([j[2] for j in jobs])
-        for (tr, i, _, ts), v in zip(jobs, vecs):
+        for (tr, i, _, ts), v, tag in zip(jobs, vecs, self._pseudo(vecs)):
             tid = int(tr.track_ids[i]) if i < len(tr.track_ids) else i
-            out.append(Features(frame_id=tr.frame_id, stream_id=tr.stream_id,
-                                vector=v.astype(np.float32), model_id=self.model_id, label=tid,
-                                timestamp_ms=ts))
+            out.append(self._features(tr, v, tag, label=tid, timestamp_ms=ts))
         return out
+
+
+def classifier_head(model, names: list[str] | None = None) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                                     list[str]]:
+    """The linear classifier a backbone ends in, over its ``forward_features`` vector, as
+    numpy (weight (n_classes, dim), bias (n_classes,)), and its class names. RuntimeError when
+    the model has none (pseudo-labels then cannot be asked for)."""
+    dim = int(getattr(model, "num_features", 0))
+    head = None
+    for owner in (model, getattr(model, "net", None)):
+        for attr in ("fc", "head", "classifier"):
+            m = getattr(owner, attr, None) if owner is not None else None
+            w = getattr(m, "weight", None)
+            if w is not None and getattr(w, "ndim", 0) == 2 and int(w.shape[1]) == dim:
+                b = getattr(m, "bias", None)
+                W = w.detach().float().cpu().numpy()
+                head = (W, np.zeros(len(W), np.float32) if b is None
+                        else b.detach().float().cpu().numpy())
+                break
+        if head is not None:
+            break
+    if head is None:
+        raise RuntimeError("features stage: pseudo_label_threshold needs an artifact with a "
+                           f"classifier head over its {dim} features; this one has none")
+    n = len(head[0])
+    manifest = getattr(model, "manifest", None) or {}
+    names = names or manifest.get("classes") or [str(i) for i in range(n)]
+    if len(names) != n:
+        raise RuntimeError(f"features stage: class_names has {len(names)} names, the head "
+                           f"{n} classes")
+    return head, [str(c) for c in names]
+
+
+def head_predict(head: tuple[np.ndarray, np.ndarray], vecs: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Best class and its softmax probability per row of ``vecs``."""
+    z = vecs.astype(np.float32) @ head[0].T + head[1]
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    c = p.argmax(axis=1)
+    return c, p[np.arange(len(p)), c]

@@ -218,8 +218,8 @@ class HashingStage(Stage):
         st = self.index.label_stats()
         figures = {k: float(st[k] or 0) for k in (
             "model_version", "codes_indexed", "labelled", "labels_pending", "labels_matched",
-            "labels_expired", "training_queue", "model_updates", "swaps", "last_fit_at",
-            "last_swap_at")}
+            "labels_expired", "labels_pseudo", "labelled_pseudo", "training_queue",
+            "model_updates", "swaps", "last_fit_at", "last_swap_at")}
         figures["classes"] = float(len(st["classes"]))
         figures["warm_start"] = float(st["warm_start"])
         return figures
@@ -280,6 +280,9 @@ class HashingStage(Stage):
                        stream_ids=[m.stream_id for m in run],
                        timestamps=[getattr(m, "timestamp_ms", None) or None for m in run],
                        model_id=run[0].model_id or "", tracks=tracks)
+        for fid, m in zip(ids, run):  # the features stage's pseudo-labels (docs/hashing.md)
+            if getattr(m, "pseudo_class", None):
+                self.index.apply_label(frame_id=fid, class_name=m.pseudo_class, source="pseudo")
 
     def _apply_other(self, msg: Message) -> None:
         index = self.index
@@ -288,10 +291,11 @@ class HashingStage(Stage):
         if isinstance(msg, Label):
             if msg.track_id is not None:
                 index.apply_label(track_id=msg.track_id, stream_id=msg.stream_id,
-                                  label=msg.label, class_name=msg.class_name)
+                                  label=msg.label, class_name=msg.class_name,
+                                  source=msg.source)
             else:
                 index.apply_label(frame_id=msg.frame_id, label=msg.label,
-                                  class_name=msg.class_name)
+                                  class_name=msg.class_name, source=msg.source)
                 index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts)
         elif isinstance(msg, Caption):
             index.set_meta(msg.frame_id, stream_id=msg.stream_id, timestamp_ms=ts,

@@ -26,7 +26,8 @@ import numpy as np
 from vistream.models.registry import Registry
 
 __all__ = [
-    "FRAME_CONTENT_TYPES", "JPEG", "MAX_CLASS_NAME", "MAX_FRAME_BYTES", "PNG", "Caption",
+    "FRAME_CONTENT_TYPES", "JPEG", "LABEL_SOURCES", "MAX_CLASS_NAME", "MAX_FRAME_BYTES", "PNG",
+    "Caption",
     "Codes", "Features", "Frame", "FrameSummary", "InvalidRecord", "Label", "Message", "Result",
     "TrackInit", "Tracks",
     "check_image_bytes", "decode_image", "encode_image", "make_frame_id", "now_ms",
@@ -295,6 +296,10 @@ class Features(Result):
     label: int | None = None
     #: capture time of the frame (ms since the epoch), so the index can show it without a join
     timestamp_ms: int | None = None
+    #: the artifact's classifier head: its class for this vector and that class's softmax
+    #: probability, set only at or above the features stage's ``pseudo_label_threshold``
+    pseudo_class: str | None = None
+    pseudo_score: float | None = None
 
 
 @dataclass(eq=False)
@@ -308,6 +313,8 @@ class Codes(Result):
 
 #: Longest class name a label may carry.
 MAX_CLASS_NAME = 200
+#: Where a label comes from: a person, or a classifier head above its confidence threshold.
+LABEL_SOURCES = ("user", "pseudo")
 
 
 @dataclass(eq=False)
@@ -327,6 +334,8 @@ class Label(Result):
     label: int | None = None
     track_id: int | None = None
     class_name: str | None = None
+    #: who gave it: ``user`` (vistream label, POST /labels) or ``pseudo`` (a classifier head)
+    source: str = "user"
 
     def check(self) -> Label:
         """Raise :class:`InvalidRecord` (the DLQ reason) unless this is a usable label."""
@@ -348,6 +357,9 @@ class Label(Result):
                                             or len(self.class_name) > MAX_CLASS_NAME):
             raise InvalidRecord(f"class_name must be a non-empty string of at most "
                                 f"{MAX_CLASS_NAME} characters, got {self.class_name!r}")
+        if self.source not in LABEL_SOURCES:
+            raise InvalidRecord(f"source must be one of {', '.join(LABEL_SOURCES)}, "
+                                f"got {self.source!r}")
         return self
 
 

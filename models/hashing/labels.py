@@ -15,6 +15,15 @@ Labels by track
     and every row of it that arrives later. The first label of a track wins, as the first
     label of a frame does (SDOH cannot unlearn what it has fitted).
 
+Pseudo-labels
+    A label record with source ``pseudo`` comes from a classifier head (the features stage's
+    ``pseudo_label_threshold``), not from a person. It labels one row (its frame id, or the
+    crop's ``<frame_id>#t<track>``) and is applied like any frame label, so the first label of
+    a row wins either way: a person's later label of that row, or of its track, leaves a
+    pseudo-labelled row as it is (SDOH cannot unlearn it). The book counts them apart:
+    ``pseudo_records`` (pseudo label records received) and ``pseudo_rows`` (rows they labelled),
+    so ``GET /stats`` can tell how much of the training came from people.
+
 Labels that match nothing (yet)
     A label for a frame id or a track that the index does not hold is kept, waiting, until its
     frame or a row of its track arrives, or until it expires: after ``ttl_records`` more rows
@@ -66,6 +75,15 @@ class LabelBook:
         self.rows_by_track: dict[TrackKey, list[int]] = {}
         self.matched = 0
         self.expired = 0
+        self.pseudo_records = 0
+        self.pseudo_rows = 0
+
+    def count_source(self, source: str, rows: int) -> None:
+        """Count one label record by where it came from (only pseudo-labels are counted apart:
+        the user's figures are the totals less these)."""
+        if source == "pseudo":
+            self.pseudo_records += 1
+            self.pseudo_rows += int(rows)
 
     # ------------------------------------------------------------------ classes
     def class_id(self, name: str, max_label_seen: int = -1) -> int:
@@ -171,6 +189,7 @@ class LabelBook:
             "track_labels": [[s, t, lab] for (s, t), lab in self.track_labels.items()],
             "rows_by_track": [[s, t, list(rows)] for (s, t), rows in self.rows_by_track.items()],
             "matched": self.matched, "expired": self.expired,
+            "pseudo_records": self.pseudo_records, "pseudo_rows": self.pseudo_rows,
         }
 
     @classmethod
@@ -186,6 +205,8 @@ class LabelBook:
                               for s, t, rows in d.get("rows_by_track", [])}
         book.matched = int(d.get("matched", 0))
         book.expired = int(d.get("expired", 0))
+        book.pseudo_records = int(d.get("pseudo_records", 0))
+        book.pseudo_rows = int(d.get("pseudo_rows", 0))
         return book
 
 

@@ -184,6 +184,7 @@ class LiveIndex:
                 "n_bits": self.n_bits, "codes_indexed": v.n, "labelled": stats.labels,
                 "labels_pending": book.pending, "labels_matched": book.matched,
                 "labels_expired": book.expired, "training_queue": len(self.learner.pending),
+                "labels_pseudo": book.pseudo_records, "labelled_pseudo": book.pseudo_rows,
                 "classes": sorted(book.classes, key=book.classes.__getitem__),
                 "model_updates": stats.model_updates, "swaps": stats.swaps,
                 "last_fit_at": stats.last_fit_at, "last_swap_at": stats.last_swap_at,
@@ -255,7 +256,8 @@ class LiveIndex:
 
     def apply_label(self, *, frame_id: str | None = None, track_id: int | None = None,
                     stream_id: str | None = None, label: int | None = None,
-                    class_name: str | None = None, now: float | None = None) -> LabelOutcome:
+                    class_name: str | None = None, now: float | None = None,
+                    source: str = "user") -> LabelOutcome:
         """One label record: for ``frame_id``, or for every row of track ``track_id`` of
         ``stream_id`` (empty: any stream) now and later; the class as ``class_name`` (mapped
         to an integer id kept by the index) or ``label``. A label whose frame or track is not
@@ -277,6 +279,7 @@ class LiveIndex:
             else:
                 status, rows = store.label_track((stream_id or "", int(track_id)), lab, now)
             learner.enqueue(rows)
+            store.book.count_source(source, len(rows))  # pseudo-labels counted apart
             store.book.expire(store.n, now)
             trigger = learner.should_train()
             name = store.book.class_name(lab)

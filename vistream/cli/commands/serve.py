@@ -9,6 +9,34 @@ from pathlib import Path
 import typer
 
 from vistream.cli.main import _logging, app, bench_app
+from vistream.models.zoo import DEFAULT_ARTIFACT, is_zoo_name, resolve
+
+
+def query_backbone(backbone: str, random_init: bool) -> str | None:
+    """What ``--backbone`` / ``--random-init`` mean for image queries: the shipped artifact by
+    default, an artifact file, a registered backbone randomly initialised only when asked
+    (``--random-init``), None for 'none'. ValueError (a usage error) otherwise."""
+    b = backbone.strip()
+    if b.lower() == "none":
+        if random_init:
+            raise ValueError("--random-init needs a backbone name, not 'none'")
+        return None
+    artifact = is_zoo_name(b) or b.endswith(".vsa")
+    if random_init:
+        if artifact:
+            raise ValueError(f"--random-init takes a registered backbone name (e.g. resnet18), "
+                             f"not the artifact {b!r}")
+        return b
+    if is_zoo_name(b):
+        resolve(b)  # an unknown shipped name: ZooError (a ValueError) listing the shipped ones
+        return b
+    if artifact:
+        if not Path(b).is_file():
+            raise ValueError(f"artifact file {b} not found")
+        return b
+    raise ValueError(f"{b!r} is not an artifact (zoo:NAME or a .vsa file): a registered backbone "
+                     f"has no trained weights here, so it runs only with --random-init (its "
+                     f"vectors are then a plumbing test); default: {DEFAULT_ARTIFACT}")
 
 
 @app.command()
@@ -25,11 +53,17 @@ def serve(
     group: str | None = typer.Option(None, help="consumer group for the index stage (default: "
                                      "the config's); give each server its own to hold the whole "
                                      "index"),
-    backbone: str | None = typer.Option("resnet18", help="backbone for image search when the "
-                                        "config has no features stage; 'none' turns it off"),
-    input_size: int = typer.Option(224, min=8, help="backbone input size (pixels)"),
-    seed: int = typer.Option(0, help="seed of the backbone's random init (no trained weights "
-                                     "exist yet)"),
+    backbone: str = typer.Option(DEFAULT_ARTIFACT, help="what embeds image queries when the "
+                                 "config has no features stage: a shipped artifact (zoo:NAME, "
+                                 "`vistream artifacts list`) or an artifact file (.vsa); with "
+                                 "--random-init a registered backbone name (e.g. resnet18); "
+                                 "'none' turns image search off"),
+    random_init: bool = typer.Option(False, "--random-init", help="run --backbone (a registered "
+                                     "backbone name) randomly initialised with --seed: a smoke "
+                                     "test of the plumbing, its vectors mean nothing"),
+    input_size: int = typer.Option(224, min=8, help="input size (pixels) of a --random-init "
+                                   "backbone (artifacts carry their own)"),
+    seed: int = typer.Option(0, help="seed of the --random-init backbone"),
     max_upload_bytes: int = typer.Option(8 * 1024 * 1024, min=1),
     max_pixels: int = typer.Option(4096 * 4096, min=1),
     max_k: int = typer.Option(1000, min=1),
@@ -54,6 +88,10 @@ def serve(
     _logging(log_format)
     if snapshot is None and config is None:
         raise typer.BadParameter("give --config (with --stage) or --snapshot")
+    try:
+        backbone = query_backbone(backbone, random_init)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--backbone") from None
     try:
         token = write_token(host)
     except ValueError as exc:
