@@ -44,6 +44,8 @@ from vistream.models.artifact_format import (
 )
 from vistream.models.backbones import create_model
 from vistream.models.binary.packed import load_packed
+from vistream.models.decoupling.runtime import RUNTIME as DECOUPLED_RUNTIME
+from vistream.models.decoupling.runtime import load_decoupled_artifact
 from vistream.models.flops import count_flops, count_params
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "ArtifactError", "export_artifact", "input_specs", "load_artifact",
@@ -121,6 +123,14 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     packed = manifest.get("runtime") == "packed"  # a 1-bit network: the bit-packed CPU runtime
     if packed and str(device) != "cpu":
         raise ArtifactError(f"{path}: the packed 1-bit runtime runs on the CPU only, not {device}")
+    if manifest.get("runtime") == DECOUPLED_RUNTIME:  # gated filters (models/decoupling)
+        if str(device) != "cpu":
+            raise ArtifactError(f"{path}: the decoupled runtime skips filters on the CPU only")
+        try:
+            state = st_load(weights)
+        except SafetensorError as exc:
+            raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
+        return attach(load_decoupled_artifact(manifest, state, path), manifest)
     try:
         model = create_model(manifest["arch"], **manifest["config"])
     except (KeyError, TypeError, ValueError) as exc:
