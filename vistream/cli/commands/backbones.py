@@ -244,27 +244,44 @@ def eval_pruning(
 # ----------------------------------------------------------------------------- bench
 @bench_app.command("backbone")
 def bench_backbone(
-    artifacts: list[Path] = typer.Argument(..., help="pruned artifacts (.vsa) to measure"),
+    artifacts: list[Path] | None = typer.Argument(None, help="pruned artifacts (.vsa) to measure"),
     reference: str | None = typer.Option(None, "--reference", help="unpruned artifact/checkpoint "
                                          "(default: the registered arch at full width)"),
-    batch: int = typer.Option(32, "--batch"),
-    threads: int = typer.Option(1, "--threads"),
-    reps: int = typer.Option(7, "--reps", help="interleaved rounds (min of 3 x rounds timings)"),
+    arch: str | None = typer.Option(None, "--arch", help="instead of artifacts: a synthetic pruned "
+                                    "ARCH (random weights, unaligned random widths at --flops-target)"),
+    flops_target: float = typer.Option(0.5, "--flops-target", min=0.05, max=1.0,
+                                       help="FLOPs ratio of the synthetic pruned net"),
+    seed: int = typer.Option(1, "--seed", help="seed of the synthetic widths"),
+    batch: list[int] = typer.Option([1, 32], "--batch", min=1, help="batch sizes (repeat the option)"),
+    threads: int = typer.Option(1, "--threads", min=1),
+    reps: int = typer.Option(7, "--reps", min=2, help="interleaved rounds per batch size"),
     deploy: bool = typer.Option(True, "--deploy/--plain",
                                 help="time every model deployed (BN folded into convs, channels-last "
                                 "memory: what the features stage runs) or as plain eval-mode modules "
                                 "(NCHW convs are slow at the odd channel counts pruning leaves)"),
+    pad: bool = typer.Option(True, "--pad/--no-pad", help="deployed pruned nets pad their inner widths "
+                             "to the multiple (1, 8, 16) that measures fastest here"),
+    clock: str = typer.Option("wall", "--clock", help="headline clock: wall, or cpu (this thread's CPU "
+                              "time; steadier on a machine shared with other busy processes)"),
+    deploy_out: Path | None = typer.Option(None, "--deploy-out", help="also write each artifact with "
+                                           "its measured deploy record in the manifest to this folder"),
 ) -> None:
-    """CPU latency of each artifact vs the unpruned model, measured in the same run and the same
-    form; the last line carries speedup and speedup / (1 / FLOPs ratio) (target: >= 0.8). The
-    unpruned model is also timed in the other form, so ``speedup_vs_fastest_reference``
-    compares against whichever form suits it best."""
+    """CPU latency of pruned nets vs the unpruned model at batch 1 and 32, measured interleaved
+    in the same run and the same form; each row has speedup, target_speedup (0.8 / FLOPs ratio)
+    and the padding its deployed form chose; the last line carries the worst
+    speedup / (1 / FLOPs ratio) (target: >= 0.8). Give artifacts or --arch."""
     # deferred: loads torch; --help stays instant
     from vistream.bench.backbone import bench_backbone as run
 
+    artifacts = artifacts or []
+    if not artifacts and not arch:
+        raise typer.BadParameter("give pruned artifacts or --arch for a synthetic pruned net")
+    if clock not in ("wall", "cpu"):
+        raise typer.BadParameter("wall or cpu", param_hint="--clock")
     for a in [*artifacts, *([Path(reference)] if reference else [])]:
         if not a.exists():
             raise typer.BadParameter(f"{a} does not exist")
-    result = run(artifacts, reference=reference, batch=batch, threads=threads, reps=reps,
-                 deploy=deploy, echo=typer.echo)
+    result = run(artifacts, reference=reference, batches=batch, threads=threads, reps=reps,
+                 deploy=deploy, pad=pad, clock=clock, arch=arch, flops_target=flops_target, seed=seed,
+                 deploy_out=deploy_out, echo=typer.echo)
     typer.echo(json.dumps(result))
