@@ -14,14 +14,20 @@ Measurements, all in one process, ``threads`` torch threads and as many kernel t
    ``nn.Conv2d`` (``bireal_float``).
 
 Each round measures every contender back to back in alternating order (so machine noise hits
-them alike); a contender's round figure is the fastest of ``calls`` calls. The headline is the
-fastest time over all rounds (the ``timeit`` convention, as ``bench backbone``: on a shared CPU
-the minimum is the least disturbed run) and ``ratio`` = baseline min / packed min; the spread
-(min, max) of the per-round ratios and the per-round medians of both show the noise.
+them alike); a contender's round figure is the fastest of ``calls`` calls. Parts 1 and 2 run
+on the kernel the extension chose at load (the widest the CPU offers, or
+``VISTREAM_KERNEL=avx512|avx2|portable``); the last line names it (``kernel``) with the
+kernels available and the CPU's features. The headline is the fastest time over all rounds
+(the ``timeit`` convention, as ``bench backbone``: on a shared CPU the minimum is the least
+disturbed run) and ``ratio`` = baseline min / packed min; the spread (min, max) of the
+per-round ratios and the per-round medians of both show the noise.
 
 3. **exactness**: the packed ResNet-18's logits and features equal the float (training-time
    eval) forward bit for bit, and the packed conv equals ``conv2d(sign(x), W_b) * alpha`` for a
-   sweep of odd shapes (channels not divisible by 64, strides 1/2, paddings 0/1/2, kernels 1/3).
+   sweep of odd shapes (channels not divisible by 64, strides 1/2, paddings 0/1/2, kernels 1/3)
+   on every kernel this CPU runs.
+3b. **kernels**: the conv of part 1 on each kernel the CPU runs (``avx512``, ``avx2``,
+   ``portable``), each against torch fp32 interleaved in its own block.
 4. **artifact**: bytes of the 1-bit artifact of that ResNet-18 vs the same network written as a
    float32 artifact.
 """
@@ -48,6 +54,7 @@ from vistream.models.binary.packed import (
     export_binary_artifact,
     kernel_info,
     to_packed,
+    use_kernel,
 )
 from vistream.models.deploy import optimize_for_cpu
 from vistream.models.flops import interleaved_timings
@@ -73,6 +80,28 @@ def _random_bn(model, seed: int) -> None:
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
+def _conv_sweep_all_kernels() -> dict[str, str]:
+    out = {}
+    for name in kernel_info()["available"]:
+        with use_kernel(name):
+            ok, total = _conv_sweep_exact()
+        out[name] = f"{ok}/{total}"
+    return out
+
+
+def _conv_by_kernel(x, w, conv, threads: int, rounds: int, calls: int) -> dict[str, dict]:
+    """Part 3b: the conv on every available kernel vs torch fp32, one interleaved block each."""
+    out = {}
+    for name in kernel_info()["available"]:
+        with use_kernel(name):
+            packed_conv = PackedBinaryConv2d.from_binary(conv, threads=threads)
+            t = interleaved_timings({"packed": lambda m=packed_conv: m(x),
+                                     "torch_fp32": lambda: F.conv2d(x, w, None, 1, 1)}, rounds, calls)
+        out[name] = {"packed_ms": round(min(t["packed"]), 4), "torch_fp32_ms": round(min(t["torch_fp32"]), 4),
+                     "ratio": round(min(t["torch_fp32"]) / min(t["packed"]), 2)}
+    return out
+
+
 def _conv_sweep_exact() -> tuple[int, int]:
     g = torch.Generator().manual_seed(0)
     ok = total = 0
@@ -92,6 +121,9 @@ def _conv_sweep_exact() -> tuple[int, int]:
 
 def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
                  echo: Callable[[str], None] = print) -> dict:
+    info = kernel_info()
+    if info.get("error"):
+        raise RuntimeError(info["error"])
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -136,11 +168,15 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
             probe = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
             logits_equal = torch.equal(packed(probe), binary(probe))
             feats_equal = torch.equal(packed.forward_features(probe), binary.forward_features(probe))
-            sweep_ok, sweep_total = _conv_sweep_exact()
+            sweeps = _conv_sweep_all_kernels()
+            sweep_ok = all(v.split("/")[0] == v.split("/")[1] for v in sweeps.values())
             exact = {"resnet18_logits_equal": logits_equal, "resnet18_features_equal": feats_equal,
                      "argmax_equal": bool(torch.equal(packed(probe).argmax(1), binary(probe).argmax(1))),
-                     "conv_shapes_equal": f"{sweep_ok}/{sweep_total}"}
+                     "conv_shapes_equal": sweeps[info["option"]],
+                     "conv_shapes_equal_by_kernel": sweeps}
             echo(json.dumps({"part": "exactness", **exact}))
+            by_kernel = _conv_by_kernel(x, w, conv, threads, rounds, 10 if quick else 30)
+            echo(json.dumps({"part": "kernels", "conv_by_kernel": by_kernel}))
 
         # 4. artifact sizes
         with tempfile.TemporaryDirectory() as tmp:
@@ -159,9 +195,12 @@ def bench_binary(threads: int = 2, repeats: int = 5, quick: bool = False,
         echo(json.dumps({"part": "artifact", **art}))
     finally:
         torch.set_num_threads(old_threads)
-    exact_all = logits_equal and feats_equal and sweep_ok == sweep_total
+    exact_all = logits_equal and feats_equal and sweep_ok
     return {"bench": "binary", "cpu": cpu_model(), "threads": threads, "rounds": rounds,
-            "kernel": kernel_info().get("kernel"), "torch": torch.__version__,
+            "kernel": info["kernel"], "kernels_available": info["available"],
+            "kernels_compiled": info["compiled"], "cpu_features": info["cpu_features"],
+            "conv_ratio_by_kernel": {k: v["ratio"] for k, v in by_kernel.items()},
+            "torch": torch.__version__,
             "conv_packed_ms": conv_res["packed_ms"], "conv_torch_fp32_ms": conv_res["torch_fp32_ms"],
             "conv_ratio": conv_res["ratio"], "conv_ratio_median_round": conv_res["ratio_median_round"],
             "conv_ratio_spread": conv_res["ratio_spread"],

@@ -18,7 +18,10 @@ def bench_binary(
 ) -> None:
     """One 3x3 256->256 binary conv at 14x14 and a whole 1-bit ResNet-18 at 224x224, packed vs
     torch float32, measured interleaved in the same run; exactness; artifact bytes 1-bit vs fp32.
-    The last line holds the figures (targets: conv >= 8x, ResNet-18 >= 4x)."""
+    Runs on the kernel chosen from the CPU's features at load (VISTREAM_KERNEL=avx512|avx2|portable
+    forces one) and also times the conv on every kernel the CPU offers. The last line holds the
+    figures (targets: conv >= 8x, ResNet-18 >= 4x) with `kernel`, `kernels_available` and
+    `cpu_features`."""
     # deferred: loads torch; --help stays instant
     from vistream.bench.binary import bench_binary as run
 
