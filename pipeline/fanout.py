@@ -207,18 +207,23 @@ class ShardDirectory:
     def refresh(self, timeout: float = 0.0) -> None:
         while True:
             recs = self.consumer.poll(500, timeout)
-            for rec in recs:
-                try:
-                    body = json.loads(rec.value or b"{}")
-                    name = str(body["name"])
-                    body["partitions"] = [str(p) for p in body["partitions"]]
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("skipped registry record %s: %s", rec.source_id, exc)
-                    continue
-                self.entries[name] = body
+            self.absorb(recs)
             if not recs:
                 return
             timeout = 0.0
+
+    def absorb(self, recs: Iterable[Any]) -> None:
+        """Take announcements polled from the registry topic (by :meth:`refresh`, or by a
+        caller that polls :attr:`consumer` itself, e.g. in a thread of its own)."""
+        for rec in recs:
+            try:
+                body = json.loads(rec.value or b"{}")
+                name = str(body["name"])
+                body["partitions"] = [str(p) for p in body["partitions"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipped registry record %s: %s", rec.source_id, exc)
+                continue
+            self.entries[name] = body
 
     def live(self, now_ms: int | None = None) -> dict[str, dict[str, Any]]:
         """The replicas heard of within ``ttl_s`` that hold shards, less those *superseded*:

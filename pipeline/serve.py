@@ -151,7 +151,8 @@ def serve_sharded(cfg: PipelineConfig, stage: str, extractor: Any | None, host: 
                              timeout_s=sp.query_timeout_s)
     try:
         api = create_sharded_app(queries, extractor, limits)
-        echo(f"serving the sharded index {stage!r} ({len(queries.urls())} replicas announced) "
+        found = queries.wait_for_replicas(min(sp.ttl_s, 15.0))
+        echo(f"serving the sharded index {stage!r} ({found} replicas announced) "
              f"on http://{host}:{port}")
         uvicorn.run(api, host=host, port=port, log_level="warning")
     finally:

@@ -137,6 +137,9 @@ class ShardLearner:
             self._step_down()
         if self.data is None:
             return 0
+        newer = self.models.poll(0.0) if self.models is not None else None
+        if newer is not None and (self.model is None or newer.version > self.model.version):
+            self.model = newer  # published by a predecessor after this one took over
         recs = self.data.poll(500, timeout)
         for rec in recs:
             tp = TopicPartition(rec.topic, rec.partition)

@@ -35,7 +35,7 @@ from typing import Any
 import uvicorn
 
 from vistream.models.hashing.shards import ShardedIndex
-from vistream.pipeline.bus import Bus, TopicSpec, make_bus
+from vistream.pipeline.bus import Bus, BusError, TopicSpec, make_bus
 from vistream.pipeline.config import PipelineConfig, StageSettings
 from vistream.pipeline.fanout import announcer, shard_app
 from vistream.pipeline.runner import DLQ_SUFFIX, RunnerStats
@@ -95,6 +95,43 @@ class HttpFace:
         self.sock.close()
 
 
+class FollowerThread:
+    """A :class:`ModelFollower` polled in a thread of its own (a Kafka consumer joins its group
+    and keeps up only while it is polled with a timeout); :meth:`poll` hands the replica the
+    newest version not handed yet, without waiting."""
+
+    def __init__(self, bus: Bus, topic: str, poll_s: float = 0.2) -> None:
+        self.follower = ModelFollower(bus, topic)
+        self._new: Any = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(poll_s,), name="model-follower",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, poll_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                model = self.follower.poll(poll_s)
+            except BusError as exc:
+                log.warning("reading the model topic failed: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            if model is not None:
+                with self._lock:
+                    self._new = model
+
+    def poll(self, timeout: float = 0.0) -> Any:
+        with self._lock:
+            model, self._new = self._new, None
+        return model
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        self.follower.close()
+
+
 class ShardHost:
     """One replica of a sharded index stage (see the module docstring). ``bus`` should come
     from :func:`shard_bus`; ``name`` (default: host, pid and a random suffix) is how the
@@ -123,7 +160,7 @@ class ShardHost:
             self.replica = ShardReplica(
                 bus, self.topic, settings.group_id, self.index,
                 snapshot_every=params.snapshot_every_records, max_records=settings.batch_size,
-                models=ModelFollower(bus, model_topic),
+                models=FollowerThread(bus, model_topic),
                 announce=announcer(bus, registry_topic, self.name, self.url),
                 heartbeat_s=sp.heartbeat_s, dead_letter=self._dead_letter)
             if sp.learner:
@@ -131,6 +168,11 @@ class ShardHost:
                     bus, self.topic, model_topic, election_topic, settings.group_id,
                     model=params.model, n_bits=params.n_bits, seed=params.seed,
                     model_params=params.model_params, train_chunk=params.train_chunk)
+            self._stop = threading.Event()
+            self._learning = threading.Thread(target=self._learn, name="shard-learner",
+                                              daemon=True)
+            if self.learner is not None:
+                self._learning.start()
         except BaseException:
             if self.http is not None:
                 self.http.close()
@@ -147,14 +189,25 @@ class ShardHost:
         self._dlq.send(rec.topic + DLQ_SUFFIX, rec.value or b"", rec.key, headers)
         self.stats.dead_lettered += 1
 
+    def _learn(self) -> None:
+        """The learner candidate's own loop: the election, and learning while elected."""
+        while not self._stop.is_set():
+            try:
+                self.learner.step(0.2)
+            except BusError as exc:
+                log.warning("the learner could not reach the broker: %s", exc)
+                self._stop.wait(1.0)
+            except Exception:  # noqa: BLE001 - a failed fit must not stop the replica
+                log.exception("the learner failed; trying again")
+                self._stop.wait(1.0)
+
     def step(self, timeout: float = 0.05) -> int:
-        """One round: the replica polls and indexes, the learner candidate checks the election
-        and learns when elected. Returns the records the replica handled."""
+        """One round of the replica: poll, index, apply a new model version, snapshot what is
+        due, announce. Returns the records handled. (The learner candidate and the model
+        follower run in threads of their own.)"""
         n = self.replica.step(timeout)
         if self.stats.dead_lettered:
             self._dlq.flush()
-        if self.learner is not None:
-            self.learner.step(0.0)
         if n:
             self.stats.batches += 1
             self.stats.records_in += n
@@ -175,6 +228,9 @@ class ShardHost:
         return self.stats
 
     def close(self, snapshot: bool = True) -> None:
+        self._stop.set()
+        if self._learning.ident is not None:
+            self._learning.join(30)
         if self.learner is not None:
             self.learner.close()
             self.learner = None

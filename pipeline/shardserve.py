@@ -23,6 +23,7 @@ replica is announced at all.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,15 +34,17 @@ import numpy as np
 from fastapi import Body, FastAPI, File, HTTPException, Query, UploadFile
 from pydantic import BaseModel, Field
 
-from vistream.pipeline.bus import Bus
+from vistream.pipeline.bus import Bus, BusError
 from vistream.pipeline.fanout import FanoutClient, QueryRejected, ShardDirectory, http_endpoint
 from vistream.pipeline.service import ServiceLimits, check_upload
 
+log = logging.getLogger("vistream.shardserve")
+
 
 class ShardedQueries:
-    """The live replicas of one sharded index stage and a fan-out over them. The directory is
-    re-read (without waiting) before each query; the fan-out is rebuilt only when the set of
-    live replicas changes."""
+    """The live replicas of one sharded index stage and a fan-out over them. A thread of its
+    own follows the registry topic (a Kafka consumer must be polled with a timeout to join its
+    group and keep up); the fan-out is rebuilt only when the set of live replicas changes."""
 
     def __init__(self, bus: Bus, registry_topic: str, ttl_s: float = 10.0,
                  timeout_s: float = 2.0) -> None:
@@ -51,10 +54,31 @@ class ShardedQueries:
         self.lock = threading.Lock()
         self._client: FanoutClient | None = None
         self._live: tuple[tuple[str, str], ...] = ()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="shard-directory", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                recs = self.directory.consumer.poll(500, 0.2)
+            except BusError as exc:  # the runner's way: log, back off, go on
+                log.warning("reading the shard registry failed: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            if recs:
+                with self.lock:
+                    self.directory.absorb(recs)
+
+    def wait_for_replicas(self, timeout: float) -> int:
+        """Wait until a replica is announced (at most ``timeout`` s); returns how many are."""
+        deadline = time.monotonic() + timeout
+        while not self.urls() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return len(self.urls())
 
     def client(self) -> FanoutClient:
         with self.lock:
-            self.directory.refresh()
             live = self.directory.live()
             key = tuple(sorted((n, e["url"]) for n, e in live.items()))
             if self._client is None or key != self._live:
@@ -110,7 +134,9 @@ class ShardedQueries:
             replicas[name] = r.json() if r is not None and r.status_code == 200 else None
         shards = {k: v for info in replicas.values() if info
                   for k, v in info.get("shards", {}).items()}
-        expected = {p for e in self.directory.entries.values() for p in e["partitions"]}
+        with self.lock:
+            entries = list(self.directory.entries.values())
+        expected = {p for e in entries for p in e["partitions"]}
         missing = sorted(expected - set(shards))
         versions = sorted({(v["model"], v["model_version"]) for v in shards.values()
                            if v["codes"]}, key=str)
@@ -121,6 +147,8 @@ class ShardedQueries:
                 "dim": next((i["dim"] for i in replicas.values() if i and i.get("dim")), None)}
 
     def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
         with self.lock:
             if self._client is not None:
                 self._client.close()

@@ -64,6 +64,11 @@ REQUEST_WAIT_MS = 5_000
 LAG_WAIT_MS = 2_000
 #: Replicas per topic at most when the replication factor is left to the cluster's size.
 MAX_AUTO_REPLICAS = 3
+#: A stage runner folds the commits of the batches it handles within this many seconds.
+COMMIT_INTERVAL = 0.5
+#: A fetch waits up to FETCH_WAIT_MS for FETCH_MIN_BYTES (kafka-python's defaults: 500 ms, 1).
+FETCH_WAIT_MS = 500
+FETCH_MIN_BYTES = 1
 
 
 def min_isr_for(replicas: int) -> int:
@@ -126,11 +131,18 @@ class KafkaBus(Bus):
     def __init__(self, bootstrap: str = "127.0.0.1:9092", client_id: str = "vistream",
                  max_message_bytes: int = MAX_MESSAGE_BYTES, replication_factor: int | None = None,
                  min_insync_replicas: int | None = None, acks: str | int = "all",
-                 idempotence: bool = True, session_timeout_ms: int = 10_000) -> None:
+                 idempotence: bool = True, session_timeout_ms: int = 10_000,
+                 commit_interval: float = COMMIT_INTERVAL, fetch_wait_ms: int = FETCH_WAIT_MS,
+                 fetch_min_bytes: int = FETCH_MIN_BYTES) -> None:
         """``replication_factor`` None: as many replicas as brokers, at most three;
         ``min_insync_replicas`` None: :func:`min_isr_for` the replication factor. ``acks`` and
-        ``idempotence`` go to every producer (the defaults lose nothing to a broker's death)."""
+        ``idempotence`` go to every producer (the defaults lose nothing to a broker's death).
+        ``commit_interval``: see :attr:`Bus.commit_interval`; ``fetch_wait_ms`` and
+        ``fetch_min_bytes``: a consumer's fetch waits up to that long for that many bytes."""
         self.bootstrap = bootstrap
+        self.commit_interval = commit_interval
+        self.fetch_wait_ms = fetch_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
         self.client_id = client_id
         self.max_message_bytes = max_message_bytes
         self.replication_factor = replication_factor
@@ -398,6 +410,8 @@ class KafkaConsumerAdapter(Consumer):
                 auto_offset_reset=auto_offset_reset,
                 max_partition_fetch_bytes=bus.max_message_bytes,
                 fetch_max_bytes=2 * bus.max_message_bytes,
+                fetch_max_wait_ms=bus.fetch_wait_ms,
+                fetch_min_bytes=bus.fetch_min_bytes,
                 session_timeout_ms=bus.session_timeout_ms,
                 heartbeat_interval_ms=1_000,
                 max_poll_interval_ms=300_000,
@@ -416,7 +430,10 @@ class KafkaConsumerAdapter(Consumer):
 
     def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
         try:
-            batches = self._c.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+            # at least 1 ms: kafka-python 3 returns from poll(0) before any network I/O, so a
+            # consumer polled only with timeout 0 never joins its group
+            batches = self._c.poll(timeout_ms=max(int(timeout * 1000), 1),
+                                   max_records=max_records)
         except self._k.errors.KafkaError as exc:
             raise self._unavailable("poll", exc) from exc
         out: list[Record] = []
