@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 
 from vistream.bench.machine import cpu_model
+from vistream.bench.shard_data import fid, key, make_data
+from vistream.bench.shards_kafka import kafka_recovery
 from vistream.models.hashing.base import HashModel
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.registry import make_hash_model
@@ -60,24 +62,6 @@ from vistream.models.hashing.shards import ShardedIndex, shard_topk
 from vistream.pipeline.fanout import FanoutClient, answer_json, merge_answers
 
 TARGETS = {"ingest_scaling_2": 1.7, "p99_ratio_4": 2.0, "recovery_s": 10.0}
-
-
-def make_data(n: int, dim: int, seed: int) -> np.ndarray:
-    """The same ``n`` rows in every process (seeded clusters in a 16-d latent space)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((100, 16)).astype(np.float32)
-    lift = (rng.standard_normal((16, dim)) / 4).astype(np.float32)
-    y = rng.integers(0, 100, n)
-    U = centres[y] + 0.6 * rng.standard_normal((n, 16), np.float32)
-    return U @ lift
-
-
-def fid(i: int) -> str:
-    return f"f{i:09d}"
-
-
-def key(p: int) -> str:
-    return f"features-{p}"
 
 
 # --------------------------------------------------------------------------- the shard process
@@ -306,8 +290,11 @@ def cost_model(one: LiveIndex, Q: np.ndarray, k: int, rpc_ms: float) -> dict[str
 def bench_shards(shards: tuple[int, ...] = (1, 2, 4), n: int = 200_000, dim: int = 64,
                  n_bits: int = 64, partitions: int = 4, queries: int = 300, k: int = 10,
                  batch: int = 1000, snapshot_at: float = 0.8, seed: int = 0,
+                 bootstrap: str | None = None, kafka_n: int = 40_000,
                  echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the measurements of the module docstring; returns the summary (printed last)."""
+    """Run the measurements of the module docstring; returns the summary (printed last).
+    With ``bootstrap`` (a Kafka broker), ``recovery_s`` comes from a real rebalance instead
+    (:mod:`vistream.bench.shards_kafka`, ``kafka_n`` rows)."""
     if any(s < 1 or s > partitions for s in shards):
         raise ValueError(f"--shards must be between 1 and the partitions ({partitions})")
     X = make_data(n, dim, seed)
@@ -338,6 +325,10 @@ def bench_shards(shards: tuple[int, ...] = (1, 2, 4), n: int = 200_000, dim: int
         scan1 = _median_s(lambda: [one.store.knn(one.store.view, c.reshape(1, -1), k)
                                    for c in one.model.encode(Q[:50])], 3) / 50 * 1000
         model_costs = cost_model(one, Q, k, max(runs[1]["query_p50_ms"] - scan1, 0.0))
+    kafka = None
+    if bootstrap:
+        kafka = kafka_recovery(bootstrap, n=kafka_n, dim=dim, n_bits=n_bits,
+                               partitions=partitions, seed=seed, echo=echo)
     summary: dict[str, Any] = {
         "exact": all(r["mismatched"] == 0 for r in runs.values()),
         "ingest_scaling_2": (round(runs[2]["ingest_rows_per_s"] / runs[1]["ingest_rows_per_s"],
@@ -347,14 +338,27 @@ def bench_shards(shards: tuple[int, ...] = (1, 2, 4), n: int = 200_000, dim: int
                                  if 1 in runs and 2 in runs else None),
         "p99_ratio_4": (round(runs[4]["query_p99_ms"] / runs[1]["query_p99_ms"], 3)
                         if 1 in runs and 4 in runs else None),
-        "recovery_s": next((r["recovery"]["recovery_s"] for r in runs.values()
-                            if "recovery" in r), None),
-        "lost": next((r["recovery"]["lost"] for r in runs.values() if "recovery" in r), None),
-        "duplicated": next((r["recovery"]["duplicated"] for r in runs.values()
-                            if "recovery" in r), None),
+        "recovery_s": (kafka["recovery_s"] if kafka else
+                       next((r["recovery"]["recovery_s"] for r in runs.values()
+                             if "recovery" in r), None)),
+        "lost": _total("lost", runs, kafka),
+        "duplicated": _total("duplicated", runs, kafka),
+        "recovery_via": ("kafka rebalance after SIGKILL (kafka_recovery)" if kafka else
+                         "in-process handover after SIGKILL (no failure detection)"),
+        "recovery_inprocess_s": next((r["recovery"]["recovery_s"] for r in runs.values()
+                                      if "recovery" in r), None),
+        "kafka_recovery": kafka,
         "targets": TARGETS, "n": n, "dim": dim, "n_bits": n_bits, "partitions": partitions,
         "k": k, "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)), "cost_model": model_costs,
         "runs": {str(s): r for s, r in runs.items()},
     }
     return summary
+
+
+def _total(what: str, runs: dict[int, dict[str, Any]], kafka: dict[str, Any] | None
+           ) -> int | None:
+    """``lost`` or ``duplicated`` over the recovery runs (in-process, Kafka)."""
+    got = [r["recovery"][what] for r in runs.values() if "recovery" in r]
+    got += [kafka[what]] if kafka else []
+    return sum(got) if got else None

@@ -166,6 +166,10 @@ def bench_index(
                                "shard processes (fan-out, exactness, ingest scaling, recovery "
                                "of a killed replica; uses --n, --n-bits, --queries, --k)"),
     partitions: int = typer.Option(4, min=1, help="partitions dealt to the shards (--shards)"),
+    bootstrap: str | None = typer.Option(None, help="with --shards: a Kafka broker; recovery_s "
+                                         "then comes from a real rebalance (two `vistream "
+                                         "stage` replicas, one SIGKILLed)"),
+    kafka_n: int = typer.Option(40_000, min=100, help="rows of the Kafka recovery run"),
 ) -> None:
     """Top-k latency of the live index's search path vs a bare FAISS IndexBinaryFlat (same
     codes, same queries), exactness vs brute force, latency while ingesting, and the re-encode
@@ -180,9 +184,9 @@ def bench_index(
         try:
             counts = tuple(int(x) for x in shards.split(",") if x.strip())
             result = bench_shards(counts, n=n, n_bits=n_bits, partitions=partitions,
-                                  queries=queries, k=k, seed=seed,
-                                  echo=lambda s: typer.echo(s, err=True))
-        except ValueError as exc:
+                                  queries=queries, k=k, seed=seed, bootstrap=bootstrap,
+                                  kafka_n=kafka_n, echo=lambda s: typer.echo(s, err=True))
+        except (ValueError, RuntimeError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(json.dumps(result))
