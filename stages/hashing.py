@@ -44,6 +44,13 @@ Delivery and restarts
     records or ``snapshot_every_seconds`` (checked after each batch) and on close. One index per
     consumer group member: run one replica per group (give each query server its own group so
     that each holds the whole index).
+
+Sharded (``sharded: true``, Kafka only)
+    Instead, each replica of the stage holds one shard per partition of its one features topic,
+    all shards share one hash model fitted by one elected learner, and ``vistream serve`` fans
+    queries out to every replica: the runtime's :mod:`vistream.pipeline.shardrun` runs it (this
+    class then only validates the parameters, :class:`ShardParams` included). See
+    docs/retrieval.md, "Sharded on Kafka".
 """
 
 from __future__ import annotations
