@@ -10,7 +10,9 @@ any part, a truncated file or an edited manifest makes :func:`load_artifact` rai
 
 A 1-bit network (:func:`models.binary.packed.export_binary_artifact`) uses the same layout with
 ``runtime: "packed"`` in the manifest and its binary weights stored at one bit each; for it
-``load_artifact`` returns the bit-packed CPU runtime model.
+``load_artifact`` returns the bit-packed CPU runtime model; a BNAS network (``arch:
+bnas_network``, :mod:`models.nas.export`) runs its depthwise/dilated binary convs on a named
+float fallback, listed in the manifest and logged.
 
 ``load_artifact(path)`` returns the rebuilt model in eval mode with ``.manifest``,
 ``.input_spec``, ``.normalization`` and ``.model_id`` attributes; :func:`preprocess` turns
@@ -47,6 +49,8 @@ from vistream.models.binary.packed import load_packed
 from vistream.models.decoupling.runtime import RUNTIME as DECOUPLED_RUNTIME
 from vistream.models.decoupling.runtime import load_decoupled_artifact
 from vistream.models.flops import count_flops, count_params
+from vistream.models.nas.export import ARCH as BNAS_ARCH
+from vistream.models.nas.export import load_bnas
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "ArtifactError", "export_artifact", "input_specs", "load_artifact",
            "load_checked", "load_onnx", "preprocess", "read_artifact", "write_artifact"]
@@ -123,6 +127,11 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     packed = manifest.get("runtime") == "packed"  # a 1-bit network: the bit-packed CPU runtime
     if packed and str(device) != "cpu":
         raise ArtifactError(f"{path}: the packed 1-bit runtime runs on the CPU only, not {device}")
+    if packed and manifest.get("arch") == BNAS_ARCH:  # a searched 1-bit net (models/nas)
+        try:
+            return attach(load_bnas(manifest, st_load(weights), path), manifest)
+        except SafetensorError as exc:
+            raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
     if manifest.get("runtime") == DECOUPLED_RUNTIME:  # gated filters (models/decoupling)
         if str(device) != "cpu":
             raise ArtifactError(f"{path}: the decoupled runtime skips filters on the CPU only")
