@@ -14,6 +14,7 @@ from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.shards import shard_topk
 from vistream.pipeline.bus import MemoryBus, TopicSpec
 from vistream.pipeline.config import ConfigError, StageSettings, parse_config
+from vistream.pipeline.fanout import ShardDirectory, announcer, merge_answers
 from vistream.pipeline.shardrun import ShardHost, sharded_params
 from vistream.pipeline.shardserve import ShardedQueries, create_sharded_app
 from vistream.pipeline.wire import encode_message
@@ -137,3 +138,32 @@ def test_sharded_config_needs_kafka_and_one_input():
     p = sharded_params(cfg.stage("index"))
     assert p.shards.topics("vistream-index") == ("vistream-index.model", "vistream-index.shards",
                                                  "vistream-index.learner")
+
+
+def test_a_dead_replica_whose_partitions_moved_leaves_the_answer_whole():
+    answers = {"a": {"hits": [{"frame_id": "x", "distance": 1}],
+                     "shards": {"t-0": {"n": 1}, "t-1": {"n": 1}}}, "b": None}
+    moved = merge_answers(answers, 5, {"t-0", "t-1"}, covers={"a": {"t-0", "t-1"},
+                                                              "b": {"t-1"}})
+    assert not moved["partial"] and moved["missing"] == []
+    gone = merge_answers(answers, 5, {"t-0", "t-1", "t-2"},
+                         covers={"a": {"t-0", "t-1"}, "b": {"t-2"}})
+    assert gone["partial"] and gone["missing"] == ["t-2"]
+    unknown = merge_answers(answers, 5, {"t-0", "t-1"}, covers={"a": {"t-0", "t-1"}})
+    assert unknown["partial"]  # b never said what it held
+
+
+def test_the_directory_drops_a_replica_whose_partitions_another_announced_since():
+    bus = MemoryBus()
+    bus.create_topics([TopicSpec("reg", 1)])
+    announcer(bus, "reg", "b", "http://b")(["t-2", "t-3"])
+    time.sleep(0.01)
+    announcer(bus, "reg", "a", "http://a")(["t-0", "t-1", "t-2", "t-3"])
+    directory = ShardDirectory(bus, "reg", ttl_s=60)
+    directory.refresh()
+    assert set(directory.live()) == {"a"}
+    time.sleep(0.01)
+    announcer(bus, "reg", "b", "http://b")(["t-3"])  # b back, newer than a's claim
+    directory.refresh()
+    assert set(directory.live()) == {"a", "b"}
+    directory.close()

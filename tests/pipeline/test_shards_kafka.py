@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from vistream.models.hashing.live import LiveIndex
 from vistream.models.hashing.shards import shard_topk
@@ -118,6 +119,12 @@ def test_two_replica_processes_fan_out_share_a_model_and_survive_a_sigkill(tmp_p
                   and s["model_versions"][0][0] == "sdoh")
             return s if ok else None
 
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        for t in (model_topic, registry_topic):  # the latest record per key is what counts
+            got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t,
+                                                         configs=["cleanup.policy"])])
+            assert got["topic"][t]["cleanup.policy"]["value"] == "compact"
+        admin.close()
         stats = wait_for(settled, 50, "both replicas holding every code on one sdoh model",
                          logs, lambda: last[-1:])
         (_, version), = stats["model_versions"]
