@@ -21,7 +21,10 @@ Choices made:
   announced. The state may be a few frames old; the track stage judges coverage again, so
   a stale state costs a redundant record, never a duplicate target.
 * One record per frame with new movers (boxes of that frame, its frame id and ``seq``);
-  none when nothing is new.
+  none when nothing is new, or an empty one with ``every_frame`` (a track stage with
+  ``await_detections`` then knows that the frame's detections are all there: it holds a
+  frame until its record arrives, so detections are applied on their frame, in order,
+  whichever stage runs ahead).
 * Idempotent by frame id: a redelivered frame gets its remembered output again; an older
   frame no longer remembered is skipped.
 * State (detector history, candidates) lives in the stage object and is lost on restart:
@@ -59,6 +62,9 @@ class DetectParams(StageParams):
                                                    "(at least the target's size)")
     remember_frames: int = Field(64, ge=1, le=100_000,
                                  description="outputs kept per stream to answer redeliveries")
+    every_frame: bool = Field(False, description="one record per frame, an empty one when "
+                                                 "nothing is announced (a track stage with "
+                                                 "await_detections waits for it)")
 
     @field_validator("discovery")
     @classmethod
@@ -69,7 +75,8 @@ class DetectParams(StageParams):
                  "max_misses", "gate_px", "gate_factor", "max_candidates",
                  "motion_downsample", "motion_min_response", "edge_tolerance", "jump_px",
                  "box_level", "border", "early_refs", "strong_ratio", "strong_k",
-                 "settle_after_jump"}
+                 "settle_after_jump", "extent_frames", "absorb_margin", "merge_gap",
+                 "merge_size"}
         bad = sorted(set(value) - known)
         if bad:
             raise ValueError(f"unknown discovery settings {bad}; known: {sorted(known)}")
@@ -176,10 +183,10 @@ class DetectStage(Stage):
         live = {c.cid for c in st.detector.candidates}
         st.announced = {c: s for c, s in st.announced.items() if c in live}
         out: list[Message] = []
-        if new:
+        if new or self.params.every_frame:
             self.announced += len(new)
             out.append(TrackInit(frame_id=frame.frame_id, stream_id=frame.stream_id,
-                                 seq=frame.seq, boxes=np.asarray(new, np.float32),
+                                 seq=frame.seq, boxes=np.asarray(new, np.float32).reshape(-1, 4),
                                  target_ids=np.full(len(new), -1, np.int64)))
         st.replay.record(frame, out)
         return out

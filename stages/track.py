@@ -138,7 +138,9 @@ class TrackTarget(BaseModel):
 
 _LIFECYCLE = ("max_lost", "self_search_frames", "cover_iou", "cover_px", "cover_factor",
               "reacquire_similarity", "reacquire_similarity_far", "reacquire_radius",
-              "reacquire_size_ratio", "duplicate_iou", "confirm_window", "confirm_hits")
+              "reacquire_size_ratio", "duplicate_iou", "confirm_window", "confirm_hits",
+              "max_unconfirmed", "reseat_iou", "reseat_every", "recentre_iou", "min_box",
+              "refine", "reacquire_frames")
 
 
 def _known_keys(value: dict[str, Any], known: Iterable[str], what: str) -> dict[str, Any]:
@@ -161,6 +163,14 @@ class TrackParams(StageParams):
                           description="a target lost this many frames in a row ends")
     discover: bool = Field(False, description="run the motion detector in this stage too "
                                               "(no detect stage needed)")
+    await_detections: int = Field(0, ge=0, le=256,
+                                  description="hold a frame until its detection record "
+                                              "(a detect stage with every_frame) arrives, at "
+                                              "most this many frames (0: never wait)")
+    confirm: bool | None = Field(None, description="detections confirm the targets they "
+                                 "cover; a detector-started target not confirmed for a while "
+                                 "is lost (needs every frame's detections: discover, or a "
+                                 "detect stage with reannounce_frames 1); default: discover")
     tracker: dict[str, Any] = Field(default_factory=dict,
                                     description="AggregationParams overrides")
     lifecycle: dict[str, Any] = Field(default_factory=dict,
@@ -194,9 +204,11 @@ class TrackParams(StageParams):
         disc = dict(self.discovery)
         if "refs" in disc:
             disc["refs"] = tuple(disc["refs"])
-        # A detect stage announces a mover once (it passed its persistence filter there),
-        # not every frame: no confirmation by detections unless this stage detects itself.
-        confirm = {} if self.discover else {"confirm_hits": 0, "max_unconfirmed": 0}
+        # A detect stage announces a mover once by default (it passed its persistence
+        # filter there), not every frame: no confirmation by detections unless this stage
+        # detects itself or is told that every frame's detections arrive (confirm).
+        on = self.discover if self.confirm is None else self.confirm
+        confirm = {} if on else {"confirm_hits": 0, "max_unconfirmed": 0}
         return MultiTrackerParams(detect=self.discover, discovery=DiscoveryParams(**disc),
                                   tracker=AggregationParams(**self.tracker),
                                   max_tracks=self.max_targets,
@@ -222,6 +234,8 @@ class StreamState:
     pending: list[_Pending] = field(default_factory=list)
     configured: dict[int, TrackTarget] = field(default_factory=dict)  # not started yet
     frames: int = 0
+    held: deque = field(default_factory=deque)  # frames waiting for their detections
+    arrived: dict = field(default_factory=dict)  # frame ids whose detection record came
 
     @property
     def trackers(self) -> dict[int, Any]:
@@ -275,11 +289,21 @@ class TrackStage(Stage):
     # -- processing -----------------------------------------------------------------------
     def process(self, batch: list[Message]) -> list[Message]:
         out: list[Message] = []
+        wait = self.params.await_detections
         for msg in batch:
             if isinstance(msg, Frame):
-                out.extend(self._on_frame(msg))
+                if wait:
+                    st = self._stream(msg.stream_id)
+                    st.held.append(msg)
+                    out.extend(self._release(st))
+                else:
+                    out.extend(self._on_frame(msg))
             elif isinstance(msg, TrackInit):
                 self._on_init(msg)
+                if wait and msg.frame_id:
+                    st = self._stream(msg.stream_id)
+                    st.arrived[msg.frame_id] = None
+                    out.extend(self._release(st))
             elif isinstance(msg, Tracks):
                 self._on_init(TrackInit(frame_id=msg.frame_id, stream_id=msg.stream_id, seq=-1,
                                         boxes=msg.boxes, target_ids=msg.track_ids))
@@ -287,11 +311,30 @@ class TrackStage(Stage):
                 raise TypeError(f"track stage cannot handle a {msg.kind!r} message")
         return out
 
+    def _release(self, st: StreamState) -> list[Message]:
+        """Process the held frames, oldest first, whose detection record arrived (or that
+        waited ``await_detections`` frames: the detect stage may be gone)."""
+        out: list[Message] = []
+        while st.held:
+            f = st.held[0]
+            if f.frame_id not in st.arrived and len(st.held) <= self.params.await_detections:
+                break
+            st.held.popleft()
+            if f.frame_id not in st.arrived:
+                self.late_inits += 1
+                log.warning("no detection record for %s frame %s after %d frames: tracked "
+                            "without", f.stream_id, f.frame_id, self.params.await_detections)
+            st.arrived.pop(f.frame_id, None)
+            out.extend(self._on_frame(f))
+        while len(st.arrived) > 4 * self.params.await_detections + 64:  # records of frames
+            del st.arrived[next(iter(st.arrived))]  # never seen here: forget the oldest
+        return out
+
     def _start(self, st: StreamState, init: TrackInit, image: np.ndarray | None,
-               cover: np.ndarray | None = None) -> list[int]:
+               cover: tuple[np.ndarray, np.ndarray] | None = None) -> list[int]:
         """Apply an init record on ``image``; returns the ids of the targets (re)started.
-        ``cover``: the targets' boxes in ``image`` when it is an older frame (detections
-        are judged against them)."""
+        ``cover``: the targets' boxes and ids in ``image`` when it is an older frame
+        (detections are judged against them, and confirm the target they cover)."""
         mt = st.multi
         if init.replace:
             keep = set(init.target_ids.tolist())
@@ -308,7 +351,8 @@ class TrackStage(Stage):
                 continue
             if tid < 0:  # a detection: the lifecycle decides (covered, re-acquired, new)
                 before = {t: tr.tracker for t, tr in mt.tracks.items()}
-                got = mt.detection(image, box, cover=cover)
+                got = mt.detection(image, box, cover=None if cover is None else cover[0],
+                                   cover_ids=None if cover is None else cover[1])
                 if got is not None and got >= 0 and before.get(got) is not mt.tracks[got].tracker:
                     started.append(got)
                 continue
@@ -358,14 +402,17 @@ class TrackStage(Stage):
             st.pending.append(_Pending(init))
 
     @staticmethod
-    def _remembered_boxes(st: StreamState, frame_id: str) -> np.ndarray | None:
-        """The tracked targets' boxes output for ``frame_id`` (None: the newest frame, whose
-        state is the trackers' own)."""
+    def _remembered_boxes(st: StreamState, frame_id: str
+                          ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The tracked targets' boxes and ids output for ``frame_id`` (None: the newest
+        frame, whose state is the trackers' own)."""
         if st.buffer and st.buffer[-1][1] == frame_id:
             return None
-        boxes = [o.boxes[~o.lost] for o in st.replay.outputs.get(frame_id, ())
-                 if isinstance(o, TrackState)]
-        return np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+        states = [o for o in st.replay.outputs.get(frame_id, ()) if isinstance(o, TrackState)]
+        if not states:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        return (np.concatenate([o.boxes[~o.lost] for o in states]),
+                np.concatenate([o.target_ids[~o.lost] for o in states]))
 
     def _catch_up(self, st: StreamState, ids: list[int], start: int) -> None:
         """Bring targets started on buffered frame ``start`` through the newer ones."""

@@ -111,6 +111,10 @@ class DiscoveryParams:
     min_area: int = 2
     #: foreground fragments closer than this (half-resolution px) are one blob
     join_px: int = 2
+    #: blobs closer than this share of the larger one's size are one blob, as long as
+    #: their union stays within ``merge_size`` px (full resolution)
+    merge_gap: float = 0.5
+    merge_size: float = 64.0
     #: the box spans the blob's pixels above this share of its peak difference
     box_level: float = 0.5
     #: ignore this many half-resolution pixels at the frame edge
@@ -130,6 +134,15 @@ class DiscoveryParams:
     gate_factor: float = 1.5
     #: candidates kept at most (the strongest blobs of a frame first)
     max_candidates: int = 64
+    #: a candidate's reported box is the union of its blobs of the last ``extent_frames``
+    #: frames, each carried to the current frame by the candidate's predicted motion (0: the
+    #: latest blob only): a faint object differs in a different stroke each frame, so one
+    #: frame's blob is a fragment of it
+    extent_frames: int = 8
+    #: blobs not matched to any candidate whose centre lies within a matched candidate's
+    #: extent (grown by this share of its size a side) are fragments of it: merged into its
+    #: blob instead of starting candidates of their own (< 0: off)
+    absorb_margin: float = 0.25
     #: motion estimation downsampling (as the tracker's)
     motion_downsample: int = 8
     motion_min_response: float = 0.08
@@ -217,9 +230,10 @@ class Registration:
         return a.astype(np.float64)
 
 
-def _merge_near(blobs: np.ndarray) -> np.ndarray:
-    """Merge blobs whose boxes are closer than half the smaller one's size: the leading and
-    trailing edges of one slow, uniform object come out as two blobs."""
+def _merge_near(blobs: np.ndarray, gap: float = 0.5, max_size: float = math.inf) -> np.ndarray:
+    """Merge blobs whose boxes are closer than ``gap`` times the larger one's size (and
+    whose union stays within ``max_size``): the leading and trailing edges of one slow,
+    uniform object, or two strokes of a faint one, come out as two blobs."""
     b = [list(r) for r in blobs]
     merged = True
     while merged and len(b) > 1:
@@ -230,9 +244,10 @@ def _merge_near(blobs: np.ndarray) -> np.ndarray:
                 xj, yj, wj, hj, sj = b[j]
                 gap_x = max(xi, xj) - min(xi + wi, xj + wj)
                 gap_y = max(yi, yj) - min(yi + hi, yj + hj)
-                if max(gap_x, gap_y) <= 0.5 * min(max(wi, hi), max(wj, hj)):
-                    x0, y0 = min(xi, xj), min(yi, yj)
-                    x1, y1 = max(xi + wi, xj + wj), max(yi + hi, yj + hj)
+                x0, y0 = min(xi, xj), min(yi, yj)
+                x1, y1 = max(xi + wi, xj + wj), max(yi + hi, yj + hj)
+                if (max(gap_x, gap_y) <= gap * max(wi, hi, wj, hj)
+                        and max(x1 - x0, y1 - y0) <= max_size):
                     b[i] = [x0, y0, x1 - x0, y1 - y0, max(si, sj)]
                     del b[j]
                     merged = True
@@ -333,6 +348,19 @@ class _Candidate:
     misses: int = 0
     matched: bool = False
     confirmed: bool = False
+    #: recent blobs (frame number, x0, y0, x1, y1 in the current frame's coordinates)
+    parts: list = field(default_factory=list)
+
+    def extent(self) -> tuple[float, float, float, float] | None:
+        """x0, y0, x1, y1 of the union of the recent blobs (None: none kept)."""
+        if not self.parts:
+            return None
+        a = np.asarray([p[1:] for p in self.parts], np.float64)
+        # the second most extreme side when there are 4 blobs or more: one stray blob (a
+        # neighbour's, a misregistered edge) does not stretch the box
+        k = 1 if len(a) >= 4 else 0
+        lo, hi = np.sort(a[:, :2], axis=0), np.sort(a[:, 2:], axis=0)
+        return (float(lo[k, 0]), float(lo[k, 1]), float(hi[-1 - k, 0]), float(hi[-1 - k, 1]))
 
 
 class MotionDetector:
@@ -446,7 +474,8 @@ class MotionDetector:
             if len(xs):
                 boxes[i] = (2 * (x0 + xs.min()), 2 * (y0 + ys.min()),
                             2 * (xs.max() - xs.min() + 1), 2 * (ys.max() - ys.min() + 1))
-        out = _merge_near(np.concatenate([boxes, strength[:, None]], 1)[keep])
+        out = _merge_near(np.concatenate([boxes, strength[:, None]], 1)[keep],
+                          self.p.merge_gap, self.p.merge_size)
         order = np.argsort(-out[:, 4], kind="stable")
         return out[order][: self.p.max_candidates]
 
@@ -458,6 +487,9 @@ class MotionDetector:
             c.cx += dx + c.vx
             c.cy += dy + c.vy
             c.matched = False
+            sx, sy = dx + c.vx, dy + c.vy
+            c.parts = [(f, x0 + sx, y0 + sy, x1 + sx, y1 + sy) for f, x0, y0, x1, y1 in c.parts
+                       if self.frames - f < p.extent_frames]
         if blobs is None:  # skipped frame: nothing seen, nothing missed
             return
         centres = blobs[:, :2] + blobs[:, 2:4] / 2.0
@@ -470,13 +502,20 @@ class MotionDetector:
                 for bi in np.flatnonzero(d <= gate):
                     pairs.append((float(d[bi]) - (1000.0 if c.confirmed else 0.0), ci, int(bi)))
         pairs.sort()
+        match: dict[int, int] = {}
         for _, ci, bi in pairs:  # greedy nearest-first; confirmed candidates choose first
             c = self.candidates[ci]
             if c.matched or used[bi]:
                 continue
             used[bi] = c.matched = True
+            match[ci] = bi
+        boxes = self._absorb(blobs, used, match)
+        for ci, bi in match.items():
+            c = self.candidates[ci]
             c.strong.append(bool(blobs[bi, 4] >= p.strong_ratio))
-            x, y, w, h = (float(v) for v in blobs[bi, :4])
+            x, y, w, h = boxes[ci]
+            if p.extent_frames > 0:
+                c.parts.append((self.frames, x, y, x + w, y + h))
             nx, ny = x + w / 2.0, y + h / 2.0
             # scene velocity: the innovation against the camera-compensated prediction
             c.vx = float(np.clip(0.5 * c.vx + 0.5 * (nx - c.cx + c.vx), -p.gate_px, p.gate_px))
@@ -499,9 +538,47 @@ class MotionDetector:
             c = _Candidate(self._next_id, x + w / 2.0, y + h / 2.0, w, h,
                            hits=deque([True], maxlen=p.persist_n),
                            strong=deque([strong], maxlen=p.persist_n), matched=True)
+            if p.extent_frames > 0:
+                c.parts.append((self.frames, x, y, x + w, y + h))
             self._next_id += 1
             c.confirmed = p.persist_k <= 1 or (0 < p.strong_k <= 1 and strong)
             self.candidates.append(c)
+
+    def _absorb(self, blobs: np.ndarray, used: np.ndarray, match: dict[int, int]
+                ) -> dict[int, tuple[float, float, float, float]]:
+        """The box (x, y, w, h) each matched candidate takes this frame: its blob, merged with
+        the unmatched blobs whose centres lie within the candidate's extent (fragments of the
+        same object: they move with it); those are marked used."""
+        out = {ci: tuple(float(v) for v in blobs[bi, :4]) for ci, bi in match.items()}
+        m = self.p.absorb_margin
+        if m < 0 or used.all():
+            return out
+        centres = blobs[:, :2] + blobs[:, 2:4] / 2.0
+        for ci in match:
+            c = self.candidates[ci]
+            ext = c.extent()
+            if ext is None:
+                continue
+            x, y, w, h = out[ci]
+            x0, y0 = min(ext[0], x), min(ext[1], y)
+            x1, y1 = max(ext[2], x + w), max(ext[3], y + h)
+            g = m * max(x1 - x0, y1 - y0)
+            inside = (~used & (centres[:, 0] >= x0 - g) & (centres[:, 0] <= x1 + g)
+                      & (centres[:, 1] >= y0 - g) & (centres[:, 1] <= y1 + g))
+            if not inside.any():
+                continue
+            b = blobs[inside, :4]
+            bx0, by0 = min(x, float(b[:, 0].min())), min(y, float(b[:, 1].min()))
+            bx1 = max(x + w, float((b[:, 0] + b[:, 2]).max()))
+            by1 = max(y + h, float((b[:, 1] + b[:, 3]).max()))
+            # fragments within what the candidate already spans; the extent does not grow
+            # by absorbing (that would run away over the background's clutter)
+            if (bx1 - bx0 > max(x1 - x0, w) + 2 * g or by1 - by0 > max(y1 - y0, h) + 2 * g
+                    or max(bx1 - bx0, by1 - by0) > self.p.max_size):
+                continue
+            used |= inside
+            out[ci] = (bx0, by0, bx1 - bx0, by1 - by0)
+        return out
 
     # -- per frame ------------------------------------------------------------------------
     def update(self, frame_bgr: np.ndarray, transform: np.ndarray | None = None) -> np.ndarray:
@@ -543,5 +620,12 @@ class MotionDetector:
         self.ids = np.asarray([c.cid for c in out], np.int64)
         if not out:
             return np.zeros((0, 4), np.float32)
-        return np.asarray([(c.cx - c.w / 2.0, c.cy - c.h / 2.0, c.w, c.h) for c in out],
-                          np.float32).reshape(-1, 4)
+        return np.asarray([self._box(c) for c in out], np.float32).reshape(-1, 4)
+
+    def _box(self, c: _Candidate) -> tuple[float, float, float, float]:
+        """The reported box: the union of the candidate's recent blobs when it stays within
+        ``max_size`` (else the smoothed latest one)."""
+        ext = c.extent()
+        if ext is not None and max(ext[2] - ext[0], ext[3] - ext[1]) <= self.p.max_size:
+            return (ext[0], ext[1], ext[2] - ext[0], ext[3] - ext[1])
+        return (c.cx - c.w / 2.0, c.cy - c.h / 2.0, c.w, c.h)

@@ -101,6 +101,13 @@ class MultiTrackerParams:
     #: object's extent when that overlaps the track's box less than this (0 = never)
     recentre_iou: float = 0.5
     recentre_every: int = 5
+    #: a track's detection (the nearest covered one, one per track) that overlaps the
+    #: track's box by less than this restarts the tracker on the detection's box, same id,
+    #: at most every ``reseat_every`` frames (0 = never): the detector's box is the whole
+    #: object (:class:`~vistream.models.tracking.discovery.MotionDetector`'s extent); a
+    #: tracker started on a part of it, or one sliding off, is put back
+    reseat_iou: float = 0.3
+    reseat_every: int = 3
 
 
 @dataclass
@@ -294,26 +301,74 @@ class MultiTracker:
         return best
 
     def _use_detections(self, frame: np.ndarray, dets: np.ndarray, a: np.ndarray) -> None:
-        for box in dets:
-            self.detection(frame, box)
+        """One detection per tracked track, nearest pairs first (a detection of a neighbour
+        must not confirm a track whose own target was not detected); the rest go through
+        :meth:`detection` (covered: ignored, else re-acquired or new)."""
+        boxes = [self._widen(b) for b in dets]
+        pairs = []
+        for j, b in enumerate(boxes):
+            bx, by, bw, bh = b
+            for t in self.tracks.values():
+                if t.lost or t.fresh or not self._covers(t.box, b):
+                    continue
+                x, y, w, h = t.box
+                pairs.append((math.hypot(x + w / 2 - bx - bw / 2, y + h / 2 - by - bh / 2),
+                              j, t.track_id))
+        pairs.sort()
+        taken_d: set[int] = set()
+        taken_t: set[int] = set()
+        for _, j, tid in pairs:
+            if j in taken_d or tid in taken_t:
+                continue
+            taken_d.add(j)
+            taken_t.add(tid)
+            self._confirm(self.tracks[tid], frame, boxes[j])
+        for j, box in enumerate(boxes):
+            if j not in taken_d:
+                self.detection(frame, box)
 
-    def detection(self, image: np.ndarray, box, cover: np.ndarray | None = None) -> int | None:
+    def _confirm(self, t: Track, image: np.ndarray, box) -> None:
+        """A detection covers tracked track ``t``: a confirmation; the tracker restarts on
+        the detection when the two overlap by less than ``reseat_iou``."""
+        t.hits += 1
+        t.unconfirmed = 0
+        p = self.p
+        if p.reseat_iou and t.age - t.recentred >= p.reseat_every and iou(t.box, box) < p.reseat_iou:
+            try:
+                t.tracker = self._new_tracker(image, box)
+            except ValueError:
+                return
+            t.recentred = t.age
+            self.events.append(("reseated", t.track_id))
+            return
+        self._recentre(t, image, box)
+
+    def detection(self, image: np.ndarray, box, cover: np.ndarray | None = None,
+                  cover_ids: np.ndarray | None = None) -> int | None:
         """Use one detection found in ``image``: covered by a live track (its id is
         returned and the track counts a confirmation), else the id of the lost track it
         re-acquires by signature, else the id of a new track; None when it cannot be used
         (degenerate box, ``max_tracks`` reached). ``cover``: (K, 4) boxes that cover instead
         of the live tracks' current boxes (a caller applying a detection on an older frame
-        passes the tracks' boxes in that frame); a covered detection then returns -1."""
+        passes the tracks' boxes in that frame); a covered detection then returns -1 and
+        counts as a confirmation of the covering track when ``cover_ids`` (the ids of the
+        ``cover`` rows) names a live one."""
         box = self._widen(box)
         if cover is None:
             t = self._covering(box)
             if t is not None:
-                t.hits += 1
-                t.unconfirmed = 0
-                self._recentre(t, image, box)
+                self._confirm(t, image, box)
                 return t.track_id
-        elif any(self._covers(c, box) for c in np.asarray(cover, np.float32).reshape(-1, 4)):
-            return -1
+        else:
+            rows = np.asarray(cover, np.float32).reshape(-1, 4)
+            hit = [i for i, c in enumerate(rows) if self._covers(c, box)]
+            if hit:
+                if cover_ids is not None:
+                    t = self.tracks.get(int(cover_ids[hit[0]]))
+                    if t is not None and not t.lost:
+                        t.hits += 1  # its detection of an older frame: no box to reseat
+                        t.unconfirmed = 0
+                return -1
         if self.p.refine:
             box = self._widen(refine_box(image, box, self.p.discovery.max_size))
         try:
