@@ -106,6 +106,7 @@ class FanoutClient:
         self.endpoints = dict(endpoints)
         self.timeout_s = float(timeout_s)
         self.covers = {k: set(v) for k, v in (covers or {}).items()}
+        self._failing: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=max(len(self.endpoints), 1),
                                         thread_name_prefix="fanout")
 
@@ -124,12 +125,17 @@ class FanoutClient:
             if fut in done and fut.exception() is None:
                 answers[name] = fut.result()
                 self.covers[name] = set(answers[name].get("shards", {}))
+                if name in self._failing:
+                    self._failing.discard(name)
+                    log.info("shard replica %s answers again", name)
             else:
                 answers[name] = None
-                if fut in done:
-                    log.warning("shard replica %s failed: %s", name, fut.exception())
-                else:
+                why = fut.exception() if fut in done else f"no answer in {self.timeout_s} s"
+                if fut not in done:
                     fut.cancel()
+                if name not in self._failing:  # once per failure, not once per query
+                    self._failing.add(name)
+                    log.warning("shard replica %s failed: %s", name, why)
         expected = set().union(*self.covers.values()) if self.covers else set()
         t0 = time.perf_counter()
         out = merge_answers(answers, k, expected, self.covers)
