@@ -22,6 +22,7 @@ BGR uint8 images into the normalised batch the model expects.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import warnings
 from pathlib import Path
@@ -46,11 +47,7 @@ from vistream.models.artifact_format import (
 )
 from vistream.models.backbones import create_model
 from vistream.models.binary.packed import load_packed
-from vistream.models.decoupling.runtime import RUNTIME as DECOUPLED_RUNTIME
-from vistream.models.decoupling.runtime import load_decoupled_artifact
 from vistream.models.flops import count_flops, count_params
-from vistream.models.nas.export import ARCH as BNAS_ARCH
-from vistream.models.nas.export import load_bnas
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "ArtifactError", "export_artifact", "input_specs", "load_artifact",
            "load_checked", "load_onnx", "preprocess", "read_artifact", "write_artifact"]
@@ -119,6 +116,19 @@ def export_artifact(model, path: str | Path, method: str = "baseline", data=None
     return write_artifact(path, manifest, weights, onnx_bytes)
 
 
+#: arch -> "module:function" of a method family's packed-runtime loader, imported on first use: the
+#: artifact hub names the families' runtimes without importing them, so every family that imports
+#: the hub (through models.train) stays apart from the others (import-linter: methods-apart)
+_FAMILY_LOADERS = {"bnas_network": "vistream.models.nas.export:load_bnas"}
+DECOUPLED_RUNTIME = "decoupled"  # models.decoupling.runtime.RUNTIME (tests/models/nas checks they agree)
+_DECOUPLED_LOADER = "vistream.models.decoupling.runtime:load_decoupled_artifact"
+
+
+def _family_loader(spec: str):
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def load_artifact(path: str | Path, device: str = "cpu"):
     """Verify the checksum, rebuild the registered model from the manifest and load the weights
     (safetensors; strict). Returns the model in eval mode with ``manifest``, ``input_spec``,
@@ -127,9 +137,10 @@ def load_artifact(path: str | Path, device: str = "cpu"):
     packed = manifest.get("runtime") == "packed"  # a 1-bit network: the bit-packed CPU runtime
     if packed and str(device) != "cpu":
         raise ArtifactError(f"{path}: the packed 1-bit runtime runs on the CPU only, not {device}")
-    if packed and manifest.get("arch") == BNAS_ARCH:  # a searched 1-bit net (models/nas)
+    family = _FAMILY_LOADERS.get(str(manifest.get("arch"))) if packed else None
+    if family is not None:  # a method family's own runtime, e.g. a searched 1-bit net (models/nas)
         try:
-            return attach(load_bnas(manifest, st_load(weights), path), manifest)
+            return attach(_family_loader(family)(manifest, st_load(weights), path), manifest)
         except SafetensorError as exc:
             raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
     if manifest.get("runtime") == DECOUPLED_RUNTIME:  # gated filters (models/decoupling)
@@ -139,7 +150,7 @@ def load_artifact(path: str | Path, device: str = "cpu"):
             state = st_load(weights)
         except SafetensorError as exc:
             raise ArtifactError(f"{path}: weights are not valid safetensors ({exc})") from None
-        return attach(load_decoupled_artifact(manifest, state, path), manifest)
+        return attach(_family_loader(_DECOUPLED_LOADER)(manifest, state, path), manifest)
     try:
         model = create_model(manifest["arch"], **manifest["config"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -174,7 +174,7 @@ class Search:
     def train_epoch(self, progress: bool) -> dict:
         cfg, net = self.cfg, self.net
         for g in self.w_opt.param_groups:
-            g["lr"] = cfg.lr * self._lr_factor()
+            g["lr"] = float(cfg.lr * self._lr_factor())
         mean, std = self.data.mean, self.data.std
         arch_iter = batches(self.val_split, cfg.batch_size, mean, std, shuffle=True,
                             seed=cfg.seed * 1000 + self.epoch)

@@ -90,3 +90,12 @@ def test_a_tampered_bnas_artifact_is_refused(trained, tmp_path):
     bad.write_bytes(bytes(blob))
     with pytest.raises(ArtifactError, match="checksum"):
         load_artifact(bad)
+
+
+def test_the_artifact_hub_names_the_families_runtimes_it_loads_lazily():
+    from vistream.models import artifacts
+    from vistream.models.decoupling.runtime import RUNTIME
+    from vistream.models.nas.export import ARCH, load_bnas
+
+    assert artifacts.DECOUPLED_RUNTIME == RUNTIME
+    assert artifacts._family_loader(artifacts._FAMILY_LOADERS[ARCH]) is load_bnas
