@@ -276,6 +276,8 @@ class PackedMaxPool2d(nn.Module):
     def __init__(self, kernel_size: int, stride: int, padding: int, threads: int | None = None) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding, self.threads = kernel_size, stride, padding, threads
+        self._exact: dict[tuple, bool] = {}  # per input shape: the fused BatchNorm is exact
+        self._terms: tuple | None = None  # (parameter versions, bn_a, bn_b)
 
     @classmethod
     def maybe_from(cls, m: nn.MaxPool2d, threads: int | None = None) -> PackedMaxPool2d | None:
@@ -299,8 +301,53 @@ class PackedMaxPool2d(nn.Module):
             _ext().maxpool(x.contiguous().numpy(), out.numpy(), n, c, h, w, k, s, p, threads)
         return out
 
+    def after_bn(self, x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+        """``self(bn(x))``; for a channels-last input (the stem conv's output, see
+        :class:`ChannelsLastConv2d`) the eval BatchNorm is applied inside the pooling pass
+        (``fma(x, a, b)`` per value, torch's own formula, see :func:`_bn_terms`) instead of
+        writing its 112x112 output out and reading it back. Kept per input shape only if the
+        first call equals ``self(bn(x))`` bit for bit."""
+        if bn.training or not bn.track_running_stats or bn.running_var is None or x.dim() != 4 \
+                or x.dtype != torch.float32 or x.device.type != "cpu" or x.is_contiguous() \
+                or not x.is_contiguous(memory_format=torch.channels_last):
+            return self(bn(x))
+        return _fast_if_exact(self._exact, tuple(x.shape), lambda: self(bn(x)), lambda: self._pool_bn(x, bn))
+
+    def _pool_bn(self, x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+        versions = tuple(t._version for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)
+                         if t is not None)
+        if self._terms is None or self._terms[0] != versions:
+            self._terms = (versions, *_bn_terms(bn))
+        x = x.detach()
+        n, c, h, w = x.shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        out = torch.empty((n, c, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1))
+        _ext().maxpool_nhwc(x.permute(0, 2, 3, 1).numpy(), out.numpy(), n, c, h, w, k, s, p,
+                            self.threads or torch.get_num_threads(), self._terms[1], self._terms[2])
+        return out
+
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class _StemSequential(nn.Sequential):
+    """A stem ``Sequential`` whose BatchNorm at ``_fuse_at`` is applied by the
+    :class:`PackedMaxPool2d` right after it (:meth:`PackedMaxPool2d.after_bn`); the same
+    children and state-dict keys as the original."""
+
+    _fuse_at: int = -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = list(self)
+        i = 0
+        while i < len(mods):
+            if i == self._fuse_at and not self.training:
+                x = mods[i + 1].after_bn(x, mods[i])
+                i += 2
+            else:
+                x = mods[i](x)
+                i += 1
+        return x
 
 
 class PackedAvgPool2d(nn.Module):
@@ -430,7 +477,8 @@ class PackedBinaryUnit(nn.Module):
 
 
 def _channels_last_stems(net: nn.Module) -> None:
-    """Swap the float conv of every conv -> BatchNorm -> max-pool stem for a ChannelsLastConv2d."""
+    """Swap the float conv of every conv -> BatchNorm -> max-pool stem for a ChannelsLastConv2d,
+    and let the max-pool apply the BatchNorm (:class:`_StemSequential`)."""
     for seq in list(net.modules()):
         if not isinstance(seq, nn.Sequential):
             continue
@@ -440,6 +488,9 @@ def _channels_last_stems(net: nn.Module) -> None:
             if type(conv) is nn.Conv2d and conv.in_channels <= 4 and isinstance(bn, nn.BatchNorm2d) \
                     and isinstance(pool, PackedMaxPool2d):
                 seq[i] = ChannelsLastConv2d.from_conv(conv)
+                if type(seq) is nn.Sequential:  # the BN runs inside the pool (exact, checked)
+                    seq.__class__ = _StemSequential
+                    seq._fuse_at = i + 1
 
 
 class PackedBinaryNet(nn.Module):

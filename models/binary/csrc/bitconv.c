@@ -113,6 +113,8 @@ typedef struct {
     int planes, H, W, k, s, p, Ho, Wo;
     int average; /* 0: max pooling, 1: average pooling (see avgpool_plane) */
     int nhwc, C;  /* max pooling of a channels-last input (see maxpool_nhwc_row) */
+    const float *bn_a, *bn_b; /* optional (C,), channels-last only: pool fma(x, a, b), the
+                               * eval BatchNorm before the pool, computed on the fly */
     const struct kernel_s *kern;
     _Atomic long next, finished;
 } pool_t;
@@ -540,10 +542,16 @@ done:
 }
 
 static PyObject *pool2d(PyObject *args, int average, int nhwc) {
-    PyObject *xo, *oo;
+    PyObject *xo, *oo, *bao = Py_None, *bbo = Py_None;
     int N, C, H, W, k, stride, pad, nthreads;
-    if (!PyArg_ParseTuple(args, "OOiiiiiiii", &xo, &oo, &N, &C, &H, &W, &k, &stride, &pad, &nthreads))
+    if (!PyArg_ParseTuple(args, "OOiiiiiiii|OO", &xo, &oo, &N, &C, &H, &W, &k, &stride, &pad, &nthreads,
+                          &bao, &bbo))
         return NULL;
+    if ((bao == Py_None) != (bbo == Py_None) || (bao != Py_None && !nhwc)) {
+        PyErr_SetString(PyExc_ValueError, "bitconv.maxpool_nhwc: give both BatchNorm terms or neither "
+                                          "(channels-last max pooling only)");
+        return NULL;
+    }
     if (N < 0 || C < 1 || H < 1 || W < 1 || k < 1 || stride < 1 || pad < 0 || 2 * pad > k ||
         H + 2 * pad < k || W + 2 * pad < k || (average && pad != 0)) {
         PyErr_SetString(PyExc_ValueError, average ? "bitconv.avgpool: invalid shape arguments (padding must be 0)"
@@ -570,12 +578,32 @@ static PyObject *pool2d(PyObject *args, int average, int nhwc) {
     }
     Q.x = (const float *)xb.buf;
     Q.y = (float *)ob.buf;
+    Py_buffer bab, bbb;
+    if (bao != Py_None) {
+        if (get_buffer(bao, &bab, 0, "bn_a", C, 4) < 0) {
+            PyBuffer_Release(&xb);
+            PyBuffer_Release(&ob);
+            return NULL;
+        }
+        if (get_buffer(bbo, &bbb, 0, "bn_b", C, 4) < 0) {
+            PyBuffer_Release(&bab);
+            PyBuffer_Release(&xb);
+            PyBuffer_Release(&ob);
+            return NULL;
+        }
+        Q.bn_a = (const float *)bab.buf;
+        Q.bn_b = (const float *)bbb.buf;
+    }
     double work = (double)N * C * Q.Ho * Q.Wo * k * k;
     int T = nthreads < 1 ? 1 : (nthreads > MAX_THREADS ? MAX_THREADS : nthreads);
     while (T > 1 && work / T < 50000.0) T--;
     Py_BEGIN_ALLOW_THREADS
     pool_run(pool_job, &Q, T);
     Py_END_ALLOW_THREADS
+    if (Q.bn_a) {
+        PyBuffer_Release(&bab);
+        PyBuffer_Release(&bbb);
+    }
     PyBuffer_Release(&xb);
     PyBuffer_Release(&ob);
     Py_RETURN_NONE;
@@ -665,8 +693,9 @@ static PyMethodDef methods[] = {
     {"maxpool", py_maxpool, METH_VARARGS,
      "maxpool(x, out, N, C, H, W, k, stride, pad, threads): exact max pooling (torch semantics)."},
     {"maxpool_nhwc", py_maxpool_nhwc, METH_VARARGS,
-     "maxpool_nhwc(x, out, N, C, H, W, k, stride, pad, threads): maxpool() of a channels-last "
-     "(N, H, W, C) input, written as (N, C, Ho, Wo)."},
+     "maxpool_nhwc(x, out, N, C, H, W, k, stride, pad, threads[, bn_a, bn_b]): maxpool() of a "
+     "channels-last (N, H, W, C) input, written as (N, C, Ho, Wo); with bn_a, bn_b (C,) it pools "
+     "fma(x, bn_a[c], bn_b[c]) (the eval BatchNorm before the pool) without writing it out."},
     {"avgpool", py_avgpool, METH_VARARGS,
      "avgpool(x, out, N, C, H, W, k, stride, 0, threads): exact average pooling without padding "
      "(torch semantics)."},

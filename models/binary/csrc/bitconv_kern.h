@@ -296,6 +296,16 @@ static inline void KSUF(max_step)(float *restrict m, const float *restrict v, in
     }
 }
 
+/* max_step of fma(v, a, b): the eval BatchNorm before the pool, one correctly rounded fma per
+ * value as torch computes it (the caller checks that once per shape), never written out */
+static inline void KSUF(max_step_bn)(float *restrict m, const float *restrict v, const float *restrict a,
+                                     const float *restrict b, int n) {
+    for (int i = 0; i < n; i++) {
+        const float t = fmaf(v[i], a[i], b[i]), c = m[i];
+        m[i] = ((t > c) | (t != t)) ? t : c;
+    }
+}
+
 /* h[ox] = fold over kx of row[ox * s - p + kx], the valid taps only. Outputs whose window is
  * inside the row keep the running max in a register (with k and s compile-time constants
  * where row_max_ks is inlined, gcc vectorises that loop); the few others check every tap. */
@@ -385,7 +395,9 @@ static void KSUF(maxpool_nhwc_row)(const pool_t *Q, long t, float *restrict rowb
             if (iy < 0 || iy >= H) continue;
             for (int kx = 0; kx < k; kx++) {
                 const int ix = ox * s - p + kx;
-                if (ix >= 0 && ix < W) KSUF(max_step)(m, x + ((size_t)iy * W + ix) * C, C);
+                if (ix < 0 || ix >= W) continue;
+                if (Q->bn_a) KSUF(max_step_bn)(m, x + ((size_t)iy * W + ix) * C, Q->bn_a, Q->bn_b, C);
+                else KSUF(max_step)(m, x + ((size_t)iy * W + ix) * C, C);
             }
         }
     }

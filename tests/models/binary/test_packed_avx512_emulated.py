@@ -25,7 +25,7 @@ from vistream.models.binary.packed import (
     use_kernel,
 )
 
-from .test_packed_kernels import SHAPES, _case, _reference
+from .test_packed_kernels import SHAPES, _case, _imagenet_net, _reference
 
 CSRC = Path(packed_mod.__file__).resolve().parent / "csrc"
 
@@ -73,3 +73,8 @@ def test_emulated_avx512_resnet_and_pool(avx512_emulated):
     y = torch.randn(2, 5, 11, 9)
     ref = torch.nn.functional.max_pool2d(y, 3, 2, 1)
     assert torch.equal(PackedMaxPool2d(3, 2, 1)(y), ref)
+    big = _imagenet_net()  # channels-last stem with its BatchNorm inside the pool
+    with torch.no_grad():
+        z = torch.randn(1, 3, 64, 64)
+        packed = to_packed(big)
+        assert torch.equal(packed(z), big(z)) and torch.equal(packed(z), big(z))

@@ -182,3 +182,44 @@ def test_vistream_kernel_forces_a_kernel_or_says_why_not():
     assert bad.returncode != 0 and "ran" not in bad.stdout
     assert "RuntimeError" in bad.stderr and "VISTREAM_KERNEL" in bad.stderr
     assert ("not supported by this CPU" if missing else "unknown kernel") in bad.stderr
+
+
+def _imagenet_net() -> BinaryResNet:
+    torch.manual_seed(0)
+    net = BinaryResNet(depth=18, layout="imagenet", num_classes=10, base=16).eval()
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.3, 0.3)
+    return net
+
+
+def test_stem_batchnorm_runs_inside_the_pool_bit_identically(kernel):
+    net = _imagenet_net()
+    packed = to_packed(net)
+    stem = packed.net.stem
+    assert type(stem).__name__ == "_StemSequential" and isinstance(stem[2], PackedMaxPool2d)
+    assert set(dict(stem.named_parameters())) == set(dict(net.stem.named_parameters()))  # same keys
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(packed(x), net(x)) and torch.equal(packed(x), net(x))
+    assert stem[2]._exact == {(2, 16, 32, 32): True}  # the fused path is the one in use
+
+
+def test_stem_fusion_falls_back_when_its_arithmetic_differs(monkeypatch):
+    net = _imagenet_net()
+    packed = to_packed(net)
+
+    def off_by_one_ulp(bn):
+        a, b = real(bn)
+        return np.nextafter(a, np.float32(np.inf)), b
+
+    real = packed_mod._bn_terms
+    monkeypatch.setattr(packed_mod, "_bn_terms", off_by_one_ulp)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(packed(x), net(x)) and torch.equal(packed(x), net(x))
+    assert packed.net.stem[2]._exact == {(1, 16, 32, 32): False}
