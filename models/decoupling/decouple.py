@@ -15,6 +15,10 @@ gated layer l of C filters:
   the controlling module to open the filters that respond, not the filters to follow the gates.
 * ``M_l``: cross-entropy of a bias-free linear classifier (C -> classes) reading the mask.
 * ``S_l = | mean_batch ||m_l||_1 - target * C |``: the active share pulled toward ``target``.
+  Ours: m_l here is the *inference* gate 1[g > 0] (no noise; the sigmoid's gradient passed
+  straight through), not the noisy training gate: with the latter the training share reached
+  the target while the inference share stayed at 0.87 (the N(0, 1) noise and the soft values
+  close gates whose noise-free logits are positive; out/decouple/train-v4-b.log).
 
 Sums run over the layers (not means), as in the paper's formula, so lambda_s scales with depth.
 """
@@ -119,6 +123,12 @@ class LossWeights:
     target: float = 0.6   # share of filters meant to stay active
 
 
+def _inference_share(logits: torch.Tensor) -> torch.Tensor:
+    """The inference gates 1[g > 0] (no noise) with the sigmoid's gradient (straight-through)."""
+    sig = torch.sigmoid(logits)
+    return (logits > 0).to(logits.dtype) + sig - sig.detach()
+
+
 def decoupling_terms(model: DecoupledResNet, y: torch.Tensor, target: float
                      ) -> dict[str, torch.Tensor]:
     """The summed KL, mask-classifier and sparsity terms of the last forward pass."""
@@ -127,7 +137,7 @@ def decoupling_terms(model: DecoupledResNet, y: torch.Tensor, target: float
         p_feat = F.softmax(t.pooled.detach(), 1)
         kl = kl + F.kl_div(F.log_softmax(t.logits, 1), p_feat, reduction="batchmean")
         mi = mi + F.cross_entropy(head(t.mask), y)
-        sp = sp + (t.mask.sum(1).mean() - target * t.mask.shape[1]).abs()
+        sp = sp + (_inference_share(t.logits).sum(1).mean() - target * t.mask.shape[1]).abs()
     return {"kl": kl, "mask_ce": mi, "sparsity": sp}
 
 

@@ -37,6 +37,7 @@ def test_finetune_then_evaluate_end_to_end(tmp_path):
                          adv_n=12, latency_images=2, latency_rounds=1, progress=False)
     assert (tmp_path / "eval" / "paths.png").stat().st_size > 1000
     assert res["flops"]["dense"] > 0 and res["flops"]["skipped"] <= 1
-    assert res["latency"]["ms_per_image"]["sparse"] > 0
+    assert res["latency"]["ms_per_image_median"]["sparse"] > 0
+    assert res["latency"]["speedup_vs_same_runtime"] > 0
     assert 0 <= res["adversarial"]["fgsm"]["auroc_all"] <= 1
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["dataset"] == "tiny"

@@ -109,6 +109,9 @@ def eval_decouple(
     latency_rounds: int = typer.Option(5, "--latency-rounds", min=1),
     threads: int = typer.Option(1, min=1, help="torch CPU threads (latency is measured with these)"),
     out: Path = typer.Option(Path("out/eval/decouple"), "--out", help="results.json and paths.png"),
+    artifact: Path | None = typer.Option(None, "--artifact", help="also export the decoupled net "
+                                         "as an artifact (.vsa, runtime 'decoupled') for the "
+                                         "features stage, with these figures in its manifest"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Test accuracy (base vs decoupled), FLOPs skipped (per input, from its gates), the per-class
@@ -136,4 +139,14 @@ def eval_decouple(
                              latency_rounds=latency_rounds, threads=threads, progress=progress)
     except (ValueError, KeyError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--checkpoint") from None
+    if artifact is not None:
+        from vistream.models.decoupling.evaluate import load_decoupled  # defer: torch (--help)
+        from vistream.models.decoupling.runtime import export_decoupled_artifact
+
+        metrics = {"test_acc": res["accuracy"]["decoupled"], "base_test_acc": res["accuracy"]["base"],
+                   "flops_skipped": res["flops"]["skipped"],
+                   "mean_flops_per_image": res["flops"]["mean_per_image"], "dataset": data.name}
+        manifest = export_decoupled_artifact(load_decoupled(checkpoint)[0], artifact, data=data,
+                                             metrics=metrics)
+        res["artifact"] = {"path": str(artifact), "model_id": manifest["model_id"]}
     typer.echo(json.dumps(res))
