@@ -30,7 +30,7 @@ from vistream.pipeline.app import InProcessPipeline, bus_from_config
 from vistream.pipeline.config import PipelineConfig, load_config
 from vistream.pipeline.console import attach_console
 from vistream.pipeline.service import ServiceLimits, create_app
-from vistream.pipeline.shardrun import sharded_params
+from vistream.pipeline.shardrun import create_shard_topics, sharded_params
 from vistream.pipeline.shardserve import ShardedQueries, create_sharded_app
 from vistream.stages.base import create_stage
 from vistream.stages.records import PNG, Frame
@@ -145,8 +145,12 @@ def serve_sharded(cfg: PipelineConfig, stage: str, extractor: Any | None, host: 
     """The query API over a sharded index stage: fan-out to the replicas its registry topic
     announces (:mod:`vistream.pipeline.shardserve`), until uvicorn stops."""
     settings = cfg.stage(stage)
-    sp = sharded_params(settings).shards
+    params = sharded_params(settings)
+    sp = params.shards
     bus = bus_from_config(cfg)
+    # made here too: a consumer of a topic not there yet has the broker auto-create it,
+    # uncompacted, and the replicas would then find it and leave it so
+    create_shard_topics(bus, settings, params)
     queries = ShardedQueries(bus, sp.topics(settings.group_id)[1], ttl_s=sp.ttl_s,
                              timeout_s=sp.query_timeout_s)
     try:

@@ -26,7 +26,7 @@ from vistream.pipeline.app import create_topics
 from vistream.pipeline.bus import make_bus
 from vistream.pipeline.config import load_config
 from vistream.pipeline.shardhost import ModelFollower
-from vistream.pipeline.shardrun import shard_bus, sharded_params
+from vistream.pipeline.shardrun import create_shard_topics, shard_bus, sharded_params
 from vistream.pipeline.shardserve import ShardedQueries, create_sharded_app
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import Features
@@ -102,6 +102,7 @@ def test_two_replica_processes_fan_out_share_a_model_and_survive_a_sigkill(tmp_p
     queries = None
     try:
         create_topics(cfg, bus)  # as `vistream stage` does
+        create_shard_topics(bus, st, params)  # as `vistream serve` does
         produce(bus, topic, X, y)
         logs = [tmp_path / "replica-0.log", tmp_path / "replica-1.log"]
         procs = [start(config, p) for p in logs]
@@ -119,15 +120,15 @@ def test_two_replica_processes_fan_out_share_a_model_and_survive_a_sigkill(tmp_p
                   and s["model_versions"][0][0] == "sdoh")
             return s if ok else None
 
+        stats = wait_for(settled, 50, "both replicas holding every code on one sdoh model",
+                         logs, lambda: last[-1:])
+        (_, version), = stats["model_versions"]
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         for t in (model_topic, registry_topic):  # the latest record per key is what counts
             got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t,
                                                          configs=["cleanup.policy"])])
             assert got["topic"][t]["cleanup.policy"]["value"] == "compact"
         admin.close()
-        stats = wait_for(settled, 50, "both replicas holding every code on one sdoh model",
-                         logs, lambda: last[-1:])
-        (_, version), = stats["model_versions"]
         follower = ModelFollower(bus, model_topic)
         model = wait_for(lambda: follower.poll(1.0), 20, "the published model")
         follower.close()

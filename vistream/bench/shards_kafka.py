@@ -43,7 +43,7 @@ from vistream.models.hashing.shards import shard_topk
 from vistream.pipeline.app import create_topics
 from vistream.pipeline.config import load_config
 from vistream.pipeline.shardhost import ModelFollower
-from vistream.pipeline.shardrun import shard_bus, sharded_params
+from vistream.pipeline.shardrun import create_shard_topics, shard_bus, sharded_params
 from vistream.pipeline.shardserve import ShardedQueries
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import Features
@@ -96,6 +96,7 @@ def kafka_recovery(bootstrap: str, n: int = 40_000, dim: int = 64, n_bits: int =
     queries = None
     try:
         create_topics(cfg, bus)
+        create_shard_topics(bus, st, params)
         producer = bus.producer()
         for i in range(n):
             out = encode_message(Features(frame_id=fid(i), stream_id="bench", vector=X[i],
