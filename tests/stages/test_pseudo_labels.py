@@ -124,3 +124,31 @@ def test_label_source_is_checked_and_survives_snapshots():
     back = LabelBook.from_json(book.to_json())
     assert (back.pseudo_records, back.pseudo_rows) == (1, 2)
     assert LabelBook.from_json({}).pseudo_rows == 0  # snapshots from before pseudo-labels
+
+
+def test_scores_vectors_and_track_pooling():
+    frames = [make_frame(i, h=80, w=120) for i in range(3)]
+    plain = _features(crops=True)
+    scores = _features(crops=True, vector="scores")
+    pooled = _features(crops=True, track_pool=2)
+
+    def run(st):
+        out = []
+        for f in frames:  # track 4 in every frame, track 9 in the first only
+            ids = [4, 9] if f.seq == 0 else [4]
+            boxes = np.array([[10 + 5 * f.seq, 10, 24, 20], [60, 30, 20, 30]][:len(ids)],
+                             np.float32)
+            out += st.process([f, Tracks(f.frame_id, f.stream_id, boxes=boxes,
+                                         track_ids=np.array(ids), scores=np.ones(len(ids)))])
+        return out
+
+    a, b, c = run(plain), run(scores), run(pooled)
+    assert [o.label for o in a] == [4, 9, 4, 4]
+    # scores: the head's logits of the crop's features, in a model id of their own
+    W, bias = scores.head
+    assert np.allclose(b[0].vector, a[0].vector @ W.T + bias, atol=1e-4)
+    assert b[0].vector.shape == (10,) and b[0].model_id == a[0].model_id + "/scores"
+    # pooling: the mean of this crop's vector and the one before of the same track
+    assert np.allclose(c[0].vector, a[0].vector) and np.allclose(c[1].vector, a[1].vector)
+    assert np.allclose(c[2].vector, (a[0].vector + a[2].vector) / 2, atol=1e-5)
+    assert np.allclose(c[3].vector, (a[2].vector + a[3].vector) / 2, atol=1e-5)
