@@ -300,6 +300,11 @@ class Features(Result):
     #: probability, set only at or above the features stage's ``pseudo_label_threshold``
     pseudo_class: str | None = None
     pseudo_score: float | None = None
+    #: decoupled artifacts with the features stage's ``explain: true``: the vector's calculation
+    #: path (hex of its packed 0/1 filter gates, models.decoupling.runtime.path_code) and the
+    #: share of filters that ran
+    path_code: str | None = None
+    path_active: float | None = None
 
 
 @dataclass(eq=False)
