@@ -20,6 +20,12 @@ carries that class (``pseudo_class``, a name from ``class_names``, by default th
 class names or ``"0"``..``"n-1"``) and probability (``pseudo_score``). The index stage turns it
 into a label record with source ``pseudo`` for that row (docs/hashing.md).
 
+What a vector is (``vector``): ``features``, the backbone's pooled features (default), or
+``scores``, its classifier head's class scores (logits; the head as for pseudo-labels), a short
+vector in which the classes the net was trained on stand out. With crops, ``track_pool: N``
+makes each record's vector the mean of the last N vectors of the same track (this crop and the
+N - 1 before it): one crop of a small, blurred object is noisy, a few in a row less so.
+
 Crops: with ``crops: true`` the stage also takes ``tracks`` records. Frames are kept in a
 bounded cache; each tracks record yields one Features record per box (x, y, w, h), cropped
 from its frame, in box order, with ``label`` = the track id. A tracks record whose frame has
@@ -60,6 +66,11 @@ class FeaturesParams(StageParams):
         "class when its softmax probability is at least this (null: off)")
     class_names: list[str] | None = Field(None, description="names of the head's classes, in "
                                           "order (default: the manifest's, else 0..n-1)")
+    vector: Literal["features", "scores"] = Field(
+        "features", description="what records carry: the pooled features, or the classifier "
+        "head's class scores (logits)")
+    track_pool: int = Field(1, ge=1, le=1000, description="crops: each vector is the mean of "
+                            "the last N vectors of its track (1: the crop's own)")
     deploy: bool = Field(True, description="on the CPU, run float models deployed: BN folded into "
                          "the convs, channels-last memory (pruned widths then cost what their FLOPs "
                          "say); the bit-packed 1-bit runtime is always run as it is")
@@ -140,8 +151,11 @@ class FeaturesStage(Stage):
         self._frames: OrderedDict[str, Frame] = OrderedDict()
         self._pending: OrderedDict[str, Tracks] = OrderedDict()
         self.head = None
-        if p.pseudo_label_threshold is not None:
+        if p.pseudo_label_threshold is not None or p.vector == "scores":
             self.head, self.class_names = classifier_head(self.model, p.class_names)
+        self._recent: OrderedDict[tuple[str, int], list[np.ndarray]] = OrderedDict()
+        if p.vector == "scores":  # another vector space than the features: never mixed with them
+            self.model_id = f"{self.model_id}/scores"
 
     def _embed(self, images: list[np.ndarray]) -> np.ndarray:
         # deferred: loads torch; listing stage types and validating configs stay light
@@ -162,11 +176,30 @@ class FeaturesStage(Stage):
         dim = int(getattr(self.model, "num_features", 0))
         return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
+    def _vectors(self, vecs: np.ndarray) -> np.ndarray:
+        """What the records carry: the features, or the head's class scores."""
+        if self.params.vector == "scores" and len(vecs):  # type: ignore[attr-defined]
+            return (vecs.astype(np.float32) @ self.head[0].T + self.head[1]).astype(np.float32)
+        return vecs
+
+    def _pool(self, key: tuple[str, int], vec: np.ndarray) -> np.ndarray:
+        """The mean of the last ``track_pool`` vectors of track ``key`` (this one included)."""
+        n = self.params.track_pool  # type: ignore[attr-defined]
+        if n <= 1:
+            return vec
+        recent = self._recent.setdefault(key, [])
+        self._recent.move_to_end(key)
+        recent.append(vec)
+        del recent[:-n]
+        while len(self._recent) > 4096:  # tracks long gone
+            self._recent.popitem(last=False)
+        return np.mean(recent, axis=0).astype(np.float32)
+
     def _pseudo(self, vecs: np.ndarray) -> list[tuple[str | None, float | None]]:
         """(class, probability) of the head per vector; (None, None) below the threshold."""
-        if self.head is None or not len(vecs):
-            return [(None, None)] * len(vecs)
         thr = self.params.pseudo_label_threshold  # type: ignore[attr-defined]
+        if thr is None or self.head is None or not len(vecs):
+            return [(None, None)] * len(vecs)
         cls, prob = head_predict(self.head, vecs)
         return [(self.class_names[c], round(float(q), 5)) if q >= thr else (None, None)
                 for c, q in zip(cls, prob)]
@@ -207,7 +240,7 @@ class FeaturesStage(Stage):
         if not p.crops:
             vecs = self._embed([f.image for f in frames])
             return [self._features(f, v, tag, timestamp_ms=f.timestamp_ms)
-                    for f, v, tag in zip(frames, vecs, self._pseudo(vecs))]
+                    for f, v, tag in zip(frames, self._vectors(vecs), self._pseudo(vecs))]
         for f in frames:
             self._frames[f.frame_id] = f
             self._frames.move_to_end(f.frame_id)
@@ -226,8 +259,9 @@ class FeaturesStage(Stage):
             for i, box in enumerate(np.asarray(tr.boxes).reshape(-1, 4)):
                 jobs.append((tr, i, self._crop(img, box), ts))
         vecs = self._embed([j[2] for j in jobs])
-        for (tr, i, _, ts), v, tag in zip(jobs, vecs, self._pseudo(vecs)):
+        for (tr, i, _, ts), v, tag in zip(jobs, self._vectors(vecs), self._pseudo(vecs)):
             tid = int(tr.track_ids[i]) if i < len(tr.track_ids) else i
+            v = self._pool((tr.stream_id, tid), v)
             out.append(self._features(tr, v, tag, label=tid, timestamp_ms=ts))
         return out
 
