@@ -280,3 +280,54 @@ def test_snapshots_follow_the_stage_policy_after_whole_batches(topic_name):
     runner.close()
     assert stage.due_calls == [False, False, False, True]
     assert store["carry"] == {"positions": [[topic_name, 0, 10]]} and store["snapshots"] == 2
+
+
+def test_held_commits_fold_batches_and_land_when_idle_or_at_close(topic_name):
+    """With a commit interval the outputs still leave at once; the commit of the batches in
+    between waits for the interval, an empty poll or the close, and then covers all of them."""
+    from vistream.pipeline.bus.memory import MemoryBus
+
+    def run(interval: float) -> tuple[list, list]:
+        bus = MemoryBus()
+        bus.commit_interval = interval
+        produce(bus, topic_name, [frame_rec(i) for i in range(20)])
+        runner = StageRunner(RelayStage(), bus, [topic_name], {"frame": "out"}, batch_size=5,
+                             metrics=StageMetrics("t", CollectorRegistry()))
+        runner.open()
+        lags = []
+        for _ in range(4):
+            assert runner.step() == 5
+            lags.append(bus.group_lag(runner.group_id, [topic_name]))
+        assert sum(bus.end_offsets("out").values()) == 20, "outputs are not held"
+        assert runner.step() == 0  # nothing left: the idle poll commits
+        lags.append(bus.group_lag(runner.group_id, [topic_name]))
+        produce(bus, topic_name, [frame_rec(20)])
+        assert runner.step() == 1
+        lags.append(bus.group_lag(runner.group_id, [topic_name]))
+        runner.close()
+        lags.append(bus.group_lag(runner.group_id, [topic_name]))
+        with bus.consumer(["out"], "reader") as c:
+            out = [r.value for r in drain(c, 21, timeout=2)]
+        return lags, out
+
+    held_lags, held_out = run(3600.0)
+    assert held_lags == [20, 20, 20, 20, 0, 1, 0]
+    every_lags, every_out = run(0.0)
+    assert every_lags == [15, 10, 5, 0, 0, 0, 0]
+    assert held_out == every_out and len(held_out) == 21
+
+
+def test_a_held_commit_is_dropped_without_a_broker_at_close(topic_name):
+    """At close, with the broker away, the held batches stay uncommitted (redelivered)."""
+    from vistream.pipeline.bus.memory import MemoryBus
+
+    bus = MemoryBus()
+    bus.commit_interval = 3600.0
+    produce(bus, topic_name, [frame_rec(i) for i in range(5)])
+    runner = StageRunner(RelayStage(), bus, [topic_name], {"frame": "out"}, batch_size=5,
+                         metrics=StageMetrics("t", CollectorRegistry()))
+    runner.open()
+    assert runner.step() == 5
+    runner.broker_up = False
+    runner.close()
+    assert bus.group_lag(runner.group_id, [topic_name]) == 5
