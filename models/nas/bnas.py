@@ -118,7 +118,7 @@ class Search:
         self.data, self.cfg, self.out = data, cfg, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        self.net = SuperNet(cfg.C, cfg.layers, cfg.steps, 4, data.num_classes,
+        self.net = SuperNet(cfg.C, cfg.layers, cfg.steps, cfg.steps, data.num_classes,
                             int(data.train.x.shape[1]), 3, cfg.k)
         self.w_opt = torch.optim.Adam(self.net.weight_parameters(), lr=cfg.lr)
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999))

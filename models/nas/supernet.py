@@ -98,9 +98,10 @@ class SuperNet(nn.Module):
     edges; ``mask`` holds the operations still in the space.
     """
 
-    def __init__(self, C: int = 16, layers: int = 3, steps: int = 4, multiplier: int = 4,
+    def __init__(self, C: int = 16, layers: int = 3, steps: int = 4, multiplier: int | None = None,
                  num_classes: int = 10, in_chans: int = 3, stem_multiplier: int = 3, k: int = 4) -> None:
         super().__init__()
+        multiplier = steps if multiplier is None else multiplier  # concat of the intermediate nodes
         self.steps, self.multiplier, self.k = steps, multiplier, k
         self.config = {"C": C, "layers": layers, "steps": steps, "multiplier": multiplier,
                        "num_classes": num_classes, "in_chans": in_chans,

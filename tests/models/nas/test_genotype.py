@@ -30,7 +30,7 @@ def test_round_trip_through_a_file(tmp_path):
     ({"normal": [["sep_conv_3x3", 2], ["skip_connect", 1]] + CELL[2:]}, "input 0..1"),
     ({"normal": CELL[:3]}, "even"),
     ({"reduce_concat": [1, 2]}, "node indices"),
-    ({"normal": CELL[:6]}, "same number of nodes"),
+    ({"normal": CELL[:6], "normal_concat": [2, 3, 4]}, "same number of nodes"),
 ])
 def test_bad_genotypes_fail_with_a_reason(patch, words):
     with pytest.raises(GenotypeError, match=words):
