@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install test test-fast demo broker-jars browser-deps lint bench clean artifacts
 
-$(VENV)/.installed: pyproject.toml setup.py models/binary/csrc/bitconv.c
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard models/binary/csrc/*.c models/binary/csrc/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
 	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
