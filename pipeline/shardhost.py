@@ -237,10 +237,12 @@ class ShardReplica:
     def _on_assign(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
         out = {}
         for tp in sorted(tps):
+            held = tp in self.positions  # revoked and given straight back: kept in memory
             carry = self.index.open_shard(shard_key(tp))
             pos = positions_from_carry(carry).get(tp, self.positions.get(tp, 0))
             self.positions[tp] = out[tp] = pos
-            self._since[tp] = 0
+            if not held:
+                self._since[tp] = 0
             self._clean.discard(tp)
         return out
 
@@ -249,7 +251,11 @@ class ShardReplica:
         Kafka's eager protocol every partition is revoked at each rebalance, and most come
         straight back: the shard stays in memory until a poll shows it is really gone)."""
         for tp in sorted(tps):
-            if tp in self.positions and self._snapshot(tp):
+            if tp not in self.positions:
+                continue
+            # unchanged since it was opened or last snapshotted: what is on disk (or, with no
+            # snapshot, replay from 0) already gives the next owner this state
+            if self._since.get(tp, 0) == 0 or self._snapshot(tp):
                 self._clean.add(tp)
 
     def _snapshot(self, tp: TopicPartition) -> bool:
