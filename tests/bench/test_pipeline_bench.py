@@ -122,6 +122,20 @@ def test_bottleneck_is_the_stage_that_fell_behind_else_the_busiest():
     assert bench.bottleneck(short, ["a", "b"]) == ("ingest", "ingest fell short")
 
 
+def test_settle_names_the_stages_that_did_not_read_everything():
+    class Rig:
+        def __init__(self, lags):
+            self.seq = iter(lags)
+
+        def lags(self):
+            return next(self.seq)
+
+    caught_up = Rig([{"a": 3, "b": 1}, {"a": 0, "b": 1}, {"a": 0, "b": 0}])
+    assert bench._settle(caught_up, timeout=30) == []
+    late = Rig([{"a": 0, "b": 7}] * 100)
+    assert bench._settle(late, timeout=0.3) == ["b"]
+
+
 @pytest.mark.slow
 def test_quick_memory_bus_run_makes_every_frame_searchable(tmp_path):
     path = tmp_path / "small.yaml"
