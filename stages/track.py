@@ -140,7 +140,7 @@ _LIFECYCLE = ("max_lost", "self_search_frames", "cover_iou", "cover_px", "cover_
               "reacquire_similarity", "reacquire_similarity_far", "reacquire_radius",
               "reacquire_size_ratio", "duplicate_iou", "confirm_window", "confirm_hits",
               "max_unconfirmed", "reseat_iou", "reseat_every", "recentre_iou", "min_box",
-              "refine", "reacquire_frames")
+              "refine", "reacquire_frames", "reacquire_speed", "confirm_overlap")
 
 
 def _known_keys(value: dict[str, Any], known: Iterable[str], what: str) -> dict[str, Any]:

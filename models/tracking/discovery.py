@@ -138,11 +138,11 @@ class DiscoveryParams:
     #: frames, each carried to the current frame by the candidate's predicted motion (0: the
     #: latest blob only): a faint object differs in a different stroke each frame, so one
     #: frame's blob is a fragment of it
-    extent_frames: int = 8
+    extent_frames: int = 0
     #: blobs not matched to any candidate whose centre lies within a matched candidate's
     #: extent (grown by this share of its size a side) are fragments of it: merged into its
     #: blob instead of starting candidates of their own (< 0: off)
-    absorb_margin: float = 0.25
+    absorb_margin: float = -1.0
     #: motion estimation downsampling (as the tracker's)
     motion_downsample: int = 8
     motion_min_response: float = 0.08

@@ -82,7 +82,12 @@ class MultiTrackerParams:
     reacquire_similarity: float = 0.7
     reacquire_similarity_far: float = 0.85
     reacquire_radius: float = 80.0
+    #: the radius grows by this many px per frame lost (where the target may have gone)
+    reacquire_speed: float = 0.0
     reacquire_size_ratio: float = 2.5
+    #: a track lost longer than this is no longer re-acquired (it waits to end): an
+    #: identity is kept only within a bounded time window
+    reacquire_frames: int = 60
     #: two tracked tracks overlapping this much are one target
     duplicate_iou: float = 0.4
     #: a detector-started track needs confirm_hits coverages in its first confirm_window frames
@@ -106,7 +111,9 @@ class MultiTrackerParams:
     #: at most every ``reseat_every`` frames (0 = never): the detector's box is the whole
     #: object (:class:`~vistream.models.tracking.discovery.MotionDetector`'s extent); a
     #: tracker started on a part of it, or one sliding off, is put back
-    reseat_iou: float = 0.3
+    reseat_iou: float = 0.0
+    #: a detection confirms its track only when the two overlap (False: when it is near)
+    confirm_overlap: bool = False
     reseat_every: int = 3
 
 
@@ -330,9 +337,11 @@ class MultiTracker:
     def _confirm(self, t: Track, image: np.ndarray, box) -> None:
         """A detection covers tracked track ``t``: a confirmation; the tracker restarts on
         the detection when the two overlap by less than ``reseat_iou``."""
+        p = self.p
+        if p.confirm_overlap and iou(t.box, box) <= 0.0:
+            return  # next to it, not on it: the tracker may have slid off its target
         t.hits += 1
         t.unconfirmed = 0
-        p = self.p
         if p.reseat_iou and t.age - t.recentred >= p.reseat_every and iou(t.box, box) < p.reseat_iou:
             try:
                 t.tracker = self._new_tracker(image, box)
@@ -435,14 +444,15 @@ class MultiTracker:
         cx, cy = bx + bw / 2, by + bh / 2
         best, best_s = None, -1.0
         for t in self.tracks.values():
-            if not t.lost:
+            if not t.lost or t.lost_frames > p.reacquire_frames:
                 continue
             tr = t.tracker
             ratio = max(tr.w, tr.h) / max(bw, bh)
             if not 1.0 / p.reacquire_size_ratio <= ratio <= p.reacquire_size_ratio:
                 continue
             s = _similarity(cand, tr)
-            near = math.hypot(tr.cx - cx, tr.cy - cy) <= p.reacquire_radius
+            radius = p.reacquire_radius + p.reacquire_speed * t.lost_frames
+            near = math.hypot(tr.cx - cx, tr.cy - cy) <= radius
             need = p.reacquire_similarity if near else p.reacquire_similarity_far
             if s >= need and s > best_s:
                 best, best_s = t, s
