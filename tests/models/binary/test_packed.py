@@ -158,14 +158,14 @@ def test_packed_imagenet_layout_uses_fast_float_paths_and_stays_bit_identical():
 def test_fused_unit_falls_back_when_its_arithmetic_differs(monkeypatch):
     """A fused tail that does not reproduce torch's BatchNorm bit for bit is detected at the
     first call and never used: the outputs stay the unfused ones."""
-    import vistream.models.binary.packed as packed_mod
+    import vistream.models.binary.packed_ops as packed_ops
 
     def off_by_one_ulp(bn):
         a, b = real_terms(bn)
         return np.nextafter(a, np.float32(np.inf)), b
 
-    real_terms = packed_mod._bn_terms
-    monkeypatch.setattr(packed_mod, "_bn_terms", off_by_one_ulp)
+    real_terms = packed_ops._bn_terms
+    monkeypatch.setattr(packed_ops, "_bn_terms", off_by_one_ulp)
     net = _imagenet_net(1)
     packed = to_packed(net)
     x = torch.randn(2, 3, 48, 48)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from vistream.models.binary import packed as packed_mod
+from vistream.models.binary import packed_ops
 from vistream.models.binary.layers import BinaryResNet
 from vistream.models.binary.packed import (
     PackedBinaryConv2d,
@@ -48,7 +49,7 @@ def emulated(tmp_path_factory):
 
 @pytest.fixture
 def avx512_emulated(emulated, monkeypatch):
-    monkeypatch.setattr(packed_mod, "_bitconv", emulated)
+    monkeypatch.setattr(packed_ops, "_bitconv", emulated)
     with use_kernel("avx512"):
         assert kernel_info()["kernel"] == "avx512-vpopcntdq-emulated"
         yield

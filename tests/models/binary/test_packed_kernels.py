@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vistream.models.binary import packed as packed_mod
+from vistream.models.binary import packed_ops
 from vistream.models.binary.layers import BinaryResNet, hard_sign
 from vistream.models.binary.packed import (
     PackedAvgPool2d,
@@ -217,8 +218,8 @@ def test_stem_fusion_falls_back_when_its_arithmetic_differs(monkeypatch):
         a, b = real(bn)
         return np.nextafter(a, np.float32(np.inf)), b
 
-    real = packed_mod._bn_terms
-    monkeypatch.setattr(packed_mod, "_bn_terms", off_by_one_ulp)
+    real = packed_ops._bn_terms
+    monkeypatch.setattr(packed_ops, "_bn_terms", off_by_one_ulp)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(packed(x), net(x)) and torch.equal(packed(x), net(x))
