@@ -38,3 +38,15 @@ def test_train_rejects_an_unknown_schedule(tmp_path):
     res = CliRunner().invoke(app, ["train", "decouple", "--base", str(tmp_path / "b.pt"),
                                    "--schedule", "warp"])
     assert res.exit_code == 2 and "warp" in _text(res)
+
+
+def test_train_rejects_settle_epochs_that_leave_no_gated_epoch(tmp_path):
+    from vistream.models.backbones import create_model
+    from vistream.models.train import save_atomic
+
+    m = create_model("resnet20", num_classes=10)
+    ckpt = tmp_path / "b.pt"
+    save_atomic({"model": m.state_dict(), "model_config": dict(m.config)}, ckpt)
+    res = CliRunner().invoke(app, ["train", "decouple", "--base", str(ckpt), "--epochs", "2",
+                                   "--settle-epochs", "2", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "settle" in _text(res) and "Traceback" not in _text(res)
