@@ -17,6 +17,7 @@ from pydantic import Field
 
 from vistream.stages.base import Stage, StageParams, register_stage
 from vistream.stages.records import (
+    JPEG,
     Caption,
     Frame,
     FrameSummary,
@@ -78,14 +79,48 @@ class ThumbnailStage(Stage):
             self.store = None
 
 
+#: libjpeg's DCT scaling: IMREAD_REDUCED_COLOR_<n> decodes at 1/n of the size
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+            (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def _reduced_image(frame: Frame, tw: int, th: int) -> np.ndarray | None:
+    """A JPEG frame not decoded yet, decoded straight at the smallest of 1/8, 1/4 or 1/2 of
+    its size that is still at least ``tw`` x ``th`` (a 160 px thumbnail of a 640x360 frame:
+    1/4, ~3x less CPU than a full decode and its area resize); None when none fits."""
+    if frame._image is not None or frame.content_type != JPEG:
+        return None
+    size = image_size(frame.data)
+    if size is None:
+        return None
+    w, h = size
+    for n, flag in _REDUCED:
+        if -(-w // n) >= tw and -(-h // n) >= th:  # libjpeg rounds the scaled size up
+            img = cv2.imdecode(np.frombuffer(frame.data, np.uint8), flag)
+            return img if img is not None and img.shape[1] >= tw and img.shape[0] >= th else None
+    return None
+
+
 def summarize_frame(frame: Message, width: int = 160, quality: int = 80) -> FrameSummary:
+    """Size, mean colour and thumbnail of a frame. A JPEG is decoded at a reduced scale when
+    the thumbnail allows it (:func:`_reduced_image`): the mean colour is then that of the
+    reduced image (DCT scaling keeps each block's mean: within about half a level of the full
+    decode's) and the thumbnail is the area resize of it."""
     if not isinstance(frame, Frame):
         raise TypeError(f"expected a frame, got {frame.kind}")
-    img = frame.image
-    h, w = img.shape[:2]
+    size = image_size(frame.data) if frame._image is None else None
+    if size is not None:
+        w, h = size
+    else:
+        h, w = frame.image.shape[:2]
     tw = min(width, w)
     th = max(1, round(h * tw / w))
-    small = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA)
+    img = _reduced_image(frame, tw, th) if size is not None else None
+    if img is None:
+        img = frame.image
+        h, w = img.shape[:2]
+    small = img if img.shape[:2] == (th, tw) else cv2.resize(img, (tw, th),
+                                                              interpolation=cv2.INTER_AREA)
     return FrameSummary(
         frame_id=frame.frame_id, stream_id=frame.stream_id, width=w, height=h,
         timestamp_ms=frame.timestamp_ms,
