@@ -121,7 +121,7 @@ class PackedMaxPool2d(nn.Module):
         super().__init__()
         self.kernel_size, self.stride, self.padding, self.threads = kernel_size, stride, padding, threads
         self._exact: dict[tuple, bool] = {}  # per input shape: the fused BatchNorm is exact
-        self._terms: tuple | None = None  # (parameter versions, bn_a, bn_b)
+        self._terms: tuple | None = None  # (bn_a, bn_b) of the BatchNorm applied in after_bn
 
     @classmethod
     def maybe_from(cls, m: nn.MaxPool2d, threads: int | None = None) -> PackedMaxPool2d | None:
@@ -158,16 +158,14 @@ class PackedMaxPool2d(nn.Module):
         return _fast_if_exact(self._exact, tuple(x.shape), lambda: self(bn(x)), lambda: self._pool_bn(x, bn))
 
     def _pool_bn(self, x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-        versions = tuple(t._version for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)
-                         if t is not None)
-        if self._terms is None or self._terms[0] != versions:
-            self._terms = (versions, *_bn_terms(bn))
+        if self._terms is None:  # reset when the stem loads a state dict (_StemSequential)
+            self._terms = _bn_terms(bn)
         x = x.detach()
         n, c, h, w = x.shape
         k, s, p = self.kernel_size, self.stride, self.padding
         out = torch.empty((n, c, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1))
         _ext().maxpool_nhwc(x.permute(0, 2, 3, 1).numpy(), out.numpy(), n, c, h, w, k, s, p,
-                            self.threads or torch.get_num_threads(), self._terms[1], self._terms[2])
+                            self.threads or torch.get_num_threads(), *self._terms)
         return out
 
     def extra_repr(self) -> str:
@@ -180,6 +178,11 @@ class _StemSequential(nn.Sequential):
     children and state-dict keys as the original."""
 
     _fuse_at: int = -1
+
+    def _load_from_state_dict(self, *args, **kwargs):  # new BN statistics -> new constants
+        super()._load_from_state_dict(*args, **kwargs)
+        if 0 <= self._fuse_at < len(self) - 1:
+            self[self._fuse_at + 1]._terms = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mods = list(self)

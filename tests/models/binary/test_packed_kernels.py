@@ -224,3 +224,22 @@ def test_stem_fusion_falls_back_when_its_arithmetic_differs(monkeypatch):
     with torch.no_grad():
         assert torch.equal(packed(x), net(x)) and torch.equal(packed(x), net(x))
     assert packed.net.stem[2]._exact == {(1, 16, 32, 32): False}
+
+
+def test_stem_fusion_under_inference_mode_and_after_new_statistics():
+    """Built and run under torch.inference_mode (as the bench does), and a state dict loaded
+    into the packed net afterwards gives the new BatchNorm constants to the fused pool."""
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        net = _imagenet_net()
+        packed = to_packed(net)
+        assert torch.equal(packed(x), net(x)) and torch.equal(packed(x), net(x))
+    net = _imagenet_net()
+    packed = to_packed(net)
+    with torch.no_grad():
+        assert torch.equal(packed(x), net(x)) and torch.equal(packed(x), net(x))
+        other = _imagenet_net()
+        other.stem[1].running_mean.add_(0.5)
+        other.stem[1].bias.sub_(0.25)
+        packed.net.load_state_dict(other.state_dict(), strict=False)
+        assert torch.equal(packed(x), other(x)) and not torch.equal(packed(x), net(x))
