@@ -61,7 +61,9 @@
 #include <string.h>
 #include <time.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* The SIMD kernels are compiled in `#pragma GCC target` regions: GCC only (clang ignores that
+ * pragma and would refuse the intrinsics; a clang build gets the portable kernel alone). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define BITCONV_X86 1
 #include <immintrin.h>
 #else
