@@ -101,8 +101,10 @@ TARGET_P99_MS = 500
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "bench-pipeline.yaml"
 SAMPLE_S = 1.0
 KAFKA_TICK_S = 0.04  # the searchable poller's period on Kafka (HTTP requests)
-#: The warm-up before the ramp: long enough to warm up every stage and the broker's JIT.
-WARMUP_FPS, WARMUP_S = 10, 6.0
+#: The warm-up before the ramp (every stage's first frames); longer on a broker this run has
+#: just started: a cold JVM interprets its request path at first and took ~40 ms CPU a frame
+#: at 10 frames/s, against ~11 ms once its JIT had compiled it.
+WARMUP_FPS, WARMUP_S, COLD_BROKER_WARMUP_S = 10, 6.0, 20.0
 
 
 def make_clip(frames: int, workdir: Path, seed: int = 0) -> list[np.ndarray]:
@@ -403,7 +405,8 @@ def bottleneck(steps: list[dict], stage_names: list[str]) -> tuple[str | None, s
 
 def ramp(rig, clip: list[np.ndarray], topic: str, rates: tuple[float, ...], seconds: float,
          drain: float, warmup_timeout: float, tick: float,
-         echo: Callable[[str], None], progress: bool = False) -> dict:
+         echo: Callable[[str], None], progress: bool = False,
+         warmup_s: float = WARMUP_S) -> dict:
     tracker = Tracker(rig.searchable, tick)
     producer = RecordingProducer(rig.producer(), tracker)
     stop = threading.Event()
@@ -412,7 +415,7 @@ def ramp(rig, clip: list[np.ndarray], topic: str, rates: tuple[float, ...], seco
     try:
         rig.wait_ready(warmup_timeout)
         t0 = time.monotonic()
-        warm = Step(rig, tracker, producer, clip, topic, "warmup", WARMUP_FPS, WARMUP_S,
+        warm = Step(rig, tracker, producer, clip, topic, "warmup", WARMUP_FPS, warmup_s,
                     warmup_timeout).run()
         if warm["searchable"] < warm["frames"]:
             raise TimeoutError(f"{rig.backend}: warm-up frames not searchable within "
@@ -506,10 +509,12 @@ def _kafka_run(base: PipelineConfig, run: str, workdir: Path, clip, topic: str,
                port: int, warmup_timeout: float, echo: Callable[[str], None],
                progress: bool) -> dict:
     with ExitStack() as own:
-        broker_pid = None
+        broker_pid, warmup_s = None, WARMUP_S
         if bootstrap is None:  # a broker of our own, stopped when done unless one was up
             info = own.enter_context(broker.running(port=port))
             bootstrap, broker_pid = info.bootstrap, info.pid
+            if not info.reused:
+                warmup_s = COLD_BROKER_WARMUP_S
         cfg = bench_config(base, run, "kafka", bootstrap)
         path = workdir / "bench-kafka.yaml"
         path.write_text(_yaml(cfg))
@@ -517,7 +522,7 @@ def _kafka_run(base: PipelineConfig, run: str, workdir: Path, clip, topic: str,
         own.callback(rig.close)
         echo(f"kafka ({bootstrap}): {sum(len(p) for p in rig.procs.values())} stage processes")
         return ramp(rig, clip, input_topic(base, topic, run), rates, seconds, drain,
-                    warmup_timeout, KAFKA_TICK_S, echo, progress)
+                    warmup_timeout, KAFKA_TICK_S, echo, progress, warmup_s)
 
 
 def _yaml(cfg: PipelineConfig) -> str:
