@@ -1,6 +1,6 @@
 """Rebuilding the shipped backbones (``vistream artifacts build``, ``make artifacts``).
 
-Two recipes, each a pure function of its seed (torch on the CPU, fixed thread count):
+Three recipes, each a pure function of its seed (torch on the CPU, fixed thread count):
 
 * ``abc-resnet20-composite``: the zoo's float ``resnet20`` (base width 8) pre-trained on plain
   digits, trained on the hard set, then ABCPruner at 50% of its FLOPs (widths aligned to 4
@@ -8,6 +8,14 @@ Two recipes, each a pure function of its seed (torch on the CPU, fixed thread co
 * ``binary-resnet20-composite``: a 1-bit ResNet-20 (base width 16, XNOR; :func:`compare_binary`
   compares the methods at one budget), pre-trained on plain digits, trained on the hard set; a
   bit-packed artifact (:func:`models.binary.packed.export_binary_artifact`).
+* ``binary-resnet20-crops``: the same net and the same digits pre-training (same settings and
+  normalisation, so the same weights: the shipped build resumed from a copy of the composite
+  build's pre-training checkpoint), then trained on *tracker crops* of digits
+  (:func:`models.data.digit_crops.digit_crops`: a small digit filmed over a photo with motion
+  blur and noise, cropped by a jittered or fragmentary box and stretched to 32 x 32, as the
+  features stage crops tracked boxes), the domain ``vistream demo`` embeds. On the demo's
+  ground-truth crops its head is right 2 times as often as the composite net's (issue 23,
+  docs/hashing.md, "The demo's retrieval").
 
 Rebuilds are deterministic for a given thread count (the shipped files: 1 thread, recorded in
 ``index.json``); torch's float reductions may round differently with another.
@@ -42,6 +50,7 @@ from vistream.models.backbones import create_model
 from vistream.models.binary.packed import export_binary_artifact
 from vistream.models.binary.train import BinaryTrainConfig, create_method, train_binary
 from vistream.models.data import DataBundle, digits32, digits_composite
+from vistream.models.data.digit_crops import digit_crops
 from vistream.models.data.images import _bundle, fingerprint
 from vistream.models.pruning import run_method
 from vistream.models.pruning.abc import ABCConfig
@@ -75,11 +84,16 @@ class Recipe:
     finetune_lr: float = 0.01
     channel_multiple: int = 8
     train_subset: int | None = None  # quick builds only
+    dataset: str = "composite"      # composite (digits_composite) | crops (tracker crops)
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("binary-resnet20-composite", "binary", base=16, train_copies=2, pretrain_epochs=4,
            epochs=10, lr=5e-3, batch_size=32, method="xnor"),
+    # the features stage's default: the same net and digits pre-training (shared, see
+    # data_for), then trained on tracker crops of digits, the domain it embeds in a stream
+    Recipe("binary-resnet20-crops", "binary", base=16, train_copies=3, pretrain_epochs=4,
+           epochs=14, lr=5e-3, batch_size=32, method="xnor", dataset="crops"),
     Recipe("abc-resnet20-composite", "abc", base=8, train_copies=2, pretrain_epochs=3, epochs=15,
            lr=0.05, batch_size=64, food=3, cycles=1, limit=1, fitness_subset=1000,
            finetune_epochs=5, channel_multiple=4),
@@ -98,6 +112,21 @@ def hard_data(train_copies: int = 2) -> DataBundle:
     train_split = std.train if train_copies == 2 else digits_composite(copies=train_copies).train
     return _bundle("digits-composite", {"train": train_split, "val": std.val, "test": std.test},
                    std.classes)
+
+
+def data_for(r: Recipe) -> DataBundle:
+    """The training set of a recipe: the hard set, or tracker crops of the digits
+    (:func:`models.data.digit_crops.digit_crops`). The crops are normalised with the hard set's
+    statistics, so that the plain-digits pre-training (normalised the same way) is exactly the
+    composite recipe's (a copy of its checkpoint in this recipe's work folder resumes as is)."""
+    if r.dataset == "composite":
+        return hard_data(r.train_copies)
+    if r.dataset != "crops":
+        raise ValueError(f"unknown recipe dataset {r.dataset!r}; known: composite, crops")
+    crops = digit_crops(r.train_copies)
+    hard = hard_data()
+    crops.mean, crops.std = hard.mean, hard.std
+    return crops
 
 
 def pretrain_data(hard: DataBundle) -> DataBundle:
@@ -142,7 +171,7 @@ def train_binary_recipe(r: Recipe, data: DataBundle, work: Path, threads: int = 
 
 
 def build_binary(r: Recipe, out: Path, work: Path, threads: int = 1, progress: bool = True) -> dict:
-    data = hard_data(r.train_copies)
+    data = data_for(r)
     model, res = train_binary_recipe(r, data, work, threads, progress)
     test = evaluate(model, data.test, data.mean, data.std)
     path = out / f"{r.name}.vsa"
@@ -250,5 +279,5 @@ def compare_binary(methods: list[str], r: Recipe, work: Path, threads: int = 1,
     return rows
 
 
-__all__ = ["BUILDERS", "RECIPES", "Recipe", "build", "compare_binary", "hard_data",
+__all__ = ["BUILDERS", "RECIPES", "Recipe", "build", "compare_binary", "data_for", "hard_data",
            "index_entry", "pretrain_data", "quick"]

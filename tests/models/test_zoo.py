@@ -21,7 +21,7 @@ from vistream.models.zoo import (
     verify,
 )
 
-SHIPPED = ("abc-resnet20-composite", "binary-resnet20-composite")
+SHIPPED = ("abc-resnet20-composite", "binary-resnet20-composite", "binary-resnet20-crops")
 
 
 def test_shipped_files_match_their_index_and_manifests():
@@ -43,6 +43,8 @@ def test_shipped_files_match_their_index_and_manifests():
         assert man["zoo"]["recipe"]["seed"] == e["recipe"]["seed"]
     assert total < MAX_TOTAL_BYTES
     assert entries["binary-resnet20-composite"]["runtime"] == "packed"
+    assert entries["binary-resnet20-crops"]["runtime"] == "packed"
+    assert entries["binary-resnet20-crops"]["dataset"]["name"] == "digit-crops"
     assert entries["abc-resnet20-composite"]["method"] == "abc"
 
 
@@ -104,7 +106,9 @@ def test_quick_build_runs_end_to_end(tmp_path):
     index = load_index(out)
     assert set(index["artifacts"]) == set(SHIPPED) and verify(out) == []
     for e in index["artifacts"].values():
-        assert e["recipe"]["epochs"] == 1 and e["dataset"]["name"] == "digits-composite"
+        assert e["recipe"]["epochs"] == 1
+        assert e["dataset"]["name"] == ("digit-crops" if e["recipe"]["dataset"] == "crops"
+                                        else "digits-composite")
     r = CliRunner().invoke(app, ["artifacts", "list", "--dir", str(out)])
     assert r.exit_code == 0 and "abc-resnet20-composite" in r.output
     r = CliRunner().invoke(app, ["artifacts", "build", "--quick"])
