@@ -62,12 +62,17 @@
 #include <time.h>
 
 /* The SIMD kernels are compiled in `#pragma GCC target` regions: GCC only (clang ignores that
- * pragma and would refuse the intrinsics; a clang build gets the portable kernel alone). */
+ * pragma and would refuse the intrinsics; a clang build gets the portable kernel alone).
+ * -DBITCONV_X86=0 builds the portable kernel alone on any compiler. */
+#ifndef BITCONV_X86
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define BITCONV_X86 1
-#include <immintrin.h>
 #else
 #define BITCONV_X86 0
+#endif
+#endif
+#if BITCONV_X86
+#include <immintrin.h>
 #endif
 
 #define OB 16 /* output channels per weight block (four AVX2 / two AVX-512 registers of uint64) */
