@@ -90,6 +90,25 @@ class ModelFollower:
             return self.latest
         return None
 
+    def catch_up(self, timeout: float = 10.0) -> HashModel | None:
+        """Read the model topic until this follower holds its partition and a poll finds
+        nothing more (at most ``timeout`` s); returns the newest version (None: none yet)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            recs = self.consumer.poll(100, 0.2)
+            for rec in recs:
+                try:
+                    model = HashModel.from_bytes(rec.value or b"")
+                except (ValueError, OSError, KeyError):
+                    continue
+                if self.latest is None or model.version > self.latest.version:
+                    self.latest = model
+            if not recs and self.consumer.assignment():
+                break
+        if self.latest is not None:
+            self._given = max(self._given, self.latest.version)
+        return self.latest
+
     def close(self) -> None:
         self.consumer.close()
 
@@ -129,7 +148,9 @@ class ShardLearner:
     def step(self, timeout: float = 0.0) -> int:
         """Check the election, read features when leading, fit and publish a version per full
         chunk. Returns the feature records read."""
-        self.election.poll(1, 0.0)  # keeps the membership alive and picks up rebalances
+        # keeps the membership alive and picks up rebalances (a real wait: a Kafka consumer
+        # polled with ~0 s barely advances its join, and a rebalance waits for every member)
+        self.election.poll(1, 0.05)
         lead = any(tp.partition == 0 for tp in self.election.assignment())
         if lead and self.data is None:
             self._take_over()
@@ -172,7 +193,7 @@ class ShardLearner:
 
     def _take_over(self) -> None:
         self.models = ModelFollower(self.bus, self.model_topic)
-        self.model = self.models.poll(0.0)  # continue from the latest published version
+        self.model = self.models.catch_up()  # continue from the latest published version
         self.X, self.y, self.at, self.read = [], [], [], {}
         self.data = self.bus.consumer([self.features_topic], f"{self.group_id}-learn")
         log.info("this replica is the index's learner (model version %s)",

@@ -117,7 +117,7 @@ def test_two_replica_processes_fan_out_share_a_model_and_survive_a_sigkill(tmp_p
             last.append(s)
             ok = (len([r for r in s["replicas"].values() if r and r["partitions"]]) == 2
                   and s["codes"] == N and s["consistent"] and s["model_versions"]
-                  and s["model_versions"][0][0] == "sdoh")
+                  and s["model_versions"] == [["sdoh", LABELLED // 200]])  # all learned
             return s if ok else None
 
         stats = wait_for(settled, 50, "both replicas holding every code on one sdoh model",

@@ -84,6 +84,8 @@ def kafka_recovery(bootstrap: str, n: int = 40_000, dim: int = 64, n_bits: int =
                    session_timeout_s: float = 6.0, settle_timeout: float = 300.0,
                    echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the measurement of the module docstring; returns its figures."""
+    if not 2000 <= labelled <= n:
+        raise ValueError(f"labelled must be between 2000 (one train_chunk) and n, got {labelled}")
     folder = Path(tempfile.mkdtemp(prefix="vistream-kafka-shards-"))
     X, y = make_labelled(n, dim, seed)
     config, topic = _config(folder, bootstrap, partitions, n_bits, session_timeout_s)
@@ -113,6 +115,7 @@ def kafka_recovery(bootstrap: str, n: int = 40_000, dim: int = 64, n_bits: int =
         echo(f"kafka recovery: {n} rows on {partitions} partitions, 2 replica processes")
         queries = ShardedQueries(bus, registry_topic, ttl_s=120, timeout_s=5)
         q = X[0]
+        last_version = labelled // 2000  # one version per train_chunk of labelled rows
 
         def settled() -> dict[str, Any] | None:
             if len(queries.urls()) < 2:
@@ -121,7 +124,8 @@ def kafka_recovery(bootstrap: str, n: int = 40_000, dim: int = 64, n_bits: int =
             full = sum(int(s.get("n") or 0) for s in out["shards"].values()) == n
             ok = (full and not out["partial"] and out["consistent"]
                   and len([a for a in out["replicas"].values() if a]) == 2
-                  and {s["model"] for s in out["shards"].values()} == {"sdoh"})
+                  and {(s["model"], s["model_version"]) for s in out["shards"].values()}
+                  == {("sdoh", last_version)})
             return out if ok else None
 
         t_settle = time.monotonic()
