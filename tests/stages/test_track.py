@@ -251,3 +251,43 @@ def test_discovering_stage_loses_a_detection_on_background_that_no_mover_confirm
 
     assert tracked_at_14(False)  # announced once, never confirmed: kept for good
     assert not tracked_at_14(True)
+
+
+def _detections(fr):
+    from vistream.stages.detect import DetectParams, DetectStage
+
+    det = DetectStage(DetectParams(reannounce_frames=1, every_frame=True))
+    return [m for f in fr for m in det.process([f])]
+
+
+def test_await_detections_holds_each_frame_until_its_record_arrives():
+    fr = frames(hi=14)
+    inits = _detections(fr)
+    assert [i.frame_id for i in inits] == [f.frame_id for f in fr]  # one record a frame
+    assert any(len(i.boxes) for i in inits)
+    early = TrackStage(TrackParams(await_detections=32, confirm=True))
+    # records first (the detect stage ran ahead)
+    ahead = [s for i, f in zip(inits, fr) for s in early.process([i, f])]
+    late = TrackStage(TrackParams(await_detections=32, confirm=True))
+    assert late.process(fr) == []  # every frame held: no record yet
+    behind = late.process(inits)
+    assert [s.frame_id for s in behind] == [s.frame_id for s in ahead]
+    for x, y in zip(ahead, behind):  # the same tracking, whichever stage ran ahead
+        assert x.target_ids.tolist() == y.target_ids.tolist()
+        np.testing.assert_allclose(x.boxes, y.boxes, atol=1e-3)
+    assert late.late_inits == 0
+
+
+def test_await_detections_gives_up_after_its_limit():
+    fr = frames(hi=6)
+    st = TrackStage(TrackParams(await_detections=2, confirm=True))
+    out = st.process(fr)  # no detect stage: a frame waits 2 frames, then is tracked without
+    assert [s.seq for s in out] == [] and st.late_inits == 4
+    assert len(st.streams["cam"].held) == 2
+
+
+def test_confirm_turns_on_the_lifecycle_confirmation_without_a_detector():
+    off = TrackParams().multi_params()
+    on = TrackParams(confirm=True).multi_params()
+    assert not on.detect and on.max_unconfirmed > 0 and on.confirm_hits > 0
+    assert off.max_unconfirmed == 0 and off.confirm_hits == 0

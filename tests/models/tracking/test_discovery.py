@@ -190,3 +190,68 @@ def test_the_frame_after_a_camera_jump_is_used(scene_factory):
         old.update(f)
     assert settle.skipped == 1, settle.skipped
     assert old.skipped == 2, old.skipped
+
+
+# --------------------------------------------------------------------------- whole objects
+
+_STILL = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def _feed(detector, blob_lists):
+    """Blobs (x, y, w, h) per frame straight into the detector's association (a still
+    camera): what a faint object's differences look like, a different stroke each frame."""
+    for blobs in blob_lists:
+        detector.frames += 1
+        detector._associate(np.asarray([(*b, 1.0) for b in blobs], np.float32).reshape(-1, 5),
+                            _STILL)
+
+
+# the four 6x6 corners of a still 16x16 glyph at (100, 100), one lit per frame
+_CORNERS = [(100, 100, 6, 6), (110, 100, 6, 6), (110, 110, 6, 6), (100, 110, 6, 6)] * 2
+
+
+@pytest.mark.parametrize("frames, whole", [(8, True), (0, False)])
+def test_a_candidate_box_spans_the_fragments_of_its_recent_frames(frames, whole):
+    # a wide gate: association is not what is tested (the lit corner jumps 10 px a frame)
+    det = MotionDetector(DiscoveryParams(extent_frames=frames, persist_k=1, strong_k=0,
+                                         gate_px=30))
+    _feed(det, [[b] for b in _CORNERS])
+    assert len(det.candidates) == 1
+    x, y, w, h = det._box(det.candidates[0])
+    if whole:  # the union of the corners (one stray side trimmed at most): the glyph
+        assert w >= 12 and h >= 12 and x <= 104 and y <= 104 and x + w >= 112 and y + h >= 112
+    else:  # one corner: a fragment
+        assert w <= 8 and h <= 8
+
+
+@pytest.mark.parametrize("margin, absorbed", [(0.25, True), (-1.0, False)])
+def test_fragments_inside_a_candidates_extent_are_absorbed(margin, absorbed):
+    det = MotionDetector(DiscoveryParams(extent_frames=8, absorb_margin=margin, persist_k=1,
+                                         strong_k=0))
+    _feed(det, [[(100, 100, 16, 16)]] * 3)  # the whole glyph, then two strokes of it
+    _feed(det, [[(100, 100, 6, 16), (110, 100, 6, 16)]])
+    if absorbed:
+        assert len(det.candidates) == 1
+        x, y, w, h = det._box(det.candidates[0])
+        assert w >= 14 and h >= 14
+    else:
+        assert len(det.candidates) == 2  # the second stroke starts a candidate of its own
+
+
+def test_absorbing_never_grows_a_candidate_beyond_its_extent():
+    det = MotionDetector(DiscoveryParams(extent_frames=8, absorb_margin=0.25, persist_k=1,
+                                         strong_k=0))
+    _feed(det, [[(100, 100, 10, 10)]] * 3)
+    # a blob just outside the glyph, within the margin: merging would make a 22 px box
+    _feed(det, [[(100, 100, 10, 10), (112, 100, 10, 10)]])
+    assert len(det.candidates) == 2
+
+
+def test_blobs_near_each_other_merge_within_the_size_limit():
+    from vistream.models.tracking.discovery import _merge_near
+
+    two = np.array([[0, 0, 6, 6, 1.0], [10, 0, 6, 6, 2.0]], np.float32)  # 4 px apart
+    assert len(_merge_near(two, gap=0.5)) == 2
+    merged = _merge_near(two, gap=1.0)
+    assert len(merged) == 1 and merged[0].tolist() == [0, 0, 16, 6, 2.0]
+    assert len(_merge_near(two, gap=1.0, max_size=12)) == 2

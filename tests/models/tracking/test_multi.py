@@ -110,3 +110,60 @@ def test_detections_from_the_caller(scene_factory):
     mt.step(frames[0], detections=gt[0][:1])
     boxes, ids = mt.step(frames[1], detections=gt[1][:1])  # covered: no second track
     assert len(ids) == 1
+
+
+# --------------------------------------------------------------------------- detections
+
+
+def _two_tracks(frame, a=(100.0, 100.0, 12.0, 12.0), b=(124.0, 100.0, 12.0, 12.0), **kw):
+    mt = MultiTracker(MultiTrackerParams(detect=False, **kw))
+    mt.step(frame)
+    ta, tb = mt.detection(frame, a), mt.detection(frame, b)
+    for t in mt.tracks.values():
+        t.fresh, t.unconfirmed = False, 5
+    return mt, mt.tracks[ta], mt.tracks[tb]
+
+
+def test_each_track_takes_one_detection_nearest_first(scene_factory):
+    frames, _ = scene_factory(n=2)
+    mt, a, b = _two_tracks(frames[0])
+    # both detections are nearest to track a; the second one covers b too
+    mt._use_detections(frames[0], np.array([[102, 100, 12, 12], [110, 100, 12, 12]],
+                                           np.float32), mt.transform)
+    assert a.unconfirmed == 0 and b.unconfirmed == 0  # b is confirmed by the other one
+    assert len(mt.tracks) == 2
+
+
+def test_a_neighbours_detection_does_not_confirm_a_track_that_slid_off(scene_factory):
+    frames, _ = scene_factory(n=2)
+    mt, a, b = _two_tracks(frames[0], b=(300.0, 300.0, 12.0, 12.0), confirm_overlap=True)
+    mt._use_detections(frames[0], np.array([[114, 100, 12, 12]], np.float32), mt.transform)
+    assert a.unconfirmed == 5  # near it (covered) but not on it
+    mt2, a2, _ = _two_tracks(frames[0], b=(300.0, 300.0, 12.0, 12.0))
+    mt2._use_detections(frames[0], np.array([[114, 100, 12, 12]], np.float32), mt2.transform)
+    assert a2.unconfirmed == 0
+
+
+def test_a_late_detection_confirms_the_track_that_covered_it_in_its_frame(scene_factory):
+    frames, _ = scene_factory(n=2)
+    mt, a, b = _two_tracks(frames[0])
+    cover = np.array([a.box, b.box], np.float32)
+    ids = np.array([a.track_id, b.track_id])
+    assert mt.detection(frames[0], b.box, cover=cover, cover_ids=ids) == -1
+    assert b.unconfirmed == 0 and a.unconfirmed == 5
+    assert mt.detection(frames[0], a.box, cover=cover) == -1  # no ids: nothing confirmed
+    assert a.unconfirmed == 5
+
+
+@pytest.mark.parametrize("lost_for, same_id", [(10, True), (61, False)])
+def test_reacquisition_only_within_its_time_window(scene_factory, lost_for, same_id):
+    frames, gt = scene_factory(n=2)
+    mt = MultiTracker(MultiTrackerParams(detect=False, reacquire_frames=60, max_lost=200))
+    mt.step(frames[0])
+    box = gt[0][0]
+    tid = mt.detection(frames[0], box)
+    t = mt.tracks[tid]
+    t.lost, t.lost_frames = True, lost_for
+    got = mt.detection(frames[0], box)
+    assert (got == tid) is same_id
+    assert (tid in mt.tracks) and (len(mt.tracks) == (1 if same_id else 2))
