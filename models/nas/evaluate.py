@@ -43,9 +43,11 @@ def _train_row(data: DataBundle, row: str, method, cfg: BinaryTrainConfig, out: 
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     model, res = train_binary(method, data, cfg, ckpt_dir=folder, resume=True, progress=progress)
+    seconds = round(time.perf_counter() - t0, 1)
+    if (folder / "summary.json").exists():  # trained by `vistream train bnas --out` this folder
+        seconds = json.loads((folder / "summary.json").read_text()).get("seconds", seconds)
     rec = {"row": row, "seed": cfg.seed, "val_acc": res.best_val,
-           "test_acc": evaluate(model, data.test, data.mean, data.std),
-           "seconds": round(time.perf_counter() - t0, 1),
+           "test_acc": evaluate(model, data.test, data.mean, data.std), "seconds": seconds,
            **{k: float(v) for k, v in binary_cost(model, data.input_size).items()}}
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(rec))
