@@ -19,7 +19,7 @@ def test_a_crop_is_seeded_and_an_rgb_image_of_the_asked_size():
     b = render_crop(imgs[0], _photo(), np.random.default_rng(1))
     c = render_crop(imgs[0], _photo(), np.random.default_rng(2))
     assert a.shape == (3, 32, 32) and a.dtype == np.float32
-    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert a.min() >= 0.0 and a.max() <= 1.0
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert render_crop(imgs[0], _photo(), np.random.default_rng(1), size=24).shape == (3, 24, 24)
 
