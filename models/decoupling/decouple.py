@@ -15,10 +15,11 @@ gated layer l of C filters:
   the controlling module to open the filters that respond, not the filters to follow the gates.
 * ``M_l``: cross-entropy of a bias-free linear classifier (C -> classes) reading the mask.
 * ``S_l = | mean_batch ||m_l||_1 - target * C |``: the active share pulled toward ``target``.
-  Ours: m_l here is the *inference* gate 1[g > 0] (no noise; the sigmoid's gradient passed
-  straight through), not the noisy training gate: with the latter the training share reached
-  the target while the inference share stayed at 0.87 (the N(0, 1) noise and the soft values
-  close gates whose noise-free logits are positive; out/decouple/train-v4-b.log).
+  Ours, optional (``sparsity_gates="inference"``): m_l is the *inference* gate 1[g > 0] (no
+  noise; the sigmoid's gradient passed straight through), not the noisy training gate: with
+  the latter the training share reached the target while the inference share stayed at 0.87
+  (the N(0, 1) noise and the soft values close gates whose noise-free logits are positive;
+  out/decouple/train-v4-b.log).
 
 Sums run over the layers (not means), as in the paper's formula, so lambda_s scales with depth.
 """
@@ -121,6 +122,7 @@ class LossWeights:
     lambda_m: float = 0.01
     lambda_s: float = 1.5e-4
     target: float = 0.6   # share of filters meant to stay active
+    sparsity_gates: str = "noisy"   # S counts the noisy training gates (paper) or "inference" ones
 
 
 def _inference_share(logits: torch.Tensor) -> torch.Tensor:
@@ -129,15 +131,19 @@ def _inference_share(logits: torch.Tensor) -> torch.Tensor:
     return (logits > 0).to(logits.dtype) + sig - sig.detach()
 
 
-def decoupling_terms(model: DecoupledResNet, y: torch.Tensor, target: float
-                     ) -> dict[str, torch.Tensor]:
-    """The summed KL, mask-classifier and sparsity terms of the last forward pass."""
+def decoupling_terms(model: DecoupledResNet, y: torch.Tensor, target: float,
+                     sparsity_gates: str = "inference") -> dict[str, torch.Tensor]:
+    """The summed KL, mask-classifier and sparsity terms of the last forward pass; the sparsity
+    term counts the ``noisy`` training gates (the paper) or the ``inference`` ones."""
+    if sparsity_gates not in ("noisy", "inference"):
+        raise ValueError(f"sparsity_gates {sparsity_gates!r}: use noisy or inference")
     kl = mi = sp = torch.zeros((), device=y.device)
     for t, head in zip(model.traces(), model.mask_heads):
         p_feat = F.softmax(t.pooled.detach(), 1)
         kl = kl + F.kl_div(F.log_softmax(t.logits, 1), p_feat, reduction="batchmean")
         mi = mi + F.cross_entropy(head(t.mask), y)
-        sp = sp + (_inference_share(t.logits).sum(1).mean() - target * t.mask.shape[1]).abs()
+        m = _inference_share(t.logits) if sparsity_gates == "inference" else t.mask
+        sp = sp + (m.sum(1).mean() - target * t.mask.shape[1]).abs()
     return {"kl": kl, "mask_ce": mi, "sparsity": sp}
 
 
@@ -145,7 +151,7 @@ def decoupling_loss(model: DecoupledResNet, logits: torch.Tensor, y: torch.Tenso
                     w: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
     """(total loss, its parts as floats) for a batch whose forward pass just ran."""
     ce = F.cross_entropy(logits, y)
-    terms = decoupling_terms(model, y, w.target)
+    terms = decoupling_terms(model, y, w.target, w.sparsity_gates)
     total = (ce + w.lambda_k * terms["kl"] + w.lambda_m * terms["mask_ce"]
              + w.lambda_s * terms["sparsity"])
     parts = {"ce": float(ce.detach()), **{k: float(v.detach()) for k, v in terms.items()}}

@@ -49,10 +49,12 @@ class DecoupleConfig(BackboneTrainConfig):
     ctrl_adam: bool = False   # Adam (lr = lr x ctrl_lr_mult) for them instead of SGD: see _optimizers
     lambda_d: float = 0.0     # distillation from the dense net's logits (KL, temperature 4)
     settle_epochs: int = 0    # last epochs: hard gates, controllers frozen, CE + distillation only
+    sparsity_gates: str = "noisy"   # the sparsity term counts these gates: noisy | inference
 
     @property
     def weights(self) -> LossWeights:
-        return LossWeights(self.lambda_k, self.lambda_m, self.lambda_s, self.target)
+        return LossWeights(self.lambda_k, self.lambda_m, self.lambda_s, self.target,
+                           self.sparsity_gates)
 
     def target_at(self, progress: float) -> float:
         """Sparsity target after ``progress`` gated epochs (fractional): linear from 1 to

@@ -30,7 +30,7 @@ def test_sparsity_term_reads_the_inference_gates_and_pulls_open_logits_down():
     torch.manual_seed(0)
     net = DecoupledResNet(create_model("resnet20", num_classes=10)).train()
     net(torch.randn(4, 3, 32, 32))
-    terms = decoupling_terms(net, torch.arange(4), target=0.5)
+    terms = decoupling_terms(net, torch.arange(4), target=0.5, sparsity_gates="inference")
     # every noise-free logit starts at ~3: the inference share is 1 whatever the training noise
     assert terms["sparsity"].item() == pytest.approx(0.5 * sum(net.layer_widths()), rel=1e-4)
     terms["sparsity"].backward()

@@ -52,6 +52,9 @@ def train_decouple(
                                    "the dense base's logits (KL at temperature 4)"),
     settle_epochs: int = typer.Option(0, "--settle-epochs", min=0, help="last epochs with hard "
                                       "gates and frozen controllers (CE + distillation only)"),
+    sparsity_gates: str = typer.Option("noisy", "--sparsity-gates", help="gates the sparsity term "
+                                       "counts: noisy (the training gates, as the paper) or "
+                                       "inference (1[g > 0], straight-through)"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("out/train/decouple"), "--out", help="checkpoint folder"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
@@ -68,6 +71,9 @@ def train_decouple(
     from vistream.models.decoupling.decouple import DecoupledResNet
     from vistream.models.decoupling.finetune import DecoupleConfig, finetune
 
+    if sparsity_gates not in ("noisy", "inference"):
+        raise typer.BadParameter(f"{sparsity_gates!r}: use noisy or inference",
+                                 param_hint="--sparsity-gates")
     if schedule not in ("step", "cosine", "constant"):
         raise typer.BadParameter(f"{schedule!r}: use step, cosine or constant", param_hint="--schedule")
     data = load_dataset(dataset)
@@ -87,7 +93,7 @@ def train_decouple(
                          threads=threads,
                          lambda_k=lambda_k, lambda_m=lambda_m, lambda_s=lambda_s, target=target,
                          ramp=ramp, ctrl_lr_mult=ctrl_lr_mult, ctrl_adam=ctrl_adam, lambda_d=lambda_d,
-                         settle_epochs=settle_epochs)
+                         settle_epochs=settle_epochs, sparsity_gates=sparsity_gates)
     summary = finetune(model, data, cfg, out, resume=resume, progress=progress, log=typer.echo,
                        teacher=teacher)
     summary["base"] = str(base)
@@ -106,7 +112,7 @@ def eval_decouple(
     adv_n: int = typer.Option(300, "--adv-n", min=10, help="test images attacked"),
     latency_images: int = typer.Option(32, "--latency-images", min=1,
                                        help="test images timed one at a time (batch 1)"),
-    latency_rounds: int = typer.Option(5, "--latency-rounds", min=1),
+    latency_rounds: int = typer.Option(15, "--latency-rounds", min=1),
     threads: int = typer.Option(1, min=1, help="torch CPU threads (latency is measured with these)"),
     out: Path = typer.Option(Path("out/eval/decouple"), "--out", help="results.json and paths.png"),
     artifact: Path | None = typer.Option(None, "--artifact", help="also export the decoupled net "
