@@ -33,6 +33,10 @@ Recovery (the largest ``s`` > 1)
     ``session.timeout.ms``, on top). Then every frame id must be held exactly once (``lost``,
     ``duplicated``).
 
+With ``--bootstrap`` (a Kafka broker), ``recovery_s`` is instead measured through a real
+rebalance: :mod:`vistream.bench.shards_kafka` (two ``vistream stage`` replicas of a sharded
+config, one SIGKILLed); the figure above is then ``recovery_inprocess_s``.
+
 The last line printed is the JSON with ``exact``, ``ingest_scaling_2``, ``p99_ratio_4`` and
 ``recovery_s``.
 """
