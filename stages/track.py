@@ -163,10 +163,12 @@ class TrackParams(StageParams):
                           description="a target lost this many frames in a row ends")
     discover: bool = Field(False, description="run the motion detector in this stage too "
                                               "(no detect stage needed)")
-    await_detections: int = Field(0, ge=0, le=256,
+    await_detections: int = Field(0, ge=0, le=100_000,
                                   description="hold a frame until its detection record "
-                                              "(a detect stage with every_frame) arrives, at "
-                                              "most this many frames (0: never wait)")
+                                              "(a detect stage with every_frame) arrives, "
+                                              "while at most this many frames wait (0: never "
+                                              "wait); frames arrive as fast as they are "
+                                              "ingested, so allow the detect stage's lag")
     confirm: bool | None = Field(None, description="detections confirm the targets they "
                                  "cover; a detector-started target not confirmed for a while "
                                  "is lost (needs every frame's detections: discover, or a "
