@@ -75,7 +75,9 @@ def serve(
 ) -> None:
     """Run the query API: next to a live index stage (`--config` and `--stage`: the stage runs
     through its StageRunner in a background thread and the API shares its index), or over a
-    snapshot folder, read-only (`--snapshot`).
+    snapshot folder, read-only (`--snapshot`). Over a sharded index stage (`params: {sharded:
+    true}`, Kafka) it runs no index itself: it fans each query out to the replicas announced
+    on the stage's registry topic and merges (see docs/retrieval.md, "Sharded on Kafka").
 
     The endpoints that write (POST /labels, POST and DELETE /tracks) need `Authorization:
     Bearer <token>` when the environment variable VISTREAM_API_TOKEN holds a token (16
