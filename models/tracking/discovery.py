@@ -52,6 +52,13 @@ Choices made, and why
   ``strong_ratio`` x the threshold) in ``strong_k`` of the last ``persist_n`` frames also
   confirms: a high-contrast mover is reported after 2 frames, a faint one still needs
   ``persist_k`` (issue 23: median frames to track 9 -> 4 on ``eval mot``, with the next two).
+* **Whole objects** (``extent_frames``, ``absorb_margin``; off by default, on in the demo):
+  a faint object differs in a few strokes a frame, a different few each frame. A
+  candidate's reported box is then the union of its blobs of the last ``extent_frames``
+  frames, each carried along by the candidate's predicted motion (the second most extreme
+  side from 4 blobs on), and unmatched blobs inside its extent are merged into its blob
+  (never growing the extent). Blobs closer than ``merge_gap`` x the larger one's size merge
+  while their union stays within ``merge_size``.
 * **First frames** (``early_refs``): until the nearest of ``refs`` exists, each frame from
   the 3rd on is compared with the oldest frame and the one half-way to it, so a target on
   screen from frame 0 is found in the first frames, not after the 5th.

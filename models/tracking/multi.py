@@ -19,7 +19,8 @@ Lifecycle, per frame
    lost frames in a row it **ends** (its id is never used again);
 2. a detection is *covered* when a tracked track's box overlaps it (IoU > ``cover_iou``) or
    their centres are closer than ``max(cover_px, cover_factor * larger size)``; covered
-   detections count as confirmations of that track. A covered detection that lies mostly
+   detections count as confirmations, one per tracked track, nearest pairs first (with
+   ``confirm_overlap`` only one that overlaps the track's box). A covered detection that lies mostly
    outside the track's box, on an object whose extent overlaps the box by less than
    ``recentre_iou``, restarts the tracker there, same id (the tracker lags a fast large
    target, or slid inside a uniform one);
@@ -27,8 +28,9 @@ Lifecycle, per frame
    poor template); an uncovered detection is a candidate: its aggregation signature (the saliency-weighted
    colour histogram, computed by initialising a tracker on it) is compared with each lost
    track's signature by the Bhattacharyya coefficient. A lost track whose signature is
-   similar enough (``reacquire_similarity`` within ``reacquire_radius`` of where the camera
-   moved it, ``reacquire_similarity_far`` anywhere) and whose size is within
+   similar enough (``reacquire_similarity`` within ``reacquire_radius`` + ``reacquire_speed``
+   px per lost frame of where the camera moved it, ``reacquire_similarity_far`` anywhere),
+   lost for at most ``reacquire_frames`` frames, and whose size is within
    ``reacquire_size_ratio`` is **re-acquired**: it keeps its id and continues on the fresh
    tracker. Otherwise the detection becomes a **new** track with the next id;
 4. two tracked tracks on the same target (IoU > ``duplicate_iou``, or one box 70 % inside
