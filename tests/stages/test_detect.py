@@ -213,3 +213,17 @@ def test_a_mover_present_from_the_first_frame_is_announced_sooner_by_default():
     old = first_announcement({"early_refs": False, "strong_k": 0})
     assert new < old, (new, old)
     assert new <= 4, new
+
+
+@pytest.mark.parametrize("every", [True, False])
+def test_every_frame_sends_one_record_per_frame_and_every_mover(every):
+    fr = frames()[:20]
+    det = DetectStage(DetectParams(reannounce_frames=1, every_frame=every))
+    out = [det.process([f]) for f in fr]
+    if every:  # one record a frame, empty before anything is confirmed
+        assert all(len(o) == 1 for o in out) and len(out[0][0].boxes) == 0
+    else:  # records only for frames with movers
+        assert sum(map(len, out)) < len(fr) and not out[0]
+    # reannounce_frames 1: the movers of every frame, not only the new ones
+    counts = [len(o[0].boxes) if o else 0 for o in out]
+    assert min(counts[-5:]) >= 2, counts  # the same movers again, frame after frame
