@@ -5,11 +5,11 @@ produce the outputs and dead letters → flush → commit. Offsets are committed
 everything the batch produced is acknowledged, so a crash anywhere redelivers the batch:
 at least once. Stages are idempotent by frame id, which turns that into exactly-once results.
 On a bus with a ``commit_interval`` (Kafka: 0.5 s) the flush and the commit of consecutive
-batches are folded: they happen once that interval has passed since the last commit, at the
-first poll that finds nothing, and at shutdown (outputs still leave at once: the producer
-sends them on its own). A broker answers each commit with a write to its offsets log; one per
-batch of one or two frames cost more CPU than the frames did. A crash then redelivers up to
-that interval's batches instead of one.
+batches of a stateless stage are folded: they happen once that interval has passed since the
+last commit, at the first poll that finds nothing, and at shutdown (outputs still leave at
+once: the producer sends them on its own). A broker answers each commit with a write to its
+offsets log; one per batch of one or two frames cost more CPU than the frames did. A crash then
+redelivers up to that interval's batches instead of one.
 
 When ``process`` raises for a batch, the runner replays the batch one message at a time so one
 poisoned frame cannot take its neighbours down; only the messages that fail alone go to
@@ -295,7 +295,10 @@ class StageRunner:
         for rec, reason, error in dead:
             self._dead_letter(rec, reason, error)
         self._pending.update(commit_positions(records))
-        if time.monotonic() - self._last_commit >= self.bus.commit_interval:
+        # A stateful stage's snapshots carry its positions: it commits every batch, so that a
+        # position never runs ahead of outputs that are not acknowledged yet.
+        interval = 0.0 if self.stage.stateful else self.bus.commit_interval
+        if time.monotonic() - self._last_commit >= interval:
             self._commit_pending()
 
         self.stats.batches += 1

@@ -331,3 +331,28 @@ def test_a_held_commit_is_dropped_without_a_broker_at_close(topic_name):
     runner.broker_up = False
     runner.close()
     assert bus.group_lag(runner.group_id, [topic_name]) == 5
+
+
+def test_a_stateful_stage_commits_every_batch_even_with_an_interval(topic_name):
+    """Its snapshots carry its positions: they never run ahead of an unacknowledged batch."""
+    from vistream.pipeline.bus.memory import MemoryBus
+
+    class Stateful(RelayStage):
+        stateful = True
+
+        def restore(self):
+            return None
+
+        def snapshot(self, carry):
+            pass
+
+    bus = MemoryBus()
+    bus.commit_interval = 3600.0
+    produce(bus, topic_name, [frame_rec(i) for i in range(10)])
+    runner = StageRunner(Stateful(), bus, [topic_name], {"frame": "out"}, batch_size=5,
+                         metrics=StageMetrics("t", CollectorRegistry()))
+    runner.open()
+    assert runner.step() == 5
+    assert bus.group_lag(runner.group_id, [topic_name]) == 5
+    assert sum(runner.positions.values()) == 5
+    runner.close()
