@@ -147,7 +147,7 @@ def eval_decouple(
         raise typer.BadParameter(str(exc), param_hint="--checkpoint") from None
     if artifact is not None:
         from vistream.models.decoupling.evaluate import load_decoupled  # defer: torch (--help)
-        from vistream.models.decoupling.runtime import export_decoupled_artifact
+        from vistream.models.decoupling.runtime import export_decoupled_artifact  # defer: torch
 
         metrics = {"test_acc": res["accuracy"]["decoupled"], "base_test_acc": res["accuracy"]["base"],
                    "flops_skipped": res["flops"]["skipped"],
