@@ -27,7 +27,6 @@ Deterministic for a seed (numpy's PCG64); cached like the composite split.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -38,9 +37,10 @@ from vistream.models.data.images import (
     _bundle,
     _digits_raw,
     _photos,
-    cache_dir,
+    cached_splits,
     split_indices,
 )
+from vistream.models.data.mot import line_kernel
 
 __all__ = ["CROPS_SEED", "CROPS_VERSION", "digit_crops", "render_crop"]
 
@@ -62,21 +62,10 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(px, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def _streak(rng: np.random.Generator) -> np.ndarray | None:
+def _streak(rng: np.random.Generator) -> np.ndarray:
     length = float(rng.uniform(1.0, 8.0))
     angle = float(rng.uniform(0, math.pi))
-    dx, dy = length * math.cos(angle), length * math.sin(angle)
-    half = int(math.ceil(length / 2)) + 1
-    k = np.zeros((2 * half + 1, 2 * half + 1), np.float32)
-    for s in np.linspace(-0.5, 0.5, int(4 * math.ceil(length)) + 1):
-        x, y = half + s * dx, half + s * dy
-        x0, y0 = int(math.floor(x)), int(math.floor(y))
-        fx, fy = x - x0, y - y0
-        k[y0, x0] += (1 - fx) * (1 - fy)
-        k[y0, x0 + 1] += fx * (1 - fy)
-        k[y0 + 1, x0] += (1 - fx) * fy
-        k[y0 + 1, x0 + 1] += fx * fy
-    return k / k.sum()
+    return line_kernel(length * math.cos(angle), length * math.sin(angle))
 
 
 def _ink(digit: np.ndarray) -> tuple[int, int, int, int]:
@@ -157,19 +146,5 @@ def digit_crops(copies: int = 2, size: int = 32, cache: bool = True) -> DataBund
     """Tracker crops of the digits (``copies`` per training digit, 2 per validation and test
     digit; the splits of ``images.split_indices``). Deterministic; cached."""
     key = f"digit_crops_v{CROPS_VERSION}_c{copies}_s{size}_seed{CROPS_SEED}.npz"
-    path = cache_dir() / key
-    splits: dict[str, Split] | None = None
-    if cache and path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                splits = {k: Split(z[f"{k}_x"], z[f"{k}_y"]) for k in ("train", "val", "test")}
-        except Exception:  # a broken cache file is regenerated
-            splits = None
-    if splits is None:
-        splits = _generate(copies, size, CROPS_SEED)
-        if cache:
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez_compressed(tmp, **{f"{k}_{a}": getattr(s, a) for k, s in splits.items()
-                                        for a in ("x", "y")})
-            os.replace(tmp, path)
+    splits = cached_splits(key, lambda: _generate(copies, size, CROPS_SEED), cache)
     return _bundle("digit-crops", splits, [str(i) for i in range(10)])

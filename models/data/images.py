@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,24 +195,29 @@ def generate_composite(copies: int = 2, size: int = 32, seed: int = COMPOSITE_SE
     return out
 
 
-def digits_composite(copies: int = 2, size: int = 32, cache: bool = True) -> DataBundle:
-    """The shared harder split (public: the 1-bit work reuses it). Deterministic; cached."""
-    key = f"digits_composite_v{COMPOSITE_VERSION}_c{copies}_s{size}_seed{COMPOSITE_SEED}.npz"
+def cached_splits(key: str, make: Callable[[], dict[str, Split]], cache: bool = True) -> dict[str, Split]:
+    """The train/val/test splits stored as ``cache_dir()/key`` (an .npz), made by ``make`` when the
+    file is missing or unreadable (then written atomically, when ``cache``)."""
     path = cache_dir() / key
-    splits: dict[str, Split] | None = None
     if cache and path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
-                splits = {k: Split(z[f"{k}_x"], z[f"{k}_y"]) for k in ("train", "val", "test")}
+                return {k: Split(z[f"{k}_x"], z[f"{k}_y"]) for k in ("train", "val", "test")}
         except Exception:  # a broken cache file is regenerated
-            splits = None
-    if splits is None:
-        splits = generate_composite(copies, size)
-        if cache:
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # one per process: no race
-            np.savez_compressed(tmp, **{f"{k}_{a}": getattr(s, a) for k, s in splits.items()
-                                        for a in ("x", "y")})
-            os.replace(tmp, path)
+            pass
+    splits = make()
+    if cache:
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # one per process: no race
+        np.savez_compressed(tmp, **{f"{k}_{a}": getattr(s, a) for k, s in splits.items()
+                                    for a in ("x", "y")})
+        os.replace(tmp, path)
+    return splits
+
+
+def digits_composite(copies: int = 2, size: int = 32, cache: bool = True) -> DataBundle:
+    """The shared harder split (public: the 1-bit work reuses it). Deterministic; cached."""
+    key = f"digits_composite_v{COMPOSITE_VERSION}_c{copies}_s{size}_seed{COMPOSITE_SEED}.npz"
+    splits = cached_splits(key, lambda: generate_composite(copies, size), cache)
     return _bundle("digits-composite", splits, [str(i) for i in range(10)])
 
 
