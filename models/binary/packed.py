@@ -377,6 +377,19 @@ def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data
         raise ArtifactError(f"the registered binary twin does not reproduce the model's eval logits "
                             f"(max |difference| {max_diff:.3g}): the method's eval forward differs "
                             "from the shared BinaryResNet layout")
+    return write_packed_artifact(path, twin, arch=arch, config=config, method=method,
+                                 input_spec=input_spec, normalization=normalization, size=size,
+                                 metrics=metrics, extra=extra,
+                                 binary={"exact_vs_source": same, "max_logit_diff_vs_source": max_diff})
+
+
+def write_packed_artifact(path: str | Path, twin: nn.Module, *, arch: str, config: dict, method: str,
+                          input_spec: dict, normalization: dict, size: tuple[int, ...],
+                          metrics: dict | None, extra: dict | None, binary: dict,
+                          weight_layout: str = "(out, in, k, k)") -> dict:
+    """Write ``twin`` (an eval-mode net whose :func:`binary_convs` are 1-bit) as a packed-runtime
+    artifact: binary conv weights at one bit each, the rest as they are; ``binary`` adds to the
+    manifest's ``binary`` block. Shared by every exporter of 1-bit nets (methods and BNAS)."""
     convs = dict(binary_convs(twin))
     state = {}
     for key, v in twin.state_dict().items():
@@ -398,10 +411,9 @@ def export_binary_artifact(model: nn.Module, path: str | Path, method: str, data
                             "bit operations), float_flops = the float part",
         "params": count_params(twin),
         "param_shapes": {k: list(v.shape) for k, v in state.items()},
-        "binary": {"storage": "np.packbits(W_b < 0, bitorder='little') over (out, in, k, k); "
+        "binary": {"storage": f"np.packbits(W_b < 0, bitorder='little') over {weight_layout}; "
                               "bit set = -1", "sign": "sign(x) = +1 for x >= 0, -1 otherwise",
-                   "convs": sorted(convs), "size": _size_report(twin, len(weights)),
-                   "exact_vs_source": same, "max_logit_diff_vs_source": max_diff},
+                   "convs": sorted(convs), "size": _size_report(twin, len(weights)), **binary},
         "metrics": metrics or {},
         "weights": {"format": "safetensors", "bytes": len(weights),
                     "sha256": hashlib.sha256(weights).hexdigest()},

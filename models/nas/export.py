@@ -19,28 +19,21 @@ how many convs run packed and which run on the fallback.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save
 from torch import nn
 
 from vistream.models.artifact_format import (
-    FORMAT_VERSION,
     ArtifactError,
     input_specs,
     load_checked,
-    state_bytes,
-    write_artifact,
 )
 from vistream.models.binary.layers import BinaryConv2d, binary_convs, hard_sign
-from vistream.models.binary.packed import PackedBinaryNet, pack_bits, to_packed, unpack_bits
-from vistream.models.flops import binary_split, count_params
+from vistream.models.binary.packed import PackedBinaryNet, to_packed, unpack_bits, write_packed_artifact
 from vistream.models.nas.network import BnasNetwork, bnas_network
 from vistream.models.nas.ops import packable
 
@@ -148,41 +141,12 @@ def export_bnas_artifact(model: BnasNetwork, path: str | Path, data=None, metric
     if not torch.equal(ref, got):
         raise ArtifactError(f"the rebuilt BNAS net does not reproduce the model's logits "
                             f"(max |difference| {float((ref - got).abs().max()):.3g})")
-    convs = dict(binary_convs(twin))
-    state = {}
-    for key, v in twin.state_dict().items():
-        owner, _, leaf = key.rpartition(".")
-        state[f"{owner}.weight_bits" if owner in convs and leaf == "weight" else key] = \
-            pack_bits(v) if owner in convs and leaf == "weight" else v.detach().cpu().contiguous().clone()
-    weights = save(state)
-    bin_macs, float_flops = binary_split(twin, size)
     fallback = fallback_convs(twin)
-    fp32 = len(state_bytes(twin))
-    manifest: dict[str, Any] = {
-        "format": "vistream-artifact", "format_version": FORMAT_VERSION, "runtime": "packed",
-        "arch": ARCH, "config": model.config, "method": "bnas",
-        "input_spec": input_spec, "normalization": normalization,
-        "num_features": int(twin.num_features),
-        "binary_ops": int(bin_macs), "float_flops": int(float_flops),
-        "flops": int(2 * bin_macs + float_flops),
-        "flops_convention": "2 x MACs per image (conv+linear); binary_ops = binary MACs (XNOR+popcount "
-                            "bit operations), float_flops = the float part",
-        "params": count_params(twin),
-        "param_shapes": {k: list(v.shape) for k, v in state.items()},
-        "binary": {"storage": "np.packbits(W_b < 0, bitorder='little') over (out, in/groups, k, k); "
-                              "bit set = -1", "sign": "sign(x) = +1 for x >= 0, -1 otherwise",
-                   "convs": sorted(convs), "packed_convs": len(convs) - len(fallback),
-                   "fallback": fallback,
-                   "size": {"artifact_weight_bytes": len(weights), "fp32_weight_bytes": fp32,
-                            "ratio_fp32_over_packed": round(fp32 / max(len(weights), 1), 3)}},
-        "metrics": metrics or {},
-        "weights": {"format": "safetensors", "bytes": len(weights),
-                    "sha256": hashlib.sha256(weights).hexdigest()},
-        "onnx": {"bytes": 0, "reason": "packed runtime: XNOR/popcount kernels have no ONNX form"},
-        **(extra or {}),
-    }
-    manifest["model_id"] = f"{ARCH}-bnas-{manifest['weights']['sha256'][:12]}"
-    return write_artifact(path, manifest, weights, b"")
+    return write_packed_artifact(
+        path, twin, arch=ARCH, config=model.config, method="bnas", input_spec=input_spec,
+        normalization=normalization, size=size, metrics=metrics, extra=extra,
+        binary={"packed_convs": len(dict(binary_convs(twin))) - len(fallback), "fallback": fallback},
+        weight_layout="(out, in/groups, k, k)")
 
 
 def load_bnas(manifest: dict, state: dict, path: str | Path) -> PackedBinaryNet:
