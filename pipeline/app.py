@@ -27,6 +27,7 @@ from vistream.pipeline.config import PipelineConfig, StageSettings
 from vistream.pipeline.ingest import IngestReport, ingest
 from vistream.pipeline.metrics import serve_metrics
 from vistream.pipeline.runner import DLQ_SUFFIX, RunnerStats, StageRunner
+from vistream.pipeline.processes import stop_processes
 from vistream.pipeline.shardrun import ShardHost, shard_bus, sharded_params
 from vistream.stages.base import Stage, create_stage
 
@@ -321,13 +322,5 @@ def run_processes(cfg: PipelineConfig, config_path: str | Path, stop: threading.
                 break
             time.sleep(0.2)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for p in procs.values():
-            try:
-                p.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs.values(), timeout=30)
     return code

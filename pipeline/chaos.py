@@ -50,6 +50,7 @@ from vistream.pipeline.app import create_topics
 from vistream.pipeline.bus import Bus, BusUnavailable, make_bus
 from vistream.pipeline.config import ConfigError, PipelineConfig, load_config
 from vistream.pipeline.runner import DLQ_SUFFIX
+from vistream.pipeline.processes import stop_processes
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import Frame
 
@@ -165,18 +166,7 @@ class Supervisor:
         return time.monotonic() - max(self.started_at.values(), default=0.0)
 
     def stop_all(self, timeout: float = 60) -> dict[str, int | None]:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        codes: dict[str, int | None] = {}
-        for name, p in self.procs.items():
-            try:
-                codes[name] = p.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes[name] = p.wait()
-        return codes
+        return dict(zip(self.procs, stop_processes(self.procs.values(), timeout), strict=True))
 
 
 def scrape(port: int, timeout: float = 1.0) -> dict[str, float] | None:

@@ -28,6 +28,7 @@ from vistream.pipeline.config import load_config
 from vistream.pipeline.shardhost import ModelFollower
 from vistream.pipeline.shardrun import create_shard_topics, shard_bus, sharded_params
 from vistream.pipeline.shardserve import ShardedQueries, create_sharded_app
+from vistream.pipeline.processes import stop_processes
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import Features
 from tests.conftest import kafka_bootstrap
@@ -168,13 +169,5 @@ def test_two_replica_processes_fan_out_share_a_model_and_survive_a_sigkill(tmp_p
     finally:
         if queries is not None:
             queries.close()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_processes(procs, timeout=30)
         bus.close()

@@ -45,6 +45,7 @@ from vistream.pipeline.config import load_config
 from vistream.pipeline.shardhost import ModelFollower
 from vistream.pipeline.shardrun import create_shard_topics, shard_bus, sharded_params
 from vistream.pipeline.shardserve import ShardedQueries
+from vistream.pipeline.processes import stop_processes
 from vistream.pipeline.wire import encode_message
 from vistream.stages.records import Features
 
@@ -173,14 +174,7 @@ def kafka_recovery(bootstrap: str, n: int = 40_000, dim: int = 64, n_bits: int =
     finally:
         if queries is not None:
             queries.close()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, timeout=60)
         bus.close()
         shutil.rmtree(folder, ignore_errors=True)
 
