@@ -124,7 +124,7 @@ def test_cli_eval_mot_quick(tmp_path):
     res = CliRunner().invoke(app, ["eval", "mot", "--quick", "--no-progress", "--out",
                                    str(tmp_path / "out"), "--seed", "5"])
     assert res.exit_code == 0, res.output
-    last = json.loads(res.output.strip().splitlines()[-1])
+    last = json.loads(res.stdout.strip().splitlines()[-1])  # logs go to stderr
     assert {"idf1", "mota", "baseline_idf1", "fps"} <= set(last)
     assert 0 <= last["idf1"] <= 1 and last["fps"] > 0 and not math.isnan(last["baseline_idf1"])
     assert "**shake**" in res.output and "mog2+sort" in res.output
