@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 
-def _exported(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor]:
+def exported(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """``conv.export()`` with any negative alpha folded into the filter's signs (exact)."""
     wb, alpha = conv.export()
     neg = alpha < 0
@@ -125,7 +125,7 @@ class PackedBinaryConv2d(nn.Module):
                              "groups=1 and dilation=1")
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0],
                 conv.padding[0], threads)
-        m.set_weights(*_exported(conv))
+        m.set_weights(*exported(conv))
         return m
 
     def set_weights(self, wb: torch.Tensor, alpha: torch.Tensor) -> None:
@@ -330,7 +330,7 @@ def _twin(model: nn.Module) -> tuple[str, dict, nn.Module]:
                                 f"that {arch} needs")
         state[key] = src[key].detach().cpu().clone()
     for name, conv in packed.items():
-        wb, alpha = _exported(conv)
+        wb, alpha = exported(conv)
         state[f"{name}.weight"] = wb
         state[f"{name}.alpha"] = alpha
     twin.load_state_dict(state, strict=True)

@@ -33,7 +33,13 @@ from vistream.models.artifact_format import (
     load_checked,
 )
 from vistream.models.binary.layers import BinaryConv2d, binary_convs, hard_sign
-from vistream.models.binary.packed import PackedBinaryNet, to_packed, unpack_bits, write_packed_artifact
+from vistream.models.binary.packed import (
+    PackedBinaryNet,
+    exported,
+    to_packed,
+    unpack_bits,
+    write_packed_artifact,
+)
 from vistream.models.nas.network import BnasNetwork, bnas_network
 from vistream.models.nas.ops import packable
 
@@ -41,16 +47,6 @@ log = logging.getLogger(__name__)
 
 ARCH = "bnas_network"
 FALLBACK = "torch-conv2d-sign"  # the float fallback's name, in the manifest and the log
-
-
-def exported(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``conv.export()`` with any negative alpha folded into the filter's signs (exact)."""
-    wb, alpha = conv.export()
-    neg = alpha < 0
-    if bool(neg.any()):
-        wb = torch.where(neg.view(-1, 1, 1, 1), -wb, wb)
-        alpha = alpha.abs()
-    return wb.contiguous(), alpha.contiguous()
 
 
 def fallback_convs(model: nn.Module) -> list[dict]:
